@@ -1,0 +1,74 @@
+// The LSTM cell math, written once for every backend.
+//
+// Templates over a number-like type N: float, double, or a SIMD vector type
+// with +, -, * and the overloads act_sigmoid(N) / act_tanh(N) found by
+// argument-dependent lookup (the CPU vector types define theirs next to
+// their class). Backward derivatives come from the saved activations:
+// sigmoid' = s (1 - s), tanh' = 1 - t^2.
+#ifndef FUSEDLSTM_CORE_GATE_MATH_H_
+#define FUSEDLSTM_CORE_GATE_MATH_H_
+
+#include <cmath>
+
+#if defined(__CUDACC__)
+#define FL_HOST_DEVICE __host__ __device__
+#else
+#define FL_HOST_DEVICE
+#endif
+
+namespace fusedlstm {
+
+FL_HOST_DEVICE inline float act_sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+FL_HOST_DEVICE inline double act_sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+FL_HOST_DEVICE inline float act_tanh(float x) { return std::tanh(x); }
+FL_HOST_DEVICE inline double act_tanh(double x) { return std::tanh(x); }
+
+// Activations of one step for one group of hidden units.
+template <class N>
+struct GateActs {
+  N i, f, g, o;
+};
+
+// Forward cell. pre_* are the gate pre-activations (both GEMM terms and both
+// biases already summed). Returns the activations (saved for backward in
+// training); writes the new cell and hidden state.
+template <class N>
+FL_HOST_DEVICE inline GateActs<N> cell_forward(N pre_i, N pre_f, N pre_g, N pre_o, N c_prev,
+                                               N& c_new, N& h_new) {
+  GateActs<N> a;
+  a.i = act_sigmoid(pre_i);
+  a.f = act_sigmoid(pre_f);
+  a.g = act_tanh(pre_g);
+  a.o = act_sigmoid(pre_o);
+  c_new = a.f * c_prev + a.i * a.g;
+  h_new = a.o * act_tanh(c_new);
+  return a;
+}
+
+// Gradients of the gate pre-activations for one group of hidden units.
+template <class N>
+struct GateGrads {
+  N i, f, g, o;
+};
+
+// Backward cell. dh: total gradient reaching h_t (from y_t and from step t+1);
+// dc: gradient reaching c_t from step t+1 (or from c_n). Returns the gradients
+// of the gate pre-activations; writes dc_prev (the gradient reaching c_{t-1}).
+template <class N>
+FL_HOST_DEVICE inline GateGrads<N> cell_backward(const GateActs<N>& a, N c, N c_prev, N dh, N dc,
+                                                 N& dc_prev) {
+  const N one = N(1);
+  const N tc = act_tanh(c);
+  const N dc_total = dc + dh * a.o * (one - tc * tc);
+  GateGrads<N> d;
+  d.o = dh * tc * a.o * (one - a.o);
+  d.i = dc_total * a.g * a.i * (one - a.i);
+  d.f = dc_total * c_prev * a.f * (one - a.f);
+  d.g = dc_total * a.i * (one - a.g * a.g);
+  dc_prev = dc_total * a.f;
+  return d;
+}
+
+}  // namespace fusedlstm
+
+#endif  // FUSEDLSTM_CORE_GATE_MATH_H_

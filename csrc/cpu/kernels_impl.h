@@ -1,0 +1,277 @@
+// The CPU kernels, written once over a SIMD vector type V (see simd/). Each
+// kernels_<isa>.cpp includes this file inside its own namespace, after its
+// vector header and after defining kRowBlock (rows per register tile), and
+// compiles it with that ISA's flags. Keep everything here in that namespace:
+// no std:: templates instantiated on vector types, no statics.
+//
+// Register tile: RB rows x one panel (4 vectors) of accumulators. The same
+// micro-kernel serves the big GEMMs, the forward step (A = h_{t-1}, panel =
+// the four gates of one hidden block of W_hh) and the backward step (A =
+// dG_{t+1}, panel = four hidden blocks of W_hh^T).
+
+inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+template <class V>
+struct Impl {
+  using T = typename V::T;
+  static constexpr int W = V::width;
+  static constexpr int P = 4 * W;
+  static constexpr int RBMAX = kRowBlock;
+  // K chunk whose panel slice (KC x P) stays in L1 while a block of rows streams.
+  static constexpr int64_t KC = (24576 / (P * int64_t(sizeof(T)))) < 64 ? 64 : 24576 / (P * int64_t(sizeof(T)));
+  // Rows per GEMM row block, a multiple of RBMAX so row groups never depend
+  // on how rows were split among threads.
+  static constexpr int64_t MC = RBMAX * 40;
+
+  // acc[r][q] += sum_k a[r][k] * b[k*ldb + q*W + lane], k in [0, K).
+  template <int RB>
+  static inline void panel_dot(const T* const* a, int64_t K, const T* b, int64_t ldb,
+                               V (&acc)[RB][4]) {
+    if constexpr (RB == 1) {
+      // One row has only four FMA chains: split k into even and odd halves
+      // to hide the FMA latency.
+      V odd[4] = {V(T(0)), V(T(0)), V(T(0)), V(T(0))};
+      const T* a0 = a[0];
+      int64_t k = 0;
+      for (; k + 1 < K; k += 2) {
+        const T* b0 = b + k * ldb;
+        const T* b1 = b0 + ldb;
+        const V x0(a0[k]), x1(a0[k + 1]);
+        for (int q = 0; q < 4; ++q) acc[0][q] = fma(x0, V::load(b0 + q * W), acc[0][q]);
+        for (int q = 0; q < 4; ++q) odd[q] = fma(x1, V::load(b1 + q * W), odd[q]);
+      }
+      if (k < K) {
+        const T* b0 = b + k * ldb;
+        const V x0(a0[k]);
+        for (int q = 0; q < 4; ++q) acc[0][q] = fma(x0, V::load(b0 + q * W), acc[0][q]);
+      }
+      for (int q = 0; q < 4; ++q) acc[0][q] = acc[0][q] + odd[q];
+    } else {
+      for (int64_t k = 0; k < K; ++k) {
+        const T* bk = b + k * ldb;
+        const V b0 = V::load(bk), b1 = V::load(bk + W), b2 = V::load(bk + 2 * W),
+                b3 = V::load(bk + 3 * W);
+        for (int r = 0; r < RB; ++r) {
+          const V x(a[r][k]);
+          acc[r][0] = fma(x, b0, acc[r][0]);
+          acc[r][1] = fma(x, b1, acc[r][1]);
+          acc[r][2] = fma(x, b2, acc[r][2]);
+          acc[r][3] = fma(x, b3, acc[r][3]);
+        }
+      }
+    }
+  }
+
+  // Calls fn.template operator()<rb>() for a runtime rb in [1, RBMAX].
+  template <class Fn>
+  static inline void with_row_block(int64_t rb, Fn&& fn) {
+    switch (rb) {
+      case 1: fn.template operator()<1>(); break;
+      case 2: if constexpr (RBMAX >= 2) fn.template operator()<2>(); break;
+      case 3: if constexpr (RBMAX >= 3) fn.template operator()<3>(); break;
+      case 4: if constexpr (RBMAX >= 4) fn.template operator()<4>(); break;
+      case 5: if constexpr (RBMAX >= 5) fn.template operator()<5>(); break;
+      case 6: if constexpr (RBMAX >= 6) fn.template operator()<6>(); break;
+      default: break;
+    }
+  }
+
+  static inline V load_upto(const T* p, int64_t n) {  // n valid elements, may be <= 0
+    if (n >= W) return V::load(p);
+    if (n <= 0) return V(T(0));
+    return V::load_partial(p, int(n));
+  }
+  static inline void store_upto(const V& v, T* p, int64_t n) {
+    if (n >= W) v.store(p);
+    else if (n > 0) v.store_partial(p, int(n));
+  }
+
+  // ---------------------------------------------------------------- GEMM
+  template <int RB>
+  static void gemm_tile(const GemmArgs<T>& g, int64_t row0, int64_t panel, int64_t k0, int64_t kc) {
+    const bool first = (k0 == 0);
+    const int64_t col0 = panel * P;
+    V acc[RB][4];
+    const T* a[RB];
+    for (int r = 0; r < RB; ++r) {
+      T* crow = g.c_rows[row0 + r];
+      for (int q = 0; q < 4; ++q) {
+        const int64_t col = col0 + q * W;
+        V v = (first && g.c_init) ? V::load(g.c_init + col) : V(T(0));
+        if (!first || g.accumulate) v = v + load_upto(crow + col, g.N - col);
+        acc[r][q] = v;
+      }
+      a[r] = g.a_rows[row0 + r] + k0;
+    }
+    panel_dot<RB>(a, kc, g.b + panel * g.b_panel_stride + k0 * g.ldb, g.ldb, acc);
+    for (int r = 0; r < RB; ++r) {
+      T* crow = g.c_rows[row0 + r];
+      for (int q = 0; q < 4; ++q) store_upto(acc[r][q], crow + col0 + q * W, g.N - col0 - q * W);
+    }
+  }
+
+  static void gemm(const GemmArgs<T>& g, int tid, int nthreads) {
+    if (g.M <= 0 || g.N <= 0) return;
+    const int64_t n_panels = (g.N + P - 1) / P;
+    const int64_t n_groups = (g.M + RBMAX - 1) / RBMAX;
+    int64_t p0 = 0, p1 = n_panels, grp0 = 0, grp1 = n_groups;
+    // Split panels when there are enough of them, else row groups.
+    if (n_panels >= 4 * nthreads || n_panels >= n_groups) {
+      p0 = n_panels * tid / nthreads;
+      p1 = n_panels * (tid + 1) / nthreads;
+    } else {
+      grp0 = n_groups * tid / nthreads;
+      grp1 = n_groups * (tid + 1) / nthreads;
+    }
+    if (p0 >= p1 || grp0 >= grp1) return;
+    if (g.K <= 0) {  // C = c_init (+ C): still has to be written
+      for (int64_t grp = grp0; grp < grp1; ++grp)
+        for (int64_t p = p0; p < p1; ++p) {
+          const int64_t row0 = grp * RBMAX;
+          with_row_block(min64(RBMAX, g.M - row0),
+                         [&]<int RB>() { gemm_tile<RB>(g, row0, p, 0, 0); });
+        }
+      return;
+    }
+    const int64_t groups_per_block = MC / RBMAX;
+    for (int64_t k0 = 0; k0 < g.K; k0 += KC) {
+      const int64_t kc = min64(KC, g.K - k0);
+      for (int64_t gb = grp0; gb < grp1; gb += groups_per_block) {
+        const int64_t gb_end = min64(grp1, gb + groups_per_block);
+        for (int64_t p = p0; p < p1; ++p)
+          for (int64_t grp = gb; grp < gb_end; ++grp) {
+            const int64_t row0 = grp * RBMAX;
+            with_row_block(min64(RBMAX, g.M - row0),
+                           [&]<int RB>() { gemm_tile<RB>(g, row0, p, k0, kc); });
+          }
+      }
+    }
+  }
+
+  // ---------------------------------------------------------- forward step
+  template <int RB>
+  static void fwd_tile(const FwdStepArgs<T>& s, int64_t j, int64_t row0) {
+    V acc[RB][4];
+    const T* a[RB];
+    for (int r = 0; r < RB; ++r) {
+      const T* gx = s.gx + (row0 + r) * s.ld_gx + j * P;
+      for (int q = 0; q < 4; ++q) acc[r][q] = V::load(gx + q * W);
+      a[r] = s.h_prev + (row0 + r) * s.ld_h_prev;
+    }
+    panel_dot<RB>(a, s.H, s.w + j * s.H * P, P, acc);
+    const int64_t valid = s.H - j * W;
+    for (int r = 0; r < RB; ++r) {
+      const int64_t row = row0 + r;
+      const V c_prev = V::load(s.c_prev + row * s.ld_c_prev + j * W);
+      V c_new, h_new;
+      const GateActs<V> act = cell_forward(acc[r][0], acc[r][1], acc[r][2], acc[r][3], c_prev, c_new, h_new);
+      c_new.store(s.c_out + row * s.ld_c_out + j * W);
+      h_new.store(s.h_out + row * s.ld_h_out + j * W);
+      if (s.acts) {
+        T* ap = s.acts + row * s.ld_acts + j * P;
+        act.i.store(ap);
+        act.f.store(ap + W);
+        act.g.store(ap + 2 * W);
+        act.o.store(ap + 3 * W);
+      }
+      if (s.y) store_upto(h_new, s.y + s.y_row_offset[row] + j * W, valid);
+    }
+  }
+
+  static void fwd_step(const FwdStepArgs<T>& s, int64_t block_begin, int64_t block_end) {
+    for (int64_t j = block_begin; j < block_end; ++j)
+      for (int64_t row0 = 0; row0 < s.rows; row0 += RBMAX)
+        with_row_block(min64(RBMAX, s.rows - row0),
+                       [&]<int RB>() { fwd_tile<RB>(s, j, row0); });
+  }
+
+  // --------------------------------------------------------- backward step
+  template <int RB>
+  static void bwd_tile(const BwdStepArgs<T>& s, int64_t q, int64_t row0, bool recurrent) {
+    const int64_t n_blocks = s.Hp / W;
+    V acc[RB][4];
+    if (recurrent) {
+      const T* a[RB];
+      for (int r = 0; r < RB; ++r) {
+        for (int jb = 0; jb < 4; ++jb) acc[r][jb] = V(T(0));
+        a[r] = s.dg_next + (row0 + r) * s.ld_dg_next;
+      }
+      panel_dot<RB>(a, 4 * s.Hp, s.wt + q * 4 * s.Hp * P, P, acc);
+    } else {
+      for (int r = 0; r < RB; ++r)
+        for (int jb = 0; jb < 4; ++jb) {
+          const int64_t j = 4 * q + jb;
+          acc[r][jb] = j < n_blocks ? V::load(s.dh_init + (row0 + r) * s.ld_dh_init + j * W) : V(T(0));
+        }
+    }
+    for (int r = 0; r < RB; ++r) {
+      const int64_t row = row0 + r;
+      for (int jb = 0; jb < 4; ++jb) {
+        const int64_t j = 4 * q + jb;
+        if (j >= n_blocks) break;
+        V dh = acc[r][jb];
+        if (s.dy) dh = dh + load_upto(s.dy + s.dy_row_offset[row] + j * W, s.H - j * W);
+        const T* ap = s.acts + row * s.ld_acts + j * P;
+        const GateActs<V> act{V::load(ap), V::load(ap + W), V::load(ap + 2 * W), V::load(ap + 3 * W)};
+        const V c = V::load(s.c + row * s.ld_c + j * W);
+        const V c_prev = V::load(s.c_prev + row * s.ld_c_prev + j * W);
+        T* dcp = s.dc + row * s.ld_dc + j * W;
+        V dc_prev;
+        const GateGrads<V> d = cell_backward(act, c, c_prev, dh, V::load(dcp), dc_prev);
+        dc_prev.store(dcp);
+        T* gp = s.dg + row * s.ld_dg + j * P;
+        d.i.store(gp);
+        d.f.store(gp + W);
+        d.g.store(gp + 2 * W);
+        d.o.store(gp + 3 * W);
+      }
+    }
+  }
+
+  static void bwd_step(const BwdStepArgs<T>& s, int64_t group_begin, int64_t group_end) {
+    for (int64_t q = group_begin; q < group_end; ++q) {
+      for (int64_t row0 = 0; row0 < s.rec_rows; row0 += RBMAX)
+        with_row_block(min64(RBMAX, s.rec_rows - row0),
+                       [&]<int RB>() { bwd_tile<RB>(s, q, row0, true); });
+      for (int64_t row0 = s.rec_rows; row0 < s.rows; row0 += RBMAX)
+        with_row_block(min64(RBMAX, s.rows - row0),
+                       [&]<int RB>() { bwd_tile<RB>(s, q, row0, false); });
+    }
+  }
+
+  // ------------------------------------------------------------ one cell
+  static inline T dot(const T* a, const T* b, int64_t K) {
+    V s0(T(0)), s1(T(0));
+    int64_t k = 0;
+    for (; k + 2 * W <= K; k += 2 * W) {
+      s0 = fma(V::load(a + k), V::load(b + k), s0);
+      s1 = fma(V::load(a + k + W), V::load(b + k + W), s1);
+    }
+    for (; k < K; k += W) s0 = fma(load_upto(a + k, K - k), load_upto(b + k, K - k), s0);
+    return (s0 + s1).hsum();
+  }
+
+  static void cell(const CellArgs<T>& s, int64_t unit_begin, int64_t unit_end) {
+    alignas(64) T pre[4][W];
+    for (int64_t u = unit_begin; u < unit_end; u += W) {
+      const int64_t n = min64(W, unit_end - u);
+      for (int64_t b = 0; b < s.B; ++b) {
+        for (int q = 0; q < 4; ++q)
+          for (int64_t l = 0; l < W; ++l) {
+            const int64_t row = q * s.H + u + l;
+            pre[q][l] = l < n ? dot(s.w_ih + row * s.I, s.x + b * s.I, s.I) +
+                                    dot(s.w_hh + row * s.H, s.h + b * s.H, s.H) +
+                                    (s.bias ? s.bias[row] : T(0))
+                              : T(0);
+          }
+        V c_new, h_new;
+        cell_forward(V::load(pre[0]), V::load(pre[1]), V::load(pre[2]), V::load(pre[3]),
+                     load_upto(s.c + b * s.H + u, n), c_new, h_new);
+        store_upto(c_new, s.c_new + b * s.H + u, n);
+        store_upto(h_new, s.h_new + b * s.H + u, n);
+      }
+    }
+  }
+
+  static TypedKernels<T> table() { return {W, &gemm, &fwd_step, &bwd_step, &cell}; }
+};

@@ -1,0 +1,111 @@
+#include "cpu/thread_pool.h"
+
+namespace fusedlstm {
+namespace cpu {
+
+namespace {
+// About 50-100 us of spinning: longer than one step of any size we target,
+// short enough that an idle pool gives its cores back quickly.
+constexpr int kSpinsBeforeSleep = 20000;
+constexpr int kSpinsBeforeYield = 2000;
+}  // namespace
+
+void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield" ::: "memory");
+#endif
+}
+
+void SpinBarrier::wait() {
+  const int phase = phase_.load(std::memory_order_acquire);
+  if (arrived_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
+    arrived_.store(0, std::memory_order_relaxed);
+    phase_.store(phase + 1, std::memory_order_release);
+    return;
+  }
+  for (int spins = 0; phase_.load(std::memory_order_acquire) == phase; ++spins) {
+    if (spins < kSpinsBeforeYield) {
+      cpu_relax();
+    } else {
+      // More threads than free cores (an oversubscribed machine): let the
+      // thread we are waiting for run.
+      std::this_thread::yield();
+    }
+  }
+}
+
+ThreadPool& ThreadPool::instance() {
+  // Leaked on purpose: workers must not be joined from static destructors
+  // (the interpreter may already be tearing down threads at exit).
+  static ThreadPool* pool = new ThreadPool();
+  return *pool;
+}
+
+ThreadPool::~ThreadPool() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stop_ = true;
+  }
+  wake_.notify_all();
+  for (auto& t : workers_) t.join();
+}
+
+void ThreadPool::grow(int workers) {
+  while (int(workers_.size()) < workers) {
+    const int index = int(workers_.size()) + 1;  // tid 0 is the caller
+    slots_.push_back(std::make_unique<Slot>());
+    Slot* slot = slots_.back().get();
+    workers_.emplace_back([this, index, slot] { worker_loop(index, *slot); });
+  }
+}
+
+void ThreadPool::worker_loop(int index, Slot& slot) {
+  uint64_t seen = 0;
+  for (;;) {
+    uint64_t ticket = slot.ticket.load(std::memory_order_acquire);
+    for (int spins = 0; ticket == seen && spins < kSpinsBeforeSleep; ++spins) {
+      cpu_relax();
+      ticket = slot.ticket.load(std::memory_order_acquire);
+    }
+    if (ticket == seen) {
+      std::unique_lock<std::mutex> lock(mutex_);
+      sleepers_.fetch_add(1, std::memory_order_seq_cst);
+      wake_.wait(lock, [&] { return stop_ || slot.ticket.load(std::memory_order_seq_cst) != seen; });
+      sleepers_.fetch_sub(1, std::memory_order_seq_cst);
+      if (stop_) return;
+      ticket = slot.ticket.load(std::memory_order_acquire);
+    }
+    seen = ticket;
+    (*job_)(index, job_threads_);
+    pending_.fetch_sub(1, std::memory_order_acq_rel);
+  }
+}
+
+void ThreadPool::run(int n, const std::function<void(int, int)>& fn) {
+  if (n <= 1) {
+    fn(0, 1);
+    return;
+  }
+  std::lock_guard<std::mutex> region(run_mutex_);
+  grow(n - 1);
+  job_ = &fn;
+  job_threads_ = n;
+  ++generation_;
+  pending_.store(n - 1, std::memory_order_relaxed);
+  for (int i = 0; i < n - 1; ++i) slots_[i]->ticket.store(generation_, std::memory_order_seq_cst);
+  if (sleepers_.load(std::memory_order_seq_cst) > 0) {
+    // Taking the mutex orders this notify after a sleeper's predicate check.
+    std::lock_guard<std::mutex> lock(mutex_);
+    wake_.notify_all();
+  }
+  fn(0, n);
+  for (int spins = 0; pending_.load(std::memory_order_acquire) != 0; ++spins) {
+    if (spins < kSpinsBeforeYield) cpu_relax();
+    else std::this_thread::yield();
+  }
+}
+
+}  // namespace cpu
+}  // namespace fusedlstm

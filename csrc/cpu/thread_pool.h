@@ -1,0 +1,72 @@
+// A persistent thread pool and a spinning barrier for the CPU backend.
+//
+// The recurrence needs one barrier per time step, so a step must not pay for
+// waking threads: a parallel region runs the whole time loop, threads meet at
+// SpinBarrier between steps, and between regions idle workers spin briefly
+// before they sleep on a condition variable.
+#ifndef FUSEDLSTM_CPU_THREAD_POOL_H_
+#define FUSEDLSTM_CPU_THREAD_POOL_H_
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace fusedlstm {
+namespace cpu {
+
+void cpu_relax();
+
+class SpinBarrier {
+ public:
+  explicit SpinBarrier(int n) : n_(n) {}
+  void wait();
+
+ private:
+  alignas(64) std::atomic<int> arrived_{0};
+  alignas(64) std::atomic<int> phase_{0};
+  int n_;
+};
+
+class ThreadPool {
+ public:
+  static ThreadPool& instance();
+  // Runs fn(tid, n) for tid in [0, n) on n threads, the caller being tid 0,
+  // and returns when all have finished. Concurrent callers are serialised.
+  // fn must not throw.
+  void run(int n, const std::function<void(int, int)>& fn);
+  ~ThreadPool();
+
+ private:
+  ThreadPool() = default;
+  void grow(int workers);
+
+  // Each worker waits on its own ticket: a region hands out tickets only to
+  // the workers it uses, so idle ones never touch the job fields.
+  struct alignas(64) Slot {
+    std::atomic<uint64_t> ticket{0};
+  };
+
+  void worker_loop(int index, Slot& slot);
+
+  std::mutex run_mutex_;  // one region at a time
+  std::mutex mutex_;      // guards sleeping
+  std::condition_variable wake_;
+  std::vector<std::thread> workers_;
+  std::vector<std::unique_ptr<Slot>> slots_;  // slots_[i] belongs to tid i + 1
+  const std::function<void(int, int)>* job_ = nullptr;  // written before tickets
+  int job_threads_ = 0;
+  uint64_t generation_ = 0;
+  std::atomic<int> pending_{0};
+  std::atomic<int> sleepers_{0};
+  bool stop_ = false;
+};
+
+}  // namespace cpu
+}  // namespace fusedlstm
+
+#endif  // FUSEDLSTM_CPU_THREAD_POOL_H_

@@ -1,0 +1,53 @@
+"""fusedlstm: fused LSTM forward and backward-through-time kernels.
+
+    import fusedlstm
+    res = fusedlstm.lstm_forward(x, w_ih, w_hh, b_ih, b_hh, training=True)
+    grads = fusedlstm.lstm_backward(res, dy=dy)
+
+Weights use torch.nn.LSTM's layout (gate order i, f, g, o), so they move
+between the two unchanged. See README.md for the four sequence modes.
+"""
+
+import os as _os
+import warnings as _warnings
+
+from .api import (
+    FEEDS,
+    MODES,
+    LSTMGrads,
+    LSTMResult,
+    _set_debug_poison,
+    available_isas,
+    get_isa,
+    get_num_threads,
+    lstm_backward,
+    lstm_cell,
+    lstm_forward,
+    set_isa,
+    set_num_threads,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "lstm_forward", "lstm_backward", "lstm_cell", "LSTMResult", "LSTMGrads", "MODES", "FEEDS",
+    "set_num_threads", "get_num_threads", "available_isas", "get_isa", "set_isa", "build_info",
+]
+
+
+def build_info() -> dict:
+    """What this installed build has: version, backends, SIMD paths."""
+    return {
+        "version": __version__,
+        "backends": ["cpu"],
+        "cpu_isas": available_isas(),
+        "cpu_isa_in_use": get_isa(),
+        "num_threads": get_num_threads(),
+    }
+
+
+_requested = _os.environ.get("FUSEDLSTM_ISA")
+if _requested and _requested not in available_isas():
+    _warnings.warn(
+        f"FUSEDLSTM_ISA={_requested!r} is not one of the SIMD paths this CPU supports "
+        f"{available_isas()}; using {get_isa()!r}", RuntimeWarning, stacklevel=2)

@@ -16,12 +16,22 @@
 #define FL_HOST_DEVICE
 #endif
 
+// The cell math sits in the innermost loops of every kernel: always inline
+// it (GCC otherwise gives up on large kernels and passes vectors through memory).
+#if defined(__CUDACC__)
+#define FL_INLINE __forceinline__
+#elif defined(__GNUC__)
+#define FL_INLINE inline __attribute__((always_inline))
+#else
+#define FL_INLINE inline
+#endif
+
 namespace fusedlstm {
 
-FL_HOST_DEVICE inline float act_sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
-FL_HOST_DEVICE inline double act_sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
-FL_HOST_DEVICE inline float act_tanh(float x) { return std::tanh(x); }
-FL_HOST_DEVICE inline double act_tanh(double x) { return std::tanh(x); }
+FL_HOST_DEVICE FL_INLINE float act_sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+FL_HOST_DEVICE FL_INLINE double act_sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+FL_HOST_DEVICE FL_INLINE float act_tanh(float x) { return std::tanh(x); }
+FL_HOST_DEVICE FL_INLINE double act_tanh(double x) { return std::tanh(x); }
 
 // Activations of one step for one group of hidden units.
 template <class N>
@@ -33,7 +43,7 @@ struct GateActs {
 // biases already summed). Returns the activations (saved for backward in
 // training); writes the new cell and hidden state.
 template <class N>
-FL_HOST_DEVICE inline GateActs<N> cell_forward(N pre_i, N pre_f, N pre_g, N pre_o, N c_prev,
+FL_HOST_DEVICE FL_INLINE GateActs<N> cell_forward(N pre_i, N pre_f, N pre_g, N pre_o, N c_prev,
                                                N& c_new, N& h_new) {
   GateActs<N> a;
   a.i = act_sigmoid(pre_i);
@@ -55,7 +65,7 @@ struct GateGrads {
 // dc: gradient reaching c_t from step t+1 (or from c_n). Returns the gradients
 // of the gate pre-activations; writes dc_prev (the gradient reaching c_{t-1}).
 template <class N>
-FL_HOST_DEVICE inline GateGrads<N> cell_backward(const GateActs<N>& a, N c, N c_prev, N dh, N dc,
+FL_HOST_DEVICE FL_INLINE GateGrads<N> cell_backward(const GateActs<N>& a, N c, N c_prev, N dh, N dc,
                                                  N& dc_prev) {
   const N one = N(1);
   const N tc = act_tanh(c);

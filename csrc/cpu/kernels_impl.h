@@ -17,49 +17,77 @@ struct Impl {
   static constexpr int W = V::width;
   static constexpr int P = 4 * W;
   static constexpr int RBMAX = kRowBlock;
-  // K chunk whose panel slice (KC x P) stays in L1 while a block of rows streams.
-  static constexpr int64_t KC = (24576 / (P * int64_t(sizeof(T)))) < 64 ? 64 : 24576 / (P * int64_t(sizeof(T)));
+  // Products summed in registers before joining the running total (see panel_dot).
+  static constexpr int64_t KS = 32;
+  // GEMM K block: C tiles are loaded and stored once per block.
+  static constexpr int64_t KC = 256;
   // Rows per GEMM row block, a multiple of RBMAX so row groups never depend
   // on how rows were split among threads.
   static constexpr int64_t MC = RBMAX * 40;
 
-  // acc[r][q] += sum_k a[r][k] * b[k*ldb + q*W + lane], k in [0, K).
+  // part[r][q] += sum_k a[r][k0 + k] * b[k*ldb + q*W + lane], k in [0, kn).
   template <int RB>
-  static inline void panel_dot(const T* const* a, int64_t K, const T* b, int64_t ldb,
-                               V (&acc)[RB][4]) {
+  FL_INLINE static void panel_dot_chunk(const T* const* a, int64_t k0, int64_t kn, const T* b, int64_t ldb,
+                                     V (&part)[RB][4]) {
     if constexpr (RB == 1) {
       // One row has only four FMA chains: split k into even and odd halves
       // to hide the FMA latency.
       V odd[4] = {V(T(0)), V(T(0)), V(T(0)), V(T(0))};
-      const T* a0 = a[0];
+      const T* a0 = a[0] + k0;
       int64_t k = 0;
-      for (; k + 1 < K; k += 2) {
+      for (; k + 1 < kn; k += 2) {
         const T* b0 = b + k * ldb;
         const T* b1 = b0 + ldb;
         const V x0(a0[k]), x1(a0[k + 1]);
-        for (int q = 0; q < 4; ++q) acc[0][q] = fma(x0, V::load(b0 + q * W), acc[0][q]);
+        for (int q = 0; q < 4; ++q) part[0][q] = fma(x0, V::load(b0 + q * W), part[0][q]);
         for (int q = 0; q < 4; ++q) odd[q] = fma(x1, V::load(b1 + q * W), odd[q]);
       }
-      if (k < K) {
+      if (k < kn) {
         const T* b0 = b + k * ldb;
         const V x0(a0[k]);
-        for (int q = 0; q < 4; ++q) acc[0][q] = fma(x0, V::load(b0 + q * W), acc[0][q]);
+        for (int q = 0; q < 4; ++q) part[0][q] = fma(x0, V::load(b0 + q * W), part[0][q]);
       }
-      for (int q = 0; q < 4; ++q) acc[0][q] = acc[0][q] + odd[q];
+      for (int q = 0; q < 4; ++q) part[0][q] = part[0][q] + odd[q];
     } else {
-      for (int64_t k = 0; k < K; ++k) {
+      for (int64_t k = 0; k < kn; ++k) {
         const T* bk = b + k * ldb;
         const V b0 = V::load(bk), b1 = V::load(bk + W), b2 = V::load(bk + 2 * W),
                 b3 = V::load(bk + 3 * W);
         for (int r = 0; r < RB; ++r) {
-          const V x(a[r][k]);
-          acc[r][0] = fma(x, b0, acc[r][0]);
-          acc[r][1] = fma(x, b1, acc[r][1]);
-          acc[r][2] = fma(x, b2, acc[r][2]);
-          acc[r][3] = fma(x, b3, acc[r][3]);
+          const V x(a[r][k0 + k]);
+          part[r][0] = fma(x, b0, part[r][0]);
+          part[r][1] = fma(x, b1, part[r][1]);
+          part[r][2] = fma(x, b2, part[r][2]);
+          part[r][3] = fma(x, b3, part[r][3]);
         }
       }
     }
+  }
+
+  // acc[r][q] += sum_k a[r][k] * b[k*ldb + q*W + lane], k in [0, K).
+  // Two-level summation: chunks of KS products are summed in registers and
+  // the chunk sums added to a running total kept in L1, so the rounding
+  // error grows like KS + K/KS rather than K (long sums, e.g. dW over every
+  // step and row, stay as accurate as a blocked BLAS).
+  template <int RB>
+  FL_INLINE static void panel_dot(const T* const* a, int64_t K, const T* b, int64_t ldb, V (&acc)[RB][4]) {
+    if (K <= KS) {
+      panel_dot_chunk<RB>(a, 0, K, b, ldb, acc);
+      return;
+    }
+    alignas(64) T total[RB][4][W];
+    for (int r = 0; r < RB; ++r)
+      for (int q = 0; q < 4; ++q) acc[r][q].store(total[r][q]);
+    for (int64_t k0 = 0; k0 < K; k0 += KS) {
+      V part[RB][4];
+      for (int r = 0; r < RB; ++r)
+        for (int q = 0; q < 4; ++q) part[r][q] = V(T(0));
+      panel_dot_chunk<RB>(a, k0, min64(KS, K - k0), b + k0 * ldb, ldb, part);
+      for (int r = 0; r < RB; ++r)
+        for (int q = 0; q < 4; ++q) (V::load(total[r][q]) + part[r][q]).store(total[r][q]);
+    }
+    for (int r = 0; r < RB; ++r)
+      for (int q = 0; q < 4; ++q) acc[r][q] = V::load(total[r][q]);
   }
 
   // Calls fn.template operator()<rb>() for a runtime rb in [1, RBMAX].
@@ -76,12 +104,12 @@ struct Impl {
     }
   }
 
-  static inline V load_upto(const T* p, int64_t n) {  // n valid elements, may be <= 0
+  FL_INLINE static V load_upto(const T* p, int64_t n) {  // n valid elements, may be <= 0
     if (n >= W) return V::load(p);
     if (n <= 0) return V(T(0));
     return V::load_partial(p, int(n));
   }
-  static inline void store_upto(const V& v, T* p, int64_t n) {
+  FL_INLINE static void store_upto(const V& v, T* p, int64_t n) {
     if (n >= W) v.store(p);
     else if (n > 0) v.store_partial(p, int(n));
   }

@@ -125,25 +125,30 @@ void parallel_for(int64_t n, int threads, Fn&& fn) {
 
 // Forward panels of a gate matrix w [4H, K] (rows q*H + u): panel j holds the
 // four gates of hidden block j as a [K, P] slice; padded units are zero.
+// Tiled over k so the slice being written stays in L1 while P source rows
+// are read in runs of kTile elements.
 template <class T>
 Buffer<T> pack_gate_panels(const T* w, int64_t K, const Geometry& g, int threads) {
   Buffer<T> out(g.n_blocks * K * g.P);
   T* o = out.data();
+  constexpr int64_t kTile = 64;
   parallel_for(g.n_blocks, threads, [&](int64_t j0, int64_t j1) {
-    for (int64_t j = j0; j < j1; ++j) {
-      T* panel = o + j * K * g.P;
-      for (int64_t q = 0; q < 4; ++q)
-        for (int64_t l = 0; l < g.W; ++l) {
-          const int64_t u = j * g.W + l;
-          T* dst = panel + q * g.W + l;
-          if (u < g.H) {
-            const T* src = w + (q * g.H + u) * K;
-            for (int64_t k = 0; k < K; ++k) dst[k * g.P] = src[k];
-          } else {
-            for (int64_t k = 0; k < K; ++k) dst[k * g.P] = T(0);
+    for (int64_t j = j0; j < j1; ++j)
+      for (int64_t k0 = 0; k0 < K; k0 += kTile) {
+        const int64_t kn = std::min(kTile, K - k0);
+        T* tile = o + (j * K + k0) * g.P;
+        for (int64_t q = 0; q < 4; ++q)
+          for (int64_t l = 0; l < g.W; ++l) {
+            const int64_t u = j * g.W + l;
+            T* dst = tile + q * g.W + l;
+            if (u < g.H) {
+              const T* src = w + (q * g.H + u) * K + k0;
+              for (int64_t k = 0; k < kn; ++k) dst[k * g.P] = src[k];
+            } else {
+              for (int64_t k = 0; k < kn; ++k) dst[k * g.P] = T(0);
+            }
           }
-        }
-    }
+      }
   });
   return out;
 }
@@ -184,6 +189,43 @@ void transpose_rows(const std::vector<const T*>& src_rows, int64_t n_cols, T* ds
         for (int64_t c = c0; c < c_end; ++c)
           for (int64_t r = r0; r < r_end; ++r) dst[c * n_rows + r] = src_rows[r][c];
       }
+  });
+}
+
+// dst[r * K + k] = src[k * ld_src + col_of_row[r]]: a tiled transpose that
+// also maps interleaved columns back to nn.LSTM's rows.
+template <class T>
+void untranspose_columns(const T* src, int64_t ld_src, const std::vector<int64_t>& col_of_row, int64_t K,
+                         T* dst, int threads) {
+  const int64_t n_rows = int64_t(col_of_row.size());
+  constexpr int64_t kTile = 32;
+  parallel_for((n_rows + kTile - 1) / kTile, threads, [&](int64_t rb0, int64_t rb1) {
+    for (int64_t r0 = rb0 * kTile; r0 < std::min(n_rows, rb1 * kTile); r0 += kTile)
+      for (int64_t k0 = 0; k0 < K; k0 += kTile) {
+        const int64_t r_end = std::min(n_rows, r0 + kTile), k_end = std::min(K, k0 + kTile);
+        for (int64_t r = r0; r < r_end; ++r) {
+          const T* s = src + col_of_row[r];
+          for (int64_t k = k0; k < k_end; ++k) dst[r * K + k] = s[k * ld_src];
+        }
+      }
+  });
+}
+
+// out[c] = sum over r < n_rows of src[r * n_cols + c]. Long sums (over every
+// step and row) are accumulated in double, so float32 results keep about one
+// rounding error however long the sequence.
+template <class T>
+void sum_rows(const T* src, int64_t n_rows, int64_t n_cols, int64_t col_align, T* out, int threads) {
+  const int64_t n_chunks = (n_cols + col_align - 1) / col_align;
+  Buffer<double> acc(n_cols, true);
+  parallel_for(n_chunks, threads, [&](int64_t c0, int64_t c1) {
+    const int64_t begin = c0 * col_align, end = std::min(n_cols, c1 * col_align);
+    double* a = acc.data();
+    for (int64_t r = 0; r < n_rows; ++r) {
+      const T* row = src + r * n_cols;
+      for (int64_t c = begin; c < end; ++c) a[c] += double(row[c]);
+    }
+    for (int64_t c = begin; c < end; ++c) out[c] = T(a[c]);
   });
 }
 
@@ -513,15 +555,9 @@ void backward_typed(const Saved<T>& S, const fl_backward_params& p) {
       std::memcpy(static_cast<T*>(p.dc0) + ord.perm[r] * H, dc.data() + r * g.Hp, size_t(H) * sizeof(T));
   }
 
-  // db: column sums of dG.
-  Buffer<T> db_il(g.G4, true);
-  parallel_for(g.G4 / g.W, threads, [&](int64_t v0, int64_t v1) {
-    T* acc = db_il.data();
-    for (int64_t i = 0; i < ord.total; ++i) {
-      const T* row = dg.data() + i * g.G4;
-      for (int64_t c = v0 * g.W; c < v1 * g.W; ++c) acc[c] += row[c];
-    }
-  });
+  // db: column sums of dG (accumulated in double, see sum_rows).
+  Buffer<T> db_il(g.G4);
+  sum_rows(dg.data(), ord.total, g.G4, g.W, db_il.data(), threads);
 
   // dW_hh^T [H, 4Hp] = Hprev^T dG, Hprev = h_{t-1} of every packed row.
   const int64_t G4 = g.G4;
@@ -576,9 +612,8 @@ void backward_typed(const Saved<T>& S, const fl_backward_params& p) {
     Buffer<T> dg_x;
     const T* dgx = dg.data();
     if (S.feed == FL_FEED_REPEAT) {
-      dg_x = Buffer<T>(B * G4, true);
-      for (int64_t t = 0; t < T_; ++t)
-        for (int64_t i = 0; i < B * G4; ++i) dg_x.data()[i] += dg.data()[t * B * G4 + i];
+      dg_x = Buffer<T>(B * G4);
+      sum_rows(dg.data(), T_, B * G4, g.W, dg_x.data(), threads);  // sum over steps
       dgx = dg_x.data();
     }
     weight_gemm(x_t.data(), B, I, B, dgx, dwih_t.data(), false);
@@ -594,15 +629,10 @@ void backward_typed(const Saved<T>& S, const fl_backward_params& p) {
   }
 
   // Back from interleaved columns to nn.LSTM's [4H, K] row layout.
-  T* dw_ih = static_cast<T*>(p.dw_ih);
-  T* dw_hh = static_cast<T*>(p.dw_hh);
-  parallel_for(4 * H, threads, [&](int64_t r0, int64_t r1) {
-    for (int64_t row = r0; row < r1; ++row) {
-      const int64_t c = g.col(row / H, row % H);
-      for (int64_t k = 0; k < I; ++k) dw_ih[row * I + k] = dwih_t.data()[k * G4 + c];
-      for (int64_t k = 0; k < H; ++k) dw_hh[row * H + k] = dwhh_t.data()[k * G4 + c];
-    }
-  });
+  std::vector<int64_t> col_of_row(4 * H);
+  for (int64_t row = 0; row < 4 * H; ++row) col_of_row[row] = g.col(row / H, row % H);
+  untranspose_columns(dwih_t.data(), G4, col_of_row, I, static_cast<T*>(p.dw_ih), threads);
+  untranspose_columns(dwhh_t.data(), G4, col_of_row, H, static_cast<T*>(p.dw_hh), threads);
   if (p.db) {
     T* db = static_cast<T*>(p.db);
     for (int64_t row = 0; row < 4 * H; ++row) db[row] = db_il.data()[g.col(row / H, row % H)];

@@ -3,10 +3,10 @@
 #include <immintrin.h>
 #include <cmath>
 
-inline __m256i avx2_lane_mask(int n) {  // lanes [0, n) set, 32-bit lanes
+FL_INLINE __m256i avx2_lane_mask(int n) {  // lanes [0, n) set, 32-bit lanes
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
-inline __m256i avx2_lane_mask_pd(int n) {  // lanes [0, n) set, 64-bit lanes
+FL_INLINE __m256i avx2_lane_mask_pd(int n) {  // lanes [0, n) set, 64-bit lanes
   return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3));
 }
 
@@ -17,7 +17,7 @@ struct VecF {
   VecF() = default;
   VecF(__m256 x) : v(x) {}
   VecF(float s) : v(_mm256_set1_ps(s)) {}
-  static VecF load(const float* p) { return _mm256_loadu_ps(p); }
+  FL_INLINE static VecF load(const float* p) { return _mm256_loadu_ps(p); }
   float hsum() const {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -28,26 +28,26 @@ struct VecF {
   static VecF load_partial(const float* p, int n) { return _mm256_maskload_ps(p, avx2_lane_mask(n)); }
   void store_partial(float* p, int n) const { _mm256_maskstore_ps(p, avx2_lane_mask(n), v); }
 };
-inline VecF operator+(VecF a, VecF b) { return _mm256_add_ps(a.v, b.v); }
-inline VecF operator-(VecF a, VecF b) { return _mm256_sub_ps(a.v, b.v); }
-inline VecF operator*(VecF a, VecF b) { return _mm256_mul_ps(a.v, b.v); }
-inline VecF operator/(VecF a, VecF b) { return _mm256_div_ps(a.v, b.v); }
-inline VecF fma(VecF a, VecF b, VecF c) { return _mm256_fmadd_ps(a.v, b.v, c.v); }
-inline VecF vmin(VecF a, VecF b) { return _mm256_min_ps(a.v, b.v); }
-inline VecF vmax(VecF a, VecF b) { return _mm256_max_ps(a.v, b.v); }
-inline VecF vabs(VecF a) {
+FL_INLINE VecF operator+(VecF a, VecF b) { return _mm256_add_ps(a.v, b.v); }
+FL_INLINE VecF operator-(VecF a, VecF b) { return _mm256_sub_ps(a.v, b.v); }
+FL_INLINE VecF operator*(VecF a, VecF b) { return _mm256_mul_ps(a.v, b.v); }
+FL_INLINE VecF operator/(VecF a, VecF b) { return _mm256_div_ps(a.v, b.v); }
+FL_INLINE VecF fma(VecF a, VecF b, VecF c) { return _mm256_fmadd_ps(a.v, b.v, c.v); }
+FL_INLINE VecF vmin(VecF a, VecF b) { return _mm256_min_ps(a.v, b.v); }
+FL_INLINE VecF vmax(VecF a, VecF b) { return _mm256_max_ps(a.v, b.v); }
+FL_INLINE VecF vabs(VecF a) {
   return _mm256_and_ps(a.v, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff)));
 }
-inline VecF vcopysign(VecF mag, VecF sign) {
+FL_INLINE VecF vcopysign(VecF mag, VecF sign) {
   const __m256 sign_bit = _mm256_castsi256_ps(_mm256_set1_epi32(int(0x80000000u)));
   return _mm256_or_ps(_mm256_andnot_ps(sign_bit, mag.v), _mm256_and_ps(sign_bit, sign.v));
 }
-inline VecF vround(VecF a) { return _mm256_round_ps(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-inline VecF vpow2n(VecF n) {  // 2^n for integral n in [-126, 127]
+FL_INLINE VecF vround(VecF a) { return _mm256_round_ps(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+FL_INLINE VecF vpow2n(VecF n) {  // 2^n for integral n in [-126, 127]
   const __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(n.v), _mm256_set1_epi32(127));
   return _mm256_castsi256_ps(_mm256_slli_epi32(e, 23));
 }
-inline VecF vselect_lt(VecF a, VecF b, VecF x, VecF y) {  // a < b ? x : y
+FL_INLINE VecF vselect_lt(VecF a, VecF b, VecF x, VecF y) {  // a < b ? x : y
   return _mm256_blendv_ps(y.v, x.v, _mm256_cmp_ps(a.v, b.v, _CMP_LT_OQ));
 }
 
@@ -58,7 +58,7 @@ struct VecD {
   VecD() = default;
   VecD(__m256d x) : v(x) {}
   VecD(double s) : v(_mm256_set1_pd(s)) {}
-  static VecD load(const double* p) { return _mm256_loadu_pd(p); }
+  FL_INLINE static VecD load(const double* p) { return _mm256_loadu_pd(p); }
   double hsum() const {
     __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
     return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
@@ -67,10 +67,10 @@ struct VecD {
   static VecD load_partial(const double* p, int n) { return _mm256_maskload_pd(p, avx2_lane_mask_pd(n)); }
   void store_partial(double* p, int n) const { _mm256_maskstore_pd(p, avx2_lane_mask_pd(n), v); }
 };
-inline VecD operator+(VecD a, VecD b) { return _mm256_add_pd(a.v, b.v); }
-inline VecD operator-(VecD a, VecD b) { return _mm256_sub_pd(a.v, b.v); }
-inline VecD operator*(VecD a, VecD b) { return _mm256_mul_pd(a.v, b.v); }
-inline VecD fma(VecD a, VecD b, VecD c) { return _mm256_fmadd_pd(a.v, b.v, c.v); }
+FL_INLINE VecD operator+(VecD a, VecD b) { return _mm256_add_pd(a.v, b.v); }
+FL_INLINE VecD operator-(VecD a, VecD b) { return _mm256_sub_pd(a.v, b.v); }
+FL_INLINE VecD operator*(VecD a, VecD b) { return _mm256_mul_pd(a.v, b.v); }
+FL_INLINE VecD fma(VecD a, VecD b, VecD c) { return _mm256_fmadd_pd(a.v, b.v, c.v); }
 
 #include "vec_math.h"
 #include "vec_double_lanes.h"

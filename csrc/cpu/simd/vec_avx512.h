@@ -10,7 +10,7 @@ struct VecF {
   VecF() = default;
   VecF(__m512 x) : v(x) {}
   VecF(float s) : v(_mm512_set1_ps(s)) {}
-  static VecF load(const float* p) { return _mm512_loadu_ps(p); }
+  FL_INLINE static VecF load(const float* p) { return _mm512_loadu_ps(p); }
   float hsum() const { return _mm512_reduce_add_ps(v); }
   void store(float* p) const { _mm512_storeu_ps(p, v); }
   static VecF load_partial(const float* p, int n) {
@@ -20,29 +20,29 @@ struct VecF {
     _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1u), v);
   }
 };
-inline VecF operator+(VecF a, VecF b) { return _mm512_add_ps(a.v, b.v); }
-inline VecF operator-(VecF a, VecF b) { return _mm512_sub_ps(a.v, b.v); }
-inline VecF operator*(VecF a, VecF b) { return _mm512_mul_ps(a.v, b.v); }
-inline VecF operator/(VecF a, VecF b) { return _mm512_div_ps(a.v, b.v); }
-inline VecF fma(VecF a, VecF b, VecF c) { return _mm512_fmadd_ps(a.v, b.v, c.v); }
-inline VecF vmin(VecF a, VecF b) { return _mm512_min_ps(a.v, b.v); }
-inline VecF vmax(VecF a, VecF b) { return _mm512_max_ps(a.v, b.v); }
-inline VecF vabs(VecF a) {
+FL_INLINE VecF operator+(VecF a, VecF b) { return _mm512_add_ps(a.v, b.v); }
+FL_INLINE VecF operator-(VecF a, VecF b) { return _mm512_sub_ps(a.v, b.v); }
+FL_INLINE VecF operator*(VecF a, VecF b) { return _mm512_mul_ps(a.v, b.v); }
+FL_INLINE VecF operator/(VecF a, VecF b) { return _mm512_div_ps(a.v, b.v); }
+FL_INLINE VecF fma(VecF a, VecF b, VecF c) { return _mm512_fmadd_ps(a.v, b.v, c.v); }
+FL_INLINE VecF vmin(VecF a, VecF b) { return _mm512_min_ps(a.v, b.v); }
+FL_INLINE VecF vmax(VecF a, VecF b) { return _mm512_max_ps(a.v, b.v); }
+FL_INLINE VecF vabs(VecF a) {
   return _mm512_castsi512_ps(_mm512_and_epi32(_mm512_castps_si512(a.v), _mm512_set1_epi32(0x7fffffff)));
 }
-inline VecF vcopysign(VecF mag, VecF sign) {
+FL_INLINE VecF vcopysign(VecF mag, VecF sign) {
   const __m512i m = _mm512_set1_epi32(0x7fffffff);
   return _mm512_castsi512_ps(_mm512_ternarylogic_epi32(m, _mm512_castps_si512(mag.v),
                                                        _mm512_castps_si512(sign.v), 0xca));
 }
-inline VecF vround(VecF a) {
+FL_INLINE VecF vround(VecF a) {
   return _mm512_roundscale_ps(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 }
-inline VecF vpow2n(VecF n) {  // 2^n for integral n in [-126, 127]
+FL_INLINE VecF vpow2n(VecF n) {  // 2^n for integral n in [-126, 127]
   const __m512i e = _mm512_add_epi32(_mm512_cvtps_epi32(n.v), _mm512_set1_epi32(127));
   return _mm512_castsi512_ps(_mm512_slli_epi32(e, 23));
 }
-inline VecF vselect_lt(VecF a, VecF b, VecF x, VecF y) {  // a < b ? x : y
+FL_INLINE VecF vselect_lt(VecF a, VecF b, VecF x, VecF y) {  // a < b ? x : y
   return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a.v, b.v, _CMP_LT_OQ), y.v, x.v);
 }
 
@@ -53,7 +53,7 @@ struct VecD {
   VecD() = default;
   VecD(__m512d x) : v(x) {}
   VecD(double s) : v(_mm512_set1_pd(s)) {}
-  static VecD load(const double* p) { return _mm512_loadu_pd(p); }
+  FL_INLINE static VecD load(const double* p) { return _mm512_loadu_pd(p); }
   double hsum() const { return _mm512_reduce_add_pd(v); }
   void store(double* p) const { _mm512_storeu_pd(p, v); }
   static VecD load_partial(const double* p, int n) {
@@ -63,10 +63,10 @@ struct VecD {
     _mm512_mask_storeu_pd(p, (__mmask8)((1u << n) - 1u), v);
   }
 };
-inline VecD operator+(VecD a, VecD b) { return _mm512_add_pd(a.v, b.v); }
-inline VecD operator-(VecD a, VecD b) { return _mm512_sub_pd(a.v, b.v); }
-inline VecD operator*(VecD a, VecD b) { return _mm512_mul_pd(a.v, b.v); }
-inline VecD fma(VecD a, VecD b, VecD c) { return _mm512_fmadd_pd(a.v, b.v, c.v); }
+FL_INLINE VecD operator+(VecD a, VecD b) { return _mm512_add_pd(a.v, b.v); }
+FL_INLINE VecD operator-(VecD a, VecD b) { return _mm512_sub_pd(a.v, b.v); }
+FL_INLINE VecD operator*(VecD a, VecD b) { return _mm512_mul_pd(a.v, b.v); }
+FL_INLINE VecD fma(VecD a, VecD b, VecD c) { return _mm512_fmadd_pd(a.v, b.v, c.v); }
 
 #include "vec_math.h"
 #include "vec_double_lanes.h"

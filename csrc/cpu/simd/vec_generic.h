@@ -47,19 +47,19 @@ FL_GENERIC_BINOP(*)
 #undef FL_GENERIC_BINOP
 // Plain multiply-add (not std::fma: without hardware FMA that is a slow libm call).
 template <class T, int W>
-inline VecArr<T, W> fma(const VecArr<T, W>& a, const VecArr<T, W>& b, const VecArr<T, W>& c) {
+FL_INLINE VecArr<T, W> fma(const VecArr<T, W>& a, const VecArr<T, W>& b, const VecArr<T, W>& c) {
   VecArr<T, W> r;
   for (int l = 0; l < W; ++l) r.v[l] = a.v[l] * b.v[l] + c.v[l];
   return r;
 }
 template <class T, int W>
-inline VecArr<T, W> act_sigmoid(const VecArr<T, W>& x) {
+FL_INLINE VecArr<T, W> act_sigmoid(const VecArr<T, W>& x) {
   VecArr<T, W> r;
   for (int l = 0; l < W; ++l) r.v[l] = T(1) / (T(1) + std::exp(-x.v[l]));
   return r;
 }
 template <class T, int W>
-inline VecArr<T, W> act_tanh(const VecArr<T, W>& x) {
+FL_INLINE VecArr<T, W> act_tanh(const VecArr<T, W>& x) {
   VecArr<T, W> r;
   for (int l = 0; l < W; ++l) r.v[l] = std::tanh(x.v[l]);
   return r;

@@ -11,7 +11,7 @@
 // parts so r is exact), exp(r) by its degree-7 Taylor polynomial
 // (|r| <= ln2/2, truncation error < 6e-9 relative).
 template <class V>
-inline V vexp(V x) {
+FL_INLINE V vexp(V x) {
   x = vmin(V(88.0f), x);
   x = vmax(V(-87.3365447505531f), x);
   const V n = vround(x * V(1.44269504088896341f));
@@ -28,12 +28,12 @@ inline V vexp(V x) {
   return p * vpow2n(n);
 }
 
-inline VecF act_sigmoid(VecF x) { return VecF(1.0f) / (VecF(1.0f) + vexp(VecF(0.0f) - x)); }
+FL_INLINE VecF act_sigmoid(VecF x) { return VecF(1.0f) / (VecF(1.0f) + vexp(VecF(0.0f) - x)); }
 
 // tanh: |x| < 0.625: x + x^3 P(x^2), P a degree-4 least-squares fit of
 // (tanh(x)/x - 1)/x^2 (0.64 ulp max relative error in float); otherwise
 // sign(x) * (1 - 2 / (exp(2|x|) + 1)), which has no cancellation there.
-inline VecF act_tanh(VecF x) {
+FL_INLINE VecF act_tanh(VecF x) {
   const VecF ax = vabs(x);
   const VecF z = x * x;
   VecF p = VecF(-5.731123500e-03f);

@@ -1,0 +1,203 @@
+"""Readable numpy reference of the fused LSTM: the ground truth for the tests.
+
+Plain numpy, one Python loop over time for the forward pass and one for the
+hand-written back-propagation through time.  No dependency on the compiled
+module or on torch.  The semantics are those of ``fusedlstm.lstm_forward`` /
+``fusedlstm.lstm_backward``; this file doubles as their documentation.
+
+Equations (``torch.nn.LSTM`` compatible, gate order i, f, g, o)::
+
+    gates = x_t @ W_ih.T + b_ih + h_{t-1} @ W_hh.T + b_hh          # (B, 4H)
+    i = sigmoid(gates[:, 0:H])      f = sigmoid(gates[:, H:2H])
+    g = tanh(gates[:, 2H:3H])       o = sigmoid(gates[:, 3H:4H])
+    c_t = f * c_{t-1} + i * g
+    h_t = o * tanh(c_t)
+
+Shapes: W_ih (4H, I), W_hh (4H, H), b_ih, b_hh (4H,), h0, c0 (B, H)
+(``nn.LSTM``'s ``weight_ih_l0`` etc.; missing biases / states are zero).
+
+Modes (x is time-major (T, B, I) unless ``batch_first``, then (B, T, I)):
+
+* ``many_to_many``: y (T, B, H), the hidden state of every step.
+* ``many_to_one``:  y (B, H), the hidden state after each sequence's last step
+  (equal to h_n).
+* ``one_to_many``:  x (B, I) and ``steps=T``; y (T, B, H).  ``feed`` says what
+  the per-step input is: ``"repeat"`` x at every step, ``"first"`` x at step 0
+  and zeros afterwards (the biases still apply), ``"output"`` x at step 0 and
+  x_t = h_{t-1} afterwards (needs I == H).
+
+``lengths`` (B,) ints, 1 <= lengths[b] <= T, many_to_many / many_to_one only:
+sequence b ends after lengths[b] steps (``pack_padded_sequence(...,
+enforce_sorted=False)`` semantics).  y at padded steps is zero, h_n / c_n are
+the state after the last real step; in backward, dy at padded steps is ignored
+and dx at padded steps is zero.  Internally padded steps are steps at which the
+state is carried over unchanged (a boolean ``mask`` (T, B)).
+
+``dtype``: every computation is done in this dtype (inputs are cast to it).
+float64 is the truth; float32 is "a plain float32 numpy implementation of the
+same equations", the error baseline of the test-suite's tolerance policy.
+"""
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+__all__ = ["MODES", "FEEDS", "ForwardResult", "Gradients", "forward", "backward", "sigmoid"]
+
+MODES = ("many_to_many", "many_to_one", "one_to_many")
+FEEDS = ("repeat", "first", "output")
+
+
+def sigmoid(z):
+    with np.errstate(over="ignore"):  # exp(-z) -> inf for very negative z gives 0, correctly
+        return 1 / (1 + np.exp(-z))
+
+
+@dataclass
+class ForwardResult:
+    y: np.ndarray
+    h_n: np.ndarray
+    c_n: np.ndarray
+    # ---- cache for backward; all time-major ----
+    mode: str
+    feed: str
+    batch_first: bool
+    w_ih: np.ndarray
+    w_hh: np.ndarray
+    has_b_ih: bool
+    has_b_hh: bool
+    xs: np.ndarray    # (T, B, I) the input actually fed at each step (0 at padded steps)
+    mask: np.ndarray  # (T, B) True where step t belongs to sequence b
+    hs: np.ndarray    # (T+1, B, H) hs[t] = hidden state entering step t (hs[0] = h0)
+    cs: np.ndarray    # (T+1, B, H) cell state entering step t
+    acts: np.ndarray  # (T, B, 4H) activated gates i, f, g, o of step t
+
+
+@dataclass
+class Gradients:
+    dx: np.ndarray
+    dh0: np.ndarray
+    dc0: np.ndarray
+    dw_ih: np.ndarray
+    dw_hh: np.ndarray
+    db_ih: Optional[np.ndarray]
+    db_hh: Optional[np.ndarray]
+
+
+def forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, mode="many_to_many",
+            lengths=None, steps=None, feed="repeat", batch_first=False, dtype=np.float64):
+    if mode not in MODES:
+        raise ValueError(f"mode: unknown mode {mode!r}, expected one of {MODES}")
+    if feed not in FEEDS:
+        raise ValueError(f"feed: unknown feed {feed!r}, expected one of {FEEDS}")
+    x, w_ih, w_hh = (np.asarray(a, dtype=dtype) for a in (x, w_ih, w_hh))
+    H = w_hh.shape[1]
+    has_b_ih, has_b_hh = b_ih is not None, b_hh is not None
+    b_ih = np.asarray(b_ih, dtype) if has_b_ih else np.zeros(4 * H, dtype)
+    b_hh = np.asarray(b_hh, dtype) if has_b_hh else np.zeros(4 * H, dtype)
+
+    # ---- per-step inputs xs (T, B, I) and mask (T, B) ----
+    if mode == "one_to_many":
+        if lengths is not None:
+            raise ValueError("lengths: not supported with mode='one_to_many'")
+        if steps is None or steps < 1:
+            raise ValueError("steps: mode='one_to_many' needs steps >= 1")
+        if feed == "output" and x.shape[1] != H:
+            raise ValueError("feed: feed='output' needs input size == hidden size")
+        T, (B, I) = int(steps), x.shape
+        xs = np.zeros((T, B, I), dtype)
+        xs[:] = x if feed == "repeat" else 0
+        xs[0] = x  # feed="output": xs[t>0] is filled with h_{t-1} in the loop below
+    else:
+        xs = x.swapaxes(0, 1) if batch_first else x
+        T, B, I = xs.shape
+    mask = np.ones((T, B), dtype=bool)
+    if lengths is not None:
+        lengths = np.asarray(lengths)
+        if lengths.shape != (B,) or lengths.min() < 1 or lengths.max() > T:
+            raise ValueError(f"lengths: need shape ({B},) and 1 <= lengths <= {T}")
+        mask = np.arange(T)[:, None] < lengths[None, :]
+    xs = np.where(mask[:, :, None], xs, 0).astype(dtype)  # copy; padded inputs are never used
+
+    # ---- forward loop ----
+    hs = np.zeros((T + 1, B, H), dtype)
+    cs = np.zeros((T + 1, B, H), dtype)
+    hs[0] = 0 if h0 is None else np.asarray(h0, dtype)
+    cs[0] = 0 if c0 is None else np.asarray(c0, dtype)
+    acts = np.zeros((T, B, 4 * H), dtype)
+    y = np.zeros((T, B, H), dtype)
+    for t in range(T):
+        if mode == "one_to_many" and feed == "output" and t > 0:
+            xs[t] = hs[t]
+        gates = xs[t] @ w_ih.T + b_ih + hs[t] @ w_hh.T + b_hh
+        i, f = sigmoid(gates[:, 0:H]), sigmoid(gates[:, H:2 * H])
+        g, o = np.tanh(gates[:, 2 * H:3 * H]), sigmoid(gates[:, 3 * H:])
+        c = f * cs[t] + i * g
+        h = o * np.tanh(c)
+        m = mask[t][:, None]
+        cs[t + 1] = np.where(m, c, cs[t])  # padded step: carry the state over
+        hs[t + 1] = np.where(m, h, hs[t])
+        y[t] = np.where(m, h, 0)
+        acts[t] = np.concatenate([i, f, g, o], axis=1)
+
+    if mode == "many_to_one":
+        y_out = hs[T].copy()
+    else:
+        y_out = y.swapaxes(0, 1).copy() if batch_first else y
+    return ForwardResult(y_out, hs[T].copy(), cs[T].copy(), mode, feed, batch_first, w_ih, w_hh,
+                         has_b_ih, has_b_hh, xs, mask, hs, cs, acts)
+
+
+def backward(res, dy=None, dh_n=None, dc_n=None):
+    dtype = res.hs.dtype
+    T, B, H = res.hs.shape[0] - 1, res.hs.shape[1], res.hs.shape[2]
+
+    def grad(a, shape):
+        out = np.zeros(shape, dtype) if a is None else np.array(a, dtype=dtype)
+        if out.shape != shape:
+            raise ValueError(f"upstream gradient has shape {out.shape}, expected {shape}")
+        return out
+
+    dh = grad(dh_n, (B, H))  # running dL/dh, dL/dc of the state entering the current step
+    dc = grad(dc_n, (B, H))
+    if res.mode == "many_to_one":  # y is h_n
+        dh += grad(dy, (B, H))
+        dys = np.zeros((T, B, H), dtype)
+    else:
+        dys = grad(dy, (B, T, H) if res.batch_first else (T, B, H))
+        dys = dys.swapaxes(0, 1) if res.batch_first else dys
+    dys = np.where(res.mask[:, :, None], dys, 0)  # dy at padded steps is ignored
+
+    dxs = np.zeros_like(res.xs)
+    dw_ih, dw_hh = np.zeros_like(res.w_ih), np.zeros_like(res.w_hh)
+    db = np.zeros(4 * H, dtype)
+    for t in reversed(range(T)):
+        m = res.mask[t][:, None]
+        i, f, g, o = np.split(res.acts[t], 4, axis=1)
+        tanh_c = np.tanh(res.cs[t + 1])
+        dh_t = dh + dys[t]
+        dc_t = dc + dh_t * o * (1 - tanh_c ** 2)
+        dgates = np.concatenate([dc_t * g * i * (1 - i),          # d/d(pre-activation of) i
+                                 dc_t * res.cs[t] * f * (1 - f),  # f
+                                 dc_t * i * (1 - g ** 2),         # g
+                                 dh_t * tanh_c * o * (1 - o)],    # o
+                                axis=1)
+        dgates = np.where(m, dgates, 0)  # padded step: nothing computed
+        dxs[t] = dgates @ res.w_ih
+        dw_ih += dgates.T @ res.xs[t]
+        dw_hh += dgates.T @ res.hs[t]
+        db += dgates.sum(axis=0)
+        dh = np.where(m, dgates @ res.w_hh, dh)  # padded step: state was carried over
+        dc = np.where(m, dc_t * f, dc)
+        if res.mode == "one_to_many" and res.feed == "output" and t > 0:
+            dh += dxs[t]  # x_t was h_{t-1}
+
+    if res.mode != "one_to_many":
+        dx = dxs.swapaxes(0, 1).copy() if res.batch_first else dxs
+    elif res.feed == "repeat":
+        dx = dxs.sum(axis=0)
+    else:  # "first", "output": only step 0 saw x
+        dx = dxs[0]
+    return Gradients(dx, dh, dc, dw_ih, dw_hh,
+                     db.copy() if res.has_b_ih else None, db.copy() if res.has_b_hh else None)

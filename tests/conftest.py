@@ -1,0 +1,464 @@
+"""Shared fixtures, helpers and THE tolerance policy of the fusedlstm test-suite.
+
+Fixtures
+--------
+seed, rng        a fresh random seed per test (secrets.randbits), shown in the
+                 report of a failing test; set FUSEDLSTM_TEST_SEED=<n> to replay.
+ref              the numpy reference module (fusedlstm.reference, or loaded from
+                 python/fusedlstm/reference.py by path when the package cannot be
+                 imported because the compiled core is not built).
+fl               the fusedlstm package (library tests only).
+isa              parametrizes a test over fusedlstm.available_isas(); selects the
+                 path for the test and restores the previous one afterwards.
+num_threads      parametrizes a test over THREAD_COUNTS; sets/restores the count.
+threads          a context manager factory: ``with threads(2): ...`` sets the
+                 thread count for the block and restores it.
+debug_poison     autouse: fusedlstm._set_debug_poison(True) for every test (the
+                 library fills every output it allocates with NaN before the
+                 kernel runs), restored afterwards.  No-op when the library is
+                 not importable.
+policy           the tolerance policy (see TOLERANCE_POLICY below).
+reference_outputs  runs the reference in float64 (truth) and, for float32, in
+                 float32 (the error baseline) on the same inputs.
+torch_lstm       (skips the test when torch is absent) nn.LSTM forward/backward
+                 in float64 on the same inputs, as a second, independent truth.
+"""
+
+import contextlib
+import importlib.util
+import os
+import pathlib
+import secrets
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+# Lets an in-place build (extension next to python/fusedlstm/__init__.py) be found;
+# appended, so an installed package always wins.
+sys.path.append(str(ROOT / "python"))
+
+try:
+    import fusedlstm as _fl
+except Exception as exc:  # core not built (yet): only the reference tests can run
+    _fl = None
+    _FL_IMPORT_ERROR = exc
+else:
+    _FL_IMPORT_ERROR = None
+
+
+def _load_reference():
+    try:
+        from fusedlstm import reference
+        return reference
+    except Exception:
+        path = ROOT / "python" / "fusedlstm" / "reference.py"
+        spec = importlib.util.spec_from_file_location("_fusedlstm_reference", path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod  # dataclasses look their module up here
+        spec.loader.exec_module(mod)
+        return mod
+
+
+reference = _load_reference()
+
+THREAD_COUNTS = (1, 2)
+OUTPUT_NAMES = ("y", "h_n", "c_n")
+GRAD_NAMES = ("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih", "db_hh")
+
+
+# --------------------------------------------------------------------------------------
+# pytest configuration (pyproject.toml additionally sets --strict-markers,
+# xfail_strict = true and testpaths = ["tests"])
+# --------------------------------------------------------------------------------------
+def pytest_configure(config):
+    config.addinivalue_line("markers", "torch: compares against PyTorch (skipped without torch)")
+
+
+def pytest_report_header(config):
+    if _fl is None:
+        return [f"fusedlstm: NOT importable ({_FL_IMPORT_ERROR!r}); only reference tests can run"]
+    lines = [f"fusedlstm: {getattr(_fl, '__file__', '?')}"]
+    with contextlib.suppress(Exception):
+        lines.append(f"fusedlstm ISA paths: {list(_fl.available_isas())} (default {_fl.get_isa()}),"
+                     f" threads: {_fl.get_num_threads()}")
+    return lines
+
+
+def pytest_generate_tests(metafunc):
+    if "isa" in metafunc.fixturenames:
+        isas = list(_require_fl().available_isas())
+        metafunc.parametrize("isa", isas, indirect=True, ids=[f"isa={n}" for n in isas])
+    if "num_threads" in metafunc.fixturenames:
+        metafunc.parametrize("num_threads", THREAD_COUNTS, indirect=True,
+                             ids=[f"threads={n}" for n in THREAD_COUNTS])
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    seed = getattr(item, "_fusedlstm_seed", None)
+    if seed is not None and report.failed:
+        report.sections.append(
+            ("random seed", f"seed = {seed}   (replay: FUSEDLSTM_TEST_SEED={seed} pytest ...)"))
+
+
+def _require_fl():
+    if _fl is None:
+        raise RuntimeError(f"the fusedlstm package cannot be imported: {_FL_IMPORT_ERROR!r}")
+    return _fl
+
+
+# --------------------------------------------------------------------------------------
+# fixtures
+# --------------------------------------------------------------------------------------
+@pytest.fixture
+def seed(request):
+    env = os.environ.get("FUSEDLSTM_TEST_SEED")
+    value = int(env) if env else secrets.randbits(32)
+    request.node._fusedlstm_seed = value
+    print(f"random seed = {value}")
+    return value
+
+
+@pytest.fixture
+def rng(seed):
+    return np.random.default_rng(seed)
+
+
+@pytest.fixture
+def ref():
+    return reference
+
+
+@pytest.fixture
+def fl():
+    return _require_fl()
+
+
+@pytest.fixture
+def isa(request):
+    lib = _require_fl()
+    previous = lib.get_isa()
+    lib.set_isa(request.param)
+    assert lib.get_isa() == request.param
+    yield request.param
+    lib.set_isa(previous)
+
+
+@pytest.fixture
+def threads():
+    """``with threads(n): ...`` runs the block with n library threads."""
+    lib = _require_fl()
+
+    @contextlib.contextmanager
+    def use(n):
+        previous = lib.get_num_threads()
+        lib.set_num_threads(n)
+        try:
+            yield n
+        finally:
+            lib.set_num_threads(previous)
+
+    return use
+
+
+@pytest.fixture
+def num_threads(request):
+    lib = _require_fl()
+    previous = lib.get_num_threads()
+    lib.set_num_threads(request.param)
+    yield request.param
+    lib.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
+def debug_poison():
+    if _fl is None:
+        yield False
+        return
+    getter = getattr(_fl, "_get_debug_poison", None)
+    previous = getter() if getter is not None else None
+    returned = _fl._set_debug_poison(True)
+    if previous is None:
+        previous = returned if isinstance(returned, bool) else False
+    try:
+        yield True
+    finally:
+        _fl._set_debug_poison(previous)
+
+
+# --------------------------------------------------------------------------------------
+# the tolerance policy
+# --------------------------------------------------------------------------------------
+TOLERANCE_POLICY = """\
+Tolerance policy (the only one; no test uses its own tolerances).
+
+An output array `a` of the library (y, h_n, c_n, or any gradient) is compared with
+the numpy reference (fusedlstm.reference) evaluated ON THE SAME INPUTS:
+
+* ref64   = reference in float64 (float32 inputs are upcast exactly): the truth.
+* float64 results:  normwise relative error
+      max|a - ref64| / max(max|ref64|, 1e-300)  <=  F64_RTOL = 1e-12.
+  (1e-12 is ~4500 ulp of float64: room for a different summation order / FMA /
+   vectorised exp-tanh over the modest T, B, I, H of the tests, no slack factor
+   on top of it.)
+* float32 results:  with plain32 = the same reference run with dtype=np.float32
+  (a plain float32 numpy implementation of the same equations) and
+      err_plain = max|plain32 - ref64|,
+      floor     = 4 * eps(float32) * max(1, max|ref64|),
+  the library must satisfy
+      err_fast  = max|a - ref64|  <=  2 * err_plain + floor.
+  I.e. the library may be at most twice as inaccurate as the naive float32
+  implementation; the floor guards arrays where err_plain happens to be ~0.
+* Applied per output array.  Shapes must match exactly, the dtype of every output
+  must be the dtype of the inputs, a NaN/Inf where the reference is finite fails.
+  Outputs that are None in the reference (db_ih / db_hh without that bias) must be
+  None in the library.
+"""
+
+F64_RTOL = 1e-12
+F32_PLAIN_FACTOR = 2.0
+F32_FLOOR_EPS = 4.0
+
+
+def _max_abs(a):
+    return float(np.max(np.abs(a))) if a.size else 0.0
+
+
+def _where_max(diff):
+    if diff.size == 0:
+        return ()
+    flat = np.nan_to_num(np.abs(diff), nan=np.inf)
+    return np.unravel_index(int(np.argmax(flat)), diff.shape)
+
+
+def assert_policy(name, actual, ref64, plain32=None, *, dtype):
+    """Assert `actual` (a library output) meets TOLERANCE_POLICY.
+
+    name: label used in the message; ref64: reference in float64 on the same
+    inputs; plain32: reference in float32 (required when dtype is float32);
+    dtype: the dtype of the inputs (np.float32 or np.float64).
+    """
+    dtype = np.dtype(dtype)
+    if ref64 is None:
+        assert actual is None, f"{name}: expected None, got {type(actual).__name__}"
+        return
+    assert isinstance(actual, np.ndarray), f"{name}: expected ndarray, got {type(actual).__name__}"
+    assert actual.shape == ref64.shape, f"{name}: shape {actual.shape} != expected {ref64.shape}"
+    assert actual.dtype == dtype, f"{name}: dtype {actual.dtype} != input dtype {dtype}"
+    diff = actual.astype(np.float64) - ref64
+    err = _max_abs(diff)
+    scale = _max_abs(ref64)
+    if dtype == np.float64:
+        rel = err / max(scale, 1e-300)
+        assert rel <= F64_RTOL, (
+            f"{name} (float64): normwise relative error {rel:.3e} > {F64_RTOL:.0e} "
+            f"(max abs err {err:.3e} at {_where_max(diff)}, max|ref| {scale:.3e})")
+    elif dtype == np.float32:
+        assert plain32 is not None, f"{name}: float32 check needs the plain float32 reference"
+        err_plain = _max_abs(plain32.astype(np.float64) - ref64)
+        floor = F32_FLOOR_EPS * float(np.finfo(np.float32).eps) * max(1.0, scale)
+        bound = F32_PLAIN_FACTOR * err_plain + floor
+        assert err <= bound, (
+            f"{name} (float32): max abs error {err:.3e} at {_where_max(diff)} > bound {bound:.3e} "
+            f"= {F32_PLAIN_FACTOR} * err_plain {err_plain:.3e} + floor {floor:.3e} "
+            f"(max|ref64| {scale:.3e})")
+    else:
+        raise AssertionError(f"{name}: unsupported dtype {dtype}")
+
+
+def assert_policy_all(actual, ref64, plain32=None, *, dtype, names=None, prefix=""):
+    """assert_policy for every key of the dict `ref64` (or `names`)."""
+    for key in names if names is not None else ref64:
+        assert_policy(prefix + key, actual[key], ref64[key],
+                      None if plain32 is None else plain32[key], dtype=dtype)
+
+
+class _Policy:
+    text = TOLERANCE_POLICY
+    check = staticmethod(assert_policy)
+    check_all = staticmethod(assert_policy_all)
+
+
+@pytest.fixture
+def policy():
+    return _Policy
+
+
+# --------------------------------------------------------------------------------------
+# reference / library evaluation helpers
+# --------------------------------------------------------------------------------------
+def as_dict(fwd=None, grads=None):
+    """Collect y, h_n, c_n (from a forward result) and the gradients into one dict."""
+    out = {}
+    if fwd is not None:
+        out.update({k: getattr(fwd, k) for k in OUTPUT_NAMES})
+    if grads is not None:
+        out.update({k: getattr(grads, k) for k in GRAD_NAMES})
+    return out
+
+
+def run_reference(args, kwargs, upstream=None, *, dtype):
+    """Reference forward (+ backward when `upstream` is a dict) in `dtype`."""
+    res = reference.forward(*args, dtype=dtype, **kwargs)
+    grads = None if upstream is None else reference.backward(res, **upstream)
+    return as_dict(res, grads)
+
+
+def reference_outputs(args, kwargs, upstream=None, *, dtype):
+    """(ref64, plain32) for inputs of `dtype`; plain32 is None for float64."""
+    ref64 = run_reference(args, kwargs, upstream, dtype=np.float64)
+    plain32 = None
+    if np.dtype(dtype) == np.float32:
+        plain32 = run_reference(args, kwargs, upstream, dtype=np.float32)
+    return ref64, plain32
+
+
+@pytest.fixture(name="reference_outputs")
+def reference_outputs_fixture():
+    return reference_outputs
+
+
+def torch_lstm(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, lengths=None,
+               batch_first=False, dy=None, dh_n=None, dc_n=None):
+    """torch.nn.LSTM (float64, CPU) forward + autograd backward on the given arrays.
+
+    many_to_many semantics; with `lengths` the input is packed with
+    pack_padded_sequence(enforce_sorted=False) and y unpacked with
+    pad_packed_sequence(total_length=T).  Returns a dict like as_dict();
+    db_ih / db_hh are None when that bias is None.
+    """
+    import torch
+
+    f64 = torch.float64
+    x = np.asarray(x, np.float64)
+    T, B = (x.shape[1], x.shape[0]) if batch_first else x.shape[:2]
+    H, I = w_hh.shape[1], w_ih.shape[1]
+    lstm = torch.nn.LSTM(I, H, num_layers=1, bias=True, batch_first=batch_first).to(f64)
+    t = lambda a: torch.tensor(np.asarray(a, np.float64), dtype=f64)  # noqa: E731
+    with torch.no_grad():
+        lstm.weight_ih_l0.copy_(t(w_ih))
+        lstm.weight_hh_l0.copy_(t(w_hh))
+        lstm.bias_ih_l0.copy_(t(b_ih) if b_ih is not None else torch.zeros(4 * H, dtype=f64))
+        lstm.bias_hh_l0.copy_(t(b_hh) if b_hh is not None else torch.zeros(4 * H, dtype=f64))
+    xt = t(x).requires_grad_(True)
+    h0t = (t(h0) if h0 is not None else torch.zeros(B, H, dtype=f64)).unsqueeze(0).requires_grad_(True)
+    c0t = (t(c0) if c0 is not None else torch.zeros(B, H, dtype=f64)).unsqueeze(0).requires_grad_(True)
+    if lengths is None:
+        yt, (hn, cn) = lstm(xt, (h0t, c0t))
+    else:
+        from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+        packed = pack_padded_sequence(xt, torch.as_tensor(np.asarray(lengths, np.int64)),
+                                      batch_first=batch_first, enforce_sorted=False)
+        out, (hn, cn) = lstm(packed, (h0t, c0t))
+        yt, _ = pad_packed_sequence(out, batch_first=batch_first, total_length=T)
+    hn, cn = hn[0], cn[0]
+    loss = 0 * yt.sum()
+    for value, grad in ((yt, dy), (hn, dh_n), (cn, dc_n)):
+        if grad is not None:
+            loss = loss + (value * t(grad)).sum()
+    loss.backward()
+    g = lambda p: p.grad.detach().numpy().copy()  # noqa: E731
+    return {
+        "y": yt.detach().numpy().copy(), "h_n": hn.detach().numpy().copy(),
+        "c_n": cn.detach().numpy().copy(),
+        "dx": g(xt), "dh0": g(h0t)[0], "dc0": g(c0t)[0],
+        "dw_ih": g(lstm.weight_ih_l0), "dw_hh": g(lstm.weight_hh_l0),
+        "db_ih": g(lstm.bias_ih_l0) if b_ih is not None else None,
+        "db_hh": g(lstm.bias_hh_l0) if b_hh is not None else None,
+    }
+
+
+@pytest.fixture(name="torch_lstm")
+def torch_lstm_fixture():
+    pytest.importorskip("torch")
+    return torch_lstm
+
+
+
+# --------------------------------------------------------------------------------------
+# random problems
+# --------------------------------------------------------------------------------------
+class Problem:
+    """Inputs of one call: ``forward(*args, **kwargs)``, ``backward(res, **upstream)``."""
+
+    def __init__(self, args, kwargs, upstream, lengths, T):
+        self.args, self.kwargs, self.upstream, self.lengths, self.T = args, kwargs, upstream, lengths, T
+
+    @property
+    def inputs(self):
+        """x, w_ih, w_hh, b_ih, b_hh, h0, c0 as a dict."""
+        return dict(zip(("x", "w_ih", "w_hh"), self.args),
+                    **{k: self.kwargs[k] for k in ("b_ih", "b_hh", "h0", "c0")})
+
+    @property
+    def options(self):
+        return {k: v for k, v in self.kwargs.items() if k not in ("b_ih", "b_hh", "h0", "c0")}
+
+    def padded(self):
+        """(T, B) bool mask of padded steps (time-major), or None without lengths."""
+        if self.lengths is None:
+            return None
+        return np.arange(self.T)[:, None] >= np.asarray(self.lengths)[None, :]
+
+
+def make_problem(rng, *, mode="many_to_many", T=3, B=2, I=3, H=5, feed="repeat", lengths=False,
+                 init=True, bias="both", batch_first=False, upstream="all", dtype=np.float64,
+                 lengths_dtype=np.int64):
+    """A random problem.
+
+    lengths: False / True (random, row 1 has length 1) / an explicit array.
+    init: pass h0 and c0.  bias: "both", "ih", "hh" or "none".
+    upstream: "all" (dy, dh_n, dc_n), "dy", "states" (dh_n, dc_n) or "none".
+    dy at padded positions is large on purpose (it must be ignored).
+    """
+    scale = 1.5 / np.sqrt(H)
+    if mode == "one_to_many":
+        x = rng.standard_normal((B, I))
+    else:
+        x = rng.standard_normal((B, T, I) if batch_first else (T, B, I))
+    w_ih = rng.uniform(-scale, scale, (4 * H, I))
+    w_hh = rng.uniform(-scale, scale, (4 * H, H))
+    b_ih = rng.uniform(-0.5, 0.5, 4 * H) if bias in ("both", "ih") else None
+    b_hh = rng.uniform(-0.5, 0.5, 4 * H) if bias in ("both", "hh") else None
+    h0 = 0.5 * rng.standard_normal((B, H)) if init else None
+    c0 = rng.standard_normal((B, H)) if init else None
+
+    lens = None
+    if lengths is True:
+        lens = rng.integers(1, T + 1, B)
+        lens[1 % B] = 1
+    elif lengths is not False and lengths is not None:
+        lens = np.asarray(lengths)
+    if lens is not None:
+        lens = lens.astype(lengths_dtype)
+
+    y_shape = (B, H) if mode == "many_to_one" else ((B, T, H) if batch_first else (T, B, H))
+    dy = rng.standard_normal(y_shape)
+    if lens is not None and mode == "many_to_many":
+        pad = np.arange(T)[:, None] >= lens[None, :]
+        dy_tm = dy.swapaxes(0, 1) if batch_first else dy
+        dy_tm[pad] = 100.0 * rng.standard_normal((int(pad.sum()), H))
+    ups = {"dy": dy, "dh_n": rng.standard_normal((B, H)), "dc_n": rng.standard_normal((B, H))}
+    ups = {"all": ups, "dy": {"dy": dy}, "states": {"dh_n": ups["dh_n"], "dc_n": ups["dc_n"]},
+           "none": None}[upstream]
+
+    cast = lambda a: None if a is None else np.asarray(a, dtype)  # noqa: E731
+    args = (cast(x), cast(w_ih), cast(w_hh))
+    kwargs = dict(b_ih=cast(b_ih), b_hh=cast(b_hh), h0=cast(h0), c0=cast(c0), mode=mode,
+                  batch_first=batch_first)
+    if lens is not None:
+        kwargs["lengths"] = lens
+    if mode == "one_to_many":
+        kwargs.update(steps=T, feed=feed)
+    if ups is not None:
+        ups = {k: cast(v) for k, v in ups.items()}
+    return Problem(args, kwargs, ups, lens, T)
+
+
+@pytest.fixture(name="make_problem")
+def make_problem_fixture(rng):
+    return lambda **kw: make_problem(rng, **kw)

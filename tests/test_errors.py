@@ -1,0 +1,312 @@
+"""Argument checking of fusedlstm, and NaN / Inf propagation.
+
+Every bad input raises ValueError (shapes, values, modes) or TypeError (dtypes)
+and the message names the offending argument as a whole word ("w_hh",
+"lengths", "steps", "feed", "mode", "dy", ...).  Where two arguments disagree
+(e.g. x has I columns, w_ih another number) either name is accepted.
+"""
+
+import re
+
+import numpy as np
+import pytest
+
+import fusedlstm
+
+T, B, I, H = 4, 3, 5, 6  # I != H, T != B on purpose
+M2M, M2O, O2M = "many_to_many", "many_to_one", "one_to_many"
+
+
+def base(mode=M2M, dtype=np.float64):
+    """Valid inputs (dict x, w_ih, w_hh, b_ih, b_hh, h0, c0) and options."""
+    rng = np.random.default_rng(1234)
+    inputs = dict(
+        x=rng.standard_normal((B, I) if mode == O2M else (T, B, I)),
+        w_ih=rng.uniform(-0.5, 0.5, (4 * H, I)), w_hh=rng.uniform(-0.5, 0.5, (4 * H, H)),
+        b_ih=rng.uniform(-0.5, 0.5, 4 * H), b_hh=rng.uniform(-0.5, 0.5, 4 * H),
+        h0=rng.standard_normal((B, H)), c0=rng.standard_normal((B, H)))
+    inputs = {k: v.astype(dtype) for k, v in inputs.items()}
+    options = dict(mode=mode)
+    if mode == O2M:
+        options["steps"] = T
+    return inputs, options
+
+
+def forward(inputs, options, training=False):
+    inputs = dict(inputs)
+    x, w_ih, w_hh = inputs.pop("x"), inputs.pop("w_ih"), inputs.pop("w_hh")
+    return fusedlstm.lstm_forward(x, w_ih, w_hh, **inputs, **options, training=training)
+
+
+def assert_names(excinfo, names):
+    msg = str(excinfo.value)
+    found = [n for n in names if re.search(rf"(?<![A-Za-z0-9_]){re.escape(n)}(?![A-Za-z0-9_])", msg)]
+    assert found, f"the message {msg!r} names none of {names}"
+
+
+def setter(**changes):
+    """Mutation: set inputs/options; values may be functions of the old value."""
+    def mutate(inputs, options):
+        for key, value in changes.items():
+            target = inputs if key in inputs else options
+            target[key] = value(target.get(key)) if callable(value) else value
+    return mutate
+
+
+def grow(axis, by=1):
+    def fn(a):
+        pad = [(0, 0)] * a.ndim
+        pad[axis] = (0, by)
+        return np.pad(a, pad)
+    return fn
+
+
+def shrink(axis):
+    return lambda a: np.delete(a, -1, axis=axis)
+
+
+# (id, mode of the base problem, mutation, exception, accepted names)
+FORWARD_ERRORS = [
+    ("x-2d", M2M, setter(x=lambda a: a[0]), ValueError, ["x"]),
+    ("x-4d", M2M, setter(x=lambda a: a[None]), ValueError, ["x"]),
+    ("x-2d-many_to_one", M2O, setter(x=lambda a: a[0]), ValueError, ["x"]),
+    ("x-3d-one_to_many", O2M, setter(x=lambda a: a[None]), ValueError, ["x"]),
+    ("w_ih-1d", M2M, setter(w_ih=lambda a: a[0]), ValueError, ["w_ih"]),
+    ("w_ih-rows", M2M, setter(w_ih=grow(0, 4)), ValueError, ["w_ih", "w_hh"]),
+    ("w_ih-cols", M2M, setter(w_ih=grow(1)), ValueError, ["w_ih", "x"]),
+    ("w_ih-cols-one_to_many", O2M, setter(w_ih=shrink(1)), ValueError, ["w_ih", "x"]),
+    ("w_hh-3d", M2M, setter(w_hh=lambda a: a[None]), ValueError, ["w_hh"]),
+    ("w_hh-cols", M2M, setter(w_hh=grow(1)), ValueError, ["w_hh"]),
+    ("w_hh-rows", M2M, setter(w_hh=grow(0, 4)), ValueError, ["w_hh", "w_ih"]),
+    ("b_ih-short", M2M, setter(b_ih=shrink(0)), ValueError, ["b_ih"]),
+    ("b_ih-2d", M2M, setter(b_ih=lambda a: a[None]), ValueError, ["b_ih"]),
+    ("b_hh-long", M2M, setter(b_hh=grow(0)), ValueError, ["b_hh"]),
+    ("h0-batch", M2M, setter(h0=grow(0)), ValueError, ["h0"]),
+    ("h0-hidden", M2M, setter(h0=grow(1)), ValueError, ["h0"]),
+    ("h0-3d-torch-style", M2M, setter(h0=lambda a: a[None]), ValueError, ["h0"]),
+    ("c0-hidden", O2M, setter(c0=shrink(1)), ValueError, ["c0"]),
+    ("c0-1d", M2M, setter(c0=lambda a: a[0]), ValueError, ["c0"]),
+    ("h0-batch_first-mismatch", M2M, setter(batch_first=True), ValueError, ["h0", "c0", "x"]),
+    ("lengths-zero", M2M, setter(lengths=np.array([T, 0, 1])), ValueError, ["lengths"]),
+    ("lengths-negative", M2O, setter(lengths=np.array([T, -1, 1])), ValueError, ["lengths"]),
+    ("lengths-too-long", M2M, setter(lengths=np.array([T, T + 1, 1])), ValueError, ["lengths"]),
+    ("lengths-too-long-many_to_one", M2O, setter(lengths=np.array([1, 2, T + 1])), ValueError,
+     ["lengths"]),
+    ("lengths-size-plus", M2M, setter(lengths=np.array([1, 2, 3, 4])), ValueError, ["lengths"]),
+    ("lengths-size-minus", M2O, setter(lengths=np.array([1, 2])), ValueError, ["lengths"]),
+    ("lengths-2d", M2M, setter(lengths=np.array([[1, 2, 3]])), ValueError, ["lengths"]),
+    ("lengths-one_to_many", O2M, setter(lengths=np.array([1, 2, 3])), ValueError, ["lengths"]),
+    ("lengths-float", M2M, setter(lengths=np.array([1.0, 2.0, 3.0])), (TypeError, ValueError),
+     ["lengths"]),
+    ("steps-missing", O2M, setter(steps=None), ValueError, ["steps"]),
+    ("steps-zero", O2M, setter(steps=0), ValueError, ["steps"]),
+    ("steps-negative", O2M, setter(steps=-2), ValueError, ["steps"]),
+    ("feed-output-I!=H", O2M, setter(feed="output"), ValueError, ["feed"]),
+    ("feed-unknown", O2M, setter(feed="bogus"), ValueError, ["feed"]),
+    ("feed-with-many_to_many", M2M, setter(feed="first"), ValueError, ["feed"]),
+    ("steps-with-many_to_one", M2O, setter(steps=T), ValueError, ["steps"]),
+    ("mode-unknown", M2M, setter(mode="bogus"), ValueError, ["mode"]),
+    ("mode-empty", M2M, setter(mode=""), ValueError, ["mode"]),
+]
+
+
+@pytest.mark.parametrize("mode, mutate, exc, names",
+                         [pytest.param(*c[1:], id=c[0]) for c in FORWARD_ERRORS])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_forward_errors(mode, mutate, exc, names, dtype):
+    inputs, options = base(mode, dtype)
+    forward(inputs, options)  # the unmodified problem is valid
+    mutate(inputs, options)
+    with pytest.raises(exc) as excinfo:
+        forward(inputs, options)
+    assert_names(excinfo, names)
+
+
+MIXABLE = ("w_ih", "w_hh", "b_ih", "b_hh", "h0", "c0")
+
+
+@pytest.mark.parametrize("name", MIXABLE)
+@pytest.mark.parametrize("dtype, other", [(np.float64, np.float32), (np.float32, np.float64)],
+                         ids=["f64-with-f32", "f32-with-f64"])
+@pytest.mark.parametrize("mode", [M2M, O2M])
+def test_mixed_dtypes(name, dtype, other, mode):
+    inputs, options = base(mode, dtype)
+    inputs[name] = inputs[name].astype(other)
+    with pytest.raises(TypeError) as excinfo:
+        forward(inputs, options)
+    assert_names(excinfo, [name])
+
+
+@pytest.mark.parametrize("name", ["x", "w_ih", "w_hh", "b_hh", "h0"])
+@pytest.mark.parametrize("bad", [np.int64, np.int32, np.bool_, np.complex128, np.float16])
+def test_non_float_argument(name, bad):
+    inputs, options = base()
+    inputs[name] = inputs[name].astype(bad)
+    with pytest.raises(TypeError) as excinfo:
+        forward(inputs, options)
+    assert_names(excinfo, [name])
+
+
+@pytest.mark.parametrize("bad", [np.int64, np.float16, np.complex64])
+def test_all_arrays_of_unsupported_dtype(bad):
+    inputs, options = base()
+    inputs = {k: v.astype(bad) for k, v in inputs.items()}
+    with pytest.raises(TypeError) as excinfo:
+        forward(inputs, options)
+    assert_names(excinfo, list(inputs))
+
+
+# --------------------------------------------------------------------------------------
+# backward
+# --------------------------------------------------------------------------------------
+def test_backward_without_training():
+    res = forward(*base(), training=False)
+    with pytest.raises(ValueError) as excinfo:
+        fusedlstm.lstm_backward(res, dy=np.ones((T, B, H)))
+    assert_names(excinfo, ["training", "result"])
+
+
+# (id, mode, batch_first, upstream, exception, names); shapes of valid upstream:
+# dy (T, B, H) / (B, T, H) / many_to_one (B, H); dh_n, dc_n (B, H)
+BACKWARD_ERRORS = [
+    ("dy-hidden", M2M, False, dict(dy=np.ones((T, B, H + 1))), ValueError, ["dy"]),
+    ("dy-time", M2M, False, dict(dy=np.ones((T + 1, B, H))), ValueError, ["dy"]),
+    ("dy-2d", M2M, False, dict(dy=np.ones((B, H))), ValueError, ["dy"]),
+    ("dy-not-batch_first", M2M, True, dict(dy=np.ones((T, B, H))), ValueError, ["dy"]),
+    ("dy-3d-many_to_one", M2O, False, dict(dy=np.ones((T, B, H))), ValueError, ["dy"]),
+    ("dy-batch-many_to_one", M2O, False, dict(dy=np.ones((B + 1, H))), ValueError, ["dy"]),
+    ("dy-one_to_many", O2M, False, dict(dy=np.ones((T, B, I))), ValueError, ["dy"]),
+    ("dy-one_to_many-batch_first", O2M, True, dict(dy=np.ones((T, B, H))), ValueError, ["dy"]),
+    ("dh_n-hidden", M2M, False, dict(dh_n=np.ones((B, H + 1))), ValueError, ["dh_n"]),
+    ("dh_n-3d", O2M, False, dict(dh_n=np.ones((1, B, H))), ValueError, ["dh_n"]),
+    ("dc_n-batch", M2O, False, dict(dc_n=np.ones((B + 1, H))), ValueError, ["dc_n"]),
+    ("dy-float32", M2M, False, dict(dy=np.ones((T, B, H), np.float32)), TypeError, ["dy"]),
+    ("dh_n-int", M2M, False, dict(dh_n=np.ones((B, H), np.int64)), TypeError, ["dh_n"]),
+    ("dc_n-float32", O2M, False, dict(dc_n=np.ones((B, H), np.float32)), TypeError, ["dc_n"]),
+]
+
+
+@pytest.mark.parametrize("mode, batch_first, upstream, exc, names",
+                         [pytest.param(*c[1:], id=c[0]) for c in BACKWARD_ERRORS])
+def test_backward_errors(mode, batch_first, upstream, exc, names):
+    inputs, options = base(mode)
+    if batch_first and mode != O2M:
+        inputs["x"] = np.ascontiguousarray(inputs["x"].swapaxes(0, 1))
+    res = forward(inputs, dict(options, batch_first=batch_first), training=True)
+    with pytest.raises(exc) as excinfo:
+        fusedlstm.lstm_backward(res, **upstream)
+    assert_names(excinfo, names)
+
+
+# --------------------------------------------------------------------------------------
+# lstm_cell
+# --------------------------------------------------------------------------------------
+def cell_base(dtype=np.float64):
+    inputs, _ = base(O2M, dtype)
+    return dict(x=inputs["x"], h=inputs["h0"], c=inputs["c0"], w_ih=inputs["w_ih"],
+                w_hh=inputs["w_hh"], b_ih=inputs["b_ih"], b_hh=inputs["b_hh"])
+
+
+def cell(a):
+    return fusedlstm.lstm_cell(a["x"], a["h"], a["c"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"])
+
+
+CELL_ERRORS = [
+    ("x-3d", "x", lambda a: a[None], ValueError, ["x"]),
+    ("x-cols", "x", grow(1), ValueError, ["x", "w_ih"]),
+    ("h-hidden", "h", grow(1), ValueError, ["h"]),
+    ("h-batch", "h", grow(0), ValueError, ["h"]),
+    ("c-hidden", "c", shrink(1), ValueError, ["c"]),
+    ("c-1d", "c", lambda a: a[0], ValueError, ["c"]),
+    ("w_hh-cols", "w_hh", grow(1), ValueError, ["w_hh"]),
+    ("b_ih-short", "b_ih", shrink(0), ValueError, ["b_ih"]),
+    ("h-float32", "h", lambda a: a.astype(np.float32), TypeError, ["h"]),
+    ("c-float32", "c", lambda a: a.astype(np.float32), TypeError, ["c"]),
+    ("x-int", "x", lambda a: a.astype(np.int64), TypeError, ["x"]),
+    ("b_hh-float32", "b_hh", lambda a: a.astype(np.float32), TypeError, ["b_hh"]),
+]
+
+
+@pytest.mark.parametrize("name, change, exc, names",
+                         [pytest.param(*c[1:], id=c[0]) for c in CELL_ERRORS])
+def test_cell_errors(name, change, exc, names):
+    args = cell_base()
+    cell(args)  # valid
+    args[name] = change(args[name])
+    with pytest.raises(exc) as excinfo:
+        cell(args)
+    assert_names(excinfo, names)
+
+
+# --------------------------------------------------------------------------------------
+# NaN / Inf propagation
+# --------------------------------------------------------------------------------------
+def check_nonfinite_then_policy(name, got, ref64, plain32, dtype, policy):
+    """Same NaN / +Inf / -Inf positions as the reference; the rest by the policy."""
+    assert got.shape == ref64.shape, name
+    for test in (np.isnan, np.isposinf, np.isneginf):
+        mismatch = test(got) != test(ref64)
+        assert not mismatch.any(), (f"{name}: {test.__name__} differs from the reference at "
+                                    f"{np.argwhere(mismatch)[:5].tolist()}")
+    finite = np.isfinite(ref64)
+    zero = lambda a: None if a is None else np.where(finite, a, 0).astype(a.dtype)  # noqa: E731
+    policy.check(name, zero(got), zero(ref64), zero(plain32), dtype=dtype)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("mode", [M2M, M2O])
+def test_nonfinite_input_propagates(value, dtype, mode, isa, threads, make_problem,
+                                    reference_outputs, policy):
+    Tn, Bn = 6, 4
+    p = make_problem(mode=mode, T=Tn, B=Bn, I=5, H=13, dtype=dtype)
+    t0, b0 = 2, 1
+    p.args[0][t0, b0, 0] = value
+    with_grads = np.isnan(value)  # Inf inputs: forward only (saturated gates give 0 * inf in BPTT)
+    up = p.upstream if with_grads else None
+    ref64, plain32 = reference_outputs(p.args, p.kwargs, up, dtype=dtype)
+    # the test is meaningful: the reference has the expected pattern
+    h_ref = ref64["h_n"]
+    if np.isnan(value):
+        assert np.isnan(h_ref[b0]).all() and np.isfinite(np.delete(h_ref, b0, axis=0)).all()
+        if mode == M2M:
+            assert np.isnan(ref64["y"][t0:, b0]).all() and np.isfinite(ref64["y"][:t0]).all()
+    with threads(2):
+        res = fusedlstm.lstm_forward(*p.args, **p.kwargs, training=with_grads)
+        got = {k: getattr(res, k) for k in ("y", "h_n", "c_n")}
+        if with_grads:
+            grads = fusedlstm.lstm_backward(res, **up)
+            got.update({k: getattr(grads, k) for k in ref64 if k not in got})
+    for name in ref64:
+        check_nonfinite_then_policy(name, got[name], ref64[name],
+                                    None if plain32 is None else plain32[name], dtype, policy)
+
+
+# --------------------------------------------------------------------------------------
+# thread / ISA controls
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["bogus", "", "AVX2 ", "sse9"])
+def test_set_isa_unknown(name):
+    previous = fusedlstm.get_isa()
+    with pytest.raises(ValueError):
+        fusedlstm.set_isa(name)
+    assert fusedlstm.get_isa() == previous
+
+
+def test_set_isa_unsupported():
+    unsupported = [n for n in ("avx512", "avx2", "generic") if n not in fusedlstm.available_isas()]
+    if not unsupported:
+        pytest.skip("this CPU runs every known ISA path")
+    previous = fusedlstm.get_isa()
+    for name in unsupported:
+        with pytest.raises(ValueError):
+            fusedlstm.set_isa(name)
+        assert fusedlstm.get_isa() == previous
+
+
+@pytest.mark.parametrize("n", [0, -1])
+def test_set_num_threads_invalid(n):
+    previous = fusedlstm.get_num_threads()
+    with pytest.raises(ValueError):
+        fusedlstm.set_num_threads(n)
+    assert fusedlstm.get_num_threads() == previous

@@ -302,3 +302,14 @@ def test_env_num_threads():
 def test_env_isa(name):
     code = "import fusedlstm; print(fusedlstm.get_isa())"
     assert _python_with_env(code, FUSEDLSTM_ISA=name) == name
+
+
+def test_non_native_byte_order_matches_native(rng):
+    """A big-endian float32 array is still float32: same results as native."""
+    x = rng.standard_normal((4, 3, 6)).astype(np.float32)
+    w_ih = (0.3 * rng.standard_normal((20, 6))).astype(np.float32)
+    w_hh = (0.3 * rng.standard_normal((20, 5))).astype(np.float32)
+    native = fusedlstm.lstm_forward(x, w_ih, w_hh)
+    swapped = fusedlstm.lstm_forward(x.astype(">f4"), w_ih.astype(">f4"), w_hh.astype(">f4"))
+    assert swapped.y.dtype == np.float32
+    assert np.array_equal(native.y, swapped.y)

@@ -35,8 +35,9 @@ void check(fl_status status) {
 }
 
 fl_dtype dtype_of(const py::array& a) {
-  if (a.dtype().is(py::dtype::of<float>())) return FL_FLOAT32;
-  if (a.dtype().is(py::dtype::of<double>())) return FL_FLOAT64;
+  // equal(), not is(): an unpickled array carries its own dtype instance.
+  if (a.dtype().equal(py::dtype::of<float>())) return FL_FLOAT32;
+  if (a.dtype().equal(py::dtype::of<double>())) return FL_FLOAT64;
   throw py::type_error("internal: unsupported dtype reached the core");
 }
 

@@ -1,5 +1,7 @@
 #include "cpu/thread_pool.h"
 
+#include <pthread.h>
+
 namespace fusedlstm {
 namespace cpu {
 
@@ -36,11 +38,21 @@ void SpinBarrier::wait() {
   }
 }
 
+namespace {
+std::atomic<ThreadPool*> g_pool{nullptr};
+std::once_flag g_pool_once;
+}  // namespace
+
 ThreadPool& ThreadPool::instance() {
   // Leaked on purpose: workers must not be joined from static destructors
   // (the interpreter may already be tearing down threads at exit).
-  static ThreadPool* pool = new ThreadPool();
-  return *pool;
+  std::call_once(g_pool_once, [] {
+    g_pool.store(new ThreadPool(), std::memory_order_release);
+    // A forked child (multiprocessing, DataLoader workers) has none of the
+    // parent's workers: give it a fresh pool and leave the old one untouched.
+    pthread_atfork(nullptr, nullptr, [] { g_pool.store(new ThreadPool(), std::memory_order_release); });
+  });
+  return *g_pool.load(std::memory_order_acquire);
 }
 
 ThreadPool::~ThreadPool() {

@@ -88,6 +88,8 @@ def _float_array(name, a, dtype=None):
     if a is None:
         raise TypeError(f"{name} must be an array, got None")
     arr = a if isinstance(a, np.ndarray) else np.asarray(a)
+    if arr.dtype.kind == "f" and not arr.dtype.isnative:  # same dtype, other byte order
+        arr = arr.astype(arr.dtype.newbyteorder("="))
     if arr.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"{name} must have dtype float32 or float64, got {arr.dtype}")
     if dtype is not None and arr.dtype != dtype:

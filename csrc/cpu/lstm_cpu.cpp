@@ -19,7 +19,10 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <new>
+#include <stdexcept>
 #include <numeric>
 #include <vector>
 
@@ -32,6 +35,51 @@ namespace cpu {
 
 namespace {
 
+// Large workspaces come back for the next call instead of going to the OS:
+// a fresh multi-megabyte allocation is mmapped and every page faulted and
+// zeroed on first touch, which cost more than packing the weights at B = 1.
+// Blocks of at least kMinCached bytes are kept, kMaxCachedTotal at most.
+class BlockCache {
+ public:
+  static BlockCache& instance() {
+    static BlockCache* cache = new BlockCache();  // leaked: used until exit
+    return *cache;
+  }
+  void* take(size_t bytes, size_t* capacity) {
+    if (bytes >= kMinCached) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto it = free_.lower_bound(bytes);
+      if (it != free_.end() && it->first <= 2 * bytes) {
+        void* p = it->second;
+        *capacity = it->first;
+        cached_ -= it->first;
+        free_.erase(it);
+        return p;
+      }
+    }
+    *capacity = bytes;
+    return std::aligned_alloc(64, bytes);
+  }
+  void give(void* p, size_t capacity) {
+    if (capacity >= kMinCached) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (cached_ + capacity <= kMaxCachedTotal) {
+        free_.emplace(capacity, p);
+        cached_ += capacity;
+        return;
+      }
+    }
+    std::free(p);
+  }
+
+ private:
+  static constexpr size_t kMinCached = size_t(1) << 20;
+  static constexpr size_t kMaxCachedTotal = size_t(256) << 20;
+  std::mutex mutex_;
+  std::multimap<size_t, void*> free_;
+  size_t cached_ = 0;
+};
+
 // 64-byte aligned, uninitialised (or zeroed) storage.
 template <class T>
 class Buffer {
@@ -40,33 +88,41 @@ class Buffer {
   explicit Buffer(int64_t n, bool zero = false) : n_(n) {
     if (n <= 0) return;
     const size_t bytes = (size_t(n) * sizeof(T) + 63) / 64 * 64;
-    p_ = static_cast<T*>(std::aligned_alloc(64, bytes));
+    p_ = static_cast<T*>(BlockCache::instance().take(bytes, &capacity_));
     if (!p_) throw std::bad_alloc();
     if (zero) std::memset(p_, 0, bytes);
   }
-  Buffer(Buffer&& o) noexcept : p_(o.p_), n_(o.n_) { o.p_ = nullptr, o.n_ = 0; }
+  Buffer(Buffer&& o) noexcept : p_(o.p_), n_(o.n_), capacity_(o.capacity_) { o.p_ = nullptr, o.n_ = 0; }
   Buffer& operator=(Buffer&& o) noexcept {
     std::swap(p_, o.p_);
     std::swap(n_, o.n_);
+    std::swap(capacity_, o.capacity_);
     return *this;
   }
   Buffer(const Buffer&) = delete;
   Buffer& operator=(const Buffer&) = delete;
-  ~Buffer() { std::free(p_); }
+  ~Buffer() {
+    if (p_) BlockCache::instance().give(p_, capacity_);
+  }
   T* data() const { return p_; }
   int64_t size() const { return n_; }
 
  private:
   T* p_ = nullptr;
   int64_t n_ = 0;
+  size_t capacity_ = 0;
 };
+
+constexpr int kMaxWidth = 16;  // widest SIMD vector, in elements, of any kernel table
 
 // Padded sizes and the gate-interleaved column map (see kernels.h).
 struct Geometry {
   int64_t W, P, H, Hp, n_blocks, G4, n_groups;
   Geometry(int64_t hidden, int width)
       : W(width), P(4 * int64_t(width)), H(hidden), Hp((hidden + width - 1) / width * width),
-        n_blocks(Hp / width), G4(4 * Hp), n_groups((n_blocks + 3) / 4) {}
+        n_blocks(Hp / width), G4(4 * Hp), n_groups((n_blocks + 3) / 4) {
+    if (width > kMaxWidth) throw std::logic_error("SIMD width above kMaxWidth");
+  }
   // Column of gate q (0..3 = i,f,g,o), hidden unit u.
   int64_t col(int64_t q, int64_t u) const { return (u / W) * P + q * W + u % W; }
   // Inverse: column -> gate and unit.
@@ -125,30 +181,32 @@ void parallel_for(int64_t n, int threads, Fn&& fn) {
 
 // Forward panels of a gate matrix w [4H, K] (rows q*H + u): panel j holds the
 // four gates of hidden block j as a [K, P] slice; padded units are zero.
-// Tiled over k so the slice being written stays in L1 while P source rows
-// are read in runs of kTile elements.
+// Reads the W source rows of one gate in step (few streams for the
+// prefetchers) and writes each W-wide run of a panel row whole.
 template <class T>
 Buffer<T> pack_gate_panels(const T* w, int64_t K, const Geometry& g, int threads) {
   Buffer<T> out(g.n_blocks * K * g.P);
   T* o = out.data();
   constexpr int64_t kTile = 64;
-  parallel_for(g.n_blocks, threads, [&](int64_t j0, int64_t j1) {
-    for (int64_t j = j0; j < j1; ++j)
+  parallel_for(g.n_blocks * 4, threads, [&](int64_t i0, int64_t i1) {
+    const T* rows[kMaxWidth] = {};
+    T tile[kMaxWidth][kTile + 1];
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t j = i / 4, q = i % 4;
+      const int64_t valid = std::min(g.W, g.H - j * g.W);
+      for (int64_t l = 0; l < valid; ++l) rows[l] = w + (q * g.H + j * g.W + l) * K;
+      // Source rows are K apart (often a multiple of 4 KiB, the same L1
+      // set): copy a kTile-wide strip of each into a padded tile first.
       for (int64_t k0 = 0; k0 < K; k0 += kTile) {
         const int64_t kn = std::min(kTile, K - k0);
-        T* tile = o + (j * K + k0) * g.P;
-        for (int64_t q = 0; q < 4; ++q)
-          for (int64_t l = 0; l < g.W; ++l) {
-            const int64_t u = j * g.W + l;
-            T* dst = tile + q * g.W + l;
-            if (u < g.H) {
-              const T* src = w + (q * g.H + u) * K + k0;
-              for (int64_t k = 0; k < kn; ++k) dst[k * g.P] = src[k];
-            } else {
-              for (int64_t k = 0; k < kn; ++k) dst[k * g.P] = T(0);
-            }
-          }
+        for (int64_t l = 0; l < valid; ++l) std::memcpy(tile[l], rows[l] + k0, size_t(kn) * sizeof(T));
+        T* dst = o + (j * K + k0) * g.P + q * g.W;
+        for (int64_t k = 0; k < kn; ++k, dst += g.P) {
+          for (int64_t l = 0; l < valid; ++l) dst[l] = tile[l][k];
+          for (int64_t l = valid; l < g.W; ++l) dst[l] = T(0);
+        }
       }
+    }
   });
   return out;
 }

@@ -1,0 +1,415 @@
+"""``python -m fusedlstm``: self-check against the float64 reference, then a short benchmark.
+
+(a) Self-check, for every ISA in ``fusedlstm.available_isas()``: small random
+    cases in every mode (many_to_many with/without lengths, batch_first,
+    no-bias, many_to_one, one_to_many with feed repeat/first/output,
+    lstm_cell), float64 and float32, forward and backward, compared with
+    ``fusedlstm.reference`` (normwise relative error; tolerance 1e-10 for
+    float64, 1e-4 for float32).  Plus, per case, a float64 finite-difference
+    check of fusedlstm's backward along a random direction (independent of
+    the reference).  One line per check.
+(b) A short benchmark (a handful of shapes, forward and forward+backward)
+    against torch.nn.LSTM if torch is importable; < ~60 s.
+
+Exit code 1 if any check fails (self-check, or the benchmark's agreement
+check with torch), 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+import traceback
+
+import numpy as np
+
+TOL = {np.float64: 1e-10, np.float32: 1e-4}
+FD_TOL = 1e-6          # finite-difference directional derivative, float64
+FD_EPS = 1e-6
+
+# shapes for the short benchmark in (b): (T, B, H), I = H
+BENCH_SHAPES = [(100, 1, 128), (100, 16, 256), (100, 64, 256), (100, 16, 512), (1000, 1, 256)]
+BENCH_MIN_TIME = 0.15
+
+
+# --------------------------------------------------------------------------
+# self-check cases
+# --------------------------------------------------------------------------
+
+class Case:
+    """A small forward/backward problem.  kwargs go to both implementations."""
+
+    def __init__(self, name, T, B, I, H, *, mode="many_to_many", lengths=None, steps=None,
+                 feed="repeat", batch_first=False, init_state=True, bias=True,
+                 x_shape=None, cell=False):
+        self.name = name
+        self.T, self.B, self.I, self.H = T, B, I, H
+        self.mode, self.lengths, self.steps, self.feed = mode, lengths, steps, feed
+        self.batch_first, self.init_state, self.bias = batch_first, init_state, bias
+        self.x_shape = x_shape
+        self.cell = cell
+
+    def make(self, seed):
+        """float64 data for this case (cast per dtype later)."""
+        rng = np.random.default_rng(seed)
+        T, B, I, H = self.T, self.B, self.I, self.H
+        if self.x_shape is not None:
+            xs = self.x_shape
+        elif self.cell or self.mode == "one_to_many":
+            xs = (B, I)  # one_to_many: x [B, I], T = steps
+        else:
+            xs = (B, T, I) if self.batch_first else (T, B, I)
+        k = 1.0 / math.sqrt(H)
+        d = {
+            "x": rng.standard_normal(xs),
+            "w_ih": rng.uniform(-k, k, (4 * H, I)),
+            "w_hh": rng.uniform(-k, k, (4 * H, H)),
+            "b_ih": rng.uniform(-k, k, (4 * H,)) if self.bias else None,
+            "b_hh": rng.uniform(-k, k, (4 * H,)) if self.bias else None,
+            "h0": 0.5 * rng.standard_normal((B, H)) if (self.init_state or self.cell) else None,
+            "c0": 0.5 * rng.standard_normal((B, H)) if (self.init_state or self.cell) else None,
+        }
+        return d
+
+    def kwargs(self):
+        kw = {"mode": self.mode, "batch_first": self.batch_first}
+        if self.lengths is not None:
+            kw["lengths"] = np.asarray(self.lengths, dtype=np.int64)
+        if self.steps is not None:
+            kw["steps"] = self.steps
+        if self.mode == "one_to_many":
+            kw["feed"] = self.feed
+        return kw
+
+
+def default_cases():
+    T, B, I, H = 7, 3, 5, 6
+    return [
+        Case("many_to_many", T, B, I, H),
+        Case("many_to_many zero-state", T, B, I, H, init_state=False),
+        Case("many_to_many no-bias", T, B, I, H, bias=False),
+        Case("many_to_many lengths", T, 4, I, H, lengths=[T, 5, 1, 3]),
+        Case("many_to_many lengths batch_first", T, 4, I, H, lengths=[2, T, 4, 6], batch_first=True),
+        Case("many_to_one", T, B, I, H, mode="many_to_one"),
+        Case("many_to_one lengths", T, 4, I, H, mode="many_to_one", lengths=[3, T, 1, 6]),
+        Case("one_to_many feed=repeat", 1, B, I, H, mode="one_to_many", steps=5, feed="repeat"),
+        Case("one_to_many feed=first", 1, B, I, H, mode="one_to_many", steps=5, feed="first"),
+        Case("one_to_many feed=output", 1, B, H, H, mode="one_to_many", steps=5, feed="output"),
+        Case("lstm_cell", 1, B, I, H, cell=True),
+    ]
+
+
+# --------------------------------------------------------------------------
+# comparison helpers
+# --------------------------------------------------------------------------
+
+def _rel(a, b, allow_squeeze=False):
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        if allow_squeeze and a.size == b.size and np.squeeze(a).shape == np.squeeze(b).shape:
+            a = a.reshape(b.shape)
+        else:
+            return math.inf, math.inf, f"shape {a.shape} != reference {b.shape}"
+    if a.size == 0:
+        return 0.0, 0.0, None
+    diff = a - b
+    if not np.all(np.isfinite(a)):
+        return math.inf, math.inf, "non-finite values"
+    mabs = float(np.max(np.abs(diff)))
+    nb = float(np.linalg.norm(b.ravel()))
+    nd = float(np.linalg.norm(diff.ravel()))
+    return (nd / nb if nb > 0 else nd), mabs, None
+
+
+def compare(outs, refs, names, allow_squeeze=False, dtype=None):
+    """Return (worst_rel, worst_abs, worst_name, problem) over the named outputs.
+
+    An output that is None in the reference (db_ih / db_hh without that bias)
+    must be None in fusedlstm too; every other output must have `dtype`.
+    """
+    def get(o, n):
+        return o.get(n) if isinstance(o, dict) else getattr(o, n, None)
+
+    worst_rel, worst_abs, worst_name = 0.0, 0.0, "-"
+    for n in names:
+        r = get(refs, n)
+        o = get(outs, n)
+        if r is None:
+            if o is not None:
+                return math.inf, math.inf, n, f"{n} should be None (as in the reference)"
+            continue
+        if o is None:
+            return math.inf, math.inf, n, f"{n} missing"
+        if dtype is not None and np.asarray(o).dtype != dtype:
+            return math.inf, math.inf, n, f"{n} dtype {np.asarray(o).dtype}, expected {np.dtype(dtype).name}"
+        rel, mabs, problem = _rel(o, r, allow_squeeze)
+        if problem:
+            return rel, mabs, n, f"{n}: {problem}"
+        worst_abs = max(worst_abs, mabs)
+        if rel >= worst_rel:
+            worst_rel, worst_name = rel, n
+    return worst_rel, worst_abs, worst_name, None
+
+
+def _cast(d, dtype):
+    return {k: (None if v is None else np.ascontiguousarray(v, dtype=dtype)) for k, v in d.items()}
+
+
+def _ref_args(d):
+    return (d["x"], d["w_ih"], d["w_hh"], d["b_ih"], d["b_hh"])
+
+
+FWD_NAMES = ("y", "h_n", "c_n")
+BWD_NAMES = ("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih", "db_hh")
+
+
+# --------------------------------------------------------------------------
+# the checks
+# --------------------------------------------------------------------------
+
+class Reporter:
+    def __init__(self, quiet=False):
+        self.quiet = quiet
+        self.n_pass = self.n_fail = self.n_skip = 0
+
+    def line(self, isa, case, dtype, what, status, detail):
+        if status == "PASS":
+            self.n_pass += 1
+        elif status == "FAIL":
+            self.n_fail += 1
+        else:
+            self.n_skip += 1
+        if self.quiet and status == "PASS":
+            return
+        print(f"[{isa:>8}] {case:<34} {dtype:<7} {what:<4} {detail:<58} {status}", flush=True)
+
+    def result(self, isa, case, dtype, what, rel, mabs, worst, problem, tol):
+        if problem:
+            self.line(isa, case, dtype, what, "FAIL", problem)
+        else:
+            ok = rel <= tol
+            self.line(isa, case, dtype, what, "PASS" if ok else "FAIL",
+                      f"max|err| {mabs:.2e}  rel {rel:.2e} ({worst}) tol {tol:.0e}")
+
+
+def _err(e):
+    s = f"{type(e).__name__}: {e}".replace("\n", " ")
+    return s if len(s) <= 56 else s[:53] + "..."
+
+
+def check_case(fl, reference, case, isa, rep, seed):
+    d64 = case.make(seed)
+
+    # ---- reference (float64), forward + backward, computed once per case ----
+    ref_res = ref_grads = None
+    cotan = None
+    try:
+        if case.cell:
+            ref_res = reference.forward(d64["x"][None], *_ref_args(d64)[1:], h0=d64["h0"],
+                                        c0=d64["c0"], mode="many_to_many")
+        else:
+            ref_res = reference.forward(*_ref_args(d64), h0=d64["h0"], c0=d64["c0"],
+                                        **case.kwargs())
+            rng = np.random.default_rng(seed + 1)
+            cotan = {"dy": rng.standard_normal(np.shape(ref_res.y)),
+                     "dh_n": rng.standard_normal(np.shape(ref_res.h_n)),
+                     "dc_n": rng.standard_normal(np.shape(ref_res.c_n))}
+            ref_grads = reference.backward(ref_res, **cotan)
+    except NotImplementedError as e:
+        rep.line(isa, case.name, "-", "ref", "SKIP", "reference: " + _err(e))
+        return
+    except Exception as e:  # noqa: BLE001 - a broken reference is a failure
+        rep.line(isa, case.name, "-", "ref", "FAIL", "reference raised " + _err(e))
+        return
+
+    for dtype in (np.float64, np.float32):
+        dname = np.dtype(dtype).name
+        tol = TOL[dtype]
+        d = _cast(d64, dtype)
+        if case.cell:
+            try:
+                h1, c1 = fl.lstm_cell(d["x"], d["h0"], d["c0"], d["w_ih"], d["w_hh"],
+                                      d["b_ih"], d["b_hh"])
+                rel, mabs, worst, problem = compare({"h_n": h1, "c_n": c1}, ref_res,
+                                                    ("h_n", "c_n"), allow_squeeze=True,
+                                                    dtype=dtype)
+                rep.result(isa, case.name, dname, "fwd", rel, mabs, worst, problem, tol)
+            except Exception as e:  # noqa: BLE001
+                rep.line(isa, case.name, dname, "fwd", "FAIL", "raised " + _err(e))
+            continue
+
+        # forward
+        try:
+            res = fl.lstm_forward(d["x"], d["w_ih"], d["w_hh"], d["b_ih"], d["b_hh"],
+                                  d["h0"], d["c0"], training=True, **case.kwargs())
+            rel, mabs, worst, problem = compare(res, ref_res, FWD_NAMES, dtype=dtype)
+            rep.result(isa, case.name, dname, "fwd", rel, mabs, worst, problem, tol)
+            # inference path must give the same outputs as the training path
+            res_inf = fl.lstm_forward(d["x"], d["w_ih"], d["w_hh"], d["b_ih"], d["b_hh"],
+                                      d["h0"], d["c0"], training=False, **case.kwargs())
+            rel, mabs, worst, problem = compare(res_inf, ref_res, FWD_NAMES, dtype=dtype)
+            rep.result(isa, case.name, dname, "inf", rel, mabs, worst, problem, tol)
+        except Exception as e:  # noqa: BLE001
+            rep.line(isa, case.name, dname, "fwd", "FAIL", "raised " + _err(e))
+            continue
+
+        # backward
+        try:
+            ct = _cast(cotan, dtype)
+            g = fl.lstm_backward(res, **ct)
+            rel, mabs, worst, problem = compare(g, ref_grads, BWD_NAMES, dtype=dtype)
+            rep.result(isa, case.name, dname, "bwd", rel, mabs, worst, problem, tol)
+        except Exception as e:  # noqa: BLE001
+            rep.line(isa, case.name, dname, "bwd", "FAIL", "raised " + _err(e))
+            continue
+
+        if dtype is np.float64:
+            fd_check(fl, case, d, cotan, g, isa, rep, seed)
+
+
+def fd_check(fl, case, d, cotan, g, isa, rep, seed):
+    """Directional finite difference of L = <y,dy> + <h_n,dh_n> + <c_n,dc_n>."""
+    rng = np.random.default_rng(seed + 2)
+    keys = [("x", "dx"), ("w_ih", "dw_ih"), ("w_hh", "dw_hh"), ("b_ih", "db_ih"),
+            ("b_hh", "db_hh"), ("h0", "dh0"), ("c0", "dc0")]
+    keys = [(k, gk) for k, gk in keys if d[k] is not None and getattr(g, gk, None) is not None]
+    v = {k: rng.standard_normal(d[k].shape) for k, _ in keys}
+    try:
+        analytic = sum(float(np.sum(np.asarray(getattr(g, gk)) * v[k])) for k, gk in keys)
+
+        def loss(s):
+            p = dict(d)
+            for k, _ in keys:
+                p[k] = d[k] + s * v[k]
+            r = fl.lstm_forward(p["x"], p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"],
+                                p["h0"], p["c0"], training=False, **case.kwargs())
+            return (float(np.sum(np.asarray(r.y) * cotan["dy"]))
+                    + float(np.sum(np.asarray(r.h_n) * cotan["dh_n"]))
+                    + float(np.sum(np.asarray(r.c_n) * cotan["dc_n"])))
+
+        numeric = (loss(FD_EPS) - loss(-FD_EPS)) / (2 * FD_EPS)
+        err = abs(numeric - analytic) / max(abs(numeric), 1e-8)
+        wrt = ",".join(k for k, _ in keys)
+        rep.line(isa, case.name, "float64", "fd",
+                 "PASS" if err <= FD_TOL else "FAIL",
+                 f"directional grad rel err {err:.2e} (wrt {wrt}) tol {FD_TOL:.0e}")
+    except Exception as e:  # noqa: BLE001
+        rep.line(isa, case.name, "float64", "fd", "FAIL", "raised " + _err(e))
+
+
+def self_check(fl, reference, isas, rep, cases=None):
+    cases = cases if cases is not None else default_cases()
+    for isa in isas:
+        try:
+            fl.set_isa(isa)
+            active = fl.get_isa()
+        except Exception as e:  # noqa: BLE001
+            rep.line(isa, "set_isa", "-", "-", "FAIL", "raised " + _err(e))
+            continue
+        if active != isa:
+            rep.line(isa, "set_isa", "-", "-", "FAIL", f"get_isa() returned {active!r}")
+            continue
+        for i, case in enumerate(cases):
+            check_case(fl, reference, case, isa, rep, seed=1000 + i)
+
+
+# --------------------------------------------------------------------------
+# main
+# --------------------------------------------------------------------------
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m fusedlstm",
+        description="fusedlstm self-check against the float64 reference, then a short "
+                    "benchmark against torch.nn.LSTM (if installed).")
+    p.add_argument("--no-bench", action="store_true", help="only run the self-check")
+    p.add_argument("--no-check", action="store_true", help="only run the benchmark")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads for the benchmark (default: fusedlstm.get_num_threads())")
+    p.add_argument("--isa", action="append", default=None,
+                   help="self-check only this ISA (repeatable; default: all available)")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="print only failed/skipped self-check lines and the summary")
+    args = p.parse_args(argv)
+
+    import fusedlstm as fl
+    from fusedlstm import _bench
+
+    t_start = time.perf_counter()
+    try:
+        orig_isa = fl.get_isa()
+        isas = _bench.isa_list(fl)
+    except Exception as e:  # noqa: BLE001
+        print(f"fusedlstm: cannot query ISAs: {_err(e)}")
+        return 1
+    print(f"fusedlstm {getattr(fl, '__version__', '?')}  isa={orig_isa}  "
+          f"available={isas}  threads={fl.get_num_threads()}")
+    print(f"machine: {_bench.cpu_model()}, {_bench.usable_cores()} usable cores")
+
+    failed = False
+    if not args.no_check:
+        print()
+        print("== self-check vs fusedlstm.reference "
+              "(normwise relative error; fd = finite-difference gradient check) ==")
+        try:
+            from fusedlstm import reference
+        except Exception as e:  # noqa: BLE001
+            print(f"cannot import fusedlstm.reference: {_err(e)}")
+            return 1
+        rep = Reporter(quiet=args.quiet)
+        try:
+            self_check(fl, reference, args.isa or isas, rep)
+        except Exception:  # noqa: BLE001
+            traceback.print_exc()
+            rep.n_fail += 1
+        finally:
+            try:
+                fl.set_isa(orig_isa)
+            except Exception:  # noqa: BLE001
+                pass
+        print(f"self-check: {rep.n_pass} passed, {rep.n_fail} failed"
+              + (f", {rep.n_skip} skipped" if rep.n_skip else ""))
+        failed = rep.n_fail > 0
+
+    if not args.no_bench:
+        print()
+        torch = None
+        try:
+            import torch  # noqa: F811
+        except ImportError:
+            pass
+        nt = args.threads if args.threads else fl.get_num_threads()
+        print(f"== benchmark: float32, I = H, {nt} thread(s), median of >= 3 reps / "
+              f"{BENCH_MIN_TIME} s ==")
+        print(_bench.header_line(_bench.machine_info(fl, torch)))
+        if torch is None:
+            print("torch not installed: fusedlstm timings only")
+        reference = None
+        if torch is None:  # agreement check against the float64 reference instead
+            try:
+                from fusedlstm import reference
+            except Exception:  # noqa: BLE001
+                reference = None
+        old_nt = fl.get_num_threads()
+        try:
+            rows = _bench.run_grid(fl, BENCH_SHAPES, [nt], ["fwd", "fwdbwd"], torch=torch,
+                                   reference=reference, min_time=BENCH_MIN_TIME, min_reps=3,
+                                   min_reps_slow=3, warmup=1)
+        finally:
+            fl.set_num_threads(old_nt)
+        print()
+        print(_bench.format_tables(rows, have_torch=torch is not None))
+        bad = [r for r in rows if r["check"].get("ok") is False]
+        if bad:
+            print(f"benchmark: {len(bad)} measurement(s) failed the agreement check")
+            failed = True
+
+    print(f"total {time.perf_counter() - t_start:.1f} s: {'FAILED' if failed else 'OK'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -161,10 +161,10 @@ def measure_interleaved(fns, min_time=0.5, min_reps=5, min_reps_slow=3,
 
     Interleaving is done in bursts: each turn runs one implementation about
     `burst_time` seconds worth of calls (1 to max_burst calls), and when a
-    burst has several calls its first one is not recorded - it is the call
-    that pays for the other library's thread pool still spinning and for the
-    caches it evicted.  Calls slower than burst_time run one per turn
-    (A B B A A B ...), every one recorded.
+    burst's first call is not recorded - it is the call that pays for the
+    other library's thread pool still spinning and for the caches it evicted.
+    Calls slower than burst_time run two per turn (A A B B B B A A ...), the
+    second recorded.
     Returns {name: stats dict} (times in ms).
     """
     names = [n for n, _ in fns]
@@ -198,7 +198,11 @@ def measure_interleaved(fns, min_time=0.5, min_reps=5, min_reps_slow=3,
     for name in names:
         est = first_call.get(name, 0.0)
         need[name] = min_reps_slow if est > min_time else min_reps
-        burst[name] = 1 if est <= 0 or est >= burst_time / 2 else \
+        # At least two calls a turn, the first not recorded: it runs while the
+        # other library's pool is still spinning (libgomp spins for
+        # milliseconds after a parallel region, and a lock-step recurrence
+        # loses whole time slices to such a spinner) and on caches it evicted.
+        burst[name] = 2 if est <= 0 or est >= burst_time / 2 else \
             int(min(max_burst, max(2, burst_time // est + 1)))
 
     samples = {n: [] for n in names}
@@ -218,7 +222,7 @@ def measure_interleaved(fns, min_time=0.5, min_reps=5, min_reps_slow=3,
                     t0 = time.perf_counter()
                     fn()
                     dt = time.perf_counter() - t0
-                    if nb == 1 or k > 0:
+                    if k > 0:
                         samples[name].append(dt)
                         total[name] += dt
             rnd += 1

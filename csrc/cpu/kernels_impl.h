@@ -115,8 +115,11 @@ struct Impl {
   }
 
   // ---------------------------------------------------------------- GEMM
+  // One register tile: rows [row0, row0 + RB) x columns of `panel`, K range
+  // [k0, k0 + kc); b_block points at that panel's row k0, rows ldb apart.
   template <int RB>
-  static void gemm_tile(const GemmArgs<T>& g, int64_t row0, int64_t panel, int64_t k0, int64_t kc) {
+  static void gemm_tile(const GemmArgs<T>& g, int64_t row0, int64_t panel, int64_t k0, int64_t kc,
+                        const T* b_block, int64_t ldb) {
     const bool first = (k0 == 0);
     const int64_t col0 = panel * P;
     V acc[RB][4];
@@ -131,7 +134,7 @@ struct Impl {
       }
       a[r] = g.a_rows[row0 + r] + k0;
     }
-    panel_dot<RB>(a, kc, g.b + panel * g.b_panel_stride + k0 * g.ldb, g.ldb, acc);
+    panel_dot<RB>(a, kc, b_block, ldb, acc);
     for (int r = 0; r < RB; ++r) {
       T* crow = g.c_rows[row0 + r];
       for (int q = 0; q < 4; ++q) store_upto(acc[r][q], crow + col0 + q * W, g.N - col0 - q * W);
@@ -157,8 +160,28 @@ struct Impl {
         for (int64_t p = p0; p < p1; ++p) {
           const int64_t row0 = grp * RBMAX;
           with_row_block(min64(RBMAX, g.M - row0),
-                         [&]<int RB>() { gemm_tile<RB>(g, row0, p, 0, 0); });
+                         [&]<int RB>() { gemm_tile<RB>(g, row0, p, 0, 0, g.b, g.ldb); });
         }
+      return;
+    }
+    if (g.ldb != P) {
+      // Strided panels (e.g. dG, whose rows are 4Hp apart, often a multiple
+      // of 4 KiB): rows of one K block would share a few cache sets, so each
+      // block of a panel is first copied to a contiguous buffer.
+      alignas(64) T slice[KC * P];
+      for (int64_t k0 = 0; k0 < g.K; k0 += KC) {
+        const int64_t kc = min64(KC, g.K - k0);
+        for (int64_t p = p0; p < p1; ++p) {
+          const T* src = g.b + p * g.b_panel_stride + k0 * g.ldb;
+          for (int64_t k = 0; k < kc; ++k)
+            for (int q = 0; q < 4; ++q) V::load(src + k * g.ldb + q * W).store(slice + k * P + q * W);
+          for (int64_t grp = grp0; grp < grp1; ++grp) {
+            const int64_t row0 = grp * RBMAX;
+            with_row_block(min64(RBMAX, g.M - row0),
+                           [&]<int RB>() { gemm_tile<RB>(g, row0, p, k0, kc, slice, P); });
+          }
+        }
+      }
       return;
     }
     const int64_t groups_per_block = MC / RBMAX;
@@ -170,7 +193,9 @@ struct Impl {
           for (int64_t grp = gb; grp < gb_end; ++grp) {
             const int64_t row0 = grp * RBMAX;
             with_row_block(min64(RBMAX, g.M - row0),
-                           [&]<int RB>() { gemm_tile<RB>(g, row0, p, k0, kc); });
+                           [&]<int RB>() {
+                             gemm_tile<RB>(g, row0, p, k0, kc, g.b + p * g.b_panel_stride + k0 * g.ldb, g.ldb);
+                           });
           }
       }
     }

@@ -250,22 +250,30 @@ void transpose_rows(const std::vector<const T*>& src_rows, int64_t n_cols, T* ds
   });
 }
 
-// dst[r * K + k] = src[k * ld_src + col_of_row[r]]: a tiled transpose that
-// also maps interleaved columns back to nn.LSTM's rows.
+// The inverse of the gate interleaving for a [K, 4Hp] matrix:
+// dst[(q*H + u) * K + k] = src[k * ld_src + col(q, u)], dst in nn.LSTM's
+// [4H, K] layout. Each (gate, block) is a [K, W] strip of src: one cache
+// line per source row, read once (rows ld_src apart share L1 sets, so no
+// line may wait for reuse), turned through a padded tile into W rows of dst.
 template <class T>
-void untranspose_columns(const T* src, int64_t ld_src, const std::vector<int64_t>& col_of_row, int64_t K,
-                         T* dst, int threads) {
-  const int64_t n_rows = int64_t(col_of_row.size());
-  constexpr int64_t kTile = 32;
-  parallel_for((n_rows + kTile - 1) / kTile, threads, [&](int64_t rb0, int64_t rb1) {
-    for (int64_t r0 = rb0 * kTile; r0 < std::min(n_rows, rb1 * kTile); r0 += kTile)
+void unpack_gate_columns(const T* src, int64_t ld_src, int64_t K, const Geometry& g, T* dst, int threads) {
+  constexpr int64_t kTile = 64;
+  parallel_for(4 * g.n_blocks, threads, [&](int64_t i0, int64_t i1) {
+    T tile[kMaxWidth][kTile + 1];
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t q = i % 4, j = i / 4;
+      const int64_t valid = std::min(g.W, g.H - j * g.W);
+      const T* strip = src + j * g.P + q * g.W;
       for (int64_t k0 = 0; k0 < K; k0 += kTile) {
-        const int64_t r_end = std::min(n_rows, r0 + kTile), k_end = std::min(K, k0 + kTile);
-        for (int64_t r = r0; r < r_end; ++r) {
-          const T* s = src + col_of_row[r];
-          for (int64_t k = k0; k < k_end; ++k) dst[r * K + k] = s[k * ld_src];
+        const int64_t kn = std::min(kTile, K - k0);
+        for (int64_t k = 0; k < kn; ++k) {
+          const T* s = strip + (k0 + k) * ld_src;
+          for (int64_t l = 0; l < g.W; ++l) tile[l][k] = s[l];
         }
+        for (int64_t l = 0; l < valid; ++l)
+          std::memcpy(dst + (q * g.H + j * g.W + l) * K + k0, tile[l], size_t(kn) * sizeof(T));
       }
+    }
   });
 }
 
@@ -314,15 +322,17 @@ struct Saved {
   bool has_bias = false;
   BatchOrder order{0, 0, nullptr};
   Buffer<T> x;       // [total, I] packed rows (one_to_many: [B, I])
-  Buffer<T> w_ih;    // [4H, I] copy
-  Buffer<T> w_hh;    // [4H, H] copy
+  // Weights as backward reads them (packed here, so the caller may change
+  // its arrays after the forward): W^T panels of W_hh, of W_ih (for dx) and,
+  // for feed="output", of W_ih + W_hh.
+  Buffer<T> wt_hh, wt_ih, wt_sum;
   Buffer<T> h0, c0;  // [B, Hp] sorted rows
   Buffer<T> acts;    // [total, 4Hp] activations i,f,g,o, interleaved
   Buffer<T> h, c;    // [total, Hp] h_t, c_t
 
   int64_t bytes() const {
-    return int64_t(sizeof(T)) * (x.size() + w_ih.size() + w_hh.size() + h0.size() + c0.size() +
-                                 acts.size() + h.size() + c.size());
+    return int64_t(sizeof(T)) * (x.size() + wt_hh.size() + wt_ih.size() + wt_sum.size() + h0.size() +
+                                 c0.size() + acts.size() + h.size() + c.size());
   }
 };
 
@@ -414,10 +424,8 @@ void forward_typed(const fl_forward_params& p, SavedForwardPtr* saved_out) {
       std::memcpy(S.x.data() + i * I, x_rows[i], size_t(I) * sizeof(T));
       x_rows[i] = S.x.data() + i * I;
     }
-    S.w_ih = Buffer<T>(4 * H * I);
-    std::memcpy(S.w_ih.data(), w_ih, size_t(4 * H * I) * sizeof(T));
-    S.w_hh = Buffer<T>(4 * H * H);
-    std::memcpy(S.w_hh.data(), w_hh, size_t(4 * H * H) * sizeof(T));
+    S.wt_hh = pack_transposed_panels(w_hh, H, g, threads);
+    S.wt_ih = pack_transposed_panels(w_ih, I, g, threads);
   }
 
   Buffer<T> gx(proj_rows * g.G4);
@@ -436,6 +444,7 @@ void forward_typed(const fl_forward_params& p, SavedForwardPtr* saved_out) {
     Buffer<T> wsum(4 * H * H);
     for (int64_t i = 0; i < 4 * H * H; ++i) wsum.data()[i] = w_ih[i] + w_hh[i];
     wsum_panels = pack_gate_panels(wsum.data(), H, g, threads);
+    if (training) S.wt_sum = pack_transposed_panels(wsum.data(), H, g, threads);
   }
 
   // Initial states, rows in sorted order, padded units zero.
@@ -542,14 +551,9 @@ void backward_typed(const Saved<T>& S, const fl_backward_params& p) {
   const bool feed_output = one_to_many && S.feed == FL_FEED_OUTPUT;
   const T* dy = static_cast<const T*>(p.dy);
 
-  const Buffer<T> wt_hh = pack_transposed_panels(S.w_hh.data(), H, g, threads);
-  Buffer<T> wt_sum;
-  if (feed_output) {
-    Buffer<T> wsum(4 * H * H);
-    for (int64_t i = 0; i < 4 * H * H; ++i) wsum.data()[i] = S.w_ih.data()[i] + S.w_hh.data()[i];
-    wt_sum = pack_transposed_panels(wsum.data(), H, g, threads);
-  }
-
+  const Buffer<T>& wt_hh = S.wt_hh;
+  const Buffer<T>& wt_ih = S.wt_ih;
+  const Buffer<T>& wt_sum = S.wt_sum;
   // Gradients entering each row at its last step: dh_n (plus dy for
   // many_to_one, whose y is that last state) and dc_n.
   Buffer<T> dh_init(B * g.Hp, true), dc(B * g.Hp, true);
@@ -641,7 +645,6 @@ void backward_typed(const Saved<T>& S, const fl_backward_params& p) {
 
   // dW_ih^T [I, 4Hp] and dx, by how x entered the steps.
   Buffer<T> dwih_t(I * G4);
-  const Buffer<T> wt_ih = pack_transposed_panels(S.w_ih.data(), I, g, threads);
   T* dx = static_cast<T*>(p.dx);
   auto dx_gemm = [&](const T* const* rows, int64_t M, T* const* out_rows) {
     GemmArgs<T> a{M, I, G4, rows, wt_ih.data(), g.P, G4 * g.P, out_rows, nullptr, false};
@@ -687,10 +690,8 @@ void backward_typed(const Saved<T>& S, const fl_backward_params& p) {
   }
 
   // Back from interleaved columns to nn.LSTM's [4H, K] row layout.
-  std::vector<int64_t> col_of_row(4 * H);
-  for (int64_t row = 0; row < 4 * H; ++row) col_of_row[row] = g.col(row / H, row % H);
-  untranspose_columns(dwih_t.data(), G4, col_of_row, I, static_cast<T*>(p.dw_ih), threads);
-  untranspose_columns(dwhh_t.data(), G4, col_of_row, H, static_cast<T*>(p.dw_hh), threads);
+  unpack_gate_columns(dwih_t.data(), G4, I, g, static_cast<T*>(p.dw_ih), threads);
+  unpack_gate_columns(dwhh_t.data(), G4, H, g, static_cast<T*>(p.dw_hh), threads);
   if (p.db) {
     T* db = static_cast<T*>(p.db);
     for (int64_t row = 0; row < 4 * H; ++row) db[row] = db_il.data()[g.col(row / H, row % H)];

@@ -319,7 +319,6 @@ struct Saved {
   fl_mode mode = FL_MANY_TO_MANY;
   fl_feed feed = FL_FEED_REPEAT;
   int64_t steps = 0, B = 0, I = 0, H = 0;
-  bool has_bias = false;
   BatchOrder order{0, 0, nullptr};
   Buffer<T> x;       // [total, I] packed rows (one_to_many: [B, I])
   // Weights as backward reads them (packed here, so the caller may change
@@ -345,20 +344,6 @@ struct SavedForward {
 void SavedForwardDeleter::operator()(SavedForward* s) const { delete s; }
 
 int64_t saved_bytes(const SavedForward& s) { return s.f32 ? s.f32->bytes() : s.f64->bytes(); }
-
-void saved_shape(const SavedForward& s, fl_dtype* dtype, fl_mode* mode, int64_t* T, int64_t* B, int64_t* I,
-                 int64_t* H) {
-  *dtype = s.dtype;
-  auto fill = [&](const auto& v) {
-    *mode = v.mode;
-    *T = v.steps;
-    *B = v.B;
-    *I = v.I;
-    *H = v.H;
-  };
-  if (s.f32) fill(*s.f32);
-  else fill(*s.f64);
-}
 
 namespace {
 
@@ -392,7 +377,6 @@ void forward_typed(const fl_forward_params& p, SavedForwardPtr* saved_out) {
   S.mode = p.mode;
   S.feed = p.feed;
   S.steps = T_, S.B = B, S.I = I, S.H = H;
-  S.has_bias = p.b_ih || p.b_hh;
   S.order = BatchOrder(T_, B, one_to_many ? nullptr : p.lengths);
   const BatchOrder& ord = S.order;
 

@@ -24,9 +24,6 @@ void forward(const fl_forward_params& params, SavedForwardPtr* saved);
 void backward(const SavedForward& saved, const fl_backward_params& params);
 void cell(const fl_cell_params& params);
 int64_t saved_bytes(const SavedForward& saved);
-// Sizes recorded at forward time, for checking backward's arguments.
-void saved_shape(const SavedForward& saved, fl_dtype* dtype, fl_mode* mode, int64_t* T, int64_t* B,
-                 int64_t* I, int64_t* H);
 
 }  // namespace cpu
 }  // namespace fusedlstm

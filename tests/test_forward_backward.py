@@ -313,3 +313,24 @@ def test_non_native_byte_order_matches_native(rng):
     swapped = fusedlstm.lstm_forward(x.astype(">f4"), w_ih.astype(">f4"), w_hh.astype(">f4"))
     assert swapped.y.dtype == np.float32
     assert np.array_equal(native.y, swapped.y)
+
+
+@pytest.mark.parametrize("mode", ["many_to_many", "one_to_many"])
+def test_backward_unaffected_by_inputs_changed_after_forward(mode, rng):
+    """The training result keeps its own copies: changing the caller's arrays
+    between forward and backward must not change the gradients."""
+    T, B, I, H = 5, 3, 7, 6
+    x = rng.standard_normal((B, I) if mode == "one_to_many" else (T, B, I))
+    w_ih = 0.3 * rng.standard_normal((4 * H, I))
+    w_hh = 0.3 * rng.standard_normal((4 * H, H))
+    h0 = rng.standard_normal((B, H))
+    kw = dict(mode=mode, steps=T) if mode == "one_to_many" else {}
+    res = fusedlstm.lstm_forward(x, w_ih, w_hh, h0=h0, training=True, **kw)
+    dy = rng.standard_normal(res.y.shape)
+    expected = fusedlstm.lstm_backward(res, dy=dy)
+    res2 = fusedlstm.lstm_forward(x, w_ih, w_hh, h0=h0, training=True, **kw)
+    for a in (x, w_ih, w_hh, h0):
+        a *= -3.0
+    got = fusedlstm.lstm_backward(res2, dy=dy)
+    for name in ("dx", "dh0", "dc0", "dw_ih", "dw_hh"):
+        assert np.array_equal(getattr(got, name), getattr(expected, name)), name

@@ -60,6 +60,7 @@ CASES = [
     dict(mode=CELL, B=3, I=7, H=13),
     dict(mode=CELL, B=7, I=9, H=130, bias="none"),
     dict(mode=CELL, B=17, I=40, H=70, bias="ih"),
+    dict(mode=CELL, B=40, I=21, H=37),
 ]
 
 

@@ -682,8 +682,26 @@ void backward_typed(const Saved<T>& S, const fl_backward_params& p) {
   }
 }
 
+// From this many rows on, packing the weights once and running the GEMM
+// tiles beats reading every weight row once per batch row (measured at
+// H = 256: B = 4 61 vs 102 us, B = 16 231 vs 206 us, B = 64 841 vs 471 us).
+constexpr int64_t kCellPackedMinRows = 16;
+
 template <class T>
 void cell_typed(const fl_cell_params& p) {
+  if (p.B >= kCellPackedMinRows) {  // one step of the sequence path
+    fl_forward_params f{};
+    f.dtype = p.dtype;
+    f.mode = FL_MANY_TO_MANY;
+    f.T = 1, f.B = p.B, f.I = p.I, f.H = p.H;
+    f.x = p.x;
+    f.x_stride_t = p.B * p.I, f.x_stride_b = p.I;
+    f.w_ih = p.w_ih, f.w_hh = p.w_hh, f.b_ih = p.b_ih, f.b_hh = p.b_hh;
+    f.h0 = p.h, f.c0 = p.c;
+    f.h_n = p.h_new, f.c_n = p.c_new;
+    forward_typed<T>(f, nullptr);
+    return;
+  }
   const TypedKernels<T>& kern = typed<T>(active_kernels());
   const int64_t H = p.H;
   Buffer<T> bias;

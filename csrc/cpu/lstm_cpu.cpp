@@ -495,7 +495,7 @@ void forward_typed(const fl_forward_params& p, SavedForwardPtr* saved_out) {
       s.y = y ? y + t * p.y_stride_t : nullptr;
       s.y_row_offset = y_row_offset.data();
       if (j0 < j1) kern.fwd_step(s, j0, j1);
-      barrier.wait();
+      barrier.wait(tid);
     }
   });
 
@@ -584,7 +584,7 @@ void backward_typed(const Saved<T>& S, const fl_backward_params& p) {
       s.dg = dg.data() + ord.off[t] * g.G4;
       s.ld_dg = g.G4;
       if (q0 < q1) kern.bwd_step(s, q0, q1);
-      barrier.wait();
+      barrier.wait(tid);
     }
   });
 

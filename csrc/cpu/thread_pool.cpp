@@ -20,20 +20,19 @@ void cpu_relax() {
 #endif
 }
 
-void SpinBarrier::wait() {
-  const int phase = phase_.load(std::memory_order_acquire);
-  if (arrived_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
-    arrived_.store(0, std::memory_order_relaxed);
-    phase_.store(phase + 1, std::memory_order_release);
-    return;
-  }
-  for (int spins = 0; phase_.load(std::memory_order_acquire) == phase; ++spins) {
-    if (spins < kSpinsBeforeYield) {
-      cpu_relax();
-    } else {
-      // More threads than free cores (an oversubscribed machine): let the
-      // thread we are waiting for run.
-      std::this_thread::yield();
+void SpinBarrier::wait(int tid) {
+  const int64_t step = counters_[size_t(tid)].value.load(std::memory_order_relaxed) + 1;
+  counters_[size_t(tid)].value.store(step, std::memory_order_release);
+  for (size_t j = 0; j < counters_.size(); ++j) {
+    if (int(j) == tid) continue;
+    for (int spins = 0; counters_[j].value.load(std::memory_order_acquire) < step; ++spins) {
+      if (spins < kSpinsBeforeYield) {
+        cpu_relax();
+      } else {
+        // More threads than free cores (an oversubscribed machine): let the
+        // thread we are waiting for run.
+        std::this_thread::yield();
+      }
     }
   }
 }

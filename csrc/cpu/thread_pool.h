@@ -21,15 +21,21 @@ namespace cpu {
 
 void cpu_relax();
 
+// Barrier for a fixed team of threads that meet once per time step. Each
+// thread bumps its own counter (its own cache line) and waits until every
+// other counter has caught up: one cache-line hand-over per pair of threads,
+// where a shared counter costs several. wait(tid) must be called the same
+// number of times by every thread of the team.
 class SpinBarrier {
  public:
-  explicit SpinBarrier(int n) : n_(n) {}
-  void wait();
+  explicit SpinBarrier(int n) : counters_(size_t(n)) {}
+  void wait(int tid);
 
  private:
-  alignas(64) std::atomic<int> arrived_{0};
-  alignas(64) std::atomic<int> phase_{0};
-  int n_;
+  struct alignas(64) Counter {
+    std::atomic<int64_t> value{0};
+  };
+  std::vector<Counter> counters_;
 };
 
 class ThreadPool {

@@ -122,7 +122,10 @@ fl_status fl_set_isa(const char* name) {
 const char* fl_available_isas(void) {
   static const std::string names = [] {
     std::string s;
-    for (const auto* t : fusedlstm::cpu::supported_kernels()) s += (s.empty() ? "" : ",") + std::string(t->name);
+    for (const auto* t : fusedlstm::cpu::supported_kernels()) {
+      if (!s.empty()) s += ',';
+      s += t->name;
+    }
     return s;
   }();
   return names.c_str();

@@ -301,6 +301,17 @@ void run_gemm(const TypedKernels<T>& kern, const GemmArgs<T>& args, int threads)
   ThreadPool::instance().run(threads, [&](int tid, int n) { kern.gemm(args, tid, n); });
 }
 
+// Rows (steps x batch) of input term computed per chunk; FUSEDLSTM_PROJECTION_CHUNK_ROWS
+// overrides it (for tests and tuning).
+int64_t projection_chunk_rows() {
+  static const int64_t rows = [] {
+    const char* env = std::getenv("FUSEDLSTM_PROJECTION_CHUNK_ROWS");
+    const long long v = env ? std::atoll(env) : 0;
+    return v >= 1 ? int64_t(v) : int64_t(4096);
+  }();
+  return rows;
+}
+
 // Thread count for the recurrence: each step ends at a barrier, which costs
 // about a microsecond with two threads; below that much work per thread one
 // thread is faster.
@@ -412,15 +423,29 @@ void forward_typed(const fl_forward_params& p, SavedForwardPtr* saved_out) {
     S.wt_ih = pack_transposed_panels(w_ih, I, g, threads);
   }
 
-  Buffer<T> gx(proj_rows * g.G4);
-  {
-    const Buffer<T> wih_panels = pack_gate_panels(w_ih, I, g, threads);
-    std::vector<T*> c_rows(proj_rows);
-    for (int64_t i = 0; i < proj_rows; ++i) c_rows[i] = gx.data() + i * g.G4;
-    GemmArgs<T> a{proj_rows, g.G4, I, x_rows.data(), wih_panels.data(), g.P, I * g.P,
-                  c_rows.data(), bias.data(), false};
-    run_gemm(kern, a, threads);
+  // The input term is computed a chunk of steps at a time, just before those
+  // steps run: memory for it is O(chunk * B * 4H), not O(T * B * 4H), and it
+  // is still in cache when the steps read it. A chunk holds at least
+  // projection_chunk_rows() rows, so each GEMM stays large.
+  const Buffer<T> wih_panels = pack_gate_panels(w_ih, I, g, threads);
+  int64_t chunk_steps = T_;
+  if (!one_to_many) chunk_steps = std::min<int64_t>(T_, std::max<int64_t>(1, (projection_chunk_rows() + B - 1) / B));
+  int64_t gx_rows = proj_rows;
+  if (!one_to_many) {
+    gx_rows = 0;
+    for (int64_t t0 = 0; t0 < T_; t0 += chunk_steps)
+      gx_rows = std::max(gx_rows, ord.off[std::min(T_, t0 + chunk_steps)] - ord.off[t0]);
   }
+  Buffer<T> gx(gx_rows * g.G4);
+  std::vector<T*> gx_rows_ptr(gx_rows);
+  for (int64_t i = 0; i < gx_rows; ++i) gx_rows_ptr[i] = gx.data() + i * g.G4;
+  // Input term of packed rows [row0, row0 + rows) into gx rows [0, rows).
+  auto project = [&](int64_t row0, int64_t rows) {
+    GemmArgs<T> a{rows, g.G4, I, x_rows.data() + row0, wih_panels.data(), g.P, I * g.P,
+                  gx_rows_ptr.data(), bias.data(), false};
+    run_gemm(kern, a, threads);
+  };
+  if (one_to_many) project(0, proj_rows);
 
   const Buffer<T> whh_panels = pack_gate_panels(w_hh, H, g, threads);
   Buffer<T> wsum_panels;  // feed="output": steps >= 1 see x_t = h_{t-1}
@@ -459,10 +484,13 @@ void forward_typed(const fl_forward_params& p, SavedForwardPtr* saved_out) {
 
   const int nth = recurrent_threads(B, g.G4, H, g.n_blocks);
   SpinBarrier barrier(nth);
+  for (int64_t t_begin = 0; t_begin < T_; t_begin += chunk_steps) {
+  const int64_t t_end = std::min(T_, t_begin + chunk_steps);
+  if (!one_to_many) project(ord.off[t_begin], ord.off[t_end] - ord.off[t_begin]);
   ThreadPool::instance().run(nth, [&](int tid, int n) {
     int64_t j0, j1;
     split_range(g.n_blocks, tid, n, j0, j1);
-    for (int64_t t = 0; t < T_; ++t) {
+    for (int64_t t = t_begin; t < t_end; ++t) {
       FwdStepArgs<T> s;
       s.rows = ord.nact[t];
       s.H = H;
@@ -483,7 +511,7 @@ void forward_typed(const fl_forward_params& p, SavedForwardPtr* saved_out) {
       s.ld_h_prev = s.ld_c_prev = s.ld_h_out = s.ld_c_out = g.Hp;
       s.ld_acts = g.G4;
       if (!one_to_many) {
-        s.gx = gx.data() + ord.off[t] * g.G4;
+        s.gx = gx.data() + (ord.off[t] - ord.off[t_begin]) * g.G4;
         s.ld_gx = g.G4;
       } else if (p.feed == FL_FEED_REPEAT || t == 0) {
         s.gx = gx.data();
@@ -498,6 +526,7 @@ void forward_typed(const fl_forward_params& p, SavedForwardPtr* saved_out) {
       barrier.wait(tid);
     }
   });
+  }
 
   // Final states: each row's state after its last step.
   T* h_n = static_cast<T*>(p.h_n);

@@ -429,7 +429,8 @@ void forward_typed(const fl_forward_params& p, SavedForwardPtr* saved_out) {
   // projection_chunk_rows() rows, so each GEMM stays large.
   const Buffer<T> wih_panels = pack_gate_panels(w_ih, I, g, threads);
   int64_t chunk_steps = T_;
-  if (!one_to_many) chunk_steps = std::min<int64_t>(T_, std::max<int64_t>(1, (projection_chunk_rows() + B - 1) / B));
+  if (!one_to_many)
+    chunk_steps = std::min<int64_t>(T_, std::max<int64_t>(1, (projection_chunk_rows() + B - 1) / B));
   int64_t gx_rows = proj_rows;
   if (!one_to_many) {
     gx_rows = 0;
@@ -485,47 +486,47 @@ void forward_typed(const fl_forward_params& p, SavedForwardPtr* saved_out) {
   const int nth = recurrent_threads(B, g.G4, H, g.n_blocks);
   SpinBarrier barrier(nth);
   for (int64_t t_begin = 0; t_begin < T_; t_begin += chunk_steps) {
-  const int64_t t_end = std::min(T_, t_begin + chunk_steps);
-  if (!one_to_many) project(ord.off[t_begin], ord.off[t_end] - ord.off[t_begin]);
-  ThreadPool::instance().run(nth, [&](int tid, int n) {
-    int64_t j0, j1;
-    split_range(g.n_blocks, tid, n, j0, j1);
-    for (int64_t t = t_begin; t < t_end; ++t) {
-      FwdStepArgs<T> s;
-      s.rows = ord.nact[t];
-      s.H = H;
-      s.w = (t >= 1 && wsum_panels.data()) ? wsum_panels.data() : whh_panels.data();
-      if (training) {
-        s.h_prev = t == 0 ? h0.data() : S.h.data() + ord.off[t - 1] * g.Hp;
-        s.c_prev = t == 0 ? c0.data() : S.c.data() + ord.off[t - 1] * g.Hp;
-        s.h_out = S.h.data() + ord.off[t] * g.Hp;
-        s.c_out = S.c.data() + ord.off[t] * g.Hp;
-        s.acts = S.acts.data() + ord.off[t] * g.G4;
-      } else {
-        s.h_prev = (t % 2 == 0) ? h0.data() : h_other.data();
-        s.h_out = (t % 2 == 0) ? h_other.data() : h0.data();
-        s.c_prev = c0.data();
-        s.c_out = c0.data();
-        s.acts = nullptr;
+    const int64_t t_end = std::min(T_, t_begin + chunk_steps);
+    if (!one_to_many) project(ord.off[t_begin], ord.off[t_end] - ord.off[t_begin]);
+    ThreadPool::instance().run(nth, [&](int tid, int n) {
+      int64_t j0, j1;
+      split_range(g.n_blocks, tid, n, j0, j1);
+      for (int64_t t = t_begin; t < t_end; ++t) {
+        FwdStepArgs<T> s;
+        s.rows = ord.nact[t];
+        s.H = H;
+        s.w = (t >= 1 && wsum_panels.data()) ? wsum_panels.data() : whh_panels.data();
+        if (training) {
+          s.h_prev = t == 0 ? h0.data() : S.h.data() + ord.off[t - 1] * g.Hp;
+          s.c_prev = t == 0 ? c0.data() : S.c.data() + ord.off[t - 1] * g.Hp;
+          s.h_out = S.h.data() + ord.off[t] * g.Hp;
+          s.c_out = S.c.data() + ord.off[t] * g.Hp;
+          s.acts = S.acts.data() + ord.off[t] * g.G4;
+        } else {
+          s.h_prev = (t % 2 == 0) ? h0.data() : h_other.data();
+          s.h_out = (t % 2 == 0) ? h_other.data() : h0.data();
+          s.c_prev = c0.data();
+          s.c_out = c0.data();
+          s.acts = nullptr;
+        }
+        s.ld_h_prev = s.ld_c_prev = s.ld_h_out = s.ld_c_out = g.Hp;
+        s.ld_acts = g.G4;
+        if (!one_to_many) {
+          s.gx = gx.data() + (ord.off[t] - ord.off[t_begin]) * g.G4;
+          s.ld_gx = g.G4;
+        } else if (p.feed == FL_FEED_REPEAT || t == 0) {
+          s.gx = gx.data();
+          s.ld_gx = g.G4;
+        } else {  // zero input (first) or h_{t-1} through wsum (output): biases only
+          s.gx = bias.data();
+          s.ld_gx = 0;
+        }
+        s.y = y ? y + t * p.y_stride_t : nullptr;
+        s.y_row_offset = y_row_offset.data();
+        if (j0 < j1) kern.fwd_step(s, j0, j1);
+        barrier.wait(tid);
       }
-      s.ld_h_prev = s.ld_c_prev = s.ld_h_out = s.ld_c_out = g.Hp;
-      s.ld_acts = g.G4;
-      if (!one_to_many) {
-        s.gx = gx.data() + (ord.off[t] - ord.off[t_begin]) * g.G4;
-        s.ld_gx = g.G4;
-      } else if (p.feed == FL_FEED_REPEAT || t == 0) {
-        s.gx = gx.data();
-        s.ld_gx = g.G4;
-      } else {  // zero input (first) or h_{t-1} through wsum (output): biases only
-        s.gx = bias.data();
-        s.ld_gx = 0;
-      }
-      s.y = y ? y + t * p.y_stride_t : nullptr;
-      s.y_row_offset = y_row_offset.data();
-      if (j0 < j1) kern.fwd_step(s, j0, j1);
-      barrier.wait(tid);
-    }
-  });
+    });
   }
 
   // Final states: each row's state after its last step.

@@ -116,11 +116,18 @@ def lstm_flops(T: int, B: int, I: int, H: int, mode: str) -> float:
     return fwd if mode == "fwd" else 3.0 * fwd
 
 
-def max_abs_diff(a, b) -> float:
+def _comparable(a, b):
+    """(a, b) as float64 arrays, or None when the shapes differ."""
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape:
+    return (a, b) if a.shape == b.shape else None
+
+
+def max_abs_diff(a, b) -> float:
+    pair = _comparable(a, b)
+    if pair is None:
         return math.inf
+    a, b = pair
     if a.size == 0:
         return 0.0
     d = np.abs(a - b)
@@ -131,10 +138,10 @@ def max_abs_diff(a, b) -> float:
 
 def rel_err(a, b) -> float:
     """Normwise relative error ||a - b|| / ||b|| (inf on shape mismatch / NaN)."""
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape:
+    pair = _comparable(a, b)
+    if pair is None:
         return math.inf
+    a, b = pair
     if a.size == 0:
         return 0.0
     num = float(np.linalg.norm((a - b).ravel()))

@@ -46,6 +46,15 @@ def _torch_truth(torch_lstm, p):
                       lengths=p.lengths, batch_first=p.kwargs["batch_first"], **p.upstream)
 
 
+def _library_outputs(p):
+    """fusedlstm's outputs and every gradient for problem p."""
+    res = fusedlstm.lstm_forward(*p.args, **p.kwargs, training=True)
+    grads = fusedlstm.lstm_backward(res, **p.upstream)
+    got = {k: getattr(res, k) for k in OUTPUTS}
+    got.update({k: getattr(grads, k) for k in GRADS})
+    return got
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", CASES, ids=_id)
 def test_lstm_matches_torch(case, dtype, make_problem, torch_lstm, reference_outputs, policy):
@@ -55,10 +64,7 @@ def test_lstm_matches_torch(case, dtype, make_problem, torch_lstm, reference_out
     truth = _torch_truth(torch_lstm, p)
     _, plain32 = reference_outputs(p.args, p.kwargs, p.upstream, dtype=dtype)
 
-    res = fusedlstm.lstm_forward(*p.args, **p.kwargs, training=True)
-    grads = fusedlstm.lstm_backward(res, **p.upstream)
-    got = {k: getattr(res, k) for k in OUTPUTS}
-    got.update({k: getattr(grads, k) for k in GRADS})
+    got = _library_outputs(p)
     policy.check_all(got, truth, plain32, dtype=dtype)
 
 
@@ -73,10 +79,7 @@ def test_many_to_one_matches_torch_packed_h_n(dtype, batch_first, make_problem, 
                        lengths=p.lengths, batch_first=batch_first, dh_n=p.upstream["dy"])
     truth["y"] = truth["h_n"]
     _, plain32 = reference_outputs(p.args, p.kwargs, p.upstream, dtype=dtype)
-    res = fusedlstm.lstm_forward(*p.args, **p.kwargs, training=True)
-    grads = fusedlstm.lstm_backward(res, **p.upstream)
-    got = {k: getattr(res, k) for k in OUTPUTS}
-    got.update({k: getattr(grads, k) for k in GRADS})
+    got = _library_outputs(p)
     policy.check_all(got, truth, plain32, dtype=dtype)
 
 

@@ -1,15 +1,34 @@
 // The C API: checks what the backends assume, turns exceptions into status
 // codes, and dispatches to the backend (only the CPU one so far).
+#include <cstring>
+#include <memory>
 #include <new>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
+#include "core/stack.h"
 #include "cpu/dispatch.h"
 #include "cpu/lstm_cpu.h"
 #include "fusedlstm/fusedlstm.h"
 
+// A training forward of the functional API: owns copies of every input the
+// backward reads (so the caller may change or free its arrays) and the
+// reserve the forward filled.
 struct fl_training_state {
-  fusedlstm::cpu::SavedForwardPtr cpu;
+  fl_forward_params params{};  // inputs point into the copies below
+  std::vector<std::unique_ptr<unsigned char[]>> copies;
+  int64_t copied_bytes = 0;
+  std::unique_ptr<unsigned char[]> reserve;
+  int64_t reserve_bytes = 0;
+
+  const void* keep(const void* src, int64_t bytes) {
+    if (!src) return nullptr;
+    copies.emplace_back(new unsigned char[size_t(bytes)]);
+    std::memcpy(copies.back().get(), src, size_t(bytes));
+    copied_bytes += bytes;
+    return copies.back().get();
+  }
 };
 
 namespace {
@@ -47,6 +66,54 @@ fl_status guarded(Fn&& fn) {
 
 void check_dtype(fl_dtype d) { require(d == FL_FLOAT32 || d == FL_FLOAT64, "dtype must be FL_FLOAT32 or FL_FLOAT64"); }
 
+int64_t elem_size(fl_dtype d) { return d == FL_FLOAT64 ? 8 : 4; }
+
+void check_lengths(const int64_t* lengths, int64_t B, int64_t T) {
+  if (!lengths) return;
+  for (int64_t b = 0; b < B; ++b)
+    require(lengths[b] >= 1 && lengths[b] <= T,
+            "lengths[" + std::to_string(b) + "] = " + std::to_string(lengths[b]) + " is outside [1, T = " +
+                std::to_string(T) + "]");
+}
+
+void check_projection(int64_t proj_size, int64_t H) {
+  require(proj_size >= 0 && proj_size < H, "proj_size must be 0 or in [1, H)");
+}
+
+void check_single(const fl_forward_params& p) {
+  check_dtype(p.dtype);
+  require(p.mode == FL_MANY_TO_MANY || p.mode == FL_MANY_TO_ONE || p.mode == FL_ONE_TO_MANY,
+          "mode must be FL_MANY_TO_MANY, FL_MANY_TO_ONE or FL_ONE_TO_MANY");
+  require(p.T >= 1 && p.B >= 1 && p.I >= 1 && p.H >= 1, "T, B, I and H must all be >= 1");
+  require(p.x && p.w_ih && p.w_hh && p.h_n && p.c_n, "x, w_ih, w_hh, h_n and c_n are required");
+  check_projection(p.proj_size, p.H);
+  require(p.proj_size == 0 || p.w_hr, "w_hr is required with a projection");
+  const int64_t Hout = p.proj_size > 0 ? p.proj_size : p.H;
+  if (p.mode == FL_ONE_TO_MANY) {
+    require(p.feed == FL_FEED_REPEAT || p.feed == FL_FEED_FIRST || p.feed == FL_FEED_OUTPUT,
+            "feed must be FL_FEED_REPEAT, FL_FEED_FIRST or FL_FEED_OUTPUT");
+    require(p.feed != FL_FEED_OUTPUT || p.I == Hout, "feed FL_FEED_OUTPUT needs I == Hout");
+    require(p.lengths == nullptr, "lengths is only for FL_MANY_TO_MANY and FL_MANY_TO_ONE");
+    require(!p.reverse, "reverse is only for FL_MANY_TO_MANY and FL_MANY_TO_ONE");
+  }
+  check_lengths(p.lengths, p.B, p.T);
+}
+
+void check_stack(const fl_stack_params& p) {
+  check_dtype(p.dtype);
+  require(p.T >= 1 && p.B >= 1 && p.I >= 1 && p.H >= 1, "T, B, I and H must all be >= 1");
+  require(p.num_layers >= 1, "num_layers must be >= 1");
+  require(p.num_directions == 1 || p.num_directions == 2, "num_directions must be 1 or 2");
+  check_projection(p.proj_size, p.H);
+  require(p.x && p.w_ih && p.w_hh && p.h_n && p.c_n, "x, w_ih, w_hh, h_n and c_n are required");
+  require(p.proj_size == 0 || p.w_hr, "w_hr is required with a projection");
+  for (int64_t i = 0; i < p.num_layers * p.num_directions; ++i) {
+    require(p.w_ih[i] && p.w_hh[i], "w_ih[" + std::to_string(i) + "] and w_hh[" + std::to_string(i) + "] are required");
+    require(p.proj_size == 0 || p.w_hr[i], "w_hr[" + std::to_string(i) + "] is required");
+  }
+  check_lengths(p.lengths, p.B, p.T);
+}
+
 }  // namespace
 
 extern "C" {
@@ -54,35 +121,52 @@ extern "C" {
 fl_status fl_lstm_forward(const fl_forward_params* p) {
   return guarded([&] {
     require(p != nullptr, "params is NULL");
-    check_dtype(p->dtype);
-    require(p->mode == FL_MANY_TO_MANY || p->mode == FL_MANY_TO_ONE || p->mode == FL_ONE_TO_MANY,
-            "mode must be FL_MANY_TO_MANY, FL_MANY_TO_ONE or FL_ONE_TO_MANY");
-    require(p->T >= 1 && p->B >= 1 && p->I >= 1 && p->H >= 1, "T, B, I and H must all be >= 1");
-    require(p->x && p->w_ih && p->w_hh && p->h_n && p->c_n, "x, w_ih, w_hh, h_n and c_n are required");
-    if (p->mode == FL_ONE_TO_MANY) {
-      require(p->feed == FL_FEED_REPEAT || p->feed == FL_FEED_FIRST || p->feed == FL_FEED_OUTPUT,
-              "feed must be FL_FEED_REPEAT, FL_FEED_FIRST or FL_FEED_OUTPUT");
-      require(p->feed != FL_FEED_OUTPUT || p->I == p->H, "feed FL_FEED_OUTPUT needs I == H");
-      require(p->lengths == nullptr, "lengths is only for FL_MANY_TO_MANY and FL_MANY_TO_ONE");
-    }
-    if (p->lengths)
-      for (int64_t b = 0; b < p->B; ++b)
-        require(p->lengths[b] >= 1 && p->lengths[b] <= p->T,
-                "lengths[" + std::to_string(b) + "] = " + std::to_string(p->lengths[b]) +
-                    " is outside [1, T = " + std::to_string(p->T) + "]");
+    check_single(*p);
     if (p->state_out) *p->state_out = nullptr;
-    fusedlstm::cpu::SavedForwardPtr saved;
-    fusedlstm::cpu::forward(*p, p->state_out ? &saved : nullptr);
-    if (p->state_out) *p->state_out = new fl_training_state{std::move(saved)};
+    if (!p->state_out) {
+      fusedlstm::cpu::forward(*p, nullptr);
+      return;
+    }
+    auto st = std::make_unique<fl_training_state>();
+    fl_forward_params& f = st->params;
+    f = *p;
+    f.state_out = nullptr;
+    f.y = f.h_n = f.c_n = nullptr;
+    const int64_t e = elem_size(p->dtype), Hout = p->proj_size > 0 ? p->proj_size : p->H;
+    // x, copied contiguous: [T, B, I], or one_to_many's [B, I].
+    const bool one_to_many = p->mode == FL_ONE_TO_MANY;
+    const int64_t steps = one_to_many ? 1 : p->T;
+    st->copies.emplace_back(new unsigned char[size_t(steps * p->B * p->I * e)]);
+    unsigned char* x = st->copies.back().get();
+    for (int64_t t = 0; t < steps; ++t)
+      for (int64_t b = 0; b < p->B; ++b)
+        std::memcpy(x + (t * p->B + b) * p->I * e,
+                    static_cast<const unsigned char*>(p->x) + (t * p->x_stride_t + b * p->x_stride_b) * e,
+                    size_t(p->I * e));
+    st->copied_bytes += steps * p->B * p->I * e;
+    f.x = x;
+    f.x_stride_t = p->B * p->I, f.x_stride_b = p->I;
+    f.w_ih = st->keep(p->w_ih, 4 * p->H * p->I * e);
+    f.w_hh = st->keep(p->w_hh, 4 * p->H * Hout * e);
+    f.w_hr = p->proj_size > 0 ? st->keep(p->w_hr, p->proj_size * p->H * e) : nullptr;
+    f.b_ih = f.b_hh = nullptr;  // backward does not read biases
+    f.h0 = st->keep(p->h0, p->B * Hout * e);
+    f.c0 = st->keep(p->c0, p->B * p->H * e);
+    f.lengths = static_cast<const int64_t*>(st->keep(p->lengths, p->B * int64_t(sizeof(int64_t))));
+    st->reserve_bytes = fusedlstm::cpu::reserve_bytes(p->dtype, p->T, p->B, p->H, p->proj_size);
+    st->reserve.reset(new unsigned char[size_t(st->reserve_bytes)]);
+    fusedlstm::cpu::forward(*p, st->reserve.get());
+    *p->state_out = st.release();
   });
 }
 
 fl_status fl_lstm_backward(const fl_backward_params* p) {
   return guarded([&] {
     require(p != nullptr, "params is NULL");
-    require(p->state && p->state->cpu, "state is NULL: run the forward with state_out set");
+    require(p->state != nullptr, "state is NULL: run the forward with state_out set");
     require(p->dx && p->dh0 && p->dc0 && p->dw_ih && p->dw_hh, "dx, dh0, dc0, dw_ih and dw_hh are required");
-    fusedlstm::cpu::backward(*p->state->cpu, *p);
+    require(p->state->params.proj_size == 0 || p->dw_hr, "dw_hr is required with a projection");
+    fusedlstm::cpu::backward(p->state->params, p->state->reserve.get(), *p);
   });
 }
 
@@ -100,7 +184,38 @@ fl_status fl_lstm_cell(const fl_cell_params* p) {
 void fl_training_state_free(fl_training_state* state) { delete state; }
 
 int64_t fl_training_state_bytes(const fl_training_state* state) {
-  return (state && state->cpu) ? fusedlstm::cpu::saved_bytes(*state->cpu) : 0;
+  return state ? state->copied_bytes + state->reserve_bytes : 0;
+}
+
+int64_t fl_lstm_stack_reserve_bytes(const fl_stack_params* p) {
+  return p ? fusedlstm::stack_reserve_bytes(*p) : 0;
+}
+
+fl_status fl_lstm_stack_forward(const fl_stack_params* p, void* reserve, int64_t reserve_bytes) {
+  return guarded([&] {
+    require(p != nullptr, "params is NULL");
+    check_stack(*p);
+    if (reserve) {
+      const int64_t need = fusedlstm::stack_reserve_bytes(*p);
+      require(reserve_bytes >= need, "reserve holds " + std::to_string(reserve_bytes) + " bytes; these shapes need " +
+                                         std::to_string(need));
+    }
+    fusedlstm::stack_forward(*p, reserve);
+  });
+}
+
+fl_status fl_lstm_stack_backward(const fl_stack_params* p, const void* reserve, int64_t reserve_bytes,
+                                 const fl_stack_grads* g) {
+  return guarded([&] {
+    require(p != nullptr && g != nullptr, "params or grads is NULL");
+    check_stack(*p);
+    require(reserve != nullptr, "reserve is NULL: run the forward with a reserve");
+    require(reserve_bytes >= fusedlstm::stack_reserve_bytes(*p), "reserve is smaller than these shapes need");
+    require(g->dx && g->dh0 && g->dc0 && g->dw_ih && g->dw_hh, "dx, dh0, dc0, dw_ih and dw_hh are required");
+    require(p->proj_size == 0 || g->dw_hr, "dw_hr is required with a projection");
+    require(!g->dy || p->y, "dy was given but the forward wrote no y");
+    fusedlstm::stack_backward(*p, reserve, *g);
+  });
 }
 
 const char* fl_last_error(void) { return last_error.c_str(); }

@@ -40,14 +40,15 @@ template <class T>
 struct FwdStepArgs {
   int64_t rows;
   int64_t H;                 // valid hidden units (stores to y stop there)
-  const T* w;                // W_hh panels, K = H rows each: block j at w + j*H*P, ld P
-  const T* h_prev;           // [rows, >= H], row stride ld_h_prev
+  int64_t K;                 // recurrent state width: H, or the projection size
+  const T* w;                // W_hh panels, K rows each: block j at w + j*K*P, ld P
+  const T* h_prev;           // [rows, >= K] recurrent state h_{t-1}, row stride ld_h_prev
   int64_t ld_h_prev;
   const T* c_prev;           // [rows, Hp], row stride ld_c_prev (may equal c_out)
   int64_t ld_c_prev;
   const T* gx;               // [rows, 4Hp] interleaved input term + both biases; ld_gx may be 0
   int64_t ld_gx;
-  T* h_out;                  // [rows, Hp]
+  T* h_out;                  // [rows, Hp] o * tanh(c_t) (h_t itself unless projected)
   int64_t ld_h_out;
   T* c_out;                  // [rows, Hp]
   int64_t ld_c_out;
@@ -59,14 +60,17 @@ struct FwdStepArgs {
 
 // One fused backward step t for output hidden-unit groups [group_begin,
 // group_end); a group is 4 blocks (P units). For each row r < rows:
-//   dh = (r < rec_rows ? dG_{t+1}[r] W : dh_init[r]) + dy_t[r]
+//   dh = (r < rec_rows ? A[r] W : dh_init[r]) + dy_t[r]
 // then the cell backward gives dG_t[r] and dc_{t-1}[r] (in place in dc).
+// Without projection A = dG_{t+1} and W = W_hh (K = 4Hp); with projection
+// A = dh_t (the gradient of the projected state) and W = W_hr (K = proj size).
 template <class T>
 struct BwdStepArgs {
   int64_t rows, rec_rows;
   int64_t H, Hp;
-  const T* wt;               // W^T panels, K = 4Hp rows each: group q at wt + q*4Hp*P, ld P
-  const T* dg_next;          // [rec_rows, 4Hp] dG_{t+1}, row stride ld_dg_next
+  int64_t K;                 // columns of A, rows of each W panel
+  const T* wt;               // panels of W as [K, Hp]: group q at wt + q*K*P, ld P
+  const T* dg_next;          // [rec_rows, K] A, row stride ld_dg_next
   int64_t ld_dg_next;
   const T* dh_init;          // [rows, Hp]: dh of rows whose sequence ends at t
   int64_t ld_dh_init;

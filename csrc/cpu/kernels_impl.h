@@ -211,7 +211,7 @@ struct Impl {
       for (int q = 0; q < 4; ++q) acc[r][q] = V::load(gx + q * W);
       a[r] = s.h_prev + (row0 + r) * s.ld_h_prev;
     }
-    panel_dot<RB>(a, s.H, s.w + j * s.H * P, P, acc);
+    panel_dot<RB>(a, s.K, s.w + j * s.K * P, P, acc);
     const int64_t valid = s.H - j * W;
     for (int r = 0; r < RB; ++r) {
       const int64_t row = row0 + r;
@@ -249,7 +249,7 @@ struct Impl {
         for (int jb = 0; jb < 4; ++jb) acc[r][jb] = V(T(0));
         a[r] = s.dg_next + (row0 + r) * s.ld_dg_next;
       }
-      panel_dot<RB>(a, 4 * s.Hp, s.wt + q * 4 * s.Hp * P, P, acc);
+      panel_dot<RB>(a, s.K, s.wt + q * s.K * P, P, acc);
     } else {
       for (int r = 0; r < RB; ++r)
         for (int jb = 0; jb < 4; ++jb) {

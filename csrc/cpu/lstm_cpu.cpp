@@ -26,6 +26,7 @@
 #include <numeric>
 #include <vector>
 
+#include "cpu/buffer.h"
 #include "cpu/dispatch.h"
 #include "cpu/kernels.h"
 #include "cpu/thread_pool.h"
@@ -34,84 +35,6 @@ namespace fusedlstm {
 namespace cpu {
 
 namespace {
-
-// Large workspaces come back for the next call instead of going to the OS:
-// a fresh multi-megabyte allocation is mmapped and every page faulted and
-// zeroed on first touch, which cost more than packing the weights at B = 1.
-// Blocks of at least kMinCached bytes are kept, kMaxCachedTotal at most.
-class BlockCache {
- public:
-  static BlockCache& instance() {
-    static BlockCache* cache = new BlockCache();  // leaked: used until exit
-    return *cache;
-  }
-  void* take(size_t bytes, size_t* capacity) {
-    if (bytes >= kMinCached) {
-      std::lock_guard<std::mutex> lock(mutex_);
-      auto it = free_.lower_bound(bytes);
-      if (it != free_.end() && it->first <= 2 * bytes) {
-        void* p = it->second;
-        *capacity = it->first;
-        cached_ -= it->first;
-        free_.erase(it);
-        return p;
-      }
-    }
-    *capacity = bytes;
-    return std::aligned_alloc(64, bytes);
-  }
-  void give(void* p, size_t capacity) {
-    if (capacity >= kMinCached) {
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (cached_ + capacity <= kMaxCachedTotal) {
-        free_.emplace(capacity, p);
-        cached_ += capacity;
-        return;
-      }
-    }
-    std::free(p);
-  }
-
- private:
-  static constexpr size_t kMinCached = size_t(1) << 20;
-  static constexpr size_t kMaxCachedTotal = size_t(256) << 20;
-  std::mutex mutex_;
-  std::multimap<size_t, void*> free_;
-  size_t cached_ = 0;
-};
-
-// 64-byte aligned, uninitialised (or zeroed) storage.
-template <class T>
-class Buffer {
- public:
-  Buffer() = default;
-  explicit Buffer(int64_t n, bool zero = false) : n_(n) {
-    if (n <= 0) return;
-    const size_t bytes = (size_t(n) * sizeof(T) + 63) / 64 * 64;
-    p_ = static_cast<T*>(BlockCache::instance().take(bytes, &capacity_));
-    if (!p_) throw std::bad_alloc();
-    if (zero) std::memset(p_, 0, bytes);
-  }
-  Buffer(Buffer&& o) noexcept : p_(o.p_), n_(o.n_), capacity_(o.capacity_) { o.p_ = nullptr, o.n_ = 0; }
-  Buffer& operator=(Buffer&& o) noexcept {
-    std::swap(p_, o.p_);
-    std::swap(n_, o.n_);
-    std::swap(capacity_, o.capacity_);
-    return *this;
-  }
-  Buffer(const Buffer&) = delete;
-  Buffer& operator=(const Buffer&) = delete;
-  ~Buffer() {
-    if (p_) BlockCache::instance().give(p_, capacity_);
-  }
-  T* data() const { return p_; }
-  int64_t size() const { return n_; }
-
- private:
-  T* p_ = nullptr;
-  int64_t n_ = 0;
-  size_t capacity_ = 0;
-};
 
 constexpr int kMaxWidth = 16;  // widest SIMD vector, in elements, of any kernel table
 
@@ -322,74 +245,150 @@ int recurrent_threads(int64_t rows, int64_t cols, int64_t K, int64_t units_of_wo
   return int(std::max<int64_t>(1, std::min<int64_t>(n, units_of_work)));
 }
 
-}  // namespace
-
+// Panels of a row-major-or-not matrix B[K, N], element (k, n) at
+// src[k * stride_k + n * stride_n]: ceil(N / P) strips of [K, P], strip p at
+// + p*K*P, zero past N. Used for the projection weights in both directions.
 template <class T>
-struct Saved {
-  const KernelTable* table = nullptr;  // backward must use the same layout
-  fl_mode mode = FL_MANY_TO_MANY;
-  fl_feed feed = FL_FEED_REPEAT;
-  int64_t steps = 0, B = 0, I = 0, H = 0;
-  BatchOrder order{0, 0, nullptr};
-  Buffer<T> x;       // [total, I] packed rows (one_to_many: [B, I])
-  // Weights as backward reads them (packed here, so the caller may change
-  // its arrays after the forward): W^T panels of W_hh, of W_ih (for dx) and,
-  // for feed="output", of W_ih + W_hh.
-  Buffer<T> wt_hh, wt_ih, wt_sum;
-  Buffer<T> h0, c0;  // [B, Hp] sorted rows
-  Buffer<T> acts;    // [total, 4Hp] activations i,f,g,o, interleaved
-  Buffer<T> h, c;    // [total, Hp] h_t, c_t
+Buffer<T> pack_panels(const T* src, int64_t K, int64_t N, int64_t stride_k, int64_t stride_n, int64_t P) {
+  const int64_t n_panels = (N + P - 1) / P;
+  Buffer<T> out(n_panels * K * P);
+  for (int64_t p = 0; p < n_panels; ++p)
+    for (int64_t k = 0; k < K; ++k) {
+      T* dst = out.data() + (p * K + k) * P;
+      for (int64_t c = 0; c < P; ++c) {
+        const int64_t n = p * P + c;
+        dst[c] = n < N ? src[k * stride_k + n * stride_n] : T(0);
+      }
+    }
+  return out;
+}
 
-  int64_t bytes() const {
-    return int64_t(sizeof(T)) * (x.size() + wt_hh.size() + wt_ih.size() + wt_sum.size() + h0.size() +
-                                 c0.size() + acts.size() + h.size() + c.size());
+// The reserve of one direction (see reserve_bytes): a header naming the
+// kernel table that wrote it, then per (step, row) slot the activations,
+// c_t, the recurrent state h_t and, with projection, m_t = o * tanh(c_t).
+// Region sizes use the widest SIMD width of the dtype, so they do not depend
+// on the path; leading dimensions are those of the path that runs.
+constexpr int64_t kReserveHeaderBytes = 256;
+constexpr uint64_t kReserveMagic = 0x6d74736c64657375ull;  // "usedlstm"
+
+struct ReserveHeader {
+  uint64_t magic;
+  char isa[24];
+  int64_t dtype, T, B, H, R;
+};
+
+inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+struct ReserveLayout {
+  int64_t acts, c, h, m, end;  // byte offsets from the aligned base
+  ReserveLayout(int64_t elem, int64_t T, int64_t B, int64_t H, int64_t R) {
+    const int64_t wb = 64 / elem;  // widest vector of this dtype, in elements
+    const int64_t slots = T * B, hp = round_up(H, wb);
+    int64_t at = kReserveHeaderBytes;
+    auto region = [&](int64_t elems) {
+      const int64_t start = at;
+      at += round_up(elems * elem, 64);
+      return start;
+    };
+    acts = region(slots * 4 * hp);
+    c = region(slots * hp);
+    h = region(slots * (R > 0 ? R : hp));
+    m = R > 0 ? region(slots * round_up(H, 4 * wb)) : at;
+    end = at;
   }
 };
 
-struct SavedForward {
-  fl_dtype dtype;
-  std::unique_ptr<Saved<float>> f32;
-  std::unique_ptr<Saved<double>> f64;
-};
+template <class T>
+T* aligned_base(void* reserve) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(reserve);
+  return reinterpret_cast<T*>((a + 63) / 64 * 64);
+}
 
-void SavedForwardDeleter::operator()(SavedForward* s) const { delete s; }
+}  // namespace
 
-int64_t saved_bytes(const SavedForward& s) { return s.f32 ? s.f32->bytes() : s.f64->bytes(); }
+int64_t reserve_bytes(fl_dtype dtype, int64_t T, int64_t B, int64_t H, int64_t R) {
+  const int64_t elem = dtype == FL_FLOAT64 ? 8 : 4;
+  return 64 + ReserveLayout(elem, T, B, H, R).end;  // 64: room to align the base
+}
 
 namespace {
 
+// Where one direction's saved activations live inside its reserve.
 template <class T>
-std::unique_ptr<Saved<T>>& saved_slot(SavedForward& s);
-template <>
-std::unique_ptr<Saved<float>>& saved_slot<float>(SavedForward& s) {
-  return s.f32;
-}
-template <>
-std::unique_ptr<Saved<double>>& saved_slot<double>(SavedForward& s) {
-  return s.f64;
+struct SavedViews {
+  T *acts = nullptr, *c = nullptr, *h = nullptr, *m = nullptr;
+  SavedViews() = default;
+  SavedViews(void* reserve, int64_t T_, int64_t B, int64_t H, int64_t R) {
+    unsigned char* base = aligned_base<unsigned char>(reserve);
+    const ReserveLayout lay(sizeof(T), T_, B, H, R);
+    acts = reinterpret_cast<T*>(base + lay.acts);
+    c = reinterpret_cast<T*>(base + lay.c);
+    h = reinterpret_cast<T*>(base + lay.h);
+    m = R > 0 ? reinterpret_cast<T*>(base + lay.m) : nullptr;
+  }
+};
+
+// The kernel table a reserve was written with; backward must read it with
+// the same layout.
+const KernelTable& reserve_table(const void* reserve, fl_dtype dtype, int64_t T, int64_t B, int64_t H,
+                                 int64_t R) {
+  const ReserveHeader* h = aligned_base<const ReserveHeader>(const_cast<void*>(reserve));
+  if (h->magic != kReserveMagic || h->dtype != dtype || h->T != T || h->B != B || h->H != H || h->R != R)
+    throw std::invalid_argument("the reserve was not written by a training forward with these sizes");
+  for (const KernelTable* t : supported_kernels())
+    if (std::strncmp(t->name, h->isa, sizeof(h->isa)) == 0) return *t;
+  throw std::invalid_argument("the reserve was written by an unknown SIMD path");
 }
 
 template <class T>
-void forward_typed(const fl_forward_params& p, SavedForwardPtr* saved_out) {
+void forward_typed(const fl_forward_params& p, void* reserve) {
   const KernelTable& table = active_kernels();
   const TypedKernels<T>& kern = typed<T>(table);
   const int threads = num_threads();
-  const int64_t T_ = p.T, B = p.B, I = p.I, H = p.H;
+  const int64_t T_ = p.T, B = p.B, I = p.I, H = p.H, R = p.proj_size;
+  const bool proj = R > 0;
+  const int64_t Ks = proj ? R : H;  // width of the recurrent state h
   const Geometry g(H, kern.width);
-  const bool training = saved_out != nullptr;
+  const int64_t ld_state = proj ? R : g.Hp;
+  const int64_t ld_m = g.n_groups * g.P;  // m rows hold whole panels (a GEMM operand in backward)
+  const bool training = reserve != nullptr;
   const bool one_to_many = p.mode == FL_ONE_TO_MANY;
   const T* x = static_cast<const T*>(p.x);
   const T* w_ih = static_cast<const T*>(p.w_ih);
   const T* w_hh = static_cast<const T*>(p.w_hh);
 
-  auto sv = std::make_unique<Saved<T>>();
-  Saved<T>& S = *sv;
-  S.table = &table;
-  S.mode = p.mode;
-  S.feed = p.feed;
-  S.steps = T_, S.B = B, S.I = I, S.H = H;
-  S.order = BatchOrder(T_, B, one_to_many ? nullptr : p.lengths);
-  const BatchOrder& ord = S.order;
+  const BatchOrder ord(T_, B, one_to_many ? nullptr : p.lengths);
+  // Time index of packed step t of sorted row r: the reverse direction runs
+  // each sequence from its own last step back to step 0.
+  auto time_of = [&](int64_t t, int64_t r) { return p.reverse ? ord.len[r] - 1 - t : t; };
+
+  SavedViews<T> S;
+  if (training) {
+    S = SavedViews<T>(reserve, T_, B, H, R);
+    unsigned char* base = aligned_base<unsigned char>(reserve);
+    std::memset(reserve, 0, size_t(base - static_cast<unsigned char*>(reserve)));
+    std::memset(base, 0, kReserveHeaderBytes);
+    ReserveHeader hdr{};
+    hdr.magic = kReserveMagic;
+    std::strncpy(hdr.isa, table.name, sizeof(hdr.isa) - 1);
+    hdr.dtype = p.dtype, hdr.T = T_, hdr.B = B, hdr.H = H, hdr.R = R;
+    std::memcpy(base, &hdr, sizeof(hdr));
+    // Slots past the rows that run (lengths) are never written: zero them,
+    // so the reserve's content is a function of the inputs alone.
+    const ReserveLayout lay(sizeof(T), T_, B, H, R);
+    auto zero_tail = [&](T* region, int64_t ld, int64_t region_end) {
+      unsigned char* from = reinterpret_cast<unsigned char*>(region + ord.total * ld);
+      std::memset(from, 0, size_t(base + region_end - from));
+    };
+    zero_tail(S.acts, g.G4, lay.c);
+    zero_tail(S.c, g.Hp, lay.h);
+    zero_tail(S.h, ld_state, lay.m);
+    if (proj) {
+      zero_tail(S.m, ld_m, lay.end);
+      for (int64_t i = 0; i < ord.total; ++i)  // m columns past Hp are not written by the step
+        std::memset(S.m + i * ld_m + g.Hp, 0, size_t(ld_m - g.Hp) * sizeof(T));
+    }
+  }
 
   // Both biases folded into one interleaved row.
   Buffer<T> bias(g.G4, true);
@@ -402,8 +401,7 @@ void forward_typed(const fl_forward_params& p, SavedForwardPtr* saved_out) {
     }
 
   // Input rows of the projection GEMM: every (step, running row), or the B
-  // rows of one_to_many's single input. Training copies them (packed), which
-  // backward needs anyway.
+  // rows of one_to_many's single input.
   const int64_t proj_rows = one_to_many ? B : ord.total;
   std::vector<const T*> x_rows(proj_rows);
   if (one_to_many) {
@@ -411,16 +409,7 @@ void forward_typed(const fl_forward_params& p, SavedForwardPtr* saved_out) {
   } else {
     for (int64_t t = 0; t < T_; ++t)
       for (int64_t r = 0; r < ord.nact[t]; ++r)
-        x_rows[ord.off[t] + r] = x + t * p.x_stride_t + ord.perm[r] * p.x_stride_b;
-  }
-  if (training) {
-    S.x = Buffer<T>(proj_rows * I);
-    for (int64_t i = 0; i < proj_rows; ++i) {
-      std::memcpy(S.x.data() + i * I, x_rows[i], size_t(I) * sizeof(T));
-      x_rows[i] = S.x.data() + i * I;
-    }
-    S.wt_hh = pack_transposed_panels(w_hh, H, g, threads);
-    S.wt_ih = pack_transposed_panels(w_ih, I, g, threads);
+        x_rows[ord.off[t] + r] = x + time_of(t, r) * p.x_stride_t + ord.perm[r] * p.x_stride_b;
   }
 
   // The input term is computed a chunk of steps at a time, just before those
@@ -448,42 +437,61 @@ void forward_typed(const fl_forward_params& p, SavedForwardPtr* saved_out) {
   };
   if (one_to_many) project(0, proj_rows);
 
-  const Buffer<T> whh_panels = pack_gate_panels(w_hh, H, g, threads);
+  const Buffer<T> whh_panels = pack_gate_panels(w_hh, Ks, g, threads);
   Buffer<T> wsum_panels;  // feed="output": steps >= 1 see x_t = h_{t-1}
   if (one_to_many && p.feed == FL_FEED_OUTPUT) {
-    Buffer<T> wsum(4 * H * H);
-    for (int64_t i = 0; i < 4 * H * H; ++i) wsum.data()[i] = w_ih[i] + w_hh[i];
-    wsum_panels = pack_gate_panels(wsum.data(), H, g, threads);
-    if (training) S.wt_sum = pack_transposed_panels(wsum.data(), H, g, threads);
+    Buffer<T> wsum(4 * H * Ks);
+    for (int64_t i = 0; i < 4 * H * Ks; ++i) wsum.data()[i] = w_ih[i] + w_hh[i];
+    wsum_panels = pack_gate_panels(wsum.data(), Ks, g, threads);
   }
+  // Projection h_t = m_t W_hr^T as a GEMM operand B[H, R].
+  Buffer<T> whr_panels;
+  if (proj) whr_panels = pack_panels(static_cast<const T*>(p.w_hr), H, R, 1, H, g.P);
 
   // Initial states, rows in sorted order, padded units zero.
-  Buffer<T> h0(B * g.Hp, true), c0(B * g.Hp, true);
+  Buffer<T> h0(B * ld_state, true), c0(B * g.Hp, true);
   for (int64_t r = 0; r < B; ++r) {
     const int64_t b = ord.perm[r];
-    if (p.h0) std::memcpy(h0.data() + r * g.Hp, static_cast<const T*>(p.h0) + b * H, size_t(H) * sizeof(T));
+    if (p.h0) std::memcpy(h0.data() + r * ld_state, static_cast<const T*>(p.h0) + b * Ks, size_t(Ks) * sizeof(T));
     if (p.c0) std::memcpy(c0.data() + r * g.Hp, static_cast<const T*>(p.c0) + b * H, size_t(H) * sizeof(T));
   }
 
   // Inference keeps two h buffers and c in place; training keeps every step.
-  Buffer<T> h_other;
-  if (training) {
-    S.acts = Buffer<T>(ord.total * g.G4);
-    S.h = Buffer<T>(ord.total * g.Hp);
-    S.c = Buffer<T>(ord.total * g.Hp);
-  } else {
-    h_other = Buffer<T>(B * g.Hp, true);
+  Buffer<T> h_other, m_buf;
+  if (!training) h_other = Buffer<T>(B * ld_state, true);
+  if (proj && !training) m_buf = Buffer<T>(B * ld_m, true);
+  // Row pointers of the projection GEMM: m rows in, state rows out.
+  std::vector<const T*> m_rows;
+  std::vector<T*> state_rows[2];
+  if (proj) {
+    const int64_t n = training ? ord.total : B;
+    m_rows.resize(n);
+    for (int64_t i = 0; i < n; ++i) m_rows[i] = (training ? S.m : m_buf.data()) + i * ld_m;
+    if (training) {
+      state_rows[0].resize(n);
+      for (int64_t i = 0; i < n; ++i) state_rows[0][i] = S.h + i * ld_state;
+    } else {
+      for (int k = 0; k < 2; ++k) {
+        state_rows[k].resize(B);
+        for (int64_t r = 0; r < B; ++r) state_rows[k][r] = (k == 0 ? h0.data() : h_other.data()) + r * ld_state;
+      }
+    }
   }
 
   T* y = (p.mode != FL_MANY_TO_ONE) ? static_cast<T*>(p.y) : nullptr;
-  std::vector<int64_t> y_row_offset(B);
-  for (int64_t r = 0; r < B; ++r) y_row_offset[r] = ord.perm[r] * p.y_stride_b;
-  if (y && p.lengths && !one_to_many)
-    for (int64_t r = 0; r < B; ++r)
-      for (int64_t t = ord.len[r]; t < T_; ++t)
-        std::memset(y + t * p.y_stride_t + y_row_offset[r], 0, size_t(H) * sizeof(T));
+  std::vector<int64_t> y_offset;  // of each packed (step, row)
+  if (y) {
+    y_offset.resize(ord.total);
+    for (int64_t t = 0; t < T_; ++t)
+      for (int64_t r = 0; r < ord.nact[t]; ++r)
+        y_offset[ord.off[t] + r] = time_of(t, r) * p.y_stride_t + ord.perm[r] * p.y_stride_b;
+    if (p.lengths && !one_to_many)
+      for (int64_t r = 0; r < B; ++r)
+        for (int64_t t = ord.len[r]; t < T_; ++t)
+          std::memset(y + t * p.y_stride_t + ord.perm[r] * p.y_stride_b, 0, size_t(Ks) * sizeof(T));
+  }
 
-  const int nth = recurrent_threads(B, g.G4, H, g.n_blocks);
+  const int nth = recurrent_threads(B, g.G4, Ks, g.n_blocks);
   SpinBarrier barrier(nth);
   for (int64_t t_begin = 0; t_begin < T_; t_begin += chunk_steps) {
     const int64_t t_end = std::min(T_, t_begin + chunk_steps);
@@ -492,25 +500,36 @@ void forward_typed(const fl_forward_params& p, SavedForwardPtr* saved_out) {
       int64_t j0, j1;
       split_range(g.n_blocks, tid, n, j0, j1);
       for (int64_t t = t_begin; t < t_end; ++t) {
+        const int64_t rows = ord.nact[t];
         FwdStepArgs<T> s;
-        s.rows = ord.nact[t];
+        s.rows = rows;
         s.H = H;
+        s.K = Ks;
         s.w = (t >= 1 && wsum_panels.data()) ? wsum_panels.data() : whh_panels.data();
+        T* state_out;
         if (training) {
-          s.h_prev = t == 0 ? h0.data() : S.h.data() + ord.off[t - 1] * g.Hp;
-          s.c_prev = t == 0 ? c0.data() : S.c.data() + ord.off[t - 1] * g.Hp;
-          s.h_out = S.h.data() + ord.off[t] * g.Hp;
-          s.c_out = S.c.data() + ord.off[t] * g.Hp;
-          s.acts = S.acts.data() + ord.off[t] * g.G4;
+          s.h_prev = t == 0 ? h0.data() : S.h + ord.off[t - 1] * ld_state;
+          s.c_prev = t == 0 ? c0.data() : S.c + ord.off[t - 1] * g.Hp;
+          state_out = S.h + ord.off[t] * ld_state;
+          s.c_out = S.c + ord.off[t] * g.Hp;
+          s.acts = S.acts + ord.off[t] * g.G4;
         } else {
           s.h_prev = (t % 2 == 0) ? h0.data() : h_other.data();
-          s.h_out = (t % 2 == 0) ? h_other.data() : h0.data();
+          state_out = (t % 2 == 0) ? h_other.data() : h0.data();
           s.c_prev = c0.data();
           s.c_out = c0.data();
           s.acts = nullptr;
         }
-        s.ld_h_prev = s.ld_c_prev = s.ld_h_out = s.ld_c_out = g.Hp;
+        s.ld_h_prev = ld_state;
+        s.ld_c_prev = s.ld_c_out = g.Hp;
         s.ld_acts = g.G4;
+        if (proj) {
+          s.h_out = training ? S.m + ord.off[t] * ld_m : m_buf.data();
+          s.ld_h_out = ld_m;
+        } else {
+          s.h_out = state_out;
+          s.ld_h_out = ld_state;
+        }
         if (!one_to_many) {
           s.gx = gx.data() + (ord.off[t] - ord.off[t_begin]) * g.G4;
           s.ld_gx = g.G4;
@@ -521,10 +540,24 @@ void forward_typed(const fl_forward_params& p, SavedForwardPtr* saved_out) {
           s.gx = bias.data();
           s.ld_gx = 0;
         }
-        s.y = y ? y + t * p.y_stride_t : nullptr;
-        s.y_row_offset = y_row_offset.data();
+        s.y = (y && !proj) ? y : nullptr;
+        s.y_row_offset = y ? y_offset.data() + ord.off[t] : nullptr;
         if (j0 < j1) kern.fwd_step(s, j0, j1);
         barrier.wait(tid);
+        if (proj) {
+          // h_t = m_t W_hr^T: every m_t column is needed, hence the barrier above.
+          const int64_t m0 = training ? ord.off[t] : 0;
+          T* const* out_rows = training ? state_rows[0].data() + ord.off[t] : state_rows[t % 2 == 0 ? 1 : 0].data();
+          GemmArgs<T> a{rows, R, H, m_rows.data() + m0, whr_panels.data(), g.P, H * g.P, out_rows, nullptr, false};
+          kern.gemm(a, tid, n);
+          barrier.wait(tid);
+          if (y) {  // rows of h_t nobody writes before two more barriers
+            int64_t r0, r1;
+            split_range(rows, tid, n, r0, r1);
+            for (int64_t r = r0; r < r1; ++r)
+              std::memcpy(y + y_offset[ord.off[t] + r], out_rows[r], size_t(R) * sizeof(T));
+          }
+        }
       }
     });
   }
@@ -536,115 +569,180 @@ void forward_typed(const fl_forward_params& p, SavedForwardPtr* saved_out) {
     const int64_t b = ord.perm[r], L = ord.len[r];
     const T *hs, *cs;
     if (training) {
-      hs = S.h.data() + (ord.off[L - 1] + r) * g.Hp;
-      cs = S.c.data() + (ord.off[L - 1] + r) * g.Hp;
+      hs = S.h + (ord.off[L - 1] + r) * ld_state;
+      cs = S.c + (ord.off[L - 1] + r) * g.Hp;
     } else {
-      hs = (L % 2 == 0 ? h0.data() : h_other.data()) + r * g.Hp;
+      hs = (L % 2 == 0 ? h0.data() : h_other.data()) + r * ld_state;
       cs = c0.data() + r * g.Hp;
     }
-    std::memcpy(h_n + b * H, hs, size_t(H) * sizeof(T));
+    std::memcpy(h_n + b * Ks, hs, size_t(Ks) * sizeof(T));
     std::memcpy(c_n + b * H, cs, size_t(H) * sizeof(T));
-  }
-
-  if (training) {
-    S.h0 = std::move(h0);
-    S.c0 = std::move(c0);
-    saved_out->reset(new SavedForward{p.dtype, nullptr, nullptr});
-    saved_slot<T>(**saved_out) = std::move(sv);
   }
 }
 
 template <class T>
-void backward_typed(const Saved<T>& S, const fl_backward_params& p) {
-  const TypedKernels<T>& kern = typed<T>(*S.table);
+void backward_typed(const fl_forward_params& fp, const void* reserve, const fl_backward_params& p) {
+  const int64_t T_ = fp.T, B = fp.B, I = fp.I, H = fp.H, R = fp.proj_size;
+  const TypedKernels<T>& kern = typed<T>(reserve_table(reserve, fp.dtype, T_, B, H, R));
   const int threads = num_threads();
-  const int64_t T_ = S.steps, B = S.B, I = S.I, H = S.H;
+  const bool proj = R > 0;
+  const int64_t Ks = proj ? R : H;
   const Geometry g(H, kern.width);
-  const BatchOrder& ord = S.order;
-  const bool one_to_many = S.mode == FL_ONE_TO_MANY;
-  const bool feed_output = one_to_many && S.feed == FL_FEED_OUTPUT;
+  const int64_t ld_state = proj ? R : g.Hp;
+  const int64_t ld_m = g.n_groups * g.P;
+  const int64_t G4 = g.G4;
+  const bool one_to_many = fp.mode == FL_ONE_TO_MANY;
+  const bool feed_output = one_to_many && fp.feed == FL_FEED_OUTPUT;
+  const BatchOrder ord(T_, B, one_to_many ? nullptr : fp.lengths);
+  auto time_of = [&](int64_t t, int64_t r) { return fp.reverse ? ord.len[r] - 1 - t : t; };
+  const SavedViews<T> S(const_cast<void*>(reserve), T_, B, H, R);
+  const T* x = static_cast<const T*>(fp.x);
+  const T* w_ih = static_cast<const T*>(fp.w_ih);
+  const T* w_hh = static_cast<const T*>(fp.w_hh);
   const T* dy = static_cast<const T*>(p.dy);
 
-  const Buffer<T>& wt_hh = S.wt_hh;
-  const Buffer<T>& wt_ih = S.wt_ih;
-  const Buffer<T>& wt_sum = S.wt_sum;
-  // Gradients entering each row at its last step: dh_n (plus dy for
-  // many_to_one, whose y is that last state) and dc_n.
-  Buffer<T> dh_init(B * g.Hp, true), dc(B * g.Hp, true);
+  // W^T panels: of W_hh (dh and dh0), W_ih (dx) and, for feed="output", W_ih + W_hh.
+  const Buffer<T> wt_hh = pack_transposed_panels(w_hh, Ks, g, threads);
+  const Buffer<T> wt_ih = pack_transposed_panels(w_ih, I, g, threads);
+  Buffer<T> wt_sum;
+  if (feed_output) {
+    Buffer<T> wsum(4 * H * Ks);
+    for (int64_t i = 0; i < 4 * H * Ks; ++i) wsum.data()[i] = w_ih[i] + w_hh[i];
+    wt_sum = pack_transposed_panels(wsum.data(), Ks, g, threads);
+  }
+  // dm = dh W_hr as panels of W_hr [R, H] in hidden-unit groups.
+  Buffer<T> whr_panels;
+  if (proj) whr_panels = pack_panels(static_cast<const T*>(fp.w_hr), R, H, H, 1, g.P);
+
+  // Initial states in sorted row order (the forward read the same).
+  Buffer<T> h0(B * ld_state, true), c0(B * g.Hp, true);
   for (int64_t r = 0; r < B; ++r) {
     const int64_t b = ord.perm[r];
-    T* dh = dh_init.data() + r * g.Hp;
+    if (fp.h0) std::memcpy(h0.data() + r * ld_state, static_cast<const T*>(fp.h0) + b * Ks, size_t(Ks) * sizeof(T));
+    if (fp.c0) std::memcpy(c0.data() + r * g.Hp, static_cast<const T*>(fp.c0) + b * H, size_t(H) * sizeof(T));
+  }
+
+  // Gradients entering each row at its last step: dh_n (plus dy for
+  // many_to_one, whose y is that last state) and dc_n.
+  Buffer<T> dh_init(B * ld_state, true), dc(B * g.Hp, true);
+  for (int64_t r = 0; r < B; ++r) {
+    const int64_t b = ord.perm[r];
+    T* dh = dh_init.data() + r * ld_state;
     if (p.dh_n)
-      for (int64_t u = 0; u < H; ++u) dh[u] += static_cast<const T*>(p.dh_n)[b * H + u];
-    if (dy && S.mode == FL_MANY_TO_ONE)
-      for (int64_t u = 0; u < H; ++u) dh[u] += dy[b * H + u];
+      for (int64_t u = 0; u < Ks; ++u) dh[u] += static_cast<const T*>(p.dh_n)[b * Ks + u];
+    if (dy && fp.mode == FL_MANY_TO_ONE)
+      for (int64_t u = 0; u < Ks; ++u) dh[u] += dy[b * Ks + u];
     if (p.dc_n) std::memcpy(dc.data() + r * g.Hp, static_cast<const T*>(p.dc_n) + b * H, size_t(H) * sizeof(T));
   }
-  const bool dy_per_step = dy && S.mode != FL_MANY_TO_ONE;
-  std::vector<int64_t> dy_row_offset(B);
-  for (int64_t r = 0; r < B; ++r) dy_row_offset[r] = ord.perm[r] * p.dy_stride_b;
+  const bool dy_per_step = dy && fp.mode != FL_MANY_TO_ONE;
+  std::vector<int64_t> dy_offset;  // of each packed (step, row)
+  if (dy_per_step) {
+    dy_offset.resize(ord.total);
+    for (int64_t t = 0; t < T_; ++t)
+      for (int64_t r = 0; r < ord.nact[t]; ++r)
+        dy_offset[ord.off[t] + r] = time_of(t, r) * p.dy_stride_t + ord.perm[r] * p.dy_stride_b;
+  }
 
-  Buffer<T> dg(ord.total * g.G4);
-  const int nth = recurrent_threads(B, g.G4, H, g.n_groups);
+  Buffer<T> dg(ord.total * G4);
+  std::vector<const T*> dg_rows(ord.total);
+  for (int64_t i = 0; i < ord.total; ++i) dg_rows[i] = dg.data() + i * G4;
+  // With projection, dh_t of every (step, row) [total, R]: the recurrence
+  // goes through it, and dW_hr sums dh_t^T m_t.
+  Buffer<T> dh_all;
+  std::vector<T*> dh_rows;
+  if (proj) {
+    dh_all = Buffer<T>(ord.total * R);
+    dh_rows.resize(ord.total);
+    for (int64_t i = 0; i < ord.total; ++i) dh_rows[i] = dh_all.data() + i * R;
+  }
+
+  const int nth = recurrent_threads(B, G4, Ks, g.n_groups);
   SpinBarrier barrier(nth);
   ThreadPool::instance().run(nth, [&](int tid, int n) {
     int64_t q0, q1;
     split_range(g.n_groups, tid, n, q0, q1);
     for (int64_t t = T_ - 1; t >= 0; --t) {
+      const int64_t rows = ord.nact[t], rec_rows = ord.nact[t + 1];
       BwdStepArgs<T> s;
-      s.rows = ord.nact[t];
-      s.rec_rows = ord.nact[t + 1];
+      s.rows = rows;
+      s.rec_rows = rec_rows;
       s.H = H;
       s.Hp = g.Hp;
-      s.wt = feed_output ? wt_sum.data() : wt_hh.data();  // the weights of step t + 1 >= 1
-      s.dg_next = dg.data() + ord.off[t + 1] * g.G4;
-      s.ld_dg_next = g.G4;
-      s.dh_init = dh_init.data();
-      s.ld_dh_init = g.Hp;
-      s.dy = dy_per_step ? dy + t * p.dy_stride_t : nullptr;
-      s.dy_row_offset = dy_row_offset.data();
-      s.acts = S.acts.data() + ord.off[t] * g.G4;
-      s.ld_acts = g.G4;
-      s.c = S.c.data() + ord.off[t] * g.Hp;
+      s.dy_row_offset = dy_per_step ? dy_offset.data() + ord.off[t] : nullptr;
+      s.acts = S.acts + ord.off[t] * G4;
+      s.ld_acts = G4;
+      s.c = S.c + ord.off[t] * g.Hp;
       s.ld_c = g.Hp;
-      s.c_prev = t == 0 ? S.c0.data() : S.c.data() + ord.off[t - 1] * g.Hp;
+      s.c_prev = t == 0 ? c0.data() : S.c + ord.off[t - 1] * g.Hp;
       s.ld_c_prev = g.Hp;
       s.dc = dc.data();
       s.ld_dc = g.Hp;
-      s.dg = dg.data() + ord.off[t] * g.G4;
-      s.ld_dg = g.G4;
+      s.dg = dg.data() + ord.off[t] * G4;
+      s.ld_dg = G4;
+      if (!proj) {
+        s.K = G4;
+        s.wt = feed_output ? wt_sum.data() : wt_hh.data();  // the weights of step t + 1 >= 1
+        s.dg_next = dg.data() + ord.off[t + 1] * G4;
+        s.ld_dg_next = G4;
+        s.dh_init = dh_init.data();
+        s.ld_dh_init = ld_state;
+        s.dy = dy_per_step ? dy : nullptr;
+      } else {
+        // dh_t = dy_t + (dG_{t+1} W_hh, or dh_n where the row ends at t) ...
+        int64_t r0, r1;
+        split_range(rows, tid, n, r0, r1);
+        for (int64_t r = r0; r < r1; ++r) {
+          T* d = dh_rows[ord.off[t] + r];
+          const T* init = r >= rec_rows ? dh_init.data() + r * ld_state : nullptr;
+          const T* dyr = dy_per_step ? dy + dy_offset[ord.off[t] + r] : nullptr;
+          for (int64_t u = 0; u < R; ++u) d[u] = (init ? init[u] : T(0)) + (dyr ? dyr[u] : T(0));
+        }
+        barrier.wait(tid);
+        if (rec_rows > 0) {
+          GemmArgs<T> a{rec_rows, R, G4, dg_rows.data() + ord.off[t + 1],
+                        feed_output ? wt_sum.data() : wt_hh.data(), g.P, G4 * g.P,
+                        dh_rows.data() + ord.off[t], nullptr, true};
+          kern.gemm(a, tid, n);
+        }
+        barrier.wait(tid);
+        // ... then dm_t = dh_t W_hr feeds the cell backward.
+        s.rec_rows = rows;
+        s.K = R;
+        s.wt = whr_panels.data();
+        s.dg_next = dh_all.data() + ord.off[t] * R;
+        s.ld_dg_next = R;
+        s.dh_init = nullptr;
+        s.ld_dh_init = 0;
+        s.dy = nullptr;
+        s.dy_row_offset = nullptr;
+      }
       if (q0 < q1) kern.bwd_step(s, q0, q1);
       barrier.wait(tid);
     }
   });
 
-  std::vector<const T*> dg_rows(ord.total);
-  for (int64_t i = 0; i < ord.total; ++i) dg_rows[i] = dg.data() + i * g.G4;
-
   // dh0 = dG_0 W_hh (step 0 always sees W_hh); dc0 from the loop.
   {
     std::vector<T*> c_rows(B);
-    for (int64_t r = 0; r < B; ++r) c_rows[r] = static_cast<T*>(p.dh0) + ord.perm[r] * H;
-    GemmArgs<T> a{B, H, g.G4, dg_rows.data(), wt_hh.data(), g.P, g.G4 * g.P, c_rows.data(), nullptr, false};
+    for (int64_t r = 0; r < B; ++r) c_rows[r] = static_cast<T*>(p.dh0) + ord.perm[r] * Ks;
+    GemmArgs<T> a{B, Ks, G4, dg_rows.data(), wt_hh.data(), g.P, G4 * g.P, c_rows.data(), nullptr, false};
     run_gemm(kern, a, threads);
     for (int64_t r = 0; r < B; ++r)
       std::memcpy(static_cast<T*>(p.dc0) + ord.perm[r] * H, dc.data() + r * g.Hp, size_t(H) * sizeof(T));
   }
 
   // db: column sums of dG (accumulated in double, see sum_rows).
-  Buffer<T> db_il(g.G4);
-  sum_rows(dg.data(), ord.total, g.G4, g.W, db_il.data(), threads);
+  Buffer<T> db_il(G4);
+  sum_rows(dg.data(), ord.total, G4, g.W, db_il.data(), threads);
 
-  // dW_hh^T [H, 4Hp] = Hprev^T dG, Hprev = h_{t-1} of every packed row.
-  const int64_t G4 = g.G4;
+  // dW_hh^T [Ks, 4Hp] = Hprev^T dG, Hprev = h_{t-1} of every packed row.
   std::vector<const T*> hprev_rows(ord.total);
   for (int64_t t = 0; t < T_; ++t)
     for (int64_t r = 0; r < ord.nact[t]; ++r)
-      hprev_rows[ord.off[t] + r] =
-          t == 0 ? S.h0.data() + r * g.Hp : S.h.data() + (ord.off[t - 1] + r) * g.Hp;
-  Buffer<T> hprev_t(H * ord.total);
-  transpose_rows(hprev_rows, H, hprev_t.data(), threads);
-  Buffer<T> dwhh_t(H * G4);
+      hprev_rows[ord.off[t] + r] = t == 0 ? h0.data() + r * ld_state : S.h + (ord.off[t - 1] + r) * ld_state;
+  Buffer<T> hprev_t(Ks * ord.total);
+  transpose_rows(hprev_rows, Ks, hprev_t.data(), threads);
+  Buffer<T> dwhh_t(Ks * G4);
   auto weight_gemm = [&](const T* a_t, int64_t lda, int64_t M, int64_t K, const T* b, T* out, bool accumulate) {
     std::vector<const T*> a_rows(M);
     std::vector<T*> c_rows(M);
@@ -655,7 +753,23 @@ void backward_typed(const Saved<T>& S, const fl_backward_params& p) {
     GemmArgs<T> a{M, G4, K, a_rows.data(), b, G4, g.P, c_rows.data(), nullptr, accumulate};
     run_gemm(kern, a, threads);
   };
-  weight_gemm(hprev_t.data(), ord.total, H, ord.total, dg.data(), dwhh_t.data(), false);
+  weight_gemm(hprev_t.data(), ord.total, Ks, ord.total, dg.data(), dwhh_t.data(), false);
+
+  // dW_hr [R, H] = sum over (step, row) of dh_t^T m_t.
+  if (proj) {
+    Buffer<T> dh_t(R * ord.total);
+    std::vector<const T*> rows(ord.total);
+    for (int64_t i = 0; i < ord.total; ++i) rows[i] = dh_rows[i];
+    transpose_rows(rows, R, dh_t.data(), threads);
+    std::vector<const T*> a_rows(R);
+    std::vector<T*> c_rows(R);
+    for (int64_t k = 0; k < R; ++k) {
+      a_rows[k] = dh_t.data() + k * ord.total;
+      c_rows[k] = static_cast<T*>(p.dw_hr) + k * H;
+    }
+    GemmArgs<T> a{R, H, ord.total, a_rows.data(), S.m, ld_m, g.P, c_rows.data(), nullptr, false};
+    run_gemm(kern, a, threads);
+  }
 
   // dW_ih^T [I, 4Hp] and dx, by how x entered the steps.
   Buffer<T> dwih_t(I * G4);
@@ -667,13 +781,15 @@ void backward_typed(const Saved<T>& S, const fl_backward_params& p) {
   if (!one_to_many) {
     Buffer<T> x_t(I * ord.total);
     std::vector<const T*> x_rows(ord.total);
-    for (int64_t i = 0; i < ord.total; ++i) x_rows[i] = S.x.data() + i * I;
-    transpose_rows(x_rows, I, x_t.data(), threads);
-    weight_gemm(x_t.data(), ord.total, I, ord.total, dg.data(), dwih_t.data(), false);
     std::vector<T*> out_rows(ord.total);
     for (int64_t t = 0; t < T_; ++t)
-      for (int64_t r = 0; r < ord.nact[t]; ++r)
-        out_rows[ord.off[t] + r] = dx + t * p.dx_stride_t + ord.perm[r] * p.dx_stride_b;
+      for (int64_t r = 0; r < ord.nact[t]; ++r) {
+        const int64_t at = time_of(t, r);
+        x_rows[ord.off[t] + r] = x + at * fp.x_stride_t + ord.perm[r] * fp.x_stride_b;
+        out_rows[ord.off[t] + r] = dx + at * p.dx_stride_t + ord.perm[r] * p.dx_stride_b;
+      }
+    transpose_rows(x_rows, I, x_t.data(), threads);
+    weight_gemm(x_t.data(), ord.total, I, ord.total, dg.data(), dwih_t.data(), false);
     for (int64_t r = 0; r < B; ++r)  // padded steps get zero
       for (int64_t t = ord.len[r]; t < T_; ++t)
         std::memset(dx + t * p.dx_stride_t + ord.perm[r] * p.dx_stride_b, 0, size_t(I) * sizeof(T));
@@ -681,19 +797,19 @@ void backward_typed(const Saved<T>& S, const fl_backward_params& p) {
   } else {
     Buffer<T> x_t(I * B);
     std::vector<const T*> x_rows(B);
-    for (int64_t r = 0; r < B; ++r) x_rows[r] = S.x.data() + r * I;
+    for (int64_t r = 0; r < B; ++r) x_rows[r] = x + r * fp.x_stride_b;
     transpose_rows(x_rows, I, x_t.data(), threads);
     // The gate gradient that reaches x: summed over steps (repeat) or step 0's.
     Buffer<T> dg_x;
     const T* dgx = dg.data();
-    if (S.feed == FL_FEED_REPEAT) {
+    if (fp.feed == FL_FEED_REPEAT) {
       dg_x = Buffer<T>(B * G4);
       sum_rows(dg.data(), T_, B * G4, g.W, dg_x.data(), threads);  // sum over steps
       dgx = dg_x.data();
     }
     weight_gemm(x_t.data(), B, I, B, dgx, dwih_t.data(), false);
     if (feed_output && T_ > 1)  // x_t = h_{t-1} for t >= 1 also goes through W_ih
-      weight_gemm(hprev_t.data() + B, ord.total, H, ord.total - B, dg.data() + B * G4, dwih_t.data(), true);
+      weight_gemm(hprev_t.data() + B, ord.total, Ks, ord.total - B, dg.data() + B * G4, dwih_t.data(), true);
     std::vector<const T*> rows(B);
     std::vector<T*> out_rows(B);
     for (int64_t r = 0; r < B; ++r) {
@@ -705,7 +821,7 @@ void backward_typed(const Saved<T>& S, const fl_backward_params& p) {
 
   // Back from interleaved columns to nn.LSTM's [4H, K] row layout.
   unpack_gate_columns(dwih_t.data(), G4, I, g, static_cast<T*>(p.dw_ih), threads);
-  unpack_gate_columns(dwhh_t.data(), G4, H, g, static_cast<T*>(p.dw_hh), threads);
+  unpack_gate_columns(dwhh_t.data(), G4, Ks, g, static_cast<T*>(p.dw_hh), threads);
   if (p.db) {
     T* db = static_cast<T*>(p.db);
     for (int64_t row = 0; row < 4 * H; ++row) db[row] = db_il.data()[g.col(row / H, row % H)];
@@ -765,14 +881,14 @@ void cell_typed(const fl_cell_params& p) {
 
 }  // namespace
 
-void forward(const fl_forward_params& p, SavedForwardPtr* saved) {
-  if (p.dtype == FL_FLOAT32) forward_typed<float>(p, saved);
-  else forward_typed<double>(p, saved);
+void forward(const fl_forward_params& p, void* reserve) {
+  if (p.dtype == FL_FLOAT32) forward_typed<float>(p, reserve);
+  else forward_typed<double>(p, reserve);
 }
 
-void backward(const SavedForward& s, const fl_backward_params& p) {
-  if (s.f32) backward_typed<float>(*s.f32, p);
-  else backward_typed<double>(*s.f64, p);
+void backward(const fl_forward_params& fp, const void* reserve, const fl_backward_params& p) {
+  if (fp.dtype == FL_FLOAT32) backward_typed<float>(fp, reserve, p);
+  else backward_typed<double>(fp, reserve, p);
 }
 
 void cell(const fl_cell_params& p) {

@@ -1,29 +1,30 @@
 // The CPU backend: drives the SIMD kernels through forward, BPTT and the
-// single cell. Called by the C API (core/capi.cpp) after it validated the
+// single cell of one LSTM direction. Called by the C API (core/capi.cpp) and
+// the layer-stack driver (core/stack.cpp) after they validated the
 // parameters. Throws std::bad_alloc when a workspace cannot be allocated.
 #ifndef FUSEDLSTM_CPU_LSTM_CPU_H_
 #define FUSEDLSTM_CPU_LSTM_CPU_H_
 
 #include <cstdint>
-#include <memory>
 
 #include "fusedlstm/fusedlstm.h"
 
 namespace fusedlstm {
 namespace cpu {
 
-// What a training forward keeps for backward (defined in lstm_cpu.cpp).
-struct SavedForward;
-struct SavedForwardDeleter {
-  void operator()(SavedForward* s) const;
-};
-using SavedForwardPtr = std::unique_ptr<SavedForward, SavedForwardDeleter>;
+// Bytes of the reserve a training forward of these sizes fills and the
+// backward reads: an upper bound that depends on dtype, T, B, H and
+// proj_size only (not on lengths or on the SIMD path), so a framework can
+// allocate it from shapes alone. See fl_lstm_reserve_bytes.
+int64_t reserve_bytes(fl_dtype dtype, int64_t T, int64_t B, int64_t H, int64_t proj_size);
 
-// saved: nullptr for inference; else receives the saved activations.
-void forward(const fl_forward_params& params, SavedForwardPtr* saved);
-void backward(const SavedForward& saved, const fl_backward_params& params);
+// reserve: nullptr for inference; else at least reserve_bytes(...) bytes
+// that receive the saved activations (every byte is written).
+void forward(const fl_forward_params& params, void* reserve);
+// params: the same inputs as the forward that filled `reserve` (x, weights,
+// h0, c0, lengths); its outputs are not read.
+void backward(const fl_forward_params& params, const void* reserve, const fl_backward_params& grads);
 void cell(const fl_cell_params& params);
-int64_t saved_bytes(const SavedForward& saved);
 
 }  // namespace cpu
 }  // namespace fusedlstm

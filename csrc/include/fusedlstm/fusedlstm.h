@@ -8,6 +8,10 @@
 //   gates = x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh            [B, 4H]
 //   i, f, o = sigmoid(gates[i|f|o]);  g = tanh(gates[g])
 //   c_t = f * c_{t-1} + i * g;        h_t = o * tanh(c_t)
+// With a projection (proj_size R > 0, nn.LSTM's proj_size):
+//   h_t = (o * tanh(c_t)) W_hr^T                                  [B, R]
+// and the recurrence, y, h0 and h_n use that R-wide h ("Hout" below is R
+// with a projection, else H).
 //
 // Threading: a call may use up to fl_get_num_threads() threads; calls from
 // several host threads at once are serialised on the shared thread pool.
@@ -52,27 +56,32 @@ typedef struct fl_forward_params {
   fl_mode mode;
   fl_feed feed;        // used by FL_ONE_TO_MANY only
   int64_t T, B, I, H;  // steps, batch, input size, hidden size; all >= 1
+  int64_t proj_size;   // 0 (none) or R in [1, H)
+  // FL_MANY_TO_*: nonzero runs each sequence backwards, from step
+  // lengths[b] - 1 down to 0 (nn.LSTM's reverse direction); y stays in time order.
+  int reverse;
 
   // x: FL_MANY_TO_*: element (t, b, k) at x[t*x_stride_t + b*x_stride_b + k];
   //    FL_ONE_TO_MANY: element (b, k) at x[b*x_stride_b + k] (x_stride_t unused).
   const void* x;
   int64_t x_stride_t, x_stride_b;
   const void* w_ih;  // [4H, I] row-major, rows i|f|g|o (nn.LSTM weight_ih_l0)
-  const void* w_hh;  // [4H, H] row-major (weight_hh_l0)
+  const void* w_hh;  // [4H, Hout] row-major (weight_hh_l0)
+  const void* w_hr;  // [R, H] row-major (weight_hr_l0) when proj_size > 0, else unused
   const void* b_ih;  // [4H] or NULL (zero)
   const void* b_hh;  // [4H] or NULL (zero)
-  const void* h0;    // [B, H] row-major or NULL (zero)
+  const void* h0;    // [B, Hout] row-major or NULL (zero)
   const void* c0;    // [B, H] row-major or NULL (zero)
   // [B] int64, 1 <= lengths[b] <= T, or NULL (all T). FL_MANY_TO_* only.
   // Sequence b ends after lengths[b] steps (pack_padded_sequence semantics).
   const int64_t* lengths;
 
-  // Outputs. y: [T,B,H] with element (t, b, u) at y[t*y_stride_t + b*y_stride_b + u];
+  // Outputs. y: [T,B,Hout] with element (t, b, u) at y[t*y_stride_t + b*y_stride_b + u];
   // NULL allowed (FL_MANY_TO_ONE never writes y). Rows of padded steps
   // (t >= lengths[b]) are set to zero.
   void* y;
   int64_t y_stride_t, y_stride_b;
-  void* h_n;  // [B, H] row-major, required: state after each sequence's last step
+  void* h_n;  // [B, Hout] row-major, required: state after each sequence's last step
   void* c_n;  // [B, H] row-major, required
 
   // Training: when non-NULL, *state_out receives the saved activations
@@ -83,11 +92,11 @@ typedef struct fl_forward_params {
 typedef struct fl_backward_params {
   const fl_training_state* state;
   // Upstream gradients, each NULL = zero.
-  // dy: FL_MANY_TO_MANY / FL_ONE_TO_MANY: [T,B,H] with strides below;
-  //     FL_MANY_TO_ONE: [B,H] row-major (gradient of the last hidden state).
+  // dy: FL_MANY_TO_MANY / FL_ONE_TO_MANY: [T,B,Hout] with strides below;
+  //     FL_MANY_TO_ONE: [B,Hout] row-major (gradient of the last hidden state).
   const void* dy;
   int64_t dy_stride_t, dy_stride_b;
-  const void* dh_n;  // [B, H] row-major
+  const void* dh_n;  // [B, Hout] row-major
   const void* dc_n;  // [B, H] row-major
 
   // Gradients out (each required unless noted):
@@ -95,11 +104,12 @@ typedef struct fl_backward_params {
   //     FL_ONE_TO_MANY: [B,I] at dx[b*dx_stride_b + k].
   void* dx;
   int64_t dx_stride_t, dx_stride_b;
-  void* dh0;    // [B, H] row-major
+  void* dh0;    // [B, Hout] row-major
   void* dc0;    // [B, H] row-major
   void* dw_ih;  // [4H, I] row-major
-  void* dw_hh;  // [4H, H] row-major
+  void* dw_hh;  // [4H, Hout] row-major
   void* db;     // [4H] or NULL: gradient of b_ih and of b_hh (they are equal)
+  void* dw_hr;  // [R, H] row-major; required when proj_size > 0
 } fl_backward_params;
 
 // Single step, one-to-one: (h, c) -> (h_new, c_new). No packing, no saved state.
@@ -123,6 +133,75 @@ fl_status fl_lstm_cell(const fl_cell_params* params);
 void fl_training_state_free(fl_training_state* state);
 // Bytes held by a training state (saved activations and copies).
 int64_t fl_training_state_bytes(const fl_training_state* state);
+
+// ---------------------------------------------------------------------------
+// Layer stacks (nn.LSTM's num_layers, bidirectional, proj_size, dropout), and
+// training without an opaque state: the caller owns a "reserve" buffer that
+// the training forward fills and the backward reads (as cuDNN's reserve
+// space). Its size depends on the shapes only, so frameworks can allocate it
+// from their own allocator, and keep it beside their saved tensors.
+//
+// Layer l (0-based) direction d (0 forward, 1 reverse) is "cell" l*D + d,
+// D = num_directions. Layer 0 reads x [T,B,I]; layer l >= 1 reads
+// mask[l-1] * (concatenated outputs of layer l-1) [T,B,D*Hout].
+typedef struct fl_stack_params {
+  fl_dtype dtype;
+  int64_t T, B, I, H;
+  int64_t proj_size;       // 0 or R in [1, H), for every layer
+  int64_t num_layers;      // L >= 1
+  int64_t num_directions;  // D: 1, or 2 (bidirectional)
+  const void* x;           // [T,B,I], element (t,b,k) at x[t*x_stride_t + b*x_stride_b + k]
+  int64_t x_stride_t, x_stride_b;
+  const int64_t* lengths;  // [B] host int64 in [1, T], or NULL (all T)
+  // Arrays of L*D pointers, one per cell (nn.LSTM's weight_ih_l{l}[_reverse] ...):
+  const void* const* w_ih;  // each [4H, I] (l = 0) or [4H, D*Hout]
+  const void* const* w_hh;  // each [4H, Hout]
+  const void* const* b_ih;  // NULL (no biases), or each [4H] or NULL
+  const void* const* b_hh;  // NULL, or each [4H] or NULL
+  const void* const* w_hr;  // each [R, H] when proj_size > 0, else unused
+  const void* h0;           // [L*D, B, Hout] row-major or NULL (zero)
+  const void* c0;           // [L*D, B, H] row-major or NULL (zero)
+  // NULL, or [L-1, T, B, D*Hout] row-major factors applied to the input of
+  // layers 1..L-1 (dropout: 0 or 1/(1-p)); read by forward and backward.
+  const void* dropout_mask;
+  // Outputs of the last layer: y [T,B,D*Hout] (strided like x; NULL: not
+  // written, and its gradient is not taken), h_n [L*D,B,Hout], c_n [L*D,B,H].
+  void* y;
+  int64_t y_stride_t, y_stride_b;
+  void* h_n;
+  void* c_n;
+} fl_stack_params;
+
+typedef struct fl_stack_grads {
+  const void* dy;  // [T,B,D*Hout] strided, or NULL (zero); needs y in the params
+  int64_t dy_stride_t, dy_stride_b;
+  const void* dh_n;  // [L*D,B,Hout] or NULL
+  const void* dc_n;  // [L*D,B,H] or NULL
+  void* dx;          // [T,B,I] strided, required
+  int64_t dx_stride_t, dx_stride_b;
+  void* dh0;         // [L*D,B,Hout], required
+  void* dc0;         // [L*D,B,H], required
+  void* const* dw_ih;  // L*D pointers, shapes as the weights, required
+  void* const* dw_hh;  // required
+  void* const* db;     // NULL, or L*D pointers (each NULL or [4H]): grad of b_ih (= grad of b_hh)
+  void* const* dw_hr;  // required when proj_size > 0
+} fl_stack_grads;
+
+// Reserve size in bytes for a training forward of these shapes (reads dtype,
+// T, B, H, proj_size, num_layers, num_directions). Closed form, for frameworks
+// that allocate from shapes alone:
+//   s = 4 (float32) or 8 (float64); w = 64 / s; hp = roundup(H, w)
+//   r64(n) = roundup(n, 64);  S = T*B
+//   cell = 320 + r64(S*4*hp*s) + r64(S*hp*s) + r64(S*(R ? R : hp)*s)
+//          + (R ? r64(S*roundup(H, 4*w)*s) : 0)
+//   total = L*D*cell + (L-1)*(r64(S*D*Hout*s) + 64)
+int64_t fl_lstm_stack_reserve_bytes(const fl_stack_params* params);
+// reserve NULL: inference. Else at least fl_lstm_stack_reserve_bytes bytes
+// (any alignment), every byte of which is written.
+fl_status fl_lstm_stack_forward(const fl_stack_params* params, void* reserve, int64_t reserve_bytes);
+// params: the same inputs as the forward that filled the reserve.
+fl_status fl_lstm_stack_backward(const fl_stack_params* params, const void* reserve, int64_t reserve_bytes,
+                                 const fl_stack_grads* grads);
 
 // Message for the last failed call on this thread ("" when none).
 const char* fl_last_error(void);

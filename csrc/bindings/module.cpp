@@ -8,6 +8,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "fusedlstm/fusedlstm.h"
 
@@ -112,6 +113,108 @@ void cell(const py::array& x, const py::array& h, const py::array& c, const py::
   check(status);
 }
 
+// ---- layer stacks. Arrays arrive in the layout fl_stack_params documents;
+// 3-D ones ([T, B, K], last axis contiguous) give their strides here.
+int64_t stride_of(const py::array& a, int axis) { return a.strides(axis) / a.itemsize(); }
+
+// The weights of every cell, each (w_ih, w_hh, b_ih | None, b_hh | None, w_hr | None).
+struct CellPointers {
+  std::vector<const void*> w_ih, w_hh, b_ih, b_hh, w_hr;
+  explicit CellPointers(const py::list& cells) {
+    for (const auto& item : cells) {
+      const auto c = py::cast<py::tuple>(item);
+      w_ih.push_back(ptr(c[0]));
+      w_hh.push_back(ptr(c[1]));
+      b_ih.push_back(ptr(c[2]));
+      b_hh.push_back(ptr(c[3]));
+      w_hr.push_back(ptr(c[4]));
+    }
+  }
+};
+
+fl_stack_params stack_params(const py::array& x, const CellPointers& cells, const py::object& h0,
+                             const py::object& c0, const py::object& lengths, const py::object& mask,
+                             int64_t num_layers, int64_t num_directions, int64_t proj_size, int64_t H) {
+  fl_stack_params p{};
+  p.dtype = dtype_of(x);
+  p.T = x.shape(0), p.B = x.shape(1), p.I = x.shape(2), p.H = H;
+  p.proj_size = proj_size;
+  p.num_layers = num_layers, p.num_directions = num_directions;
+  p.x = x.data();
+  p.x_stride_t = stride_of(x, 0), p.x_stride_b = stride_of(x, 1);
+  p.lengths = static_cast<const int64_t*>(ptr(lengths));
+  p.w_ih = cells.w_ih.data(), p.w_hh = cells.w_hh.data();
+  p.b_ih = cells.b_ih.data(), p.b_hh = cells.b_hh.data(), p.w_hr = cells.w_hr.data();
+  p.h0 = ptr(h0), p.c0 = ptr(c0);
+  p.dropout_mask = ptr(mask);
+  return p;
+}
+
+int64_t stack_reserve_bytes(bool float64, int64_t T, int64_t B, int64_t H, int64_t proj_size,
+                            int64_t num_layers, int64_t num_directions) {
+  fl_stack_params p{};
+  p.dtype = float64 ? FL_FLOAT64 : FL_FLOAT32;
+  p.T = T, p.B = B, p.H = H, p.proj_size = proj_size;
+  p.num_layers = num_layers, p.num_directions = num_directions;
+  return fl_lstm_stack_reserve_bytes(&p);
+}
+
+void stack_forward(const py::array& x, const py::list& cells, const py::object& h0, const py::object& c0,
+                   const py::object& lengths, const py::object& mask, int64_t num_layers,
+                   int64_t num_directions, int64_t proj_size, int64_t H, const py::object& y,
+                   const py::array& h_n, const py::array& c_n, const py::object& reserve) {
+  const CellPointers w(cells);
+  fl_stack_params p = stack_params(x, w, h0, c0, lengths, mask, num_layers, num_directions, proj_size, H);
+  if (!y.is_none()) {
+    const auto ya = py::cast<py::array>(y);
+    p.y = mut_ptr(ya);
+    p.y_stride_t = stride_of(ya, 0), p.y_stride_b = stride_of(ya, 1);
+  }
+  p.h_n = mut_ptr(h_n), p.c_n = mut_ptr(c_n);
+  void* res = mut_ptr(reserve);
+  const int64_t res_bytes = reserve.is_none() ? 0 : int64_t(py::cast<py::array>(reserve).nbytes());
+  fl_status status;
+  {
+    py::gil_scoped_release release;
+    status = fl_lstm_stack_forward(&p, res, res_bytes);
+  }
+  check(status);
+}
+
+void stack_backward(const py::array& x, const py::list& cells, const py::object& h0, const py::object& c0,
+                    const py::object& lengths, const py::object& mask, int64_t num_layers,
+                    int64_t num_directions, int64_t proj_size, int64_t H, const py::array& reserve,
+                    const py::object& dy, const py::object& dh_n, const py::object& dc_n, const py::array& dx,
+                    const py::array& dh0, const py::array& dc0, const py::list& cell_grads) {
+  const CellPointers w(cells);
+  const fl_stack_params p = stack_params(x, w, h0, c0, lengths, mask, num_layers, num_directions, proj_size, H);
+  std::vector<void*> dw_ih, dw_hh, db, dw_hr;
+  for (const auto& item : cell_grads) {  // (dw_ih, dw_hh, db | None, dw_hr | None)
+    const auto c = py::cast<py::tuple>(item);
+    dw_ih.push_back(mut_ptr(c[0]));
+    dw_hh.push_back(mut_ptr(c[1]));
+    db.push_back(mut_ptr(c[2]));
+    dw_hr.push_back(mut_ptr(c[3]));
+  }
+  fl_stack_grads g{};
+  if (!dy.is_none()) {
+    const auto a = py::cast<py::array>(dy);
+    g.dy = a.data();
+    g.dy_stride_t = stride_of(a, 0), g.dy_stride_b = stride_of(a, 1);
+  }
+  g.dh_n = ptr(dh_n), g.dc_n = ptr(dc_n);
+  g.dx = mut_ptr(dx);
+  g.dx_stride_t = stride_of(dx, 0), g.dx_stride_b = stride_of(dx, 1);
+  g.dh0 = mut_ptr(dh0), g.dc0 = mut_ptr(dc0);
+  g.dw_ih = dw_ih.data(), g.dw_hh = dw_hh.data(), g.db = db.data(), g.dw_hr = dw_hr.data();
+  fl_status status;
+  {
+    py::gil_scoped_release release;
+    status = fl_lstm_stack_backward(&p, reserve.data(), int64_t(reserve.nbytes()), &g);
+  }
+  check(status);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -121,6 +224,9 @@ PYBIND11_MODULE(_core, m) {
   m.def("forward", &forward);
   m.def("backward", &backward);
   m.def("cell", &cell);
+  m.def("stack_reserve_bytes", &stack_reserve_bytes);
+  m.def("stack_forward", &stack_forward);
+  m.def("stack_backward", &stack_backward);
   m.def("set_num_threads", &fl_set_num_threads);
   m.def("get_num_threads", &fl_get_num_threads);
   m.def("get_isa", [] { return std::string(fl_get_isa()); });

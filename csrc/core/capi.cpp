@@ -99,13 +99,14 @@ void check_single(const fl_forward_params& p) {
   check_lengths(p.lengths, p.B, p.T);
 }
 
-void check_stack(const fl_stack_params& p) {
+void check_stack(const fl_stack_params& p, bool forward) {
   check_dtype(p.dtype);
   require(p.T >= 1 && p.B >= 1 && p.I >= 1 && p.H >= 1, "T, B, I and H must all be >= 1");
   require(p.num_layers >= 1, "num_layers must be >= 1");
   require(p.num_directions == 1 || p.num_directions == 2, "num_directions must be 1 or 2");
   check_projection(p.proj_size, p.H);
-  require(p.x && p.w_ih && p.w_hh && p.h_n && p.c_n, "x, w_ih, w_hh, h_n and c_n are required");
+  require(p.x && p.w_ih && p.w_hh, "x, w_ih and w_hh are required");
+  require(!forward || (p.h_n && p.c_n), "h_n and c_n are required");
   require(p.proj_size == 0 || p.w_hr, "w_hr is required with a projection");
   for (int64_t i = 0; i < p.num_layers * p.num_directions; ++i) {
     require(p.w_ih[i] && p.w_hh[i], "w_ih[" + std::to_string(i) + "] and w_hh[" + std::to_string(i) + "] are required");
@@ -194,7 +195,7 @@ int64_t fl_lstm_stack_reserve_bytes(const fl_stack_params* p) {
 fl_status fl_lstm_stack_forward(const fl_stack_params* p, void* reserve, int64_t reserve_bytes) {
   return guarded([&] {
     require(p != nullptr, "params is NULL");
-    check_stack(*p);
+    check_stack(*p, true);
     if (reserve) {
       const int64_t need = fusedlstm::stack_reserve_bytes(*p);
       require(reserve_bytes >= need, "reserve holds " + std::to_string(reserve_bytes) + " bytes; these shapes need " +
@@ -208,12 +209,11 @@ fl_status fl_lstm_stack_backward(const fl_stack_params* p, const void* reserve, 
                                  const fl_stack_grads* g) {
   return guarded([&] {
     require(p != nullptr && g != nullptr, "params or grads is NULL");
-    check_stack(*p);
+    check_stack(*p, false);
     require(reserve != nullptr, "reserve is NULL: run the forward with a reserve");
     require(reserve_bytes >= fusedlstm::stack_reserve_bytes(*p), "reserve is smaller than these shapes need");
     require(g->dx && g->dh0 && g->dc0 && g->dw_ih && g->dw_hh, "dx, dh0, dc0, dw_ih and dw_hh are required");
     require(p->proj_size == 0 || g->dw_hr, "dw_hr is required with a projection");
-    require(!g->dy || p->y, "dy was given but the forward wrote no y");
     fusedlstm::stack_backward(*p, reserve, *g);
   });
 }

@@ -84,8 +84,8 @@ fl_forward_params cell_params(const fl_stack_params& p, const StackGeometry& sg,
   f.h0 = p.h0 ? static_cast<const unsigned char*>(p.h0) + idx * bh : nullptr;
   f.c0 = p.c0 ? static_cast<const unsigned char*>(p.c0) + idx * bc : nullptr;
   f.lengths = p.lengths;
-  f.h_n = static_cast<unsigned char*>(p.h_n) + idx * bh;
-  f.c_n = static_cast<unsigned char*>(p.c_n) + idx * bc;
+  f.h_n = p.h_n ? static_cast<unsigned char*>(p.h_n) + idx * bh : nullptr;  // NULL in backward
+  f.c_n = p.c_n ? static_cast<unsigned char*>(p.c_n) + idx * bc : nullptr;
   return f;
 }
 
@@ -169,10 +169,8 @@ void backward_typed(const fl_stack_params& p, const void* reserve, const fl_stac
     for (int64_t d = 0; d < sg.D; ++d) {
       const int64_t idx = l * sg.D + d;
       fl_forward_params f = cell_params(p, sg, l, d, in, in_st, in_sb);
-      const bool has_y = l < sg.L - 1 || p.y;
-      if (!has_y) f.mode = FL_MANY_TO_ONE;
       fl_backward_params b{};
-      if (has_y && dy) {
+      if (dy) {
         b.dy = static_cast<const unsigned char*>(dy) + d * sg.Hout * sg.elem;
         b.dy_stride_t = dy_st, b.dy_stride_b = dy_sb;
       }

@@ -27,11 +27,14 @@ from .api import (
     set_num_threads,
 )
 
+from .layers import LSTM, LSTMStackResult
+
 __version__ = "0.1.0"
 
 __all__ = [
     "lstm_forward", "lstm_backward", "lstm_cell", "LSTMResult", "LSTMGrads", "MODES", "FEEDS",
     "set_num_threads", "get_num_threads", "available_isas", "get_isa", "set_isa", "build_info",
+    "LSTM", "LSTMStackResult",
 ]
 
 

@@ -43,7 +43,8 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["MODES", "FEEDS", "ForwardResult", "Gradients", "forward", "backward", "sigmoid"]
+__all__ = ["MODES", "FEEDS", "ForwardResult", "Gradients", "forward", "backward", "sigmoid",
+           "StackResult", "stack_forward", "stack_backward"]
 
 MODES = ("many_to_many", "many_to_one", "one_to_many")
 FEEDS = ("repeat", "first", "output")
@@ -201,3 +202,167 @@ def backward(res, dy=None, dh_n=None, dc_n=None):
         dx = dxs[0]
     return Gradients(dx, dh, dc, dw_ih, dw_hh,
                      db.copy() if res.has_b_ih else None, db.copy() if res.has_b_hh else None)
+
+
+# --------------------------------------------------------------------------
+# Layer stacks: nn.LSTM's num_layers, bidirectional and proj_size.
+#
+# With a projection (proj_size R > 0) each step also computes
+#     m_t = o * tanh(c_t)          (B, H)
+#     h_t = m_t @ W_hr.T           (B, R)     W_hr: weight_hr_l{k}, (R, H)
+# and h_t (not m_t) is the recurrent state, the output y and h_n.
+#
+# The reverse direction runs each sequence backwards from its own last step
+# (lengths[b] - 1) to step 0, starting from its own h0/c0; its outputs are
+# stored at the time step they belong to.  Layer k >= 1 reads the outputs of
+# layer k-1, both directions concatenated ([forward, reverse]), multiplied by
+# that layer's dropout mask (the factors 0 or 1/(1-p) the caller drew).
+# Weights are given per cell, cell index k*D + d, as a dict with keys
+# "w_ih", "w_hh", "b_ih", "b_hh" (may be None) and "w_hr" (proj only).
+
+
+def _time_reversal(T, lengths):
+    """Index (T, B) such that x[idx[t, b], b] is step t of sequence b reversed."""
+    t = np.arange(T)[:, None]
+    L = lengths[None, :]
+    return np.where(t < L, L - 1 - t, t)  # padded steps stay where they are
+
+
+def _gather_time(a, idx):
+    return np.take_along_axis(a, idx[:, :, None], axis=0)
+
+
+def _direction_forward(xs, mask, w, h0, c0, dtype):
+    T, B, _ = xs.shape
+    w_ih, w_hh = w["w_ih"], w["w_hh"]
+    H = w_hh.shape[0] // 4
+    w_hr = w.get("w_hr")
+    R = H if w_hr is None else w_hr.shape[0]
+    b = np.zeros(4 * H, dtype)
+    for key in ("b_ih", "b_hh"):
+        if w.get(key) is not None:
+            b = b + w[key]
+    hs = np.zeros((T + 1, B, R), dtype)
+    cs = np.zeros((T + 1, B, H), dtype)
+    hs[0], cs[0] = h0, c0
+    acts = np.zeros((T, B, 4 * H), dtype)
+    ms = np.zeros((T, B, H), dtype)
+    y = np.zeros((T, B, R), dtype)
+    for t in range(T):
+        gates = xs[t] @ w_ih.T + hs[t] @ w_hh.T + b
+        i, f = sigmoid(gates[:, :H]), sigmoid(gates[:, H:2 * H])
+        g, o = np.tanh(gates[:, 2 * H:3 * H]), sigmoid(gates[:, 3 * H:])
+        c = f * cs[t] + i * g
+        m_t = o * np.tanh(c)
+        h = m_t if w_hr is None else m_t @ w_hr.T
+        keep = mask[t][:, None]
+        cs[t + 1] = np.where(keep, c, cs[t])
+        hs[t + 1] = np.where(keep, h, hs[t])
+        y[t] = np.where(keep, h, 0)
+        acts[t] = np.concatenate([i, f, g, o], axis=1)
+        ms[t] = m_t
+    return dict(y=y, hs=hs, cs=cs, acts=acts, ms=ms)
+
+
+def _direction_backward(xs, mask, w, cache, dys, dh_n, dc_n, dtype):
+    T, B, _ = xs.shape
+    w_ih, w_hh, w_hr = w["w_ih"], w["w_hh"], w.get("w_hr")
+    H = w_hh.shape[0] // 4
+    dh, dc = dh_n.copy(), dc_n.copy()
+    dxs = np.zeros_like(xs)
+    grads = dict(w_ih=np.zeros_like(w_ih), w_hh=np.zeros_like(w_hh), b=np.zeros(4 * H, dtype))
+    if w_hr is not None:
+        grads["w_hr"] = np.zeros_like(w_hr)
+    for t in reversed(range(T)):
+        keep = mask[t][:, None]
+        i, f, g, o = np.split(cache["acts"][t], 4, axis=1)
+        tanh_c = np.tanh(cache["cs"][t + 1])
+        dh_t = np.where(keep, dh + dys[t], 0)
+        if w_hr is None:
+            dm = dh_t
+        else:
+            dm = dh_t @ w_hr
+            grads["w_hr"] += dh_t.T @ cache["ms"][t]
+        dc_t = dc + dm * o * (1 - tanh_c ** 2)
+        dgates = np.concatenate([dc_t * g * i * (1 - i), dc_t * cache["cs"][t] * f * (1 - f),
+                                 dc_t * i * (1 - g ** 2), dm * tanh_c * o * (1 - o)], axis=1)
+        dgates = np.where(keep, dgates, 0)
+        dxs[t] = dgates @ w_ih
+        grads["w_ih"] += dgates.T @ xs[t]
+        grads["w_hh"] += dgates.T @ cache["hs"][t]
+        grads["b"] += dgates.sum(axis=0)
+        dh = np.where(keep, dgates @ w_hh, dh)
+        dc = np.where(keep, dc_t * f, dc)
+    return dxs, dh, dc, grads
+
+
+@dataclass
+class StackResult:
+    y: np.ndarray    # (T, B, D*Hout), zero at padded steps
+    h_n: np.ndarray  # (L*D, B, Hout)
+    c_n: np.ndarray  # (L*D, B, H)
+    cache: dict      # for stack_backward
+
+
+def stack_forward(x, cells, h0=None, c0=None, *, num_layers=1, bidirectional=False, lengths=None,
+                  dropout_masks=None, dtype=np.float64):
+    """x (T, B, I) time-major; cells: list of L*D weight dicts (see above);
+    dropout_masks: None or (L-1, T, B, D*Hout) factors."""
+    x = np.asarray(x, dtype)
+    T, B, _ = x.shape
+    D, L = (2 if bidirectional else 1), num_layers
+    cells = [{k: (None if v is None else np.asarray(v, dtype)) for k, v in c.items()} for c in cells]
+    H = cells[0]["w_hh"].shape[0] // 4
+    Hout = H if cells[0].get("w_hr") is None else cells[0]["w_hr"].shape[0]
+    lengths = np.full(B, T) if lengths is None else np.asarray(lengths, dtype=np.int64)
+    mask = np.arange(T)[:, None] < lengths[None, :]
+    rev = _time_reversal(T, lengths)
+    h0 = np.zeros((L * D, B, Hout), dtype) if h0 is None else np.asarray(h0, dtype)
+    c0 = np.zeros((L * D, B, H), dtype) if c0 is None else np.asarray(c0, dtype)
+    h_n, c_n = np.zeros_like(h0), np.zeros_like(c0)
+    inputs, caches = [], []
+    layer_in = np.where(mask[:, :, None], x, 0)
+    for k in range(L):
+        if k > 0 and dropout_masks is not None:
+            layer_in = layer_in * np.asarray(dropout_masks[k - 1], dtype)
+        inputs.append(layer_in)
+        outs = []
+        for d in range(D):
+            xs = layer_in if d == 0 else _gather_time(layer_in, rev)
+            cache = _direction_forward(xs, mask, cells[k * D + d], h0[k * D + d], c0[k * D + d], dtype)
+            caches.append(cache)
+            h_n[k * D + d], c_n[k * D + d] = cache["hs"][T], cache["cs"][T]
+            outs.append(cache["y"] if d == 0 else _gather_time(cache["y"], rev))
+        layer_in = np.concatenate(outs, axis=2)
+    return StackResult(layer_in, h_n, c_n,
+                       dict(cells=cells, inputs=inputs, caches=caches, mask=mask, rev=rev, D=D, L=L,
+                            masks=dropout_masks, dtype=dtype))
+
+
+def stack_backward(res, dy=None, dh_n=None, dc_n=None):
+    """Gradients of a stack_forward: dict with dx, dh0, dc0 and per cell
+    dicts with w_ih, w_hh, b (gradient of each bias) and w_hr."""
+    c = res.cache
+    dtype, D, L, mask, rev = c["dtype"], c["D"], c["L"], c["mask"], c["rev"]
+    dout = np.zeros(res.y.shape, dtype) if dy is None else np.asarray(dy, dtype)
+    dh_n = np.zeros(res.h_n.shape, dtype) if dh_n is None else np.asarray(dh_n, dtype)
+    dc_n = np.zeros(res.c_n.shape, dtype) if dc_n is None else np.asarray(dc_n, dtype)
+    dh0, dc0 = np.zeros_like(dh_n), np.zeros_like(dc_n)
+    cell_grads = [None] * (L * D)
+    Hout = res.h_n.shape[2]
+    for k in reversed(range(L)):
+        layer_in = c["inputs"][k]
+        d_in = np.zeros_like(layer_in)
+        for d in range(D):
+            idx = k * D + d
+            dys = dout[:, :, d * Hout:(d + 1) * Hout]
+            xs = layer_in if d == 0 else _gather_time(layer_in, rev)
+            if d == 1:
+                dys = _gather_time(dys, rev)
+            dxs, dh0[idx], dc0[idx], cell_grads[idx] = _direction_backward(
+                xs, mask, c["cells"][idx], c["caches"][idx], dys, dh_n[idx], dc_n[idx], dtype)
+            d_in += dxs if d == 0 else _gather_time(dxs, rev)  # the reversal is its own inverse
+        if k > 0 and c["masks"] is not None:
+            d_in = d_in * np.asarray(c["masks"][k - 1], dtype)
+        dout = d_in
+    return dict(dx=np.where(mask[:, :, None], dout, 0), dh0=dh0, dc0=dc0, cells=cell_grads)

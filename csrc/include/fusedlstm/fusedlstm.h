@@ -173,7 +173,7 @@ typedef struct fl_stack_params {
 } fl_stack_params;
 
 typedef struct fl_stack_grads {
-  const void* dy;  // [T,B,D*Hout] strided, or NULL (zero); needs y in the params
+  const void* dy;  // [T,B,D*Hout] strided, or NULL (zero)
   int64_t dy_stride_t, dy_stride_b;
   const void* dh_n;  // [L*D,B,Hout] or NULL
   const void* dc_n;  // [L*D,B,H] or NULL
@@ -199,7 +199,8 @@ int64_t fl_lstm_stack_reserve_bytes(const fl_stack_params* params);
 // reserve NULL: inference. Else at least fl_lstm_stack_reserve_bytes bytes
 // (any alignment), every byte of which is written.
 fl_status fl_lstm_stack_forward(const fl_stack_params* params, void* reserve, int64_t reserve_bytes);
-// params: the same inputs as the forward that filled the reserve.
+// params: the same inputs as the forward that filled the reserve (its
+// outputs y, h_n, c_n are not read).
 fl_status fl_lstm_stack_backward(const fl_stack_params* params, const void* reserve, int64_t reserve_bytes,
                                  const fl_stack_grads* grads);
 

@@ -376,6 +376,8 @@ void forward_typed(const fl_forward_params& p, void* reserve) {
     // Slots past the rows that run (lengths) are never written: zero them,
     // so the reserve's content is a function of the inputs alone.
     const ReserveLayout lay(sizeof(T), T_, B, H, R);
+    unsigned char* reserve_end = static_cast<unsigned char*>(reserve) + 64 + lay.end;  // see reserve_bytes
+    std::memset(base + lay.end, 0, size_t(reserve_end - (base + lay.end)));
     auto zero_tail = [&](T* region, int64_t ld, int64_t region_end) {
       unsigned char* from = reinterpret_cast<unsigned char*>(region + ord.total * ld);
       std::memset(from, 0, size_t(base + region_end - from));

@@ -1,0 +1,467 @@
+"""PyTorch front end: drop-in ``LSTM`` and ``LSTMCell`` modules on the fused kernels.
+
+    from fusedlstm.torch import LSTM      # instead of torch.nn.LSTM
+    model.rnn = LSTM(256, 512, num_layers=2, bidirectional=True, batch_first=True)
+
+Same constructor, parameter names, shapes, ``state_dict`` and ``forward``
+contract as ``torch.nn.LSTM`` / ``torch.nn.LSTMCell`` (tensors or
+``PackedSequence``, unbatched input, ``hx``). Autograd goes through two
+custom operators registered with ``torch.library`` (``fusedlstm::stack_forward``
+and ``fusedlstm::stack_backward``), so ``torch.compile(fullgraph=True)``
+traces the module without graph breaks. The saved activations travel as a
+``reserve`` uint8 tensor from torch's allocator (like cuDNN's reserve space).
+
+CPU tensors of float32 and float64 run natively; under ``torch.autocast``
+(or with bfloat16/float16 tensors) inputs, weights and outputs keep the low
+precision dtype and the arithmetic inside runs in float32. CUDA tensors are
+not supported by this build's torch front end yet (a clear error says so).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import List, Optional, Tuple
+
+try:
+    import torch
+except ImportError as exc:  # pragma: no cover - exercised in a venv without torch
+    raise ImportError("fusedlstm.torch needs PyTorch (pip install torch); the numpy API "
+                      "(import fusedlstm) works without it") from exc
+
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
+
+from . import _core
+from .layers import stack_reserve_nbytes
+
+__all__ = ["LSTM", "LSTMCell"]
+
+_NATIVE = (torch.float32, torch.float64)
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def _compute_dtype(dtype):
+    return dtype if dtype in _NATIVE else torch.float32
+
+
+def _cells_per_layer(num_layers, bidirectional):
+    return num_layers * (2 if bidirectional else 1)
+
+
+def _per_cell(weights, num_layers, bidirectional, has_bias, proj_size):
+    """Split the flat weight list (nn.LSTM's order) into per-cell tuples
+    (w_ih, w_hh, b_ih | None, b_hh | None, w_hr | None)."""
+    per = 2 + (2 if has_bias else 0) + (1 if proj_size > 0 else 0)
+    cells = []
+    for k in range(_cells_per_layer(num_layers, bidirectional)):
+        w = weights[k * per:(k + 1) * per]
+        b_ih, b_hh = (w[2], w[3]) if has_bias else (None, None)
+        w_hr = w[-1] if proj_size > 0 else None
+        cells.append((w[0], w[1], b_ih, b_hh, w_hr))
+    return cells
+
+
+def _as_numpy(t: Optional[Tensor], dtype):
+    """A numpy view of t in the compute dtype (a copy when it must convert)."""
+    if t is None:
+        return None
+    t = t.detach()
+    if t.dtype != dtype:
+        t = t.to(dtype)
+    return t.numpy()
+
+
+def _check_device(x: Tensor):
+    if x.device.type != "cpu":
+        raise NotImplementedError(
+            f"fusedlstm.torch: tensors on {x.device} are not supported by this build's torch front end "
+            "yet (CPU only); move the module and inputs to the CPU or use torch.nn.LSTM there")
+
+
+def _time_major(a, batch_first):
+    if a is None:
+        return None
+    a = a.transpose(0, 1) if batch_first else a
+    if a.stride(-1) != 1:
+        a = a.contiguous()
+    return a
+
+
+# ----------------------------------------------------------------------------
+# Custom operators. x: [T, B, I] (or [B, T, I] when batch_first); weights: the
+# flat nn.LSTM list; h0 [L*D, B, Hout], c0 [L*D, B, H]; lengths: int64 [B] on
+# the CPU or None; dropout_mask: [L-1, T, B, D*Hout] factors or None.
+# Returns y (layout of x), h_n, c_n and the reserve (empty unless need_reserve).
+
+@torch.library.custom_op("fusedlstm::stack_forward", mutates_args=(), device_types="cpu")
+def _stack_forward(x: Tensor, weights: List[Tensor], h0: Tensor, c0: Tensor, lengths: Optional[Tensor],
+                   dropout_mask: Optional[Tensor], num_layers: int, bidirectional: bool, proj_size: int,
+                   has_bias: bool, batch_first: bool, need_reserve: bool
+                   ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    work = _compute_dtype(x.dtype)
+    xt = _time_major(x, batch_first)
+    T, B, _ = xt.shape
+    H = weights[1].shape[0] // 4
+    D = 2 if bidirectional else 1
+    hout = proj_size if proj_size > 0 else H
+    y = torch.empty((B, T, D * hout) if batch_first else (T, B, D * hout), dtype=work)
+    h_n = torch.empty((num_layers * D, B, hout), dtype=work)
+    c_n = torch.empty((num_layers * D, B, H), dtype=work)
+    nbytes = stack_reserve_nbytes(torch.finfo(work).bits // 8, T, B, H, proj_size, num_layers, D) if need_reserve else 0
+    reserve = torch.empty((nbytes,), dtype=torch.uint8)
+    cells = [tuple(_as_numpy(w, work) for w in c)
+             for c in _per_cell(weights, num_layers, bidirectional, has_bias, proj_size)]
+    y_t = y.transpose(0, 1) if batch_first else y
+    _core.stack_forward(_as_numpy(xt, work), cells, _as_numpy(h0.contiguous(), work),
+                        _as_numpy(c0.contiguous(), work),
+                        None if lengths is None else lengths.to(torch.int64).contiguous().numpy(),
+                        _as_numpy(None if dropout_mask is None else dropout_mask.contiguous(), work),
+                        num_layers, D, proj_size, H, y_t.numpy(), h_n.numpy(), c_n.numpy(),
+                        reserve.numpy() if need_reserve else None)
+    if x.dtype != work:
+        y, h_n, c_n = y.to(x.dtype), h_n.to(x.dtype), c_n.to(x.dtype)
+    return y, h_n, c_n, reserve
+
+
+@_stack_forward.register_fake
+def _(x, weights, h0, c0, lengths, dropout_mask, num_layers, bidirectional, proj_size, has_bias, batch_first,
+      need_reserve):
+    T, B = (x.shape[1], x.shape[0]) if batch_first else (x.shape[0], x.shape[1])
+    H = weights[1].shape[0] // 4
+    D = 2 if bidirectional else 1
+    hout = proj_size if proj_size > 0 else H
+    work = _compute_dtype(x.dtype)
+    y = x.new_empty((B, T, D * hout) if batch_first else (T, B, D * hout))
+    nbytes = stack_reserve_nbytes(torch.finfo(work).bits // 8, T, B, H, proj_size, num_layers, D) if need_reserve else 0
+    return (y, x.new_empty((num_layers * D, B, hout)), x.new_empty((num_layers * D, B, H)),
+            x.new_empty((nbytes,), dtype=torch.uint8))
+
+
+@torch.library.custom_op("fusedlstm::stack_backward", mutates_args=(), device_types="cpu")
+def _stack_backward(x: Tensor, weights: List[Tensor], h0: Tensor, c0: Tensor, lengths: Optional[Tensor],
+                    dropout_mask: Optional[Tensor], reserve: Tensor, dy: Optional[Tensor],
+                    dh_n: Optional[Tensor], dc_n: Optional[Tensor], num_layers: int, bidirectional: bool,
+                    proj_size: int, has_bias: bool, batch_first: bool) -> List[Tensor]:
+    """[dx, dh0, dc0, *dweights] (dweights in the order of weights)."""
+    work = _compute_dtype(x.dtype)
+    xt = _time_major(x, batch_first)
+    T, B, I = xt.shape
+    H = weights[1].shape[0] // 4
+    D = 2 if bidirectional else 1
+    cells = [tuple(_as_numpy(w, work) for w in c)
+             for c in _per_cell(weights, num_layers, bidirectional, has_bias, proj_size)]
+    dx = torch.empty(x.shape, dtype=work)
+    dx_t = dx.transpose(0, 1) if batch_first else dx
+    dh0 = torch.empty(h0.shape, dtype=work)
+    dc0 = torch.empty(c0.shape, dtype=work)
+    dweights = [torch.empty(w.shape, dtype=work) for w in weights]
+    grad_cells = []
+    for w_ih, w_hh, b_ih, b_hh, w_hr in _per_cell(dweights, num_layers, bidirectional, has_bias, proj_size):
+        grad_cells.append((w_ih.numpy(), w_hh.numpy(), None if b_ih is None else b_ih.numpy(),
+                           None if w_hr is None else w_hr.numpy()))
+    dy_t = _time_major(dy, batch_first)
+    _core.stack_backward(_as_numpy(xt, work), cells, _as_numpy(h0.contiguous(), work),
+                         _as_numpy(c0.contiguous(), work),
+                         None if lengths is None else lengths.to(torch.int64).contiguous().numpy(),
+                         _as_numpy(None if dropout_mask is None else dropout_mask.contiguous(), work),
+                         num_layers, D, proj_size, H, reserve.numpy(), _as_numpy(dy_t, work),
+                         _as_numpy(None if dh_n is None else dh_n.contiguous(), work),
+                         _as_numpy(None if dc_n is None else dc_n.contiguous(), work),
+                         dx_t.numpy(), dh0.numpy(), dc0.numpy(), grad_cells)
+    if has_bias:  # b_ih and b_hh enter the gates alike: equal gradients
+        for _, _, b_ih, b_hh, _ in _per_cell(dweights, num_layers, bidirectional, has_bias, proj_size):
+            b_hh.copy_(b_ih)
+    out = [dx, dh0, dc0] + dweights
+    return [g.to(x.dtype) if g.dtype != x.dtype else g for g in out]
+
+
+@_stack_backward.register_fake
+def _(x, weights, h0, c0, lengths, dropout_mask, reserve, dy, dh_n, dc_n, num_layers, bidirectional, proj_size,
+      has_bias, batch_first):
+    return [x.new_empty(x.shape), x.new_empty(h0.shape), x.new_empty(c0.shape)] + \
+           [x.new_empty(w.shape) for w in weights]
+
+
+def _setup_context(ctx, inputs, output):
+    (x, weights, h0, c0, lengths, dropout_mask, num_layers, bidirectional, proj_size, has_bias, batch_first,
+     need_reserve) = inputs
+    ctx.save_for_backward(x, h0, c0, output[3], *weights)
+    ctx.lengths, ctx.dropout_mask = lengths, dropout_mask
+    ctx.config = (num_layers, bidirectional, proj_size, has_bias, batch_first)
+    ctx.need_reserve = need_reserve
+    ctx.n_weights = len(weights)
+
+
+def _backward(ctx, dy, dh_n, dc_n, _dreserve):
+    if not ctx.need_reserve:
+        raise RuntimeError("fusedlstm::stack_forward ran without keeping its activations "
+                           "(need_reserve=False), so it cannot be differentiated")
+    x, h0, c0, reserve, *weights = ctx.saved_tensors
+    grads = _stack_backward(x, weights, h0, c0, ctx.lengths, ctx.dropout_mask, reserve, dy, dh_n, dc_n,
+                            *ctx.config)
+    dx, dh0, dc0, dweights = grads[0], grads[1], grads[2], grads[3:]
+    return dx, list(dweights), dh0, dc0, None, None, None, None, None, None, None, None
+
+
+_stack_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError("fusedlstm: double backward (differentiating the gradient of an LSTM, "
+                       "e.g. create_graph=True for a gradient penalty) is not supported")
+
+
+def _setup_nothing(ctx, inputs, output):
+    pass
+
+
+_stack_backward.register_autograd(_no_double_backward, setup_context=_setup_nothing)
+
+
+# ----------------------------------------------------------------------------
+# Modules
+
+def _autocast_dtype(device_type):
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
+class LSTM(nn.Module):
+    """``torch.nn.LSTM`` on fusedlstm's fused kernels: same arguments,
+    parameters, ``state_dict`` and ``forward(input, hx=None)`` contract."""
+
+    __constants__ = ["input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
+                     "bidirectional", "proj_size"]
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+                 bidirectional=False, proj_size=0, device=None, dtype=None):
+        super().__init__()
+        for name, v in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers),
+                        ("proj_size", proj_size)):
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"{name} should be of type int, got: {type(v).__name__}")
+        if hidden_size <= 0:
+            raise ValueError("hidden_size must be greater than zero")
+        if num_layers <= 0:
+            raise ValueError("num_layers must be greater than zero")
+        if input_size <= 0:
+            raise ValueError("input_size must be greater than zero")
+        if proj_size < 0:
+            raise ValueError("proj_size should be a positive integer or zero to disable projections")
+        if proj_size >= hidden_size:
+            raise ValueError("proj_size has to be smaller than hidden_size")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1:
+            raise ValueError("dropout should be a number in range [0, 1] representing the probability of an "
+                             "element being zeroed")
+        if dropout > 0 and num_layers == 1:
+            warnings.warn("dropout option adds dropout after all but last recurrent layer, so non-zero dropout "
+                          f"expects num_layers greater than 1, but got dropout={dropout} and num_layers=1",
+                          UserWarning, stacklevel=2)
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bias, self.batch_first, self.dropout = bool(bias), bool(batch_first), float(dropout)
+        self.bidirectional, self.proj_size = bool(bidirectional), proj_size
+        factory = {"device": device, "dtype": dtype}
+        D = 2 if bidirectional else 1
+        hout = proj_size if proj_size > 0 else hidden_size
+        self._flat_weights_names = []
+        for layer in range(num_layers):
+            for suffix in ("", "_reverse")[:D]:
+                layer_in = input_size if layer == 0 else D * hout
+                shapes = [(f"weight_ih_l{layer}{suffix}", (4 * hidden_size, layer_in)),
+                          (f"weight_hh_l{layer}{suffix}", (4 * hidden_size, hout))]
+                if bias:
+                    shapes += [(f"bias_ih_l{layer}{suffix}", (4 * hidden_size,)),
+                               (f"bias_hh_l{layer}{suffix}", (4 * hidden_size,))]
+                if proj_size > 0:
+                    shapes.append((f"weight_hr_l{layer}{suffix}", (proj_size, hidden_size)))
+                for name, shape in shapes:
+                    setattr(self, name, nn.Parameter(torch.empty(shape, **factory)))
+                    self._flat_weights_names.append(name)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for w in self.parameters():
+            nn.init.uniform_(w, -bound, bound)
+
+    @property
+    def _flat_weights(self):
+        return [getattr(self, n) for n in self._flat_weights_names]
+
+    @property
+    def all_weights(self):
+        per = len(self._flat_weights_names) // _cells_per_layer(self.num_layers, self.bidirectional)
+        w = self._flat_weights
+        return [w[i:i + per] for i in range(0, len(w), per)]
+
+    def flatten_parameters(self):
+        """No-op, for code written for cuDNN's nn.LSTM."""
+
+    def extra_repr(self):
+        s = f"{self.input_size}, {self.hidden_size}"
+        for name, default in (("num_layers", 1), ("bias", True), ("batch_first", False), ("dropout", 0.0),
+                              ("bidirectional", False), ("proj_size", 0)):
+            if getattr(self, name) != default:
+                s += f", {name}={getattr(self, name)}"
+        return s
+
+    def forward(self, input, hx=None):
+        packed = isinstance(input, PackedSequence)
+        lengths = None
+        if packed:
+            sorted_indices, unsorted_indices, batch_sizes = (input.sorted_indices, input.unsorted_indices,
+                                                             input.batch_sizes)
+            x, lengths = pad_packed_sequence(input, batch_first=self.batch_first)
+            batched = True
+        else:
+            x = input
+            if not isinstance(x, Tensor):
+                raise TypeError(f"input must be a Tensor or a PackedSequence, got {type(x).__name__}")
+            if x.dim() not in (2, 3):
+                raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {x.dim()}D instead")
+            batched = x.dim() == 3
+            if not batched:
+                x = x.unsqueeze(0 if self.batch_first else 1)
+        _check_device(x)
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"input.size(-1) must be equal to input_size. Expected {self.input_size}, "
+                             f"got {x.shape[-1]}")
+        B = x.shape[0] if self.batch_first else x.shape[1]
+        T = x.shape[1] if self.batch_first else x.shape[0]
+        D = 2 if self.bidirectional else 1
+        hout = self.proj_size if self.proj_size > 0 else self.hidden_size
+        h_shape = (self.num_layers * D, B, hout)
+        c_shape = (self.num_layers * D, B, self.hidden_size)
+        if hx is None:
+            h0 = torch.zeros(h_shape, dtype=x.dtype, device=x.device)
+            c0 = torch.zeros(c_shape, dtype=x.dtype, device=x.device)
+        else:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError("hx must be a tuple (h_0, c_0) of tensors")
+            h0, c0 = hx
+            if not batched:
+                if h0.dim() != 2 or c0.dim() != 2:
+                    raise ValueError(f"For unbatched 2-D input, hx and cx should also be 2-D but got "
+                                     f"({h0.dim()}-D, {c0.dim()}-D) tensors")
+                h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
+            if tuple(h0.shape) != h_shape:
+                raise ValueError(f"hx: Expected hidden[0] size {h_shape}, got {tuple(h0.shape)}")
+            if tuple(c0.shape) != c_shape:
+                raise ValueError(f"hx: Expected hidden[1] size {c_shape}, got {tuple(c0.shape)}")
+
+        weights = self._flat_weights
+        cast = _autocast_dtype(x.device.type)
+        if cast is not None:  # run in the autocast dtype, as nn.LSTM does
+            x, h0, c0 = x.to(cast), h0.to(cast), c0.to(cast)
+            weights = [w.to(cast) for w in weights]
+        else:
+            dtype = weights[0].dtype
+            if x.dtype != dtype:
+                raise TypeError(f"input must have the dtype of the parameters, {dtype}, got {x.dtype}")
+            if h0.dtype != dtype or c0.dtype != dtype:
+                raise TypeError(f"hx must have the dtype of the parameters, {dtype}, got {h0.dtype}/{c0.dtype}")
+
+        mask = None
+        if self.training and self.dropout > 0 and self.num_layers > 1:
+            keep = 1.0 - self.dropout
+            shape = (self.num_layers - 1, T, B, D * hout)
+            if keep > 0:
+                mask = torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(keep).div_(keep)
+            else:
+                mask = torch.zeros(shape, dtype=x.dtype, device=x.device)
+        need_reserve = torch.is_grad_enabled() and (
+            x.requires_grad or h0.requires_grad or c0.requires_grad or any(w.requires_grad for w in weights))
+        y, h_n, c_n, _ = torch.ops.fusedlstm.stack_forward(
+            x, weights, h0, c0, lengths, mask, self.num_layers, self.bidirectional, self.proj_size, self.bias,
+            self.batch_first, need_reserve)
+
+        if packed:
+            y = _repack(y, batch_sizes, sorted_indices, unsorted_indices, self.batch_first)
+        elif not batched:
+            y = y.squeeze(0 if self.batch_first else 1)
+            h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
+        return y, (h_n, c_n)
+
+
+def _repack(y, batch_sizes, sorted_indices, unsorted_indices, batch_first):
+    """y (padded, original batch order) as a PackedSequence with the input's layout."""
+    yt = y.transpose(0, 1) if batch_first else y
+    T, B = yt.shape[0], yt.shape[1]
+    order = sorted_indices if sorted_indices is not None else torch.arange(B)
+    steps = batch_sizes.shape[0]
+    present = torch.arange(B)[None, :] < batch_sizes[:, None]  # [steps, B] in sorted order
+    data = yt[:steps].index_select(1, order.to(yt.device))[present.to(yt.device)]
+    return PackedSequence(data, batch_sizes, sorted_indices, unsorted_indices)
+
+
+class LSTMCell(nn.Module):
+    """``torch.nn.LSTMCell`` on fusedlstm's kernels (one step of the fused
+    sequence path): same arguments, parameters and ``forward(input, hx=None)``."""
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None):
+        super().__init__()
+        for name, v in (("input_size", input_size), ("hidden_size", hidden_size)):
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"{name} should be of type int, got: {type(v).__name__}")
+            if v <= 0:
+                raise ValueError(f"{name} must be greater than zero")
+        self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bool(bias)
+        factory = {"device": device, "dtype": dtype}
+        self.weight_ih = nn.Parameter(torch.empty((4 * hidden_size, input_size), **factory))
+        self.weight_hh = nn.Parameter(torch.empty((4 * hidden_size, hidden_size), **factory))
+        if bias:
+            self.bias_ih = nn.Parameter(torch.empty(4 * hidden_size, **factory))
+            self.bias_hh = nn.Parameter(torch.empty(4 * hidden_size, **factory))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for w in self.parameters():
+            nn.init.uniform_(w, -bound, bound)
+
+    def extra_repr(self):
+        return f"{self.input_size}, {self.hidden_size}" + ("" if self.bias else ", bias=False")
+
+    def forward(self, input, hx=None):
+        if not isinstance(input, Tensor):
+            raise TypeError(f"input must be a Tensor, got {type(input).__name__}")
+        if input.dim() not in (1, 2):
+            raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        _check_device(input)
+        if input.shape[-1] != self.input_size:
+            raise ValueError(f"input has inconsistent input_size: got {input.shape[-1]} expected {self.input_size}")
+        batched = input.dim() == 2
+        x = input if batched else input.unsqueeze(0)
+        B, H = x.shape[0], self.hidden_size
+        if hx is None:
+            h = torch.zeros((B, H), dtype=x.dtype, device=x.device)
+            c = torch.zeros((B, H), dtype=x.dtype, device=x.device)
+        else:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError("hx must be a tuple (h, c) of tensors")
+            h, c = hx
+            if not batched:
+                h, c = h.unsqueeze(0), c.unsqueeze(0)
+            if tuple(h.shape) != (B, H) or tuple(c.shape) != (B, H):
+                raise ValueError(f"hx: expected h and c of shape {(B, H)}, got {tuple(h.shape)} and {tuple(c.shape)}")
+        weights = [self.weight_ih, self.weight_hh] + ([self.bias_ih, self.bias_hh] if self.bias else [])
+        cast = _autocast_dtype(x.device.type)
+        if cast is not None:
+            x, h, c = x.to(cast), h.to(cast), c.to(cast)
+            weights = [w.to(cast) for w in weights]
+        elif x.dtype != weights[0].dtype or h.dtype != weights[0].dtype or c.dtype != weights[0].dtype:
+            raise TypeError(f"input and hx must have the dtype of the parameters, {weights[0].dtype}")
+        need_reserve = torch.is_grad_enabled() and (
+            x.requires_grad or h.requires_grad or c.requires_grad or any(w.requires_grad for w in weights))
+        _, h_n, c_n, _ = torch.ops.fusedlstm.stack_forward(
+            x.unsqueeze(0), weights, h.unsqueeze(0), c.unsqueeze(0), None, None, 1, False, 0, self.bias, False,
+            need_reserve)
+        h_new, c_new = h_n[0], c_n[0]
+        if not batched:
+            h_new, c_new = h_new[0], c_new[0]
+        return h_new, c_new

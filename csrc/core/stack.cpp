@@ -9,6 +9,7 @@
 #include <new>
 #include <vector>
 
+#include "cpu/dispatch.h"
 #include "cpu/lstm_cpu.h"
 
 namespace fusedlstm {
@@ -61,6 +62,18 @@ void add_into(void* dst, int64_t stride_t, int64_t stride_b, const void* src, in
       const T* srow = s + (t * B + b) * n;
       for (int64_t k = 0; k < n; ++k) row[k] += srow[k];
     }
+}
+
+// Both directions of a layer at once, one thread each, instead of one after
+// the other on every thread: with two threads this is never slower (each
+// direction runs without per-step barriers, and the GEMMs of the two share
+// the cores as before); with more threads only while the recurrence is too
+// small to use them (below ~2 MFLOP per step per direction).
+bool directions_together(const fl_stack_params& p, const StackGeometry& sg) {
+  const int threads = cpu::num_threads();
+  if (sg.D != 2 || threads < 2) return false;
+  const int64_t flops_per_step = 2 * p.B * 4 * p.H * sg.Hout;
+  return threads == 2 || flops_per_step < (int64_t(1) << 21);
 }
 
 // The single-direction problem of cell (l, d), reading layer input `in`.
@@ -124,7 +137,7 @@ void forward_typed(const fl_stack_params& p, void* reserve) {
       }
       out_st = p.B * sg.width(), out_sb = sg.width();
     }
-    for (int64_t d = 0; d < sg.D; ++d) {
+    auto run_direction = [&](int64_t d) {
       fl_forward_params f = cell_params(p, sg, l, d, in, in_st, in_sb);
       if (out) {
         f.y = out + d * sg.Hout * sg.elem;
@@ -133,6 +146,11 @@ void forward_typed(const fl_stack_params& p, void* reserve) {
         f.mode = FL_MANY_TO_ONE;
       }
       cpu::forward(f, training ? res + sg.cell_offset(l, d) : nullptr);
+    };
+    if (directions_together(p, sg)) {
+      cpu::run_pair([&](int d) { run_direction(d); });
+    } else {
+      for (int64_t d = 0; d < sg.D; ++d) run_direction(d);
     }
     if (!last) {
       if (const void* mask = mask_of_layer(p, sg, l + 1)) multiply_mask<T>(reinterpret_cast<T*>(out), mask, n_in);
@@ -166,7 +184,7 @@ void backward_typed(const fl_stack_params& p, const void* reserve, const fl_stac
       if (!d_in[l % 2]) d_in[l % 2] = std::make_unique<HostArray>(n_in * sg.elem);
       dx = d_in[l % 2]->data, dx_st = p.B * sg.width(), dx_sb = sg.width();
     }
-    for (int64_t d = 0; d < sg.D; ++d) {
+    auto run_direction = [&](int64_t d) {
       const int64_t idx = l * sg.D + d;
       fl_forward_params f = cell_params(p, sg, l, d, in, in_st, in_sb);
       fl_backward_params b{};
@@ -179,7 +197,6 @@ void backward_typed(const fl_stack_params& p, const void* reserve, const fl_stac
       if (d == 0) {
         b.dx = dx, b.dx_stride_t = dx_st, b.dx_stride_b = dx_sb;
       } else {  // both directions read the same input: their dx add up
-        if (!d_other) d_other = std::make_unique<HostArray>(p.T * p.B * std::max(p.I, sg.width()) * sg.elem);
         b.dx = d_other->data, b.dx_stride_t = p.B * in_width, b.dx_stride_b = in_width;
       }
       b.dh0 = static_cast<unsigned char*>(g.dh0) + idx * bh;
@@ -189,8 +206,14 @@ void backward_typed(const fl_stack_params& p, const void* reserve, const fl_stac
       b.db = g.db ? g.db[idx] : nullptr;
       b.dw_hr = p.proj_size > 0 ? g.dw_hr[idx] : nullptr;
       cpu::backward(f, res + sg.cell_offset(l, d), b);
-      if (d == 1) add_into<T>(dx, dx_st, dx_sb, d_other->data, p.T, p.B, in_width);
+    };
+    if (sg.D == 2 && !d_other) d_other = std::make_unique<HostArray>(p.T * p.B * std::max(p.I, sg.width()) * sg.elem);
+    if (directions_together(p, sg)) {
+      cpu::run_pair([&](int d) { run_direction(d); });
+    } else {
+      for (int64_t d = 0; d < sg.D; ++d) run_direction(d);
     }
+    if (sg.D == 2) add_into<T>(dx, dx_st, dx_sb, d_other->data, p.T, p.B, in_width);
     if (l > 0) {
       if (const void* mask = mask_of_layer(p, sg, l)) multiply_mask<T>(static_cast<T*>(dx), mask, n_in);
       dy = dx, dy_st = dx_st, dy_sb = dx_sb;

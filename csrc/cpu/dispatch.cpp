@@ -1,5 +1,8 @@
 #include "cpu/dispatch.h"
 
+#include <exception>
+#include "cpu/thread_pool.h"
+
 #include <sched.h>
 
 #include <atomic>
@@ -76,7 +79,31 @@ bool select_kernels(const std::string& name) {
   return true;
 }
 
-int num_threads() { return thread_setting().load(std::memory_order_relaxed); }
+namespace {
+thread_local int thread_limit = 0;  // 0: none (see ScopedThreadLimit)
+}  // namespace
+
+int num_threads() {
+  const int n = thread_setting().load(std::memory_order_relaxed);
+  return thread_limit > 0 && thread_limit < n ? thread_limit : n;
+}
+
+ScopedThreadLimit::ScopedThreadLimit(int n) : previous_(thread_limit) { thread_limit = n; }
+ScopedThreadLimit::~ScopedThreadLimit() { thread_limit = previous_; }
+
+void run_pair(const std::function<void(int)>& fn) {
+  std::exception_ptr error[2];
+  ThreadPool::instance().run(2, [&](int tid, int) {
+    ScopedThreadLimit limit(1);
+    try {
+      fn(tid);
+    } catch (...) {
+      error[tid] = std::current_exception();
+    }
+  });
+  for (auto& e : error)
+    if (e) std::rethrow_exception(e);
+}
 void set_num_threads(int n) { thread_setting().store(n < 1 ? 1 : n, std::memory_order_relaxed); }
 
 }  // namespace cpu

@@ -2,6 +2,7 @@
 #ifndef FUSEDLSTM_CPU_DISPATCH_H_
 #define FUSEDLSTM_CPU_DISPATCH_H_
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -19,6 +20,24 @@ bool select_kernels(const std::string& name);
 
 int num_threads();
 void set_num_threads(int n);
+
+// Caps num_threads() on this thread while alive: work already running on a
+// pool thread (e.g. one direction of a bidirectional layer) must not start
+// a nested parallel region, so it runs with a limit of 1.
+class ScopedThreadLimit {
+ public:
+  explicit ScopedThreadLimit(int n);
+  ~ScopedThreadLimit();
+  ScopedThreadLimit(const ScopedThreadLimit&) = delete;
+  ScopedThreadLimit& operator=(const ScopedThreadLimit&) = delete;
+
+ private:
+  int previous_;
+};
+
+// Runs fn(0) and fn(1) at once on two pool threads, each under a thread
+// limit of 1 (exceptions come back to the caller).
+void run_pair(const std::function<void(int)>& fn);
 
 }  // namespace cpu
 }  // namespace fusedlstm

@@ -245,7 +245,9 @@ class LSTM:
         reserve = None
         if training:
             reserve = np.empty(stack_reserve_nbytes(self.dtype.itemsize, T, B, H, self.proj_size, L, D), np.uint8)
-            xt = xt.copy()  # backward reads x as it is now
+            # backward reads x, hx and lengths as they are now
+            xt = xt.copy()
+            h0, c0, lengths = (None if a is None else a.copy() for a in (h0, c0, lengths))
         y_t = y.swapaxes(0, 1) if self.batch_first else y
         _core.stack_forward(xt, cells, h0, c0, lengths, mask, L, D, self.proj_size, H, y_t, h_n, c_n, reserve)
         ctx = None

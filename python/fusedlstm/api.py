@@ -93,7 +93,7 @@ def _float_array(name, a, dtype=None):
     if arr.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"{name} must have dtype float32 or float64, got {arr.dtype}")
     if dtype is not None and arr.dtype != dtype:
-        raise TypeError(f"{name} has dtype {arr.dtype} but x has dtype {dtype}: all arrays of one "
+        raise TypeError(f"{name} has dtype {arr.dtype} but the call works in {dtype}: all arrays of one "
                         f"call must share a dtype (convert explicitly, e.g. {name}.astype(np.{dtype}))")
     return arr
 

@@ -173,7 +173,7 @@ class LSTM:
         missing = [k for k in shapes if k not in state]
         unexpected = [k for k in state if k not in shapes]
         if missing or unexpected:
-            raise KeyError(f"state: missing keys {missing}, unexpected keys {unexpected}")
+            raise ValueError(f"state: missing keys {missing}, unexpected keys {unexpected}")
         new = {}
         for name, shape in shapes.items():
             v = state[name]
@@ -182,7 +182,7 @@ class LSTM:
             arr = np.asarray(v)
             if arr.shape != shape:
                 raise ValueError(f"state[{name!r}] must have shape {shape}, got {arr.shape}")
-            new[name] = np.array(arr, dtype=self.dtype)
+            new[name] = np.array(arr, dtype=self.dtype, order="C")
         self.params = new
 
     def _cells(self, params):
@@ -236,7 +236,9 @@ class LSTM:
             keep = 1.0 - self.dropout
             draw = gen.random((L - 1, T, B, D * hout)) < keep
             mask = (draw / keep if keep > 0 else np.zeros(draw.shape)).astype(self.dtype)
-        params = {k: v.copy() for k, v in self.params.items()} if training else self.params
+        # The core reads C-order arrays; users may also set params by hand.
+        params = {k: (np.array(v, dtype=self.dtype, order="C") if training else
+                      np.ascontiguousarray(v, dtype=self.dtype)) for k, v in self.params.items()}
         cells = self._cells(params)
 
         y = _alloc((B, T, D * hout) if self.batch_first else (T, B, D * hout), self.dtype)

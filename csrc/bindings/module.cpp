@@ -207,10 +207,12 @@ void stack_backward(const py::array& x, const py::list& cells, const py::object&
   g.dx_stride_t = stride_of(dx, 0), g.dx_stride_b = stride_of(dx, 1);
   g.dh0 = mut_ptr(dh0), g.dc0 = mut_ptr(dc0);
   g.dw_ih = dw_ih.data(), g.dw_hh = dw_hh.data(), g.db = db.data(), g.dw_hr = dw_hr.data();
+  const void* res = reserve.data();
+  const int64_t res_bytes = int64_t(reserve.nbytes());  // touches Python objects: before releasing the GIL
   fl_status status;
   {
     py::gil_scoped_release release;
-    status = fl_lstm_stack_backward(&p, reserve.data(), int64_t(reserve.nbytes()), &g);
+    status = fl_lstm_stack_backward(&p, res, res_bytes, &g);
   }
   check(status);
 }

@@ -72,6 +72,16 @@ struct BatchOrder {
       if (t < T) total += running;
     }
   }
+  // Time index of packed step t of sorted row r: the reverse direction runs
+  // each sequence from its own last step back to step 0.
+  int64_t time_of(int64_t t, int64_t r, bool reverse) const { return reverse ? len[r] - 1 - t : t; }
+  // Element offset of every packed (step, row) in a [T, B, *] array.
+  std::vector<int64_t> offsets(int64_t stride_t, int64_t stride_b, bool reverse) const {
+    std::vector<int64_t> out(total);
+    for (int64_t t = 0; t + 1 < int64_t(nact.size()); ++t)
+      for (int64_t r = 0; r < nact[t]; ++r) out[off[t] + r] = time_of(t, r, reverse) * stride_t + perm[r] * stride_b;
+    return out;
+  }
 };
 
 template <class T>
@@ -340,6 +350,17 @@ const KernelTable& reserve_table(const void* reserve, fl_dtype dtype, int64_t T,
   throw std::invalid_argument("the reserve was written by an unknown SIMD path");
 }
 
+// src [B, n] row-major (or NULL: zeros) with its rows in the order of `ord`,
+// each padded with zeros to ld.
+template <class T>
+Buffer<T> sorted_rows(const T* src, const BatchOrder& ord, int64_t n, int64_t ld) {
+  const int64_t B = int64_t(ord.perm.size());
+  Buffer<T> out(B * ld, true);
+  if (src)
+    for (int64_t r = 0; r < B; ++r) std::memcpy(out.data() + r * ld, src + ord.perm[r] * n, size_t(n) * sizeof(T));
+  return out;
+}
+
 template <class T>
 void forward_typed(const fl_forward_params& p, void* reserve) {
   const KernelTable& table = active_kernels();
@@ -358,9 +379,6 @@ void forward_typed(const fl_forward_params& p, void* reserve) {
   const T* w_hh = static_cast<const T*>(p.w_hh);
 
   const BatchOrder ord(T_, B, one_to_many ? nullptr : p.lengths);
-  // Time index of packed step t of sorted row r: the reverse direction runs
-  // each sequence from its own last step back to step 0.
-  auto time_of = [&](int64_t t, int64_t r) { return p.reverse ? ord.len[r] - 1 - t : t; };
 
   SavedViews<T> S;
   if (training) {
@@ -409,9 +427,8 @@ void forward_typed(const fl_forward_params& p, void* reserve) {
   if (one_to_many) {
     for (int64_t r = 0; r < B; ++r) x_rows[r] = x + r * p.x_stride_b;
   } else {
-    for (int64_t t = 0; t < T_; ++t)
-      for (int64_t r = 0; r < ord.nact[t]; ++r)
-        x_rows[ord.off[t] + r] = x + time_of(t, r) * p.x_stride_t + ord.perm[r] * p.x_stride_b;
+    const std::vector<int64_t> at = ord.offsets(p.x_stride_t, p.x_stride_b, p.reverse);
+    for (int64_t i = 0; i < proj_rows; ++i) x_rows[i] = x + at[i];
   }
 
   // The input term is computed a chunk of steps at a time, just before those
@@ -451,12 +468,8 @@ void forward_typed(const fl_forward_params& p, void* reserve) {
   if (proj) whr_panels = pack_panels(static_cast<const T*>(p.w_hr), H, R, 1, H, g.P);
 
   // Initial states, rows in sorted order, padded units zero.
-  Buffer<T> h0(B * ld_state, true), c0(B * g.Hp, true);
-  for (int64_t r = 0; r < B; ++r) {
-    const int64_t b = ord.perm[r];
-    if (p.h0) std::memcpy(h0.data() + r * ld_state, static_cast<const T*>(p.h0) + b * Ks, size_t(Ks) * sizeof(T));
-    if (p.c0) std::memcpy(c0.data() + r * g.Hp, static_cast<const T*>(p.c0) + b * H, size_t(H) * sizeof(T));
-  }
+  Buffer<T> h0 = sorted_rows(static_cast<const T*>(p.h0), ord, Ks, ld_state);
+  Buffer<T> c0 = sorted_rows(static_cast<const T*>(p.c0), ord, H, g.Hp);
 
   // Inference keeps two h buffers and c in place; training keeps every step.
   Buffer<T> h_other, m_buf;
@@ -483,10 +496,7 @@ void forward_typed(const fl_forward_params& p, void* reserve) {
   T* y = (p.mode != FL_MANY_TO_ONE) ? static_cast<T*>(p.y) : nullptr;
   std::vector<int64_t> y_offset;  // of each packed (step, row)
   if (y) {
-    y_offset.resize(ord.total);
-    for (int64_t t = 0; t < T_; ++t)
-      for (int64_t r = 0; r < ord.nact[t]; ++r)
-        y_offset[ord.off[t] + r] = time_of(t, r) * p.y_stride_t + ord.perm[r] * p.y_stride_b;
+    y_offset = ord.offsets(p.y_stride_t, p.y_stride_b, p.reverse);
     if (p.lengths && !one_to_many)
       for (int64_t r = 0; r < B; ++r)
         for (int64_t t = ord.len[r]; t < T_; ++t)
@@ -596,7 +606,6 @@ void backward_typed(const fl_forward_params& fp, const void* reserve, const fl_b
   const bool one_to_many = fp.mode == FL_ONE_TO_MANY;
   const bool feed_output = one_to_many && fp.feed == FL_FEED_OUTPUT;
   const BatchOrder ord(T_, B, one_to_many ? nullptr : fp.lengths);
-  auto time_of = [&](int64_t t, int64_t r) { return fp.reverse ? ord.len[r] - 1 - t : t; };
   const SavedViews<T> S(const_cast<void*>(reserve), T_, B, H, R);
   const T* x = static_cast<const T*>(fp.x);
   const T* w_ih = static_cast<const T*>(fp.w_ih);
@@ -617,12 +626,8 @@ void backward_typed(const fl_forward_params& fp, const void* reserve, const fl_b
   if (proj) whr_panels = pack_panels(static_cast<const T*>(fp.w_hr), R, H, H, 1, g.P);
 
   // Initial states in sorted row order (the forward read the same).
-  Buffer<T> h0(B * ld_state, true), c0(B * g.Hp, true);
-  for (int64_t r = 0; r < B; ++r) {
-    const int64_t b = ord.perm[r];
-    if (fp.h0) std::memcpy(h0.data() + r * ld_state, static_cast<const T*>(fp.h0) + b * Ks, size_t(Ks) * sizeof(T));
-    if (fp.c0) std::memcpy(c0.data() + r * g.Hp, static_cast<const T*>(fp.c0) + b * H, size_t(H) * sizeof(T));
-  }
+  const Buffer<T> h0 = sorted_rows(static_cast<const T*>(fp.h0), ord, Ks, ld_state);
+  const Buffer<T> c0 = sorted_rows(static_cast<const T*>(fp.c0), ord, H, g.Hp);
 
   // Gradients entering each row at its last step: dh_n (plus dy for
   // many_to_one, whose y is that last state) and dc_n.
@@ -638,12 +643,7 @@ void backward_typed(const fl_forward_params& fp, const void* reserve, const fl_b
   }
   const bool dy_per_step = dy && fp.mode != FL_MANY_TO_ONE;
   std::vector<int64_t> dy_offset;  // of each packed (step, row)
-  if (dy_per_step) {
-    dy_offset.resize(ord.total);
-    for (int64_t t = 0; t < T_; ++t)
-      for (int64_t r = 0; r < ord.nact[t]; ++r)
-        dy_offset[ord.off[t] + r] = time_of(t, r) * p.dy_stride_t + ord.perm[r] * p.dy_stride_b;
-  }
+  if (dy_per_step) dy_offset = ord.offsets(p.dy_stride_t, p.dy_stride_b, fp.reverse);
 
   Buffer<T> dg(ord.total * G4);
   std::vector<const T*> dg_rows(ord.total);
@@ -784,12 +784,12 @@ void backward_typed(const fl_forward_params& fp, const void* reserve, const fl_b
     Buffer<T> x_t(I * ord.total);
     std::vector<const T*> x_rows(ord.total);
     std::vector<T*> out_rows(ord.total);
-    for (int64_t t = 0; t < T_; ++t)
-      for (int64_t r = 0; r < ord.nact[t]; ++r) {
-        const int64_t at = time_of(t, r);
-        x_rows[ord.off[t] + r] = x + at * fp.x_stride_t + ord.perm[r] * fp.x_stride_b;
-        out_rows[ord.off[t] + r] = dx + at * p.dx_stride_t + ord.perm[r] * p.dx_stride_b;
-      }
+    const std::vector<int64_t> x_at = ord.offsets(fp.x_stride_t, fp.x_stride_b, fp.reverse);
+    const std::vector<int64_t> dx_at = ord.offsets(p.dx_stride_t, p.dx_stride_b, fp.reverse);
+    for (int64_t i = 0; i < ord.total; ++i) {
+      x_rows[i] = x + x_at[i];
+      out_rows[i] = dx + dx_at[i];
+    }
     transpose_rows(x_rows, I, x_t.data(), threads);
     weight_gemm(x_t.data(), ord.total, I, ord.total, dg.data(), dwih_t.data(), false);
     for (int64_t r = 0; r < B; ++r)  // padded steps get zero

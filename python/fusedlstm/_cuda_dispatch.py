@@ -151,8 +151,17 @@ class _Lib:
         with self.mod.cuda.Device(like.device.id):
             return self.mod.full(shape, float("nan"), like.dtype) if poison else self.mod.empty(shape, like.dtype)
 
-    def copy(self, a):
-        return a.clone() if self.name == "torch" else a.copy()
+    def copy(self, a, stream_obj=None):
+        """A copy of a, enqueued on stream_obj (None: the current stream)."""
+        if stream_obj is None:
+            return a.clone() if self.name == "torch" else a.copy()
+        if self.name == "torch":
+            with self.mod.cuda.stream(stream_obj):
+                out = a.clone()
+            out.record_stream(stream_obj)
+            return out
+        with stream_obj:
+            return a.copy()
 
     def to_host_ints(self, a):
         # A device -> host copy: waits for the current stream (documented).
@@ -335,6 +344,14 @@ def lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, *, mode, lengths, steps, fee
     lens = _lengths(c, lengths, B, T)
 
     xs = c.lib.strides(x)
+    rows = (B, T) if batch_first else (T, B)
+    if one_to_many and B > 1 and xs[0] < I or not one_to_many and any(
+            n > 1 and st <= 0 for n, st in zip(rows, xs[:2])) or not one_to_many and B > 1 and \
+            xs[0 if batch_first else 1] < I:
+        x = c.lib.contiguous(x)  # broadcast or overlapping rows: cuBLAS needs ld >= I
+        xs = c.lib.strides(x)
+    if B == 1:  # a size-1 axis may carry any stride; cuBLAS wants ld >= I
+        xs = (max(xs[0], I),) + xs[1:] if (one_to_many or batch_first) else (xs[0], max(xs[1], I), xs[2])
     if one_to_many:
         x_st, x_sb = 0, xs[0]
     else:
@@ -352,7 +369,7 @@ def lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, *, mode, lengths, steps, fee
                           c.ptr(c_n), bool(training))
     c.lib.mark_outputs(sobj, (y, h_n, c_n))
     if mode == "many_to_one":
-        y = c.lib.copy(h_n)  # enqueued on the library's current stream
+        y = c.lib.copy(h_n, sobj)  # on the stream the kernels ran on
     ctx = None
     if training:
         ctx = dict(backend="cuda", lib=c.lib, device=c.device, mode=mode, batch_first=batch_first,
@@ -393,7 +410,7 @@ def lstm_backward(result, dy=None, dh_n=None, dc_n=None, *, stream=None):
                    dx_st, dx_sb, c.ptr(dh0), c.ptr(dc0), c.ptr(dw_ih), c.ptr(dw_hh), c.ptr(db))
     c.lib.mark_outputs(sobj, (dx, dh0, dc0, dw_ih, dw_hh, db))
     db_ih = db if ctx["has_b_ih"] else None
-    db_hh = (c.lib.copy(db) if ctx["has_b_ih"] else db) if ctx["has_b_hh"] else None
+    db_hh = (c.lib.copy(db, sobj) if ctx["has_b_ih"] else db) if ctx["has_b_hh"] else None
     return LSTMGrads(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh)
 
 

@@ -12,11 +12,14 @@ lstm_backward(dy) vs nn.LSTM forward + autograd backward (grads of x, h0, c0 and
 the weights). dtypes: fp32 strict (TF32 off in cuDNN and cuBLAS), TF32
 (allowed on both sides), bf16, fp16. ratio = torch ms / fusedlstm ms
 (> 1: fusedlstm faster). max|dy| is the largest difference of the forward
-outputs y between the two, as a sanity check.
+outputs y between the two, as a sanity check. "pers" columns: the forward with
+FUSEDLSTM_CUDA_PATH=persistent (the persistent kernel; nan where it does not
+fit and the fallback ran).
 """
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -82,6 +85,15 @@ def one(T, B, H, dname, reps):
     row = dict(T=T, B=B, H=H, dtype=dname, max_dy=diff)
     row["torch_fwd"] = time_ms(torch_fwd, reps)
     row["fl_fwd"] = time_ms(fl_fwd, reps)
+    # The persistent forward kernel, where it fits (FUSEDLSTM_CUDA_PATH=persistent).
+    os.environ["FUSEDLSTM_CUDA_PATH"] = "persistent"
+    try:
+        y_p = fl_fwd().y
+        row["persistent"] = fusedlstm._cuda.last_forward_path() == "persistent"
+        row["fl_fwd_p"] = time_ms(fl_fwd, reps) if row["persistent"] else float("nan")
+        row["max_dy_p"] = float((y_t.float() - y_p.float()).abs().max())
+    finally:
+        os.environ.pop("FUSEDLSTM_CUDA_PATH")
     row["torch_fb"] = time_ms(torch_fb, reps)
     row["fl_fb"] = time_ms(fl_fb, reps)
     set_tf32(False)
@@ -120,19 +132,23 @@ def main():
         rows.append(r)
         print(f"T={T:5d} B={B:5d} H={H:5d} {d:5s} fwd torch {r['torch_fwd']:8.3f} ms fl {r['fl_fwd']:8.3f} ms "
               f"({r['torch_fwd'] / r['fl_fwd']:.2f}x)  fwd+bwd torch {r['torch_fb']:8.3f} fl {r['fl_fb']:8.3f} "
-              f"({r['torch_fb'] / r['fl_fb']:.2f}x)  max|dy| {r['max_dy']:.1e}", flush=True)
+              f"({r['torch_fb'] / r['fl_fb']:.2f}x)  max|dy| {r['max_dy']:.1e}  persistent fwd "
+              f"{r['fl_fwd_p']:.3f} ms ({r['torch_fwd'] / r['fl_fwd_p']:.2f}x, max|dy| {r['max_dy_p']:.1e})",
+              flush=True)
     if skipped:
         print(f"skipped (over the {args.budget:.0f} s budget): {skipped}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
-    print("\n| T | B | H | dtype | fwd torch ms | fwd fl ms | fwd us/step fl | ratio | fwd+bwd torch ms "
-          "| fwd+bwd fl ms | ratio | max abs dy |")
-    print("|---:|---:|---:|:--|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("\n| T | B | H | dtype | fwd torch ms | fwd fl ms | us/step | ratio | pers ms | pers us/step | "
+          "pers ratio | fwd+bwd torch ms | fwd+bwd fl ms | ratio | max abs dy |")
+    print("|---:|---:|---:|:--|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['T']} | {r['B']} | {r['H']} | {r['dtype']} | {r['torch_fwd']:.3f} | {r['fl_fwd']:.3f} | "
-              f"{1000 * r['fl_fwd'] / r['T']:.1f} | {r['torch_fwd'] / r['fl_fwd']:.2f}x | {r['torch_fb']:.3f} | "
-              f"{r['fl_fb']:.3f} | {r['torch_fb'] / r['fl_fb']:.2f}x | {r['max_dy']:.1e} |")
+              f"{1000 * r['fl_fwd'] / r['T']:.1f} | {r['torch_fwd'] / r['fl_fwd']:.2f}x | {r['fl_fwd_p']:.3f} | "
+              f"{1000 * r['fl_fwd_p'] / r['T']:.1f} | {r['torch_fwd'] / r['fl_fwd_p']:.2f}x | "
+              f"{r['torch_fb']:.3f} | {r['fl_fb']:.3f} | {r['torch_fb'] / r['fl_fb']:.2f}x | "
+              f"{max(r['max_dy'], r['max_dy_p']):.1e} |")
 
 
 if __name__ == "__main__":

@@ -132,6 +132,18 @@ def _check(name, actual64, ref64, plain32, dtname):
         assert err <= bound, f"{name} ({dtname}): max abs error {err:.3e} > {bound:.3e}"
 
 
+@pytest.fixture(params=["fallback", "persistent"])
+def cuda_path(request, monkeypatch):
+    """Runs a test with FUSEDLSTM_CUDA_PATH = fallback and = persistent."""
+    monkeypatch.setenv("FUSEDLSTM_CUDA_PATH", request.param)
+    return request.param
+
+
+def _assert_path(expected):
+    from fusedlstm import _cuda
+    assert _cuda.last_forward_path() == expected
+
+
 def _run_case(torch, prob, dtname, reference_outputs, *, backward=True, batch_first=False):
     dt = _tdtype(torch, dtname)
     ins = prob.inputs
@@ -175,20 +187,22 @@ def _run_case(torch, prob, dtname, reference_outputs, *, backward=True, batch_fi
 @pytest.mark.parametrize("mode", ["many_to_many", "many_to_one"])
 @pytest.mark.parametrize("lengths", [False, True])
 @pytest.mark.parametrize("batch_first", [False, True])
-def test_cuda_sequence(make_problem, reference_outputs, dtname, mode, lengths, batch_first):
+def test_cuda_sequence(make_problem, reference_outputs, dtname, mode, lengths, batch_first, cuda_path):
     torch = _torch_cuda()
     prob = make_problem(mode=mode, T=7, B=5, I=9, H=13, lengths=lengths, batch_first=batch_first)
     _run_case(torch, prob, dtname, reference_outputs)
+    _assert_path(cuda_path)  # small shapes always fit the persistent kernel
 
 
 @pytest.mark.parametrize("dtname", DTYPES)
 @pytest.mark.parametrize("feed", ["repeat", "first", "output"])
 @pytest.mark.parametrize("init", [False, True])
-def test_cuda_one_to_many(make_problem, reference_outputs, dtname, feed, init):
+def test_cuda_one_to_many(make_problem, reference_outputs, dtname, feed, init, cuda_path):
     torch = _torch_cuda()
     I = 11 if feed == "output" else 6
     prob = make_problem(mode="one_to_many", T=6, B=3, I=I, H=11, feed=feed, init=init)
     _run_case(torch, prob, dtname, reference_outputs)
+    _assert_path("fallback" if feed == "output" else cuda_path)  # feed='output' has no persistent kernel
 
 
 @pytest.mark.parametrize("bias", ["both", "ih", "hh", "none"])
@@ -206,6 +220,20 @@ def test_cuda_sizes(make_problem, reference_outputs, dtname, shape):
     T, B, I, H = shape
     prob = make_problem(T=T, B=B, I=I, H=H, lengths=B > 1)
     _run_case(torch, prob, dtname, reference_outputs)
+
+
+@pytest.mark.parametrize("dtname", DTYPES)
+@pytest.mark.parametrize("shape", [(20, 16, 64, 1024), (9, 3, 33, 300), (4, 40, 8, 129)])
+def test_cuda_persistent_large(make_problem, reference_outputs, dtname, shape, monkeypatch):
+    """Shapes where the persistent kernel spreads W_hh over many CTAs (it runs
+    when W_hh's slices fit in shared memory; the test reports which path ran)."""
+    torch = _torch_cuda()
+    monkeypatch.setenv("FUSEDLSTM_CUDA_PATH", "persistent")
+    T, B, I, H = shape
+    prob = make_problem(T=T, B=B, I=I, H=H, lengths=True)
+    _run_case(torch, prob, dtname, reference_outputs)
+    from fusedlstm import _cuda
+    print("path:", _cuda.last_forward_path())
 
 
 @pytest.mark.parametrize("dtname", DTYPES)

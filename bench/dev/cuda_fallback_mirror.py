@@ -1,4 +1,5 @@
-"""A numpy mirror of the CUDA fallback path's driver (csrc/cuda/lstm_cuda.cu):
+"""A numpy mirror of the CUDA fallback path's driver (csrc/cuda/lstm_cuda.cu),
+and of the persistent forward kernel's indexing (W_hh slices per CTA, h slots):
 the same buffers, the same GEMMs (shapes, operands, beta) and the same
 pointwise kernels with the same masks and carries, step for step, in float64.
 
@@ -117,6 +118,114 @@ def backward(st, dy, dh_n, dc_n):
     return out
 
 
+def persistent_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, mode, feed, T, lens, sms, training, chunk):
+    """persistent_fwd_kernel's indexing, CTA by CTA (inference: h in two slots,
+    c in one; training: h_hist / c_hist), over chunks of steps like forward_impl."""
+    B, H = (x.shape[0] if mode == "one_to_many" else x.shape[1]), w_hh.shape[1]
+    G = 4 * H
+    HB = -(-H // sms)
+    R = 4 * HB
+    blocks = -(-H // HB)
+    bsum = None if b_ih is None and b_hh is None else (0 if b_ih is None else b_ih) + (0 if b_hh is None else b_hh)
+    h_mod, c_mod = (0, 0) if training else (2, 1)
+    h = np.zeros(((T + 1) if training else 2, B * H))
+    c = np.zeros(((T + 1) if training else 1, B * H))
+    h[0] = 0 if h0 is None else h0.ravel()
+    c[0] = 0 if c0 is None else c0.ravel()
+    y = np.full((T, B, H), np.nan)
+    wflat = w_hh.ravel()
+    one_to_many = mode == "one_to_many"
+    if one_to_many:
+        chunk = T
+        xproj_all = x @ w_ih.T
+    for t0 in range(0, T, chunk):
+        nt = min(chunk, T - t0)
+        xproj = xproj_all.ravel() if one_to_many else np.concatenate([(x[t] @ w_ih.T).ravel()
+                                                                      for t in range(t0, t0 + nt)])
+        xproj_step = 0 if one_to_many else B * G
+        w_s = []
+        for blk in range(blocks):
+            u0 = blk * HB
+            ws = np.zeros(R * H)
+            for i in range(R * H):
+                r, k = i // H, i % H
+                g, u = r // HB, u0 + r % HB
+                ws[i] = wflat[(g * H + u) * H + k] if u < H else 0
+            w_s.append(ws)
+        for t in range(t0, t0 + nt):
+            hsp, hsn = (t % h_mod, (t + 1) % h_mod) if h_mod else (t, t + 1)
+            csp, csn = (t % c_mod, (t + 1) % c_mod) if c_mod else (t, t + 1)
+            new_h = h[hsn].copy()
+            for blk in range(blocks):  # each CTA reads h[hsp] only and writes its own units of h[hsn]
+                u0 = blk * HB
+                h_s = h[hsp].copy()
+                pre_s = np.zeros(B * R)
+                for r in range(R):
+                    if u0 + r % HB >= H:
+                        continue
+                    for b in range(B):
+                        pre_s[b * R + r] = w_s[blk][r * H:(r + 1) * H] @ h_s[b * H:(b + 1) * H]
+                use_x = not (one_to_many and feed == "first" and t != 0)
+                for i in range(B * HB):
+                    b, uu = i // HB, i % HB
+                    u = u0 + uu
+                    if u >= H:
+                        continue
+                    e = b * H + u
+                    if lens is not None and not t < lens[b]:
+                        new_h[e] = h[hsp][e]
+                        c[csn][e] = c[csp][e]
+                        y[t, b, u] = 0
+                        continue
+                    pre = []
+                    for g in range(4):
+                        v = pre_s[b * R + g * HB + uu]
+                        if use_x:
+                            v += xproj[(t - t0) * xproj_step + b * G + g * H + u]
+                        if bsum is not None:
+                            v += bsum[g * H + u]
+                        pre.append(v)
+                    i_, f_, g_, o_ = sig(pre[0]), sig(pre[1]), np.tanh(pre[2]), sig(pre[3])
+                    cn = f_ * c[csp][e] + i_ * g_
+                    c[csn][e] = cn
+                    new_h[e] = o_ * np.tanh(cn)
+                    y[t, b, u] = new_h[e]
+            h[hsn] = new_h
+    hT = h[T] if training else h[T % 2]
+    cT = c[T] if training else c[0]
+    return y, hT.reshape(B, H), cT.reshape(B, H)
+
+
+def check_persistent(rng):
+    bad = 0
+    for mode, feed, use_len, training, (T, B, H, sms, chunk) in itertools.product(
+            ["many_to_many", "one_to_many"], ["repeat", "first"], [False, True], [False, True],
+            [(5, 3, 7, 3, 2), (4, 2, 5, 8, 4), (6, 4, 9, 2, 6)]):
+        if mode == "one_to_many" and use_len or mode == "many_to_many" and feed != "repeat":
+            continue
+        I = 3
+        x = rng.standard_normal((B, I) if mode == "one_to_many" else (T, B, I))
+        w_ih, w_hh = rng.uniform(-.6, .6, (4 * H, I)), rng.uniform(-.6, .6, (4 * H, H))
+        b_ih, b_hh = rng.uniform(-.5, .5, 4 * H), rng.uniform(-.5, .5, 4 * H)
+        h0, c0 = rng.standard_normal((B, H)), rng.standard_normal((B, H))
+        lens = None
+        if use_len:
+            lens = rng.integers(1, T + 1, B)
+            lens[0] = 1
+        kw = dict(mode=mode, lengths=lens)
+        if mode == "one_to_many":
+            kw.update(steps=T, feed=feed)
+        r = reference.forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, **kw)
+        y, hn, cn = persistent_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, mode, feed, T, lens, sms, training, chunk)
+        err = max(float(np.max(np.abs(y - r.y))), float(np.max(np.abs(hn - r.h_n))),
+                  float(np.max(np.abs(cn - r.c_n))))
+        ok = err < 1e-12
+        bad += not ok
+        print(f"{'ok ' if ok else 'BAD'} persistent {mode:12s} {feed:6s} lengths={use_len!s:5s} "
+              f"training={training!s:5s} T,B,H,SMs,chunk={T, B, H, sms, chunk} max err {err:.1e}")
+    return bad
+
+
 def main():
     rng = np.random.default_rng(0)
     bad = 0
@@ -161,6 +270,7 @@ def main():
         bad += not ok
         print(f"{'ok ' if ok else 'BAD'} {mode:12s} {feed:6s} lengths={use_len!s:5s} init={init!s:5s} "
               f"bias={bias:4s} max err {worst:.1e}" + ("" if ok else f" {errs}"))
+    bad += check_persistent(rng)
     print(f"{bad} mismatches")
     return 1 if bad else 0
 

@@ -1,6 +1,8 @@
 """A small CUDA case for compute-sanitizer (bench/gpu_check.sh): forward,
 backward and cell in every dtype and mode, odd sizes, with lengths. Exits
 non-zero on a Python error; memcheck / racecheck report through the sanitizer."""
+import os
+
 import numpy as np
 import torch
 
@@ -9,7 +11,9 @@ import fusedlstm
 assert fusedlstm.cuda_available(), fusedlstm.build_info()["cuda"]
 rng = np.random.default_rng(0)
 T, B, I, H = 5, 3, 7, 9
-for dt in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+for path, dt in [(p, d) for p in ("fallback", "persistent")
+                 for d in (torch.float32, torch.float64, torch.float16, torch.bfloat16)]:
+    os.environ["FUSEDLSTM_CUDA_PATH"] = path
     t = lambda a: torch.as_tensor(a).to("cuda", dt)  # noqa: E731
     w_ih, w_hh = t(rng.standard_normal((4 * H, I)) * .3), t(rng.standard_normal((4 * H, H)) * .3)
     w_sq = t(rng.standard_normal((4 * H, H)) * .3)

@@ -127,6 +127,7 @@ PYBIND11_MODULE(_cuda, m) {
   });
   m.def("build_archs", [] { return std::string(fl_cuda_build_archs()); });
   m.def("path", [] { return std::string(fl_cuda_path()); });
+  m.def("last_forward_path", [] { return std::string(fl_cuda_last_forward_path()); });
   m.attr("FLOAT32") = int(FL_CUDA_FLOAT32);
   m.attr("FLOAT64") = int(FL_CUDA_FLOAT64);
   m.attr("FLOAT16") = int(FL_CUDA_FLOAT16);

@@ -58,9 +58,10 @@ void check_dtype(fl_cuda_dtype d) {
 
 void check_path() {
   const char* env = std::getenv("FUSEDLSTM_CUDA_PATH");
-  require(!env || !*env || std::strcmp(env, "fallback") == 0 || std::strcmp(env, "auto") == 0,
-          std::string("FUSEDLSTM_CUDA_PATH=") + (env ? env : "") +
-              ": this build has only the 'fallback' recurrence (per-step cuBLAS GEMM + fused pointwise kernel)");
+  require(!env || !*env || std::strcmp(env, "fallback") == 0 || std::strcmp(env, "persistent") == 0 ||
+              std::strcmp(env, "auto") == 0,
+          std::string("FUSEDLSTM_CUDA_PATH must be 'fallback', 'persistent' or 'auto', got '") + (env ? env : "") +
+              "'");
 }
 
 }  // namespace
@@ -145,6 +146,11 @@ int fl_cuda_device_count(const char** why) {
 
 const char* fl_cuda_build_archs(void) { return FUSEDLSTM_CUDA_ARCHS; }
 
-const char* fl_cuda_path(void) { return "fallback"; }
+const char* fl_cuda_path(void) {
+  const char* env = std::getenv("FUSEDLSTM_CUDA_PATH");
+  return env && std::strcmp(env, "persistent") == 0 ? "persistent" : "fallback";
+}
+
+const char* fl_cuda_last_forward_path(void) { return fusedlstm::cuda::last_forward_path(); }
 
 }  // extern "C"

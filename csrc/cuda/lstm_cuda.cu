@@ -8,6 +8,7 @@
 // Storage type S (float, double, __half, __nv_bfloat16), math type A (double
 // for double, float otherwise): gate pre-activations, the cell state and the
 // saved activations are kept in A; h (the GEMM operand) in S.
+#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -335,6 +336,173 @@ __global__ void column_sum_kernel(int64_t rows, int64_t cols, const S* __restric
   db[j] = S(acc);
 }
 
+// ------------------------------------------------- persistent forward kernel
+// One cooperative launch runs a chunk of steps. CTA k owns hidden units
+// [k*HB, k*HB + HB) with all four gates: its slice of W_hh (4*HB rows, gate-
+// major: row g*HB + uu is W_hh row g*H + u) stays in shared memory for all
+// steps. Per step: stage h_{t-1} [B, H] from global memory (L2, bypassing L1:
+// other CTAs wrote it) into shared memory, compute the 4*HB x B dot products
+// (a warp per W row and up to kNB batch rows, lanes split k, shuffle
+// reduction), apply cell_forward to the owned units, publish h_t to global
+// memory, then one grid-wide barrier. h lives in two slots (inference) or in
+// h_hist (training), so no CTA overwrites what another may still read.
+constexpr int kPersistThreads = 256;
+constexpr int kNB = 8;
+
+template <class S, class A>
+struct PersistArgs {
+  int B, H, HB;
+  int t0, nt;
+  const S* w_hh;       // [4H, H] global
+  const A* xproj;      // chunk buffer: step t at xproj + (t - t0) * xproj_step; NULL = none
+  int64_t xproj_step;  // B*4H, or 0 (one_to_many: the same projection every step)
+  int xproj_first_only;  // one_to_many feed first: projection at t == 0 only
+  const A* bsum;       // [4H] or NULL
+  S* h;                // h slot s at h + s*B*H
+  int h_mod;           // slot(t) = h_mod ? t % h_mod : t  (inference 2, training 0 = h_hist)
+  A* c;                // same scheme for c
+  int c_mod;           // inference 1 (in place), training 0 (c_hist)
+  S* y;                // or NULL; step t row b at y + t*y_st + b*y_sb
+  int64_t y_st, y_sb;
+  A* acts;             // [T, B, 4H] or NULL
+  const int* len;      // [B] or NULL
+};
+
+template <class S, class A>
+__global__ void __launch_bounds__(kPersistThreads) persistent_fwd_kernel(PersistArgs<S, A> p) {
+  namespace cg = cooperative_groups;
+  cg::grid_group grid = cg::this_grid();
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const int B = p.B, H = p.H, HB = p.HB, R = 4 * HB;
+  A* pre_s = reinterpret_cast<A*>(smem_raw);                          // [B, R]
+  S* w_s = reinterpret_cast<S*>(smem_raw + sizeof(A) * size_t(B) * R);  // [R, H]
+  S* h_s = w_s + size_t(R) * H;                                       // [B, H]
+  const int u0 = blockIdx.x * HB;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = blockDim.x >> 5;
+  const int64_t G = 4 * int64_t(H);
+
+  for (int64_t i = tid; i < int64_t(R) * H; i += blockDim.x) {
+    const int r = static_cast<int>(i / H), k = static_cast<int>(i % H);
+    const int g = r / HB, u = u0 + r % HB;
+    w_s[i] = u < H ? p.w_hh[(int64_t(g) * H + u) * H + k] : S(0.0f);
+  }
+
+  for (int t = p.t0; t < p.t0 + p.nt; ++t) {
+    const int hs_prev = p.h_mod ? t % p.h_mod : t, hs_next = p.h_mod ? (t + 1) % p.h_mod : t + 1;
+    const int cs_prev = p.c_mod ? t % p.c_mod : t, cs_next = p.c_mod ? (t + 1) % p.c_mod : t + 1;
+    const S* h_prev = p.h + int64_t(hs_prev) * B * H;
+    S* h_next = p.h + int64_t(hs_next) * B * H;
+    const A* c_prev = p.c + int64_t(cs_prev) * B * H;
+    A* c_next = p.c + int64_t(cs_next) * B * H;
+
+    __syncthreads();  // h_s / pre_s of the previous step fully consumed
+    for (int64_t i = tid; i < int64_t(B) * H; i += blockDim.x) h_s[i] = __ldcg(h_prev + i);
+    __syncthreads();
+
+    for (int r = warp; r < R; r += nwarps) {
+      if (u0 + r % HB >= H) continue;
+      const S* wr = w_s + size_t(r) * H;
+      for (int b0 = 0; b0 < B; b0 += kNB) {
+        A acc[kNB];
+#pragma unroll
+        for (int q = 0; q < kNB; ++q) acc[q] = A(0);
+        for (int k = lane; k < H; k += 32) {
+          const A w = A(static_cast<typename Traits<S>::A>(wr[k]));
+#pragma unroll
+          for (int q = 0; q < kNB; ++q)
+            if (b0 + q < B) acc[q] += w * A(static_cast<typename Traits<S>::A>(h_s[size_t(b0 + q) * H + k]));
+        }
+#pragma unroll
+        for (int q = 0; q < kNB; ++q) {
+#pragma unroll
+          for (int off = 16; off > 0; off >>= 1) acc[q] += __shfl_xor_sync(0xffffffffu, acc[q], off);
+        }
+        if (lane == 0) {
+#pragma unroll
+          for (int q = 0; q < kNB; ++q)
+            if (b0 + q < B) pre_s[size_t(b0 + q) * R + r] = acc[q];
+        }
+      }
+    }
+    __syncthreads();
+
+    const A* xp = nullptr;
+    if (p.xproj && (!p.xproj_first_only || t == 0)) xp = p.xproj + int64_t(t - p.t0) * p.xproj_step;
+    for (int i = tid; i < B * HB; i += blockDim.x) {
+      const int b = i / HB, uu = i % HB, u = u0 + uu;
+      if (u >= H) continue;
+      const int64_t e = int64_t(b) * H + u;  // element (b, u) of a [B, H] state
+      const bool active = !p.len || t < p.len[b];
+      A* acts = p.acts ? p.acts + (int64_t(t) * B + b) * G + u : nullptr;
+      if (!active) {
+        h_next[e] = __ldcg(h_prev + e);
+        c_next[e] = c_prev[e];
+        if (p.y) p.y[t * p.y_st + b * p.y_sb + u] = S(0.0f);
+        if (acts)
+          for (int g = 0; g < 4; ++g) acts[g * int64_t(H)] = A(0);
+        continue;
+      }
+      A pre[4];
+#pragma unroll
+      for (int g = 0; g < 4; ++g) {
+        A v = pre_s[size_t(b) * R + g * HB + uu];
+        if (xp) v += xp[int64_t(b) * G + g * int64_t(H) + u];
+        if (p.bsum) v += p.bsum[g * int64_t(H) + u];
+        pre[g] = v;
+      }
+      A c_new, h_new;
+      const GateActs<A> a = cell_forward<A>(pre[0], pre[1], pre[2], pre[3], c_prev[e], c_new, h_new);
+      c_next[e] = c_new;
+      const S h_s_val = S(h_new);
+      __stcg(h_next + e, h_s_val);
+      if (p.y) p.y[t * p.y_st + b * p.y_sb + u] = h_s_val;
+      if (acts) {
+        acts[0] = a.i;
+        acts[H] = a.f;
+        acts[2 * int64_t(H)] = a.g;
+        acts[3 * int64_t(H)] = a.o;
+      }
+    }
+    if (t + 1 < p.t0 + p.nt) grid.sync();  // h_t published to every CTA
+  }
+}
+
+// Launch plan for the persistent kernel, or false when it cannot run here
+// (W_hh slice + h + partial sums over shared memory, or more CTAs than can be
+// co-resident, or no cooperative launch).
+struct PersistPlan {
+  int HB = 0, blocks = 0;
+  size_t smem = 0;
+};
+
+template <class S, class A>
+bool persistent_plan(int device, int64_t B, int64_t H, PersistPlan* plan) {
+  int sms = 0, optin = 0, coop = 0;
+  FL_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  FL_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  FL_CUDA_CHECK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device));
+  if (!coop || sms < 1 || H > INT_MAX / 4 || B > INT_MAX) return false;
+  const int64_t HB = (H + sms - 1) / sms;
+  const size_t smem = sizeof(A) * size_t(B) * 4 * HB + sizeof(S) * size_t(4 * HB) * H + sizeof(S) * size_t(B) * H;
+  if (smem > size_t(optin)) return false;
+  FL_CUDA_CHECK(cudaFuncSetAttribute(persistent_fwd_kernel<S, A>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                     static_cast<int>(smem)));
+  int per_sm = 0;
+  FL_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, persistent_fwd_kernel<S, A>,
+                                                              kPersistThreads, smem));
+  const int64_t blocks = (H + HB - 1) / HB;
+  if (per_sm < 1 || blocks > int64_t(per_sm) * sms) return false;
+  plan->HB = static_cast<int>(HB), plan->blocks = static_cast<int>(blocks), plan->smem = smem;
+  return true;
+}
+
+template <class S, class A>
+void launch_persistent(const PersistPlan& plan, PersistArgs<S, A> args, cudaStream_t stream) {
+  void* kargs[] = {&args};
+  FL_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(persistent_fwd_kernel<S, A>),
+                                            dim3(plan.blocks), dim3(kPersistThreads), kargs, plan.smem, stream));
+}
+
 #define FL_LAUNCH(kernel, n, stream, ...)                                     \
   do {                                                                        \
     if ((n) > 0) {                                                            \
@@ -414,6 +582,15 @@ std::vector<int> checked_lengths(const fl_cuda_forward_params& p, bool* all_full
   return len;
 }
 
+thread_local const char* last_path = "none";
+
+// FUSEDLSTM_CUDA_PATH=persistent asks for the persistent forward kernel where
+// it can run (it falls back otherwise); anything else: the fallback path.
+bool want_persistent() {
+  const char* env = std::getenv("FUSEDLSTM_CUDA_PATH");
+  return env && std::strcmp(env, "persistent") == 0;
+}
+
 template <class S>
 void forward_impl(const fl_cuda_forward_params& p, SavedState** saved_out) {
   using A = typename Traits<S>::A;
@@ -483,13 +660,25 @@ void forward_impl(const fl_cuda_forward_params& p, SavedState** saved_out) {
     c_buf = DevBuf(B * H * sizeof(A), stream);
     c_state = c_buf.as<A>();
   }
+  // The persistent kernel needs h in two slots in inference (CTAs read h_{t-1}
+  // while others write h_t); training already has h_hist.
+  PersistPlan plan;
+  const bool persistent = want_persistent() && !(one_to_many && p.feed == FL_FEED_OUTPUT) &&
+                          persistent_plan<S, A>(p.device, B, H, &plan);
+  last_path = persistent ? "persistent" : "fallback";
+  DevBuf h_slots;
+  if (persistent && !training) {
+    h_slots = DevBuf(2 * B * H * sizeof(S), stream);
+    h_state = h_slots.as<S>();
+  }
   // Initial states (h in S, c in A).
   FL_LAUNCH((convert_rows_kernel<S, S>), B * H, stream, B, H, static_cast<const S*>(p.h0), H, h_state, H);
   FL_LAUNCH((convert_rows_kernel<A, S>), B * H, stream, B, H, static_cast<const S*>(p.c0), H, c_state, H);
 
   // Input projection xproj = x_t W_ih^T for a chunk of steps at a time (memory
   // stays bounded for long sequences); one_to_many needs only step 0's.
-  const int64_t chunk = one_to_many ? 1 : std::max<int64_t>(1, std::min<int64_t>(T, (int64_t(1) << 25) / (B * G)));
+  const int64_t chunk = one_to_many ? (persistent ? T : 1)
+                                    : std::max<int64_t>(1, std::min<int64_t>(T, (int64_t(1) << 25) / (B * G)));
   DevBuf xproj_buf(chunk * B * G * sizeof(A), stream);
   A* xproj = xproj_buf.as<A>();
   if (one_to_many)
@@ -503,6 +692,23 @@ void forward_impl(const fl_cuda_forward_params& p, SavedState** saved_out) {
     if (!one_to_many)
       gemm.run(false, true, B, G, I, 1.0, x + t0 * p.x_stride_t, sdt, p.x_stride_b, w_ih, sdt, I, 0.0, xproj, adt,
                G, nt, p.x_stride_t, 0, B * G);
+    if (persistent) {
+      PersistArgs<S, A> a{};
+      a.B = static_cast<int>(B), a.H = static_cast<int>(H), a.HB = plan.HB;
+      a.t0 = static_cast<int>(t0), a.nt = static_cast<int>(nt);
+      a.w_hh = w_hh;
+      a.xproj = xproj;
+      a.xproj_step = one_to_many ? 0 : B * G;
+      a.xproj_first_only = one_to_many && p.feed == FL_FEED_FIRST;
+      a.bsum = bsum;
+      a.h = h_state, a.h_mod = training ? 0 : 2;
+      a.c = c_state, a.c_mod = training ? 0 : 1;
+      a.y = static_cast<S*>(p.y), a.y_st = p.y_stride_t, a.y_sb = p.y_stride_b;
+      a.acts = training ? st->acts.as<A>() : nullptr;
+      a.len = len;
+      launch_persistent<S, A>(plan, a, stream);
+      continue;
+    }
     for (int64_t t = t0; t < t0 + nt; ++t) {
       const S* h_prev = training ? h_state + t * B * H : h_state;
       S* h_next = training ? h_state + (t + 1) * B * H : h_state;
@@ -541,6 +747,9 @@ void forward_impl(const fl_cuda_forward_params& p, SavedState** saved_out) {
     st->end_use(stream);
     *saved_out = st_owner.release();
   } else {
+    if (persistent)  // h_T is in slot T % 2
+      FL_CUDA_CHECK(cudaMemcpyAsync(p.h_n, h_state + (T % 2) * B * H, B * H * sizeof(S), cudaMemcpyDeviceToDevice,
+                                    stream));
     FL_LAUNCH((convert_rows_kernel<S, A>), B * H, stream, B, H, c_state, H, static_cast<S*>(p.c_n), H);
   }
 }
@@ -679,6 +888,8 @@ struct CellFn {
 };
 
 }  // namespace
+
+const char* last_forward_path() { return last_path; }
 
 void forward(const fl_cuda_forward_params& p, SavedState** saved_out) {
   DeviceGuard guard(p.device);

@@ -17,6 +17,8 @@ void backward(const fl_cuda_backward_params& p, SavedState& state);
 void cell(const fl_cuda_cell_params& p);
 void free_saved(SavedState* state) noexcept;
 int64_t saved_bytes(const SavedState* state);
+// "persistent" or "fallback": the recurrence the last forward on this thread ran.
+const char* last_forward_path();
 
 }  // namespace fusedlstm::cuda
 

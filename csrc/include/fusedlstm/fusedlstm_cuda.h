@@ -130,9 +130,19 @@ const char* fl_cuda_last_error(void);
 int fl_cuda_device_count(const char** why);
 // "80-real;90-real;90-virtual" etc.: what this build compiled.
 const char* fl_cuda_build_archs(void);
-// Recurrence path in use: "fallback" (per-step cuBLAS GEMM + fused pointwise
-// kernel). FUSEDLSTM_CUDA_PATH selects it; no other path is built yet.
+// Forward recurrence selection, from the environment variable
+// FUSEDLSTM_CUDA_PATH (read at every call):
+//   "fallback" (default; also "auto" for now): per step a cuBLAS GEMM
+//     h_{t-1} W_hh^T + one fused pointwise kernel; works for every size.
+//   "persistent": one cooperative launch per chunk of steps; each CTA keeps its
+//     W_hh slice (all four gates of its hidden units) in shared memory, one grid
+//     barrier per step. Used where it fits (W_hh slice + h in shared memory,
+//     all CTAs co-resident, not feed FL_FEED_OUTPUT); elsewhere the fallback runs.
+// Not yet validated on a GPU, hence not the default. Backward always runs the
+// fallback structure.
 const char* fl_cuda_path(void);
+// "persistent" or "fallback": what the last forward on this thread ran ("none" before any).
+const char* fl_cuda_last_forward_path(void);
 
 #ifdef __cplusplus
 }

@@ -267,8 +267,11 @@ def test_cuda_lengths_on_device_and_stream(make_problem, reference_outputs):
     res = fusedlstm.lstm_forward(dev["x"], dev["w_ih"], dev["w_hh"], dev["b_ih"], dev["b_hh"], dev["h0"],
                                  dev["c0"], lengths=lens, stream=s)
     s.synchronize()
-    torch.testing.assert_close(res.y, base.y, rtol=0, atol=0)
-    torch.testing.assert_close(res.h_n, base.h_n, rtol=0, atol=0)
+    # Same math as the training run above, but other buffers: cuBLAS may pick
+    # another kernel (pointer alignment), so float32 closeness, not bitwise.
+    torch.testing.assert_close(res.y, base.y)
+    torch.testing.assert_close(res.h_n, base.h_n)
+    torch.testing.assert_close(res.c_n, base.c_n)
 
 
 def test_cuda_backward_after_inputs_change_and_twice(make_problem):
@@ -280,7 +283,8 @@ def test_cuda_backward_after_inputs_change_and_twice(make_problem):
                                  dev["c0"], training=True)
     g1 = fusedlstm.lstm_backward(res, **ups)
     for v in dev.values():
-        v.fill_(7.0)
+        if v is not None:
+            v.fill_(7.0)
     g2 = fusedlstm.lstm_backward(res, **ups)
     for name in ("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih"):
         torch.testing.assert_close(getattr(g1, name), getattr(g2, name), rtol=0, atol=0)

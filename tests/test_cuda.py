@@ -67,6 +67,30 @@ def test_cuda_module_built_and_importable():
     assert _cuda.build_archs() == ",".join(cuda["archs"])
 
 
+def test_unimportable_cuda_module_is_reported_not_raised(monkeypatch):
+    """A _cuda that fails to import (no libcublas, no driver...) leaves the
+    package working: cuda_available() is False and build_info() says why."""
+    import importlib
+    import sys
+
+    import fusedlstm._cuda_dispatch as d
+    monkeypatch.setitem(sys.modules, "fusedlstm._cuda", None)  # import now raises ImportError
+    monkeypatch.delattr(fusedlstm, "_cuda", raising=False)
+    try:
+        d = importlib.reload(d)
+        assert d._cuda is None and "import of fusedlstm._cuda" in d._IMPORT_ERROR
+        assert fusedlstm.cuda_available() is False
+        info = fusedlstm.build_info()["cuda"]
+        assert info["devices"] == 0 and info.get("reason")
+        if info["compiled"]:
+            assert "failed to import" in info["reason"]
+        res = fusedlstm.lstm_forward(np.zeros((2, 1, 3)), np.zeros((8, 3)), np.zeros((8, 2)))
+        assert res.y.shape == (2, 1, 2)
+    finally:
+        monkeypatch.undo()
+        importlib.reload(d)
+
+
 def test_host_arrays_reject_stream(rng):
     x = rng.standard_normal((3, 2, 4)).astype(np.float32)
     w_ih = rng.standard_normal((20, 4)).astype(np.float32)

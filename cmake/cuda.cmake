@@ -112,8 +112,7 @@ if(NOT _fl_cuda STREQUAL "off")
     endif()
 
     if(NOT DEFINED _fl_cublas_from)
-      _fl_cuda_unavailable("cuBLAS not found (not in the CUDA toolkit; `pip install nvidia-cublas` "
-                           "or set FUSEDLSTM_CUBLAS_ROOT)")
+      _fl_cuda_unavailable("cuBLAS not found (not in the CUDA toolkit; pip install nvidia-cublas or set FUSEDLSTM_CUBLAS_ROOT)")
     else()
       message(STATUS "fusedlstm: CUDA backend ON, archs ${CMAKE_CUDA_ARCHITECTURES}, "
                      "nvcc ${CMAKE_CUDA_COMPILER_VERSION}, cuBLAS from ${_fl_cublas_from}")

@@ -8,7 +8,15 @@
 // Storage type S (float, double, __half, __nv_bfloat16), math type A (double
 // for double, float otherwise): gate pre-activations, the cell state and the
 // saved activations are kept in A; h (the GEMM operand) in S.
+//
+// FUSEDLSTM_CUDA_EMULATE (bench/dev/emu/ only, never in the package): this
+// file is compiled by a host C++ compiler against a CPU stand-in for the CUDA
+// runtime and cuBLAS, each launch becomes a loop over blocks and threads, and
+// the persistent kernel is left out; it lets the driver and the fallback
+// kernels run on a machine without a GPU.
+#ifndef FUSEDLSTM_CUDA_EMULATE
 #include <cooperative_groups.h>
+#endif
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -368,6 +376,12 @@ struct PersistArgs {
   const int* len;      // [B] or NULL
 };
 
+struct PersistPlan {
+  int HB = 0, blocks = 0;
+  size_t smem = 0;
+};
+
+#ifndef FUSEDLSTM_CUDA_EMULATE
 template <class S, class A>
 __global__ void __launch_bounds__(kPersistThreads) persistent_fwd_kernel(PersistArgs<S, A> p) {
   namespace cg = cooperative_groups;
@@ -470,10 +484,6 @@ __global__ void __launch_bounds__(kPersistThreads) persistent_fwd_kernel(Persist
 // Launch plan for the persistent kernel, or false when it cannot run here
 // (W_hh slice + h + partial sums over shared memory, or more CTAs than can be
 // co-resident, or no cooperative launch).
-struct PersistPlan {
-  int HB = 0, blocks = 0;
-  size_t smem = 0;
-};
 
 template <class S, class A>
 bool persistent_plan(int device, int64_t B, int64_t H, PersistPlan* plan) {
@@ -503,6 +513,18 @@ void launch_persistent(const PersistPlan& plan, PersistArgs<S, A> args, cudaStre
                                             dim3(plan.blocks), dim3(kPersistThreads), kargs, plan.smem, stream));
 }
 
+#else   // FUSEDLSTM_CUDA_EMULATE: no persistent kernel
+template <class S, class A>
+bool persistent_plan(int, int64_t, int64_t, PersistPlan*) {
+  return false;
+}
+template <class S, class A>
+void launch_persistent(const PersistPlan&, PersistArgs<S, A>, cudaStream_t) {
+  throw CudaError("the persistent kernel is not emulated");
+}
+#endif  // FUSEDLSTM_CUDA_EMULATE
+
+#ifndef FUSEDLSTM_CUDA_EMULATE
 #define FL_LAUNCH(kernel, n, stream, ...)                                     \
   do {                                                                        \
     if ((n) > 0) {                                                            \
@@ -510,6 +532,12 @@ void launch_persistent(const PersistPlan& plan, PersistArgs<S, A> args, cudaStre
       FL_LAUNCH_CHECK(#kernel);                                               \
     }                                                                         \
   } while (0)
+#else
+#define FL_LAUNCH(kernel, n, stream, ...)                                                  \
+  do {                                                                                     \
+    if ((n) > 0) ::fl_emu::launch(blocks_for(n), kThreads, [&] { kernel(__VA_ARGS__); }); \
+  } while (0)
+#endif
 
 }  // namespace
 

@@ -82,6 +82,21 @@ class LSTMGrads:
             for k in self.__slots__) + ")"
 
 
+# ------------------------------------------------------------ CUDA hook
+def _on_cuda(a) -> bool:
+    """True when `a` is a GPU array (DLPack device CUDA): the call then goes to
+    fusedlstm/_cuda_dispatch.py. numpy arrays never pay for the CUDA import."""
+    if isinstance(a, np.ndarray) or getattr(a, "__dlpack_device__", None) is None:
+        return False
+    from ._cuda_dispatch import is_cuda_array
+    return is_cuda_array(a)
+
+
+def _no_stream_on_host(stream):
+    if stream is not None:
+        raise ValueError("stream= applies only to CUDA arrays; x is a host array")
+
+
 # ----------------------------------------------------------------- checks
 def _float_array(name, a, dtype=None):
     """a as an ndarray of float32/float64; dtype, when given, must match."""
@@ -149,7 +164,8 @@ def _weights(w_ih, w_hh, b_ih, b_hh, dtype):
 
 # ---------------------------------------------------------------- forward
 def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, mode="many_to_many",
-                 lengths=None, steps=None, feed="repeat", batch_first=False, training=False):
+                 lengths=None, steps=None, feed="repeat", batch_first=False, training=False,
+                 allow_tf32=False, stream=None):
     """Run an LSTM layer over a sequence with fused kernels.
 
     Weights are ``torch.nn.LSTM``'s: ``w_ih`` (4H, I), ``w_hh`` (4H, H),
@@ -177,6 +193,12 @@ def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, mode=
     one_to_many = mode == "one_to_many"
     if not one_to_many and feed != "repeat":
         raise ValueError(f"feed applies only to mode='one_to_many', got feed={feed!r} with mode={mode!r}")
+    if _on_cuda(x):
+        from . import _cuda_dispatch
+        return _cuda_dispatch.lstm_forward(
+            x, w_ih, w_hh, b_ih, b_hh, h0, c0, mode=mode, lengths=lengths, steps=steps, feed=feed,
+            batch_first=batch_first, training=training, allow_tf32=allow_tf32, stream=stream)
+    _no_stream_on_host(stream)
 
     x = _float_array("x", x)
     dtype = x.dtype
@@ -250,7 +272,7 @@ def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, mode=
 
 
 # --------------------------------------------------------------- backward
-def lstm_backward(result, dy=None, dh_n=None, dc_n=None):
+def lstm_backward(result, dy=None, dh_n=None, dc_n=None, *, stream=None):
     """Backward through time for a forward run with ``training=True``.
 
     ``dy``, ``dh_n``, ``dc_n`` are the gradients of the loss with respect to
@@ -264,6 +286,10 @@ def lstm_backward(result, dy=None, dh_n=None, dc_n=None):
         raise ValueError("result was computed with training=False, which keeps nothing for backward; "
                          "call lstm_forward(..., training=True)")
     ctx = result._ctx
+    if ctx.get("backend") == "cuda":
+        from . import _cuda_dispatch
+        return _cuda_dispatch.lstm_backward(result, dy, dh_n, dc_n, stream=stream)
+    _no_stream_on_host(stream)
     dtype, B, H, T = ctx["dtype"], ctx["B"], ctx["H"], ctx["T"]
     mode, batch_first = ctx["mode"], ctx["batch_first"]
 
@@ -297,12 +323,17 @@ def lstm_backward(result, dy=None, dh_n=None, dc_n=None):
 
 
 # ------------------------------------------------------------------- cell
-def lstm_cell(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None):
+def lstm_cell(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None, *, allow_tf32=False, stream=None):
     """One LSTM step (one-to-one, streaming): returns ``(h_new, c_new)``.
 
     x (B, I), h and c (B, H); weights as in :func:`lstm_forward`. Works on the
     weights as given (no packing), so a call costs little beyond the math.
     """
+    if _on_cuda(x):
+        from . import _cuda_dispatch
+        return _cuda_dispatch.lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh, allow_tf32=allow_tf32,
+                                        stream=stream)
+    _no_stream_on_host(stream)
     x = _float_array("x", x)
     dtype = x.dtype
     w_ih, w_hh, b_ih, b_hh, H, I = _weights(w_ih, w_hh, b_ih, b_hh, dtype)

@@ -1,0 +1,628 @@
+#!/usr/bin/env python3
+"""Module-level benchmark: fusedlstm.torch.LSTM vs torch.nn.LSTM (float32).
+
+Both modules get identical weights (load_state_dict from the nn.LSTM) and the
+same inputs; both are timed in the same run, interleaved in bursts (A B, B A,
+...), the first call of each burst dropped (torch's OpenMP workers spin for
+milliseconds after a call and slow whatever runs next; see bench/NOTES.md),
+median over the kept calls.  Timing helper: fusedlstm._bench.measure_interleaved
+(the one bench/bench_cpu.py uses).
+
+  train  one training step: optimizer.zero_grad(set_to_none=True), forward,
+         loss = mse_loss(y, target) (y.data for packed input), loss.backward(),
+         optimizer.step() (SGD lr 1e-3 by default, --optim adam for Adam).
+         The input requires grad (as behind an embedding or another layer)
+         unless --no-input-grad.
+  infer  forward under torch.no_grad(), module in eval() mode.
+
+Every configuration is checked once before timing: outputs and every
+parameter gradient (and dx) of the two modules must agree (y to 1e-3 max abs,
+gradients to 1e-3 normwise relative), else the 'check' column says FAIL.
+
+speedup = torch ms / fusedlstm ms (> 1: fusedlstm faster).
+
+With --kernel, 1-layer unidirectional unpacked rows also time the numpy
+kernel API (fusedlstm.lstm_forward / lstm_backward on the same weights, the
+calls of bench/bench_cpu.py) in the same interleaved run: the difference to
+the module is the torch front end plus loss and optimizer (train) or the
+front end alone (infer).
+
+CUDA: timed when torch.cuda.is_available() and fusedlstm.torch accepts CUDA
+tensors; otherwise the run says why it was skipped.
+
+Examples:
+  python bench/bench_torch_train.py                 # full grid (~10 min on 2 cores)
+  python bench/bench_torch_train.py --quick         # ~1 min
+  python bench/bench_torch_train.py --kernel --json out.json
+  python bench/bench_torch_train.py --configs 1x1x100x1x256 2x2x100x16x256
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+
+# nn.LSTM with proj_size leaves oneDNN for ATen's per-step implementation and warns on every call.
+warnings.filterwarnings("ignore", message="LSTM with projections is not supported with oneDNN")
+
+
+def _imports():
+    try:
+        import fusedlstm  # noqa: F401
+    except ImportError:
+        here = os.path.dirname(os.path.abspath(__file__))
+        sys.path.insert(0, os.path.join(here, os.pardir, "python"))
+        import fusedlstm  # noqa: F401,F811
+    import numpy as np
+    import torch
+
+    import fusedlstm
+    import fusedlstm.torch as flt
+    from fusedlstm import _bench
+    return fusedlstm, flt, _bench, torch, np
+
+
+# --------------------------------------------------------------------------
+# configurations
+# --------------------------------------------------------------------------
+
+class Config:
+    """L layers, D directions, T, B, H, I (= H unless given), proj, packed."""
+
+    def __init__(self, L, D, T, B, H, I=None, proj=0, packed=False):
+        self.L, self.D, self.T, self.B, self.H = int(L), int(D), int(T), int(B), int(H)
+        self.I = int(I) if I else self.H
+        self.proj, self.packed = int(proj), bool(packed)
+
+    def model(self):
+        return f"{self.L}L {'bi' if self.D == 2 else 'uni'}"
+
+    def label(self):
+        s = f"{self.model()} T={self.T} B={self.B} H={self.H}"
+        if self.I != self.H:
+            s += f" I={self.I}"
+        if self.proj:
+            s += f" P={self.proj}"
+        if self.packed:
+            s += " packed"
+        return s
+
+    def as_dict(self):
+        return {"layers": self.L, "bidirectional": self.D == 2, "T": self.T, "B": self.B,
+                "H": self.H, "I": self.I, "proj_size": self.proj, "packed": self.packed}
+
+
+def parse_config(s):
+    """LxDxTxBxH[xI][pP][packed], e.g. 2x2x100x16x256 or 1x1x100x16x512p128packed."""
+    packed = s.endswith("packed")
+    core = s[:-len("packed")] if packed else s
+    proj = 0
+    if "p" in core:
+        core, p = core.split("p", 1)
+        proj = int(p)
+    parts = [int(v) for v in core.split("x")]
+    if len(parts) not in (5, 6) or parts[1] not in (1, 2):
+        raise argparse.ArgumentTypeError(f"bad config {s!r}: expected LxDxTxBxH[xI][pP][packed]")
+    return Config(*parts, proj=proj, packed=packed)
+
+
+def default_configs(quick):
+    if quick:
+        return [Config(1, 1, 100, 1, 256), Config(1, 1, 100, 16, 256),
+                Config(2, 1, 100, 1, 256), Config(1, 2, 100, 16, 128),
+                Config(2, 2, 100, 1, 128), Config(1, 1, 100, 16, 256, proj=128),
+                Config(1, 1, 100, 16, 256, packed=True)]
+    cfgs = []
+    # 1 layer, unidirectional: the whole B x H grid (comparable with README).
+    cfgs += [Config(1, 1, 100, b, h) for b in (1, 16, 64) for h in (128, 256, 512)]
+    # 2 layers and bidirectional: B x H with the most expensive corners left out.
+    for L, D in ((2, 1), (1, 2), (2, 2)):
+        cfgs += [Config(L, D, 100, b, h) for b in (1, 16, 64) for h in (128, 256, 512)
+                 if not (b == 64 and h == 512) and not (L * D == 4 and b == 64 and h >= 256)]
+    # projection and packed variable lengths
+    cfgs += [Config(1, 1, 100, 1, 512, proj=128), Config(1, 1, 100, 16, 512, proj=128),
+             Config(2, 2, 100, 16, 256, proj=128),
+             Config(1, 1, 100, 16, 256, packed=True), Config(2, 2, 100, 16, 256, packed=True)]
+    return cfgs
+
+
+# --------------------------------------------------------------------------
+# one configuration: two modules with the same weights, inputs built once
+# --------------------------------------------------------------------------
+
+class Pair:
+    def __init__(self, cfg, fl, flt, torch, np, device, optim, input_grad, seed=0):
+        self.cfg, self.fl, self.torch, self.np = cfg, fl, torch, np
+        self.device = device
+        torch.manual_seed(seed)
+        kw = dict(num_layers=cfg.L, bidirectional=cfg.D == 2, proj_size=cfg.proj, batch_first=False)
+        self.ref = torch.nn.LSTM(cfg.I, cfg.H, **kw).to(device)
+        self.ours = flt.LSTM(cfg.I, cfg.H, **kw).to(device)
+        self.ours.load_state_dict(self.ref.state_dict())
+        g = torch.Generator().manual_seed(seed + 1)
+        T, B = cfg.T, cfg.B
+        x = torch.randn(T, B, cfg.I, generator=g).to(device)
+        self.x = x.requires_grad_(input_grad)
+        hout = cfg.proj or cfg.H
+        if cfg.packed:
+            lengths = torch.randint(T // 2, T + 1, (B,), generator=g)
+            lengths[0] = T
+            packed = torch.nn.utils.rnn.pack_padded_sequence(x.detach(), lengths, enforce_sorted=False)
+            # the packed data is the leaf (the graph of the packing op would be freed by the first backward)
+            self.x = packed.data.requires_grad_(input_grad)
+            self.input = torch.nn.utils.rnn.PackedSequence(self.x, packed.batch_sizes, packed.sorted_indices,
+                                                           packed.unsorted_indices)
+            self.target = torch.randn(int(lengths.sum()), cfg.D * hout, generator=g).to(device)
+        else:
+            self.input = self.x
+            self.target = torch.randn(T, B, cfg.D * hout, generator=g).to(device)
+        mk = (lambda p: torch.optim.Adam(p, lr=1e-4)) if optim == "adam" else \
+            (lambda p: torch.optim.SGD(p, lr=1e-3))
+        self.opt = {"torch": mk(self.ref.parameters()), "fusedlstm": mk(self.ours.parameters())}
+        self.mod = {"fusedlstm": self.ours, "torch": self.ref}  # ours first: a device it refuses fails fast
+        self.sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+    def _out(self, y):
+        return y.data if self.cfg.packed else y
+
+    def train_fn(self, name):
+        mod, opt, F = self.mod[name], self.opt[name], self.torch.nn.functional
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            self.x.grad = None
+            y, _ = mod(self.input)
+            loss = F.mse_loss(self._out(y), self.target)
+            loss.backward()
+            opt.step()
+            self.sync()
+        return step
+
+    def infer_fn(self, name):
+        mod, torch = self.mod[name], self.torch
+
+        def fwd():
+            with torch.no_grad():
+                y, _ = mod(self.input)
+            self.sync()
+            return y
+        return fwd
+
+    def check(self, mode):
+        """One forward (+ backward) of each module from the same weights, compared.
+        Doubles as the first warm-up call.  No optimizer step (weights stay equal)."""
+        torch, np = self.torch, self.np
+        F = torch.nn.functional
+        res, ran = {}, {}
+        for name, mod in self.mod.items():
+            t0 = time.perf_counter()
+            if mode == "infer":
+                mod.eval()
+                with torch.no_grad():
+                    y, (h, c) = mod(self.input)
+                res[name] = (self._out(y), h, c, {})
+            else:
+                mod.train()
+                for p in mod.parameters():
+                    p.grad = None
+                self.x.grad = None
+                y, (h, c) = mod(self.input)
+                F.mse_loss(self._out(y), self.target).backward()
+                grads = {n: p.grad for n, p in mod.named_parameters()}
+                if self.x.grad is not None:
+                    grads["input"] = self.x.grad
+                res[name] = (self._out(y).detach(), h.detach(), c.detach(), grads)
+                self.x.grad = None
+            self.sync()
+            ran[name] = time.perf_counter() - t0
+        a, b = res["fusedlstm"], res["torch"]
+        y_err = max(float((a[i].double() - b[i].double()).abs().max()) for i in range(3))
+        g_err = 0.0
+        for n, gb in b[3].items():
+            ga = a[3].get(n)
+            if ga is None:
+                g_err = float("inf")
+                continue
+            den = float(gb.double().norm()) or 1.0
+            g_err = max(g_err, float((ga.double() - gb.double()).norm()) / den)
+        ok = y_err <= 1e-3 and g_err <= 1e-3 and np.isfinite(g_err)
+        return {"ok": bool(ok), "y_max_abs": y_err, "grad_rel_max": g_err, "ran": ran}
+
+
+class KernelCall:
+    """The numpy kernel API on the same weights: what bench_cpu.py times."""
+
+    def __init__(self, pair, fl, np):
+        m, cfg = pair.ref, pair.cfg
+        arr = lambda t: np.ascontiguousarray(t.detach().cpu().numpy())  # noqa: E731
+        self.fl = fl
+        self.w = [arr(m.weight_ih_l0), arr(m.weight_hh_l0), arr(m.bias_ih_l0), arr(m.bias_hh_l0)]
+        self.x = arr(pair.x)
+        self.dy = np.ones((cfg.T, cfg.B, cfg.H), dtype=np.float32)
+
+    def infer(self):
+        return self.fl.lstm_forward(self.x, *self.w, mode="many_to_many", training=False)
+
+    def train(self):
+        res = self.fl.lstm_forward(self.x, *self.w, mode="many_to_many", training=True)
+        return self.fl.lstm_backward(res, dy=self.dy)
+
+
+# --------------------------------------------------------------------------
+# --overheads: where the module's time goes, layer by layer of the front end
+# --------------------------------------------------------------------------
+
+OVERHEAD_SHAPES = [(1, 1, 8), (100, 1, 128), (100, 1, 512), (100, 16, 256)]
+
+
+def overheads(args, fl, flt, torch, np, _bench, log):
+    """1-layer unidirectional LSTM, I = H. Variants timed interleaved:
+    infer: nn.LSTM | module | torch.ops.fusedlstm.stack_forward (module Python
+    skipped) | _core.stack_forward on prepared numpy arrays (custom op, torch
+    allocation and conversions skipped) | numpy API fusedlstm.lstm_forward.
+    fwd+bwd (y.backward(dy), no loss, no optimizer): the same five levels.
+    extra: mse_loss fwd+bwd alone, optimizer.step() alone, zero_grad alone."""
+    from fusedlstm import _core
+    from fusedlstm.layers import stack_reserve_nbytes
+    rows = []
+    for T, B, H in OVERHEAD_SHAPES:
+        torch.manual_seed(0)
+        ref = torch.nn.LSTM(H, H)
+        ours = flt.LSTM(H, H)
+        ours.load_state_dict(ref.state_dict())
+        x = torch.randn(T, B, H)
+        xg = x.clone().requires_grad_(True)
+        dy = torch.randn(T, B, H)
+        w = ours._flat_weights
+        z = torch.zeros(1, B, H)
+        xn, dyn = x.numpy(), dy.numpy()
+        wn = [p.detach().numpy() for p in w]
+        cells = [tuple(wn) + (None,)]
+        zn = z.numpy()
+        yn, hn, cn = np.empty((T, B, H), np.float32), np.empty((1, B, H), np.float32), np.empty((1, B, H), np.float32)
+        res = np.empty(stack_reserve_nbytes(4, T, B, H, 0, 1, 1), np.uint8)
+        dxn, dh0n, dc0n = np.empty_like(xn), np.empty_like(zn), np.empty_like(zn)
+        gw = [np.empty_like(a) for a in wn]
+        gcells = [(gw[0], gw[1], gw[2], None)]
+
+        def core_fwd():
+            _core.stack_forward(xn, cells, zn, zn, None, None, 1, 1, 0, H, yn, hn, cn, None)
+
+        def core_fwdbwd():
+            _core.stack_forward(xn, cells, zn, zn, None, None, 1, 1, 0, H, yn, hn, cn, res)
+            _core.stack_backward(xn, cells, zn, zn, None, None, 1, 1, 0, H, res, dyn, None, None,
+                                 dxn, dh0n, dc0n, gcells)
+
+        def op_fwd():
+            with torch.no_grad():
+                torch.ops.fusedlstm.stack_forward(x, w, z, z, None, None, 1, False, 0, True, False, False)
+
+        def op_fwdbwd():
+            xg.grad = None
+            for q in w:
+                q.grad = None
+            y = torch.ops.fusedlstm.stack_forward(xg, w, z, z, None, None, 1, False, 0, True, False, True)[0]
+            y.backward(dy)
+
+        def mod_fwd(m):
+            def f():
+                with torch.no_grad():
+                    m(x)
+            return f
+
+        def mod_fwdbwd(m):
+            params = list(m.parameters())
+
+            def f():
+                xg.grad = None
+                for q in params:
+                    q.grad = None
+                y, _ = m(xg)
+                y.backward(dy)
+            return f
+
+        def np_fwd():
+            fl.lstm_forward(xn, *wn, mode="many_to_many", training=False)
+
+        def np_fwdbwd():
+            r = fl.lstm_forward(xn, *wn, mode="many_to_many", training=True)
+            fl.lstm_backward(r, dy=dyn)
+
+        yt = torch.randn(T, B, H, requires_grad=True)
+        tgt = torch.randn(T, B, H)
+        opt = torch.optim.SGD(ref.parameters(), lr=1e-3)
+        mod_fwdbwd(ref)()  # grads present for the optimizer
+
+        def loss_only():
+            yt.grad = None
+            torch.nn.functional.mse_loss(yt, tgt).backward()
+
+        def opt_only():
+            opt.step()
+
+        groups = {
+            "infer": [("nn.LSTM", mod_fwd(ref)), ("module", mod_fwd(ours)), ("custom op", op_fwd),
+                      ("_core", core_fwd), ("numpy API", np_fwd)],
+            "fwd+bwd": [("nn.LSTM", mod_fwdbwd(ref)), ("module", mod_fwdbwd(ours)), ("custom op", op_fwdbwd),
+                        ("_core", core_fwdbwd), ("numpy API", np_fwdbwd)],
+            "extra": [("mse_loss fwd+bwd", loss_only), ("SGD step", opt_only)],
+        }
+        for g, fns in groups.items():
+            wait_idle(args.max_busy, args.max_wait, log)
+            la = loadavg()
+            t_meas = time.perf_counter()
+            st = _bench.measure_interleaved(fns, min_time=args.min_time, min_reps=args.min_reps, warmup=2)
+            rest(args, time.perf_counter() - t_meas)
+            row = {"T": T, "B": B, "H": H, "group": g, "loadavg": la,
+                   "ms": {n: st[n]["median_ms"] for n, _ in fns}}
+            rows.append(row)
+            log(f"  overheads T={T} B={B} H={H} {g}: " +
+                ", ".join(f"{n} {fmt(v)}" for n, v in row["ms"].items()) + f" ms (load {la})")
+    return rows
+
+
+def overhead_table(rows):
+    out = ["### where the module's time goes (1 layer, uni, I = H; medians, ms)", "",
+           "| T, B, H | mode | nn.LSTM | module | custom op | _core | numpy API | module - _core |",
+           "|:---|:---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        m = r["ms"]
+        if r["group"] == "extra":
+            continue
+        out.append(f"| {r['T']}, {r['B']}, {r['H']} | {r['group']} | {fmt(m['nn.LSTM'])} | {fmt(m['module'])} | "
+                   f"{fmt(m['custom op'])} | {fmt(m['_core'])} | {fmt(m['numpy API'])} | "
+                   f"{m['module'] - m['_core']:+.3f} |")
+    out += ["", "| T, B, H | mse_loss fwd+bwd | SGD step (4 params) |", "|:---|---:|---:|"]
+    for r in rows:
+        if r["group"] == "extra":
+            out.append(f"| {r['T']}, {r['B']}, {r['H']} | {fmt(r['ms']['mse_loss fwd+bwd'])} | "
+                       f"{fmt(r['ms']['SGD step'])} |")
+    out.append("")
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------
+# output
+# --------------------------------------------------------------------------
+
+def fmt(v):
+    if v is None:
+        return "-"
+    if v >= 100:
+        return f"{v:.1f}"
+    if v >= 10:
+        return f"{v:.2f}"
+    return f"{v:.3f}"
+
+
+def table(rows, mode, with_kernel):
+    out = [f"### {'training step (fwd + loss + bwd + optimizer step)' if mode == 'train' else 'inference (no_grad forward)'}",
+           ""]
+    head = "| config | check | torch ms | fusedlstm ms | speedup |"
+    sep = "|:---|:---|---:|---:|---:|"
+    if with_kernel:
+        head += " kernel ms | module - kernel ms |"
+        sep += "---:|---:|"
+    out += [head, sep]
+    for r in rows:
+        if r["mode"] != mode:
+            continue
+        sp = f"**{r['speedup']:.2f}x**" if r["speedup"] else "-"
+        busy = r.get("others_busy_before")
+        flag = busy is not None and busy >= r.get("max_busy", 0.3) and not r.get("realtime")
+        chk = r["check"] + (f" (busy {busy:.1f})" if flag else "")
+        line = f"| {r['label']} | {chk} | {fmt(r['torch_ms'])} | {fmt(r['fusedlstm_ms'])} | {sp} |"
+        if with_kernel:
+            k = r.get("kernel_ms")
+            d = (r["fusedlstm_ms"] - k) if (k is not None and r["fusedlstm_ms"] is not None) else None
+            line += f" {fmt(k)} | {('%+.3f' % d) if d is not None else '-'} |"
+        out.append(line)
+    out.append("")
+    return "\n".join(out)
+
+
+def others_busy(window=0.3):
+    """CPU cores kept busy by other processes over `window` seconds while this
+    one sleeps (from /proc/stat), or None where that file is missing."""
+    def snap():  # jiffies: all CPUs' total, their idle + iowait, this process's own (spinning pools)
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        with open("/proc/self/stat") as f:
+            own = f.read().rsplit(")", 1)[1].split()
+        return sum(v), v[3] + v[4], int(own[11]) + int(own[12])
+    try:
+        t0, i0, o0 = snap()
+        time.sleep(window)
+        t1, i1, o1 = snap()
+    except (OSError, ValueError, IndexError):
+        return None
+    ncpu = os.cpu_count() or 1
+    total = max(t1 - t0, 1)
+    return max(0.0, ncpu * (total - (i1 - i0) - (o1 - o0)) / total)
+
+
+def wait_idle(max_busy, max_wait, log):
+    """Wait (up to max_wait s) until other processes use < max_busy cores;
+    returns the last reading."""
+    t_end = time.time() + max_wait
+    b = others_busy()
+    waited = False
+    while b is not None and b >= max_busy and time.time() < t_end:
+        if not waited:
+            log(f"    (other processes use {b:.2f} cores: waiting up to {max_wait:.0f} s)")
+            waited = True
+        time.sleep(2.0)
+        b = others_busy()
+    return b
+
+
+def realtime():
+    """True when this process runs under a real-time policy (e.g. `chrt -r 1`):
+    other processes' load then does not preempt the measurement."""
+    try:
+        return os.sched_getscheduler(0) in (os.SCHED_FIFO, os.SCHED_RR)
+    except (AttributeError, OSError):
+        return False
+
+
+def rest(args, seconds):
+    """Sleep args.rest x the measurement's duration (leaves the cores to others
+    on a shared machine, e.g. when this runs under chrt)."""
+    if args.rest > 0:
+        time.sleep(args.rest * seconds)
+
+
+def loadavg():
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "?"
+
+
+# --------------------------------------------------------------------------
+
+def run_device(device, cfgs, modes, args, fl, flt, torch, np, _bench, log):
+    rows = []
+    for cfg in cfgs:
+        try:
+            pair = Pair(cfg, fl, flt, torch, np, device, args.optim, not args.no_input_grad)
+        except NotImplementedError as e:
+            return rows, f"skipped on {device}: {e}"
+        kern = None
+        if args.kernel and device == "cpu" and cfg.L == 1 and cfg.D == 1 and not cfg.proj and not cfg.packed:
+            kern = KernelCall(pair, fl, np)
+        for mode in modes:
+            try:
+                chk = pair.check(mode)
+            except NotImplementedError as e:
+                return rows, f"skipped on {device}: {e}"
+            for m in pair.mod.values():
+                m.train(mode == "train")
+            fns = [("fusedlstm", pair.train_fn("fusedlstm") if mode == "train" else pair.infer_fn("fusedlstm")),
+                   ("torch", pair.train_fn("torch") if mode == "train" else pair.infer_fn("torch"))]
+            prewarmed = dict(chk["ran"])
+            if kern is not None:
+                fns.append(("kernel", kern.train if mode == "train" else kern.infer))
+            busy = wait_idle(args.max_busy, args.max_wait, log)
+            la0 = loadavg()
+            t_meas = time.perf_counter()
+            stats = _bench.measure_interleaved(fns, min_time=args.min_time, min_reps=args.min_reps,
+                                               min_reps_slow=3, warmup=2, prewarmed=prewarmed)
+            rest(args, time.perf_counter() - t_meas)
+            fl_ms, th_ms = stats["fusedlstm"]["median_ms"], stats["torch"]["median_ms"]
+            row = {"device": device, "mode": mode, "label": cfg.label(), **cfg.as_dict(),
+                   "check": "ok" if chk["ok"] else f"**FAIL** y {chk['y_max_abs']:.1e} grad {chk['grad_rel_max']:.1e}",
+                   "check_detail": {k: v for k, v in chk.items() if k != "ran"},
+                   "torch_ms": th_ms, "fusedlstm_ms": fl_ms, "speedup": th_ms / fl_ms,
+                   "kernel_ms": stats["kernel"]["median_ms"] if "kernel" in stats else None,
+                   "loadavg": [la0, loadavg()], "others_busy_before": busy, "max_busy": args.max_busy, "realtime": realtime(),
+                   "stats": {k: {kk: vv for kk, vv in v.items() if kk != "samples_ms"} for k, v in stats.items()}}
+            rows.append(row)
+            extra = f", kernel {fmt(row['kernel_ms'])} ms" if row["kernel_ms"] is not None else ""
+            log(f"  [{device}] {mode:5s} {cfg.label():38s} torch {fmt(th_ms):>7s} ms, fusedlstm "
+                f"{fmt(fl_ms):>7s} ms, {row['speedup']:.2f}x{extra} [{row['check']}] load {la0}, "
+                f"others busy {busy if busy is None else round(busy, 2)}")
+        del pair, kern
+    return rows, None
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("Examples:")[1])
+    p.add_argument("--quick", action="store_true", help="7 small configs, min-time 0.15 s (~1 min)")
+    p.add_argument("--configs", type=parse_config, nargs="+", default=None, metavar="LxDxTxBxH",
+                   help="custom configs LxDxTxBxH[xI][pP][packed], D = 1 or 2")
+    p.add_argument("--mode", choices=("train", "infer", "both"), default="both")
+    p.add_argument("--optim", choices=("sgd", "adam"), default="sgd")
+    p.add_argument("--no-input-grad", action="store_true", help="the input does not require grad")
+    p.add_argument("--kernel", action="store_true",
+                   help="also time the numpy kernel API on 1-layer unidirectional unpacked rows")
+    p.add_argument("--threads", type=int, default=2, help="threads for both libraries (default 2)")
+    p.add_argument("--min-time", type=float, default=None, help="timed seconds per library (default 0.4, quick 0.15)")
+    p.add_argument("--min-reps", type=int, default=5)
+    p.add_argument("--overheads", action="store_true",
+                   help="only the front-end decomposition (module / custom op / _core / numpy API)")
+    p.add_argument("--max-busy", type=float, default=0.3,
+                   help="before each measurement wait until other processes use fewer cores than this "
+                        "(sampled 0.3 s; default 0.3)")
+    p.add_argument("--max-wait", type=float, default=60.0, help="longest such wait in seconds (default 60)")
+    p.add_argument("--rest", type=float, default=0.0,
+                   help="after each measurement sleep this multiple of its duration (shared machines)")
+    p.add_argument("--no-cuda", action="store_true")
+    p.add_argument("--json", metavar="PATH", default=None)
+    p.add_argument("-q", "--quiet", action="store_true")
+    args = p.parse_args(argv)
+    if args.min_time is None:
+        args.min_time = 0.15 if args.quick else 0.4
+
+    fl, flt, _bench, torch, np = _imports()
+    torch.set_num_threads(args.threads)
+    fl.set_num_threads(args.threads)
+    info = _bench.machine_info(fl, torch)
+    info["torch_num_threads"] = torch.get_num_threads()
+    info["fusedlstm_num_threads"] = fl.get_num_threads()
+    print(_bench.header_line(info))
+    print(f"threads: torch.get_num_threads() = {info['torch_num_threads']}, "
+          f"fusedlstm.get_num_threads() = {info['fusedlstm_num_threads']}; float32, batch_first=False; "
+          f"optimizer {args.optim}; input requires grad: {not args.no_input_grad}; "
+          f"min-time {args.min_time} s, >= {args.min_reps} reps (3 for slow calls), median; "
+          f"loadavg at start {loadavg()}")
+    if realtime():
+        print("scheduling: real-time policy (chrt): other processes were preempted while measuring; "
+              "the load figures are taken between measurements")
+    print(flush=True)
+
+    if args.overheads:
+        log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+        rows = overheads(args, fl, flt, torch, np, _bench, log)
+        print(overhead_table(rows))
+        print(f"(loadavg at end {loadavg()})")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"machine": info, "overheads": rows}, f, indent=1)
+        return 0
+
+    cfgs = args.configs or default_configs(args.quick)
+    modes = ["train", "infer"] if args.mode == "both" else [args.mode]
+    log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    t0 = time.perf_counter()
+    rows, notes = [], []
+    r, why = run_device("cpu", cfgs, modes, args, fl, flt, torch, np, _bench, log)
+    rows += r
+    if args.no_cuda:
+        notes.append("CUDA: skipped (--no-cuda)")
+    elif not torch.cuda.is_available():
+        notes.append(f"CUDA: skipped (torch {torch.__version__} reports no CUDA device)")
+    else:
+        r, why = run_device("cuda", cfgs, modes, args, fl, flt, torch, np, _bench, log)
+        rows += r
+        notes.append(f"CUDA: {why}" if why else f"CUDA: {torch.cuda.get_device_name()}")
+    elapsed = time.perf_counter() - t0
+
+    for dev in sorted({r["device"] for r in rows}):
+        print(f"## {dev}\n")
+        for mode in modes:
+            print(table([r for r in rows if r["device"] == dev], mode, args.kernel and dev == "cpu"))
+    for n in notes:
+        print(n)
+    print(f"(total {elapsed:.1f} s, loadavg at end {loadavg()})")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": info, "args": {k: v for k, v in vars(args).items() if k != "configs"},
+                       "notes": notes, "elapsed_s": elapsed, "results": _bench.json_rows(rows)}, f, indent=1)
+        print(f"raw results written to {args.json}")
+    failed = [r for r in rows if not r["check"].startswith("ok")]
+    if failed:
+        print(f"WARNING: {len(failed)} row(s) failed the correctness check", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,351 @@
+"""The CUDA backend.
+
+Two parts:
+
+* Build tests that run everywhere: the CUDA module's presence is reported by
+  build_info(), cuda_available() answers without raising, host arrays reject
+  stream=. With FUSEDLSTM_EXPECT_CUDA=1 (CI sets it) the CUDA module must
+  have been compiled and must import.
+* GPU tests (skipped unless cuda_available() and torch with CUDA): the CPU
+  suite's cases on torch CUDA tensors against the float64 reference, with the
+  per-dtype tolerance below, outputs poisoned with NaN (conftest's autouse
+  debug_poison), fresh random inputs each run.
+
+Per-dtype tolerance on CUDA (max abs error vs the float64 reference evaluated
+on the same inputs, after rounding the inputs to the storage dtype):
+
+* float64:           the suite's policy (normwise relative 1e-12).
+* float32 (strict):  the suite's policy (<= 2 x the plain float32 numpy error + 4 eps floor).
+* float32 + TF32:    <= 1e-2 * max(1, max|ref|). TF32 keeps 10 mantissa bits of each
+                     GEMM operand (rel. 2^-11 per product).
+* float16:           <= 1e-2 * max(1, max|ref|). Storage of x, weights, h and the gate
+                     gradients in fp16 (rel. 2^-11); fp32 accumulation and cell state.
+* bfloat16:          <= 6e-2 * max(1, max|ref|). Storage in bf16 (rel. 2^-8).
+These looser bounds are estimates from the storage precision; they have NOT
+yet been checked on a GPU (see bench/NOTES_CUDA.md).
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+import fusedlstm
+
+LOOSE_TOL = {"tf32": 1e-2, "float16": 1e-2, "bfloat16": 6e-2}
+DTYPES = ["float32", "float64", "tf32", "float16", "bfloat16"]
+
+
+# ------------------------------------------------------------ build / host
+def test_cuda_available_never_raises():
+    assert fusedlstm.cuda_available() in (True, False)
+
+
+def test_build_info_reports_cuda():
+    info = fusedlstm.build_info()
+    cuda = info["cuda"]
+    assert "cpu" in info["backends"]
+    if cuda["compiled"]:
+        assert cuda["archs"], "a CUDA build must list its GPU archs"
+        assert any(a.startswith("80") for a in cuda["archs"]) and any(a.startswith("90") for a in cuda["archs"])
+        assert any(a.endswith("virtual") for a in cuda["archs"]), "PTX must be embedded"
+    if not fusedlstm.cuda_available():
+        assert cuda.get("reason"), "build_info must say why CUDA is unusable"
+    else:
+        assert "cuda" in info["backends"]
+
+
+@pytest.mark.skipif(os.environ.get("FUSEDLSTM_EXPECT_CUDA") != "1",
+                    reason="FUSEDLSTM_EXPECT_CUDA=1 not set (CI sets it: the CUDA module must be built)")
+def test_cuda_module_built_and_importable():
+    cuda = fusedlstm.build_info()["cuda"]
+    assert cuda["compiled"], cuda.get("reason")
+    assert cuda["importable"], cuda.get("reason")
+    from fusedlstm import _cuda
+    n, why = _cuda.device_count()
+    assert n >= 0 and isinstance(why, str)
+    assert _cuda.build_archs() == ",".join(cuda["archs"])
+
+
+def test_unimportable_cuda_module_is_reported_not_raised(monkeypatch):
+    """A _cuda that fails to import (no libcublas, no driver...) leaves the
+    package working: cuda_available() is False and build_info() says why."""
+    import importlib
+    import sys
+
+    import fusedlstm._cuda_dispatch as d
+    monkeypatch.setitem(sys.modules, "fusedlstm._cuda", None)  # import now raises ImportError
+    monkeypatch.delattr(fusedlstm, "_cuda", raising=False)
+    try:
+        d = importlib.reload(d)
+        assert d._cuda is None and "import of fusedlstm._cuda" in d._IMPORT_ERROR
+        assert fusedlstm.cuda_available() is False
+        info = fusedlstm.build_info()["cuda"]
+        assert info["devices"] == 0 and info.get("reason")
+        if info["compiled"]:
+            assert "failed to import" in info["reason"]
+        res = fusedlstm.lstm_forward(np.zeros((2, 1, 3)), np.zeros((8, 3)), np.zeros((8, 2)))
+        assert res.y.shape == (2, 1, 2)
+    finally:
+        monkeypatch.undo()
+        importlib.reload(d)
+
+
+def test_host_arrays_reject_stream(rng):
+    x = rng.standard_normal((3, 2, 4)).astype(np.float32)
+    w_ih = rng.standard_normal((20, 4)).astype(np.float32)
+    w_hh = rng.standard_normal((20, 5)).astype(np.float32)
+    with pytest.raises(ValueError, match="stream"):
+        fusedlstm.lstm_forward(x, w_ih, w_hh, stream=1)
+    h = np.zeros((2, 5), np.float32)
+    with pytest.raises(ValueError, match="stream"):
+        fusedlstm.lstm_cell(x[0], h, h, w_ih, w_hh, stream=1)
+    res = fusedlstm.lstm_forward(x, w_ih, w_hh, training=True)
+    with pytest.raises(ValueError, match="stream"):
+        fusedlstm.lstm_backward(res, stream=1)
+
+
+def test_host_arrays_are_not_cuda_arrays():
+    from fusedlstm._cuda_dispatch import is_cuda_array
+    assert not is_cuda_array(np.zeros(3))
+    assert not is_cuda_array([1.0])
+    torch = pytest.importorskip("torch")
+    assert not is_cuda_array(torch.zeros(3))
+
+
+# ------------------------------------------------------------------ GPU
+def _torch_cuda():
+    if not fusedlstm.cuda_available():
+        pytest.skip(f"CUDA unusable here: {fusedlstm.build_info()['cuda'].get('reason')}")
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch has no CUDA")
+    return torch
+
+
+def _tdtype(torch, name):
+    return {"float32": torch.float32, "tf32": torch.float32, "float64": torch.float64,
+            "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+def _to_dev(torch, a, dt):
+    return None if a is None else torch.as_tensor(np.asarray(a)).to("cuda").to(dt)
+
+
+def _to_np(torch, t):
+    return None if t is None else t.detach().to(torch.float64).cpu().numpy()
+
+
+def _check(name, actual64, ref64, plain32, dtname):
+    """actual64: the CUDA output as float64 numpy."""
+    from conftest import assert_policy
+
+    assert actual64 is not None or ref64 is None, name
+    if ref64 is None:
+        assert actual64 is None, f"{name}: expected None"
+        return
+    assert actual64.shape == ref64.shape, f"{name}: shape {actual64.shape} != {ref64.shape}"
+    assert np.all(np.isfinite(actual64)), f"{name}: NaN/Inf (an unwritten element?)"
+    if dtname == "float64":
+        assert_policy(name, actual64, ref64, dtype=np.float64)
+    elif dtname == "float32":
+        assert_policy(name, actual64.astype(np.float32), ref64, plain32, dtype=np.float32)
+    else:
+        err = float(np.max(np.abs(actual64 - ref64))) if ref64.size else 0.0
+        bound = LOOSE_TOL[dtname] * max(1.0, float(np.max(np.abs(ref64))) if ref64.size else 0.0)
+        assert err <= bound, f"{name} ({dtname}): max abs error {err:.3e} > {bound:.3e}"
+
+
+@pytest.fixture(params=["fallback", "persistent"])
+def cuda_path(request, monkeypatch):
+    """Runs a test with FUSEDLSTM_CUDA_PATH = fallback and = persistent."""
+    monkeypatch.setenv("FUSEDLSTM_CUDA_PATH", request.param)
+    return request.param
+
+
+def _assert_path(expected):
+    from fusedlstm import _cuda
+    assert _cuda.last_forward_path() == expected
+
+
+def _run_case(torch, prob, dtname, reference_outputs, *, backward=True, batch_first=False):
+    dt = _tdtype(torch, dtname)
+    ins = prob.inputs
+    dev = {k: _to_dev(torch, v, dt) for k, v in ins.items()}
+    # The reference sees the inputs as the GPU sees them (rounded to the storage dtype).
+    rounded = {k: _to_np(torch, v) for k, v in dev.items()}
+    opts = prob.options
+    kwargs = {k: rounded[k] for k in ("b_ih", "b_hh", "h0", "c0")}
+    kwargs.update(opts)
+    args = (rounded["x"], rounded["w_ih"], rounded["w_hh"])
+    ups = prob.upstream if backward else None
+    ups_dev = ups_r = None
+    if ups is not None:
+        ups_dev = {k: _to_dev(torch, v, dt) for k, v in ups.items()}
+        ups_r = {k: _to_np(torch, v) for k, v in ups_dev.items()}
+    ref_dtype = np.float32 if dtname == "float32" else np.float64
+    ref64, plain32 = reference_outputs(tuple(a.astype(ref_dtype) for a in args),
+                                       {k: (v.astype(ref_dtype) if isinstance(v, np.ndarray) and
+                                            v.dtype.kind == "f" else v) for k, v in kwargs.items()},
+                                       None if ups_r is None else {k: v.astype(ref_dtype) for k, v in
+                                                                   ups_r.items()},
+                                       dtype=ref_dtype)
+    fkw = dict(opts)
+    res = fusedlstm.lstm_forward(dev["x"], dev["w_ih"], dev["w_hh"], dev["b_ih"], dev["b_hh"], dev["h0"],
+                                 dev["c0"], training=ups is not None, allow_tf32=dtname == "tf32", **fkw)
+    torch.cuda.synchronize()
+    for name in ("y", "h_n", "c_n"):
+        out = getattr(res, name)
+        assert isinstance(out, torch.Tensor) and out.is_cuda and out.dtype == dt, name
+        _check(name, _to_np(torch, out), ref64[name], None if plain32 is None else plain32[name], dtname)
+    if ups is not None:
+        g = fusedlstm.lstm_backward(res, **ups_dev)
+        torch.cuda.synchronize()
+        for name in ("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih", "db_hh"):
+            _check(name, _to_np(torch, getattr(g, name)), ref64[name],
+                   None if plain32 is None else plain32[name], dtname)
+    return res
+
+
+@pytest.mark.parametrize("dtname", DTYPES)
+@pytest.mark.parametrize("mode", ["many_to_many", "many_to_one"])
+@pytest.mark.parametrize("lengths", [False, True])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_cuda_sequence(make_problem, reference_outputs, dtname, mode, lengths, batch_first, cuda_path):
+    torch = _torch_cuda()
+    prob = make_problem(mode=mode, T=7, B=5, I=9, H=13, lengths=lengths, batch_first=batch_first)
+    _run_case(torch, prob, dtname, reference_outputs)
+    _assert_path(cuda_path)  # small shapes always fit the persistent kernel
+
+
+@pytest.mark.parametrize("dtname", DTYPES)
+@pytest.mark.parametrize("feed", ["repeat", "first", "output"])
+@pytest.mark.parametrize("init", [False, True])
+def test_cuda_one_to_many(make_problem, reference_outputs, dtname, feed, init, cuda_path):
+    torch = _torch_cuda()
+    I = 11 if feed == "output" else 6
+    prob = make_problem(mode="one_to_many", T=6, B=3, I=I, H=11, feed=feed, init=init)
+    _run_case(torch, prob, dtname, reference_outputs)
+    _assert_path("fallback" if feed == "output" else cuda_path)  # feed='output' has no persistent kernel
+
+
+@pytest.mark.parametrize("bias", ["both", "ih", "hh", "none"])
+@pytest.mark.parametrize("upstream", ["all", "dy", "states"])
+def test_cuda_bias_and_upstream(make_problem, reference_outputs, bias, upstream):
+    torch = _torch_cuda()
+    prob = make_problem(T=5, B=4, I=7, H=9, bias=bias, upstream=upstream, lengths=True, init=False)
+    _run_case(torch, prob, "float32", reference_outputs)
+
+
+@pytest.mark.parametrize("dtname", ["float32", "float64", "tf32", "bfloat16"])
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (3, 1, 17, 33), (20, 33, 40, 70), (50, 64, 128, 128)])
+def test_cuda_sizes(make_problem, reference_outputs, dtname, shape):
+    torch = _torch_cuda()
+    T, B, I, H = shape
+    prob = make_problem(T=T, B=B, I=I, H=H, lengths=B > 1)
+    _run_case(torch, prob, dtname, reference_outputs)
+
+
+@pytest.mark.parametrize("dtname", DTYPES)
+@pytest.mark.parametrize("shape", [(20, 16, 64, 1024), (9, 3, 33, 300), (4, 40, 8, 129)])
+def test_cuda_persistent_large(make_problem, reference_outputs, dtname, shape, monkeypatch):
+    """Shapes where the persistent kernel spreads W_hh over many CTAs (it runs
+    when W_hh's slices fit in shared memory; the test reports which path ran)."""
+    torch = _torch_cuda()
+    monkeypatch.setenv("FUSEDLSTM_CUDA_PATH", "persistent")
+    T, B, I, H = shape
+    prob = make_problem(T=T, B=B, I=I, H=H, lengths=True)
+    _run_case(torch, prob, dtname, reference_outputs)
+    from fusedlstm import _cuda
+    print("path:", _cuda.last_forward_path())
+
+
+@pytest.mark.parametrize("dtname", DTYPES)
+def test_cuda_cell(rng, dtname):
+    torch = _torch_cuda()
+    from fusedlstm import reference
+    dt = _tdtype(torch, dtname)
+    B, I, H = 5, 7, 10
+    arrs = [rng.standard_normal(s) * sc for s, sc in (((B, I), 1), ((B, H), .5), ((B, H), 1),
+                                                       ((4 * H, I), .4), ((4 * H, H), .4), ((4 * H,), .5),
+                                                       ((4 * H,), .5))]
+    dev = [_to_dev(torch, a, dt) for a in arrs]
+    r = [_to_np(torch, d) for d in dev]
+    h_new, c_new = fusedlstm.lstm_cell(*dev, allow_tf32=dtname == "tf32")
+    ref = reference.forward(r[0][None], r[3], r[4], r[5], r[6], r[1], r[2])
+    plain = None
+    if dtname == "float32":
+        plain = reference.forward(*(a.astype(np.float32) for a in (r[0][None], r[3], r[4], r[5], r[6], r[1],
+                                                                    r[2])), dtype=np.float32)
+    _check("h_new", _to_np(torch, h_new), ref.h_n, plain and plain.h_n, dtname)
+    _check("c_new", _to_np(torch, c_new), ref.c_n, plain and plain.c_n, dtname)
+
+
+def test_cuda_lengths_on_device_and_stream(make_problem, reference_outputs):
+    torch = _torch_cuda()
+    prob = make_problem(T=6, B=4, I=5, H=7, lengths=True)
+    base = _run_case(torch, prob, "float32", reference_outputs)
+    dev = {k: _to_dev(torch, v, torch.float32) for k, v in prob.inputs.items()}
+    lens = torch.as_tensor(prob.lengths, device="cuda")
+    s = torch.cuda.Stream()
+    res = fusedlstm.lstm_forward(dev["x"], dev["w_ih"], dev["w_hh"], dev["b_ih"], dev["b_hh"], dev["h0"],
+                                 dev["c0"], lengths=lens, stream=s)
+    s.synchronize()
+    # Same math as the training run above, but other buffers: cuBLAS may pick
+    # another kernel (pointer alignment), so float32 closeness, not bitwise.
+    torch.testing.assert_close(res.y, base.y)
+    torch.testing.assert_close(res.h_n, base.h_n)
+    torch.testing.assert_close(res.c_n, base.c_n)
+
+
+def test_cuda_backward_after_inputs_change_and_twice(make_problem):
+    torch = _torch_cuda()
+    prob = make_problem(T=5, B=3, I=4, H=6)
+    dev = {k: _to_dev(torch, v, torch.float64) for k, v in prob.inputs.items()}
+    ups = {k: _to_dev(torch, v, torch.float64) for k, v in prob.upstream.items()}
+    res = fusedlstm.lstm_forward(dev["x"], dev["w_ih"], dev["w_hh"], dev["b_ih"], dev["b_hh"], dev["h0"],
+                                 dev["c0"], training=True)
+    g1 = fusedlstm.lstm_backward(res, **ups)
+    for v in dev.values():
+        if v is not None:
+            v.fill_(7.0)
+    g2 = fusedlstm.lstm_backward(res, **ups)
+    for name in ("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih"):
+        torch.testing.assert_close(getattr(g1, name), getattr(g2, name), rtol=0, atol=0)
+    assert res.saved_nbytes > 0
+
+
+def test_cuda_errors(rng):
+    torch = _torch_cuda()
+    x = torch.randn(3, 2, 4, device="cuda")
+    w_ih, w_hh = torch.randn(20, 4, device="cuda"), torch.randn(20, 5, device="cuda")
+    with pytest.raises(ValueError, match="w_hh"):
+        fusedlstm.lstm_forward(x, w_ih, w_hh.cpu().numpy())
+    with pytest.raises(ValueError, match="h0"):
+        fusedlstm.lstm_forward(x, w_ih, w_hh, h0=torch.zeros(2, 5))
+    with pytest.raises(TypeError, match="w_ih"):
+        fusedlstm.lstm_forward(x, w_ih.double(), w_hh)
+    with pytest.raises(ValueError, match="lengths"):
+        fusedlstm.lstm_forward(x, w_ih, w_hh, lengths=[1, 4])
+    with pytest.raises(ValueError, match="w_ih"):
+        fusedlstm.lstm_forward(x, torch.randn(20, 3, device="cuda"), w_hh)
+    with pytest.raises(TypeError, match="dtype"):
+        fusedlstm.lstm_forward(x.to(torch.int32), w_ih, w_hh)
+
+
+def test_cuda_cupy_arrays(rng):
+    _torch_cuda()
+    cupy = pytest.importorskip("cupy")
+    from fusedlstm import reference
+    T, B, I, H = 4, 3, 5, 6
+    x, w_ih, w_hh = rng.standard_normal((T, B, I)), rng.standard_normal((4 * H, I)) * .4, \
+        rng.standard_normal((4 * H, H)) * .4
+    res = fusedlstm.lstm_forward(cupy.asarray(x), cupy.asarray(w_ih), cupy.asarray(w_hh), training=True)
+    assert isinstance(res.y, cupy.ndarray)
+    dy = rng.standard_normal((T, B, H))
+    g = fusedlstm.lstm_backward(res, dy=cupy.asarray(dy))
+    r = reference.forward(x, w_ih, w_hh)
+    rg = reference.backward(r, dy=dy)
+    np.testing.assert_allclose(cupy.asnumpy(res.y), r.y, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(cupy.asnumpy(g.dw_hh), rg.dw_hh, rtol=0, atol=1e-11)
+    assert isinstance(g.dx, cupy.ndarray)

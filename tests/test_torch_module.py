@@ -1,0 +1,906 @@
+"""fusedlstm.torch (LSTM, LSTMCell, the fusedlstm::stack_forward / stack_backward ops).
+
+Truth is torch.nn.LSTM / nn.LSTMCell run in float64 on the same values (float32
+weights and inputs upcast exactly); it is itself checked against our numpy
+reference in test_torch_parity.py. Results are judged with the tolerance policy
+of conftest.py, where the "plain float32 implementation" that sets the float32
+error baseline is nn.LSTM / nn.LSTMCell in float32 on the same values.
+
+Covered: parity over randomly drawn configurations (layers 1-3, directions,
+proj_size, bias, batch_first, padded / packed (unsorted, random lengths) /
+pack_sequence (sorted) / unbatched input, with and without hx, dropout in eval
+mode, float32 / float64): y (and the PackedSequence fields), h_n, c_n, every
+parameter gradient and dx, dh0, dc0; dropout in training mode; LSTMCell parity;
+state_dict round trips and parameter names; torch.compile(fullgraph=True);
+torch.library.opcheck; gradcheck; double backward; autocast (bf16); errors;
+the core package importing without torch.
+"""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from torch import nn  # noqa: E402
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pack_sequence  # noqa: E402
+
+import fusedlstm.torch as ft  # noqa: E402
+
+pytestmark = pytest.mark.torch
+
+DTYPES = [pytest.param(torch.float32, id="f32"), pytest.param(torch.float64, id="f64")]
+INPUT_KINDS = ("padded", "packed", "sorted", "unbatched")
+NP_DTYPE = {torch.float32: np.float32, torch.float64: np.float64}
+
+
+# --------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------
+def _np(t):
+    return None if t is None else t.detach().cpu().numpy()
+
+
+def check(policy, name, got, truth, plain, dtype):
+    """policy check of a torch tensor `got` against float64 `truth` (plain: the float32 baseline)."""
+    assert got.dtype == dtype, f"{name}: dtype {got.dtype} != {dtype}"
+    policy.check(name, _np(got), _np(truth).astype(np.float64),
+                 None if plain is None else _np(plain), dtype=NP_DTYPE[dtype])
+
+
+def check_all(policy, got, truth, plain, dtype, prefix=""):
+    assert got.keys() == truth.keys(), (sorted(got), sorted(truth))
+    for k in truth:
+        if truth[k] is None:
+            assert got[k] is None, f"{prefix}{k}: expected None"
+            continue
+        check(policy, prefix + k, got[k], truth[k], None if plain is None else plain[k], dtype)
+
+
+def draw_config(rng, kind):
+    L = int(rng.integers(1, 4))
+    H = int(rng.integers(1, 20))
+    cfg = dict(
+        kind=kind,
+        num_layers=L,
+        bidirectional=bool(rng.integers(2)),
+        proj_size=int(rng.integers(1, H)) if H > 1 and rng.integers(2) else 0,
+        bias=bool(rng.integers(4)),  # mostly with bias
+        batch_first=bool(rng.integers(2)),
+        hx=bool(rng.integers(2)),
+        dropout=0.3 if L > 1 and rng.integers(2) else 0.0,  # such models run in eval mode
+        I=int(rng.integers(1, 12)),
+        H=H,
+        T=int(rng.integers(1, 8)),
+        B=1 if kind == "unbatched" else int(rng.integers(1, 7)),
+    )
+    return cfg
+
+
+class Data:
+    """The values of one problem, float64 tensors already rounded to `dtype`."""
+
+    def __init__(self, cfg, dtype, gen):
+        T, B, I, H = cfg["T"], cfg["B"], cfg["I"], cfg["H"]
+        D = 2 if cfg["bidirectional"] else 1
+        hout = cfg["proj_size"] or H
+        LD = cfg["num_layers"] * D
+        r = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64).to(dtype).double()  # noqa: E731
+        kind = cfg["kind"]
+        self.cfg, self.dtype = cfg, dtype
+        if kind == "unbatched":
+            self.x = r(T, I)
+            self.h0, self.c0 = 0.5 * r(LD, hout), r(LD, H)
+            self.dy, self.dhn, self.dcn = r(T, D * hout), r(LD, hout), r(LD, H)
+            self.lengths = None
+            return
+        self.x = r(B, T, I) if cfg["batch_first"] else r(T, B, I)
+        self.h0, self.c0 = 0.5 * r(LD, B, hout), r(LD, B, H)
+        self.dy = r(B, T, D * hout) if cfg["batch_first"] else r(T, B, D * hout)
+        self.dhn, self.dcn = r(LD, B, hout), r(LD, B, H)
+        self.lengths = None
+        if kind in ("packed", "sorted"):
+            lengths = torch.randint(1, T + 1, (B,), generator=gen)
+            if kind == "sorted":
+                lengths = lengths.sort(descending=True).values
+            self.lengths = lengths
+
+    def pack(self, a):
+        bf = self.cfg["batch_first"]
+        if self.cfg["kind"] == "packed":
+            return pack_padded_sequence(a, self.lengths, batch_first=bf, enforce_sorted=False)
+        seqs = [(a[i] if bf else a[:, i])[: int(n)] for i, n in enumerate(self.lengths)]
+        return pack_sequence(seqs, enforce_sorted=True)
+
+
+def make_models(cfg, dtype, ours_cls=ft.LSTM):
+    """(ours in dtype, nn.LSTM float64 truth, nn.LSTM float32 baseline or None): equal weights."""
+    kw = dict(num_layers=cfg["num_layers"], bias=cfg["bias"], batch_first=cfg["batch_first"],
+              dropout=cfg["dropout"], bidirectional=cfg["bidirectional"], proj_size=cfg["proj_size"])
+    src = nn.LSTM(cfg["I"], cfg["H"], dtype=dtype, **kw)
+    ours = ours_cls(cfg["I"], cfg["H"], dtype=dtype, **kw)
+    ours.load_state_dict(src.state_dict(), strict=True)
+    truth = nn.LSTM(cfg["I"], cfg["H"], dtype=torch.float64, **kw)
+    truth.load_state_dict({k: v.double() for k, v in src.state_dict().items()}, strict=True)
+    plain = src if dtype == torch.float32 else None
+    models = [ours, truth] + ([plain] if plain is not None else [])
+    if cfg["dropout"] > 0:
+        for m in models:
+            m.eval()
+    return ours, truth, plain
+
+
+def run_model(model, data, dtype):
+    """forward + backward of `model` on `data` in `dtype`: outputs, input and parameter grads."""
+    cfg = data.cfg
+    x = data.x.to(dtype).requires_grad_(True)
+    inputs = [x]
+    hx = None
+    if cfg["hx"]:
+        h0 = data.h0.to(dtype).requires_grad_(True)
+        c0 = data.c0.to(dtype).requires_grad_(True)
+        hx = (h0, c0)
+        inputs += [h0, c0]
+    packed = cfg["kind"] in ("packed", "sorted")
+    inp = data.pack(x) if packed else x
+    y, (hn, cn) = model(inp, hx)
+    out = {}
+    if packed:
+        assert isinstance(y, PackedSequence)
+        out["_packed_meta"] = (y.batch_sizes, y.sorted_indices, y.unsorted_indices)
+        ydata = y.data
+        dy = data.pack(data.dy.to(dtype)).data
+    else:
+        ydata = y
+        dy = data.dy.to(dtype)
+    loss = (ydata * dy).sum() + (hn * data.dhn.to(dtype)).sum() + (cn * data.dcn.to(dtype)).sum()
+    params = list(model.named_parameters())
+    grads = torch.autograd.grad(loss, inputs + [p for _, p in params])
+    out.update(y=ydata, h_n=hn, c_n=cn, dx=grads[0])
+    if cfg["hx"]:
+        out.update(dh0=grads[1], dc0=grads[2])
+    for (name, _), g in zip(params, grads[len(inputs):]):
+        out["d" + name] = g
+    return out
+
+
+def compare_runs(policy, got, truth, plain, dtype, prefix=""):
+    meta = got.pop("_packed_meta", None)
+    meta_truth = truth.pop("_packed_meta", None)
+    if plain is not None:
+        plain.pop("_packed_meta", None)
+    assert (meta is None) == (meta_truth is None)
+    if meta is not None:
+        for name, a, b in zip(("batch_sizes", "sorted_indices", "unsorted_indices"), meta, meta_truth):
+            assert (a is None) == (b is None), name
+            if a is not None:
+                assert torch.equal(a, b), f"{name}: {a} != {b}"
+    check_all(policy, got, truth, plain, dtype, prefix=prefix)
+
+
+# --------------------------------------------------------------------------------------
+# parity with nn.LSTM
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("draw", range(3))
+@pytest.mark.parametrize("kind", INPUT_KINDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_lstm_matches_nn_lstm_random(dtype, kind, draw, rng, seed, policy):
+    cfg = draw_config(rng, kind)
+    print("config:", cfg)
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    ours, truth_m, plain_m = make_models(cfg, dtype)
+    data = Data(cfg, dtype, gen)
+    got = run_model(ours, data, dtype)
+    truth = run_model(truth_m, data, torch.float64)
+    plain = None if plain_m is None else run_model(plain_m, data, dtype)
+    compare_runs(policy, got, truth, plain, dtype)
+
+
+FIXED = [
+    dict(num_layers=3, bidirectional=True, proj_size=4, bias=True, batch_first=True, hx=True, dropout=0.3,
+         I=7, H=9, T=6, B=5),
+    dict(num_layers=2, bidirectional=True, proj_size=0, bias=False, batch_first=False, hx=False, dropout=0.0,
+         I=1, H=1, T=1, B=1),
+    dict(num_layers=2, bidirectional=False, proj_size=1, bias=True, batch_first=False, hx=True, dropout=0.0,
+         I=33, H=37, T=9, B=6),
+]
+
+
+@pytest.mark.parametrize("fixed", range(len(FIXED)))
+@pytest.mark.parametrize("kind", INPUT_KINDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_lstm_matches_nn_lstm_fixed(dtype, kind, fixed, seed, policy):
+    cfg = dict(FIXED[fixed], kind=kind)
+    if kind == "unbatched":
+        cfg["B"] = 1
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    ours, truth_m, plain_m = make_models(cfg, dtype)
+    data = Data(cfg, dtype, gen)
+    got = run_model(ours, data, dtype)
+    truth = run_model(truth_m, data, torch.float64)
+    plain = None if plain_m is None else run_model(plain_m, data, dtype)
+    compare_runs(policy, got, truth, plain, dtype)
+
+
+def test_packed_lengths_shorter_than_padding(seed, policy):
+    """max(lengths) < T of the padded tensor: the extra steps get zero gradient, as in nn.LSTM."""
+    cfg = dict(FIXED[0], kind="packed", dropout=0.0)
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    data = Data(cfg, torch.float64, gen)
+    data.lengths = torch.tensor([2, 4, 1, 3, 2])  # T = 6
+    ours, truth_m, _ = make_models(cfg, torch.float64)
+    got = run_model(ours, data, torch.float64)
+    truth = run_model(truth_m, data, torch.float64)
+    compare_runs(policy, got, truth, None, torch.float64)
+    assert torch.count_nonzero(got["dx"][:, 4:]) == 0
+
+
+@pytest.mark.parametrize("used", ["y", "h_n", "c_n"])
+def test_only_one_output_used(used, seed, policy):
+    """Outputs that do not enter the loss have no upstream gradient (None / zeros)."""
+    cfg = dict(FIXED[0], kind="packed", dropout=0.0)
+    torch.manual_seed(seed)
+    ours, truth_m, _ = make_models(cfg, torch.float64)
+    data = Data(cfg, torch.float64, torch.Generator().manual_seed(seed))
+    results = []
+    for m in (ours, truth_m):
+        x = data.x.clone().requires_grad_(True)
+        y, (h, c) = m(data.pack(x))
+        out = {"y": y.data, "h_n": h, "c_n": c}[used]
+        results.append(dict(zip(["dx"] + [n for n, _ in m.named_parameters()],
+                                torch.autograd.grad(out.pow(2).sum(), [x] + list(m.parameters())))))
+    check_all(policy, results[0], results[1], None, torch.float64)
+
+
+def test_noncontiguous_and_expanded_inputs(seed, policy):
+    cfg = dict(FIXED[0], kind="padded", dropout=0.0, batch_first=False)
+    torch.manual_seed(seed)
+    ours, truth_m, _ = make_models(cfg, torch.float64)
+    g = torch.Generator().manual_seed(seed)
+    T, B, I, H, P = cfg["T"], cfg["B"], cfg["I"], cfg["H"], cfg["proj_size"]
+    x = torch.randn(T, 2 * B, I, dtype=torch.float64, generator=g)[:, ::2]  # strided batch
+    xe = torch.randn(T, 1, I, dtype=torch.float64, generator=g).expand(T, B, I)  # stride 0
+    h0 = torch.randn(6, B, 2 * P, dtype=torch.float64, generator=g)[..., ::2]  # strided last dim
+    c0 = torch.randn(6, H, B, dtype=torch.float64, generator=g).transpose(1, 2)
+    for inp in (x, xe, x.transpose(0, 1).contiguous().transpose(0, 1)):
+        assert not inp.is_contiguous()
+        y, (h, c) = ours(inp, (h0, c0))
+        y_t, (h_t, c_t) = truth_m(inp, (h0, c0))
+        check_all(policy, {"y": y, "h_n": h, "c_n": c}, {"y": y_t, "h_n": h_t, "c_n": c_t}, None, torch.float64)
+
+
+@pytest.mark.xfail(reason="fusedlstm.torch.LSTM rejects an empty batch (B=0), nn.LSTM returns empty "
+                          "outputs", raises=ValueError, strict=True)
+def test_empty_batch_like_nn_lstm():
+    torch.manual_seed(0)
+    ref = nn.LSTM(3, 4, num_layers=2)
+    ours = ft.LSTM(3, 4, num_layers=2)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(5, 0, 3)
+    y, (h, c) = ours(x)
+    y_ref, (h_ref, c_ref) = ref(x)
+    assert y.shape == y_ref.shape and h.shape == h_ref.shape and c.shape == c_ref.shape
+
+
+# --------------------------------------------------------------------------------------
+# dropout
+# --------------------------------------------------------------------------------------
+def _dropout_model(dropout, dtype=torch.float64, proj_size=0):
+    torch.manual_seed(1234)
+    return ft.LSTM(5, 6, num_layers=3, bidirectional=True, dropout=dropout, proj_size=proj_size, dtype=dtype)
+
+
+@pytest.mark.parametrize("proj_size", [0, 3])
+def test_dropout_train_is_seeded_and_differs_from_eval(proj_size, seed):
+    m = _dropout_model(0.5, proj_size=proj_size)
+    x = torch.randn(7, 4, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    m.train()
+    outs = []
+    for s in (seed, seed, seed + 1):
+        torch.manual_seed(s)
+        y, (h, c) = m(x)
+        outs.append((y, h, c))
+    for a, b in zip(outs[0], outs[1]):
+        assert torch.equal(a, b)  # same seed -> same mask -> same result
+    assert not torch.equal(outs[0][0], outs[2][0])  # another seed, another mask
+    m.eval()
+    y_eval, (h_eval, c_eval) = m(x)
+    assert not torch.allclose(outs[0][0], y_eval)
+    # the first layer sees no dropout
+    assert torch.equal(outs[0][1][:2], h_eval[:2]) and torch.equal(outs[0][2][:2], c_eval[:2])
+    # eval is deterministic
+    y_eval2, _ = m(x)
+    assert torch.equal(y_eval, y_eval2)
+
+
+def test_dropout_zero_train_equals_eval(seed):
+    m = _dropout_model(0.0)
+    x = torch.randn(7, 4, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(seed),
+                    requires_grad=True)
+    m.train()
+    y_tr, (h_tr, c_tr) = m(x)
+    m.eval()
+    y_ev, (h_ev, c_ev) = m(x)
+    assert torch.equal(y_tr, y_ev) and torch.equal(h_tr, h_ev) and torch.equal(c_tr, c_ev)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dropout_one_train_matches_nn_lstm(dtype, seed, policy):
+    """dropout=1 in training mode zeroes every layer's input but the first's, deterministically,
+    in nn.LSTM too: full parity of outputs and gradients with the masks applied."""
+    cfg = dict(kind="padded", num_layers=3, bidirectional=True, proj_size=2, bias=True, batch_first=False,
+               hx=True, dropout=1.0, I=4, H=5, T=5, B=3)
+    torch.manual_seed(seed)
+    ours, truth_m, plain_m = make_models(cfg, dtype)
+    for m in (ours, truth_m, plain_m):
+        if m is not None:
+            m.train()
+    data = Data(cfg, dtype, torch.Generator().manual_seed(seed))
+    got = run_model(ours, data, dtype)
+    truth = run_model(truth_m, data, torch.float64)
+    plain = None if plain_m is None else run_model(plain_m, data, dtype)
+    compare_runs(policy, got, truth, plain, dtype)
+    assert torch.count_nonzero(got["dweight_ih_l1"]) == 0
+
+
+def test_dropout_gradcheck(seed):
+    """Gradients with a dropout mask are those of the masked function (the mask re-drawn
+    from the same seed in each evaluation)."""
+    torch.manual_seed(seed)
+    m = ft.LSTM(2, 3, num_layers=2, bidirectional=True, dropout=0.4, proj_size=2, dtype=torch.float64)
+    m.train()
+    x = torch.randn(3, 2, 2, dtype=torch.float64, requires_grad=True)
+    names = [n for n, _ in m.named_parameters()]
+
+    def f(x, *params):
+        torch.manual_seed(seed)
+        y, (h, c) = torch.func.functional_call(m, dict(zip(names, params)), (x,))
+        return y, h, c
+
+    params = tuple(p.detach().clone().requires_grad_(True) for p in m.parameters())
+    torch.manual_seed(seed)
+    y_masked = f(x, *params)[0]
+    m.eval()
+    assert not torch.allclose(y_masked, m(x)[0])  # a mask did apply
+    m.train()
+    assert torch.autograd.gradcheck(f, (x,) + params)
+
+
+# --------------------------------------------------------------------------------------
+# LSTMCell
+# --------------------------------------------------------------------------------------
+CELL_CASES = [
+    dict(batched=True, hx=True, bias=True, B=4, I=7, H=13),
+    dict(batched=False, hx=True, bias=True, B=1, I=5, H=3),
+    dict(batched=True, hx=False, bias=True, B=3, I=2, H=9),
+    dict(batched=False, hx=False, bias=True, B=1, I=3, H=4),
+    dict(batched=True, hx=True, bias=False, B=5, I=6, H=11),
+    dict(batched=True, hx=True, bias=True, B=1, I=1, H=1),
+    dict(batched=True, hx=True, bias=True, B=7, I=33, H=70),
+]
+
+
+def _cell_run(cell, case, vals, dtype):
+    x = vals["x"].to(dtype).requires_grad_(True)
+    inputs, hx = [x], None
+    if case["hx"]:
+        h, c = vals["h"].to(dtype).requires_grad_(True), vals["c"].to(dtype).requires_grad_(True)
+        inputs += [h, c]
+        hx = (h, c)
+    h1, c1 = cell(x, hx)
+    loss = (h1 * vals["dh"].to(dtype)).sum() + (c1 * vals["dc"].to(dtype)).sum()
+    params = list(cell.named_parameters())
+    grads = torch.autograd.grad(loss, inputs + [p for _, p in params])
+    out = {"h": h1, "c": c1, "dx": grads[0]}
+    if case["hx"]:
+        out.update(dh=grads[1], dc=grads[2])
+    out.update({"d" + n: g for (n, _), g in zip(params, grads[len(inputs):])})
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CELL_CASES,
+                         ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+def test_cell_matches_nn_lstm_cell(case, dtype, seed, policy):
+    torch.manual_seed(seed)
+    src = nn.LSTMCell(case["I"], case["H"], bias=case["bias"], dtype=dtype)
+    ours = ft.LSTMCell(case["I"], case["H"], bias=case["bias"], dtype=dtype)
+    ours.load_state_dict(src.state_dict(), strict=True)
+    truth = nn.LSTMCell(case["I"], case["H"], bias=case["bias"], dtype=torch.float64)
+    truth.load_state_dict({k: v.double() for k, v in src.state_dict().items()}, strict=True)
+    g = torch.Generator().manual_seed(seed)
+    lead = (case["B"],) if case["batched"] else ()
+    r = lambda *s: torch.randn(*lead, *s, generator=g, dtype=torch.float64).to(dtype).double()  # noqa: E731
+    vals = dict(x=r(case["I"]), h=r(case["H"]), c=r(case["H"]), dh=r(case["H"]), dc=r(case["H"]))
+    got = _cell_run(ours, case, vals, dtype)
+    ref = _cell_run(truth, case, vals, torch.float64)
+    plain = _cell_run(src, case, vals, dtype) if dtype == torch.float32 else None
+    assert got["h"].shape == ref["h"].shape == (lead + (case["H"],))
+    check_all(policy, got, ref, plain, dtype)
+
+
+def test_cell_no_grad_and_state_dict():
+    torch.manual_seed(0)
+    src = nn.LSTMCell(4, 6)
+    ours = ft.LSTMCell(4, 6)
+    assert [(n, p.shape) for n, p in ours.named_parameters()] == \
+        [(n, p.shape) for n, p in src.named_parameters()]
+    ours.load_state_dict(src.state_dict(), strict=True)
+    back = nn.LSTMCell(4, 6)
+    back.load_state_dict(ours.state_dict(), strict=True)
+    for k, v in src.state_dict().items():
+        assert torch.equal(back.state_dict()[k], v)
+    nb = ft.LSTMCell(4, 6, bias=False)
+    assert nb.bias_ih is None and nb.bias_hh is None
+    assert list(nb.state_dict()) == list(nn.LSTMCell(4, 6, bias=False).state_dict())
+    with torch.no_grad():
+        h, c = ours(torch.randn(3, 4))
+    assert not h.requires_grad and h.shape == (3, 6)
+
+
+# --------------------------------------------------------------------------------------
+# state_dict
+# --------------------------------------------------------------------------------------
+SD_CASES = [
+    dict(num_layers=1),
+    dict(num_layers=3, bidirectional=True),
+    dict(num_layers=2, bidirectional=True, proj_size=3, bias=False),
+    dict(num_layers=2, proj_size=2, batch_first=True, dropout=0.2),
+]
+
+
+@pytest.mark.parametrize("kw", SD_CASES, ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()))
+def test_state_dict_round_trips(kw):
+    torch.manual_seed(0)
+    ref = nn.LSTM(5, 7, **kw)
+    ours = ft.LSTM(5, 7, **kw)
+    assert [(n, tuple(p.shape)) for n, p in ours.named_parameters()] == \
+        [(n, tuple(p.shape)) for n, p in ref.named_parameters()]
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    assert ours._flat_weights_names == ref._flat_weights_names
+    assert [[tuple(w.shape) for w in c] for c in ours.all_weights] == \
+        [[tuple(w.shape) for w in c] for c in ref.all_weights]
+    for attr in ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
+                 "bidirectional", "proj_size"):
+        assert getattr(ours, attr) == getattr(ref, attr), attr
+
+    # nn.LSTM -> ours -> nn.LSTM
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    back = nn.LSTM(5, 7, **kw)
+    back.load_state_dict(ours.state_dict(), strict=True)
+    for k, v in ref.state_dict().items():
+        assert torch.equal(ours.state_dict()[k], v) and torch.equal(back.state_dict()[k], v), k
+
+    # ours -> nn.LSTM -> ours
+    torch.manual_seed(1)
+    ours2 = ft.LSTM(5, 7, **kw)
+    ref2 = nn.LSTM(5, 7, **kw)
+    ref2.load_state_dict(ours2.state_dict(), strict=True)
+    ours3 = ft.LSTM(5, 7, **kw)
+    ours3.load_state_dict(ref2.state_dict(), strict=True)
+    for k, v in ours2.state_dict().items():
+        assert torch.equal(ours3.state_dict()[k], v), k
+
+
+def test_state_dict_strict_rejects_mismatch():
+    ours = ft.LSTM(5, 7, num_layers=2)
+    with pytest.raises(RuntimeError):
+        ours.load_state_dict(nn.LSTM(5, 7, num_layers=1).state_dict(), strict=True)
+    with pytest.raises(RuntimeError):
+        ours.load_state_dict(nn.LSTM(5, 7, num_layers=2, proj_size=3).state_dict(), strict=True)
+
+
+# --------------------------------------------------------------------------------------
+# torch.compile
+# --------------------------------------------------------------------------------------
+def _compile_case(backend):
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    m = ft.LSTM(3, 5, num_layers=2, bidirectional=True, proj_size=2, batch_first=True)
+    cm = torch.compile(m, fullgraph=True, backend=backend)
+    for T in (3, 5):
+        x = torch.randn(2, T, 3, requires_grad=True)
+        h0 = torch.randn(4, 2, 2, requires_grad=True)
+        c0 = torch.randn(4, 2, 5, requires_grad=True)
+        dy, dh, dc = torch.randn(2, T, 4), torch.randn(4, 2, 2), torch.randn(4, 2, 5)
+        results = []
+        for model in (m, cm):
+            y, (h, c) = model(x, (h0, c0))
+            loss = (y * dy).sum() + (h * dh).sum() + (c * dc).sum()
+            grads = torch.autograd.grad(loss, [x, h0, c0] + list(m.parameters()))
+            results.append([y, h, c, *grads])
+        for i, (a, b) in enumerate(zip(*results)):
+            torch.testing.assert_close(b, a, rtol=0, atol=0, msg=f"T={T}, result {i}")
+
+
+def test_compile_fullgraph_aot_eager():
+    _compile_case("aot_eager")
+
+
+def test_compile_fullgraph_inductor():
+    _compile_case("inductor")
+
+
+def test_compile_fullgraph_unbatched_and_no_hx():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    m = ft.LSTM(3, 4, num_layers=2)
+    cm = torch.compile(m, fullgraph=True, backend="aot_eager")
+    x = torch.randn(6, 3)
+    for model_out, eager_out in zip(cm(x)[0], m(x)[0]):
+        assert torch.equal(model_out, eager_out)
+    with torch.no_grad():
+        y, (h, c) = cm(x)
+    assert torch.equal(y, m(x)[0])
+
+
+@pytest.mark.xfail(reason="pad_packed_sequence is on dynamo's skip list: PackedSequence input "
+                          "graph-breaks under fullgraph=True", raises=Exception, strict=True)
+def test_compile_fullgraph_packed():
+    torch._dynamo.reset()
+    m = ft.LSTM(3, 4)
+    cm = torch.compile(m, fullgraph=True, backend="aot_eager")
+    p = pack_padded_sequence(torch.randn(4, 3, 3), torch.tensor([4, 2, 3]), enforce_sorted=False)
+    cm(p)
+
+
+# --------------------------------------------------------------------------------------
+# opcheck, gradcheck, double backward
+# --------------------------------------------------------------------------------------
+def _op_args(requires_grad, lengths, proj, bidirectional, batch_first=False, dropout=False, dtype=torch.float64):
+    torch.manual_seed(0)
+    T, B, I, H, L = 3, 2, 3, 4, 2
+    D = 2 if bidirectional else 1
+    hout = proj or H
+    m = ft.LSTM(I, H, num_layers=L, bidirectional=bidirectional, proj_size=proj, dtype=dtype)
+    w = [p.detach().clone().requires_grad_(requires_grad) for p in m._flat_weights]
+    x = torch.randn((B, T, I) if batch_first else (T, B, I), dtype=dtype, requires_grad=requires_grad)
+    h0 = torch.randn(L * D, B, hout, dtype=dtype, requires_grad=requires_grad)
+    c0 = torch.randn(L * D, B, H, dtype=dtype, requires_grad=requires_grad)
+    lens = torch.tensor([3, 1]) if lengths else None
+    mask = torch.empty(L - 1, T, B, D * hout, dtype=dtype).bernoulli_(0.5).mul_(2) if dropout else None
+    return (x, w, h0, c0, lens, mask, L, bidirectional, proj, True, batch_first, True)
+
+
+OP_CASES = [
+    dict(requires_grad=False, lengths=False, proj=0, bidirectional=False),
+    dict(requires_grad=True, lengths=False, proj=0, bidirectional=False),
+    dict(requires_grad=True, lengths=True, proj=0, bidirectional=False),
+    dict(requires_grad=True, lengths=False, proj=2, bidirectional=False),
+    dict(requires_grad=True, lengths=True, proj=2, bidirectional=True, batch_first=True, dropout=True),
+    dict(requires_grad=False, lengths=True, proj=0, bidirectional=True, dtype=torch.float32),
+]
+_ALL_CHECKS = {"test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic"}
+
+
+def _ids(c):
+    return "-".join(f"{k}={v}" for k, v in c.items())
+
+
+@pytest.mark.parametrize("case", OP_CASES, ids=_ids)
+def test_opcheck_stack_forward(case):
+    res = torch.library.opcheck(torch.ops.fusedlstm.stack_forward.default, _op_args(**case))
+    assert set(res) == _ALL_CHECKS and all(v == "SUCCESS" for v in res.values()), res
+
+
+@pytest.mark.parametrize("case", [c for c in OP_CASES], ids=_ids)
+def test_opcheck_stack_backward(case):
+    fargs = _op_args(**dict(case, requires_grad=False))
+    x, w, h0, c0, lens, mask, L, bidir, proj, has_bias, bf, _ = fargs
+    y, hn, cn, reserve = torch.ops.fusedlstm.stack_forward(*fargs)
+    torch.manual_seed(1)
+    dy, dhn, dcn = torch.randn_like(y), torch.randn_like(hn), torch.randn_like(cn)
+    bargs = (x, w, h0, c0, lens, mask, reserve, dy, dhn, dcn, L, bidir, proj, has_bias, bf)
+    res = torch.library.opcheck(torch.ops.fusedlstm.stack_backward.default, bargs)
+    assert set(res) == _ALL_CHECKS and all(v == "SUCCESS" for v in res.values()), res
+    # optional upstream gradients
+    bargs = (x, w, h0, c0, lens, mask, reserve, dy, None, None, L, bidir, proj, has_bias, bf)
+    res = torch.library.opcheck(torch.ops.fusedlstm.stack_backward.default, bargs)
+    assert all(v == "SUCCESS" for v in res.values()), res
+
+
+GRADCHECK_CASES = [
+    dict(num_layers=2, bidirectional=True, proj_size=2, lengths=True, batch_first=False, hx=True),
+    dict(num_layers=2, bidirectional=False, proj_size=0, lengths=False, batch_first=True, hx=True),
+    dict(num_layers=1, bidirectional=True, proj_size=0, lengths=True, batch_first=True, hx=False),
+    dict(num_layers=2, bidirectional=True, proj_size=1, lengths=False, batch_first=False, hx=False, bias=False),
+]
+
+
+@pytest.mark.parametrize("case", GRADCHECK_CASES, ids=_ids)
+def test_gradcheck(case, seed):
+    case = dict(case)
+    use_lengths, hx = case.pop("lengths"), case.pop("hx")
+    torch.manual_seed(seed)
+    I, H, T, B = 2, 3, 3, 2  # small: gradcheck differentiates every input numerically
+    m = ft.LSTM(I, H, dtype=torch.float64, **case)
+    D = 2 if case["bidirectional"] else 1
+    hout = case["proj_size"] or H
+    names = [n for n, _ in m.named_parameters()]
+    bf = case["batch_first"]
+    lengths = torch.tensor([1, 3])
+    x = torch.randn((B, T, I) if bf else (T, B, I), dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(case["num_layers"] * D, B, hout, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(case["num_layers"] * D, B, H, dtype=torch.float64, requires_grad=True)
+    params = tuple(p.detach().clone().requires_grad_(True) for p in m.parameters())
+
+    def f(x, h0, c0, *params):
+        inp = pack_padded_sequence(x, lengths, batch_first=bf, enforce_sorted=False) if use_lengths else x
+        y, (h, c) = torch.func.functional_call(m, dict(zip(names, params)),
+                                               (inp, (h0, c0) if hx else None))
+        return (y.data if use_lengths else y), h, c
+
+    inputs = (x, h0, c0) + params if hx else (x, h0.detach(), c0.detach()) + params
+    assert torch.autograd.gradcheck(f, inputs)
+
+
+def test_gradcheck_cell(seed):
+    torch.manual_seed(seed)
+    cell = ft.LSTMCell(3, 5, dtype=torch.float64)
+    names = [n for n, _ in cell.named_parameters()]
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    h = torch.randn(2, 5, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(2, 5, dtype=torch.float64, requires_grad=True)
+    params = tuple(p.detach().clone().requires_grad_(True) for p in cell.parameters())
+
+    def f(x, h, c, *params):
+        return torch.func.functional_call(cell, dict(zip(names, params)), (x, (h, c)))
+
+    assert torch.autograd.gradcheck(f, (x, h, c) + params)
+
+
+@pytest.mark.parametrize("cls", ["LSTM", "LSTMCell"])
+def test_double_backward_raises(cls):
+    torch.manual_seed(0)
+    if cls == "LSTM":
+        m = ft.LSTM(3, 4, num_layers=2, dtype=torch.float64)
+        x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+        out = m(x)[0]
+    else:
+        m = ft.LSTMCell(3, 4, dtype=torch.float64)
+        x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+        out = m(x)[0]
+    (gx,) = torch.autograd.grad(out.pow(2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        gx.pow(2).sum().backward()
+
+
+def test_backward_without_reserve_raises():
+    """The op run directly with need_reserve=False cannot be differentiated (clear error)."""
+    args = list(_op_args(requires_grad=True, lengths=False, proj=0, bidirectional=False))
+    args[-1] = False
+    y, _, _, reserve = torch.ops.fusedlstm.stack_forward(*args)
+    assert reserve.numel() == 0
+    with pytest.raises(RuntimeError, match="need_reserve"):
+        y.sum().backward()
+
+
+def test_no_grad_runs_without_reserve():
+    m = ft.LSTM(3, 4, num_layers=2)
+    with torch.no_grad():
+        y, (h, c) = m(torch.randn(5, 2, 3))
+    assert not y.requires_grad
+    y2, _ = m(torch.randn(5, 2, 3))
+    assert y2.requires_grad
+
+
+# --------------------------------------------------------------------------------------
+# autocast (CPU bf16)
+# --------------------------------------------------------------------------------------
+BF16_U = 2.0 ** -8  # unit roundoff of bfloat16 (8-bit significand): |bf16(v) - v| <= u |v|
+
+
+def test_autocast_bf16(seed):
+    """Under autocast(cpu, bf16) ours runs like nn.LSTM: outputs bf16, grads float32 on the
+    float32 parameters.
+
+    Tolerance (written down, from bf16 input rounding): autocast rounds x, h0, c0 and every
+    weight p to bf16, a relative perturbation |dp| <= u |p| with u = 2**-8. To first order an
+    output o then moves by at most u * sum_p |do/dp| |p| =: u * kappa(o) (kappa: the
+    componentwise condition number, computed exactly here from the float64 Jacobian); the
+    result is rounded once more to bf16 (<= u |o|). Ours keeps float32 inside (its arithmetic
+    error ~ 1e-6 relative is negligible next to u), so
+        |o_ours - o_ref64| <= u * (kappa(o) + |o|) * (1 + 1/8) + 2**-20 * max(1, max|o|),
+    the factor 1 + 1/8 covering second-order terms (relative size ~ u * kappa <= a few %
+    for these tiny, well-conditioned problems) and the last term float32 arithmetic.
+    nn.LSTM under autocast is not bound by this (it also rounds every step's state to bf16),
+    we only check it too stays within 8x of that bound as a sanity check of the bound itself.
+    """
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    L, D, I, H, P, T, B = 2, 2, 3, 5, 3, 4, 2
+    ref = nn.LSTM(I, H, num_layers=L, bidirectional=True, proj_size=P)
+    ours = ft.LSTM(I, H, num_layers=L, bidirectional=True, proj_size=P)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(T, B, I, generator=g)
+    h0 = 0.5 * torch.randn(L * D, B, P, generator=g)
+    c0 = torch.randn(L * D, B, H, generator=g)
+
+    # float64 truth on the float32 values, and the componentwise condition numbers
+    truth = nn.LSTM(I, H, num_layers=L, bidirectional=True, proj_size=P, dtype=torch.float64)
+    truth.load_state_dict({k: v.double() for k, v in ref.state_dict().items()})
+    names = [n for n, _ in truth.named_parameters()]
+    p64 = [p.detach().clone() for p in truth.parameters()]
+    inputs64 = (x.double(), h0.double(), c0.double(), *p64)
+
+    def f(x, h0, c0, *params):
+        y, (h, c) = torch.func.functional_call(truth, dict(zip(names, params)), (x, (h0, c0)))
+        return torch.cat([y.reshape(-1), h.reshape(-1), c.reshape(-1)])
+
+    with torch.no_grad():
+        o64 = f(*inputs64)
+    jac = torch.autograd.functional.jacobian(f, inputs64, vectorize=True)
+    kappa = sum((j.reshape(o64.numel(), -1).abs() * a.reshape(1, -1).abs()).sum(1)
+                for j, a in zip(jac, inputs64))
+    bound = BF16_U * (kappa + o64.abs()) * (1 + 1 / 8) + 2.0 ** -20 * max(1.0, float(o64.abs().max()))
+
+    def flat(y, h, c):
+        return torch.cat([y.reshape(-1), h.reshape(-1), c.reshape(-1)]).double()
+
+    xr = x.clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y_ref, (h_ref, c_ref) = ref(x, (h0, c0))
+        y, (h, c) = ours(xr, (h0, c0))
+    for a, b in ((y, y_ref), (h, h_ref), (c, c_ref)):
+        assert a.dtype == torch.bfloat16 and a.shape == b.shape
+    # nn.LSTM's y and h_n are bf16 too; its c_n is float32 with proj_size > 0 (a quirk of
+    # torch's projection path), ours is bf16 throughout
+    assert y_ref.dtype == h_ref.dtype == torch.bfloat16
+    err = (flat(y, h, c).detach() - o64).abs()
+    worst = int(torch.argmax(err - bound))
+    assert bool((err <= bound).all()), (
+        f"bf16 output error {err[worst]:.3e} > bound {bound[worst]:.3e} at flat index {worst} "
+        f"(kappa {kappa[worst]:.3e}, |o| {o64[worst].abs():.3e})")
+    err_nn = (flat(y_ref, h_ref, c_ref).detach() - o64).abs()
+    print(f"max err/bound: ours {float((err / bound).max()):.3f}, nn.LSTM {float((err_nn / bound).max()):.3f}")
+    assert bool((err_nn <= 8 * bound).all()), "the bound is not in the range of nn.LSTM's bf16 error"
+
+    # gradients reach the float32 parameters (and the float32 input), finite and in float32
+    (y.float().sum() + h.float().sum() + c.float().sum()).backward()
+    assert xr.grad is not None and xr.grad.dtype == torch.float32
+    for n, p in ours.named_parameters():
+        assert p.dtype == torch.float32
+        assert p.grad is not None and p.grad.dtype == torch.float32, n
+        assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, n
+    # and agree with nn.LSTM's autocast gradients to bf16 accuracy: both carry the same bf16
+    # rounding of inputs and weights, and results rounded to bf16, each a few u relative to
+    # the largest gradient of that parameter (observed: <= 2.4 u over many seeds)
+    (y_ref.float().sum() + h_ref.float().sum() + c_ref.float().sum()).backward()
+    for (n, p), (_, q) in zip(ours.named_parameters(), ref.named_parameters()):
+        scale = float(q.grad.abs().max())
+        assert float((p.grad - q.grad).abs().max()) <= 16 * BF16_U * max(1.0, scale), n
+
+
+@pytest.mark.parametrize("dtype, u", [(torch.bfloat16, 2.0 ** -8), (torch.float16, 2.0 ** -11)])
+def test_low_precision_module(dtype, u, seed):
+    """A module converted to bf16 / fp16 (no autocast): outputs and gradients keep that dtype.
+    The values are exactly representable, so against float64 on the same values the only
+    errors are the final rounding of each output to the dtype (<= u |o|, u its unit roundoff)
+    and the float32 arithmetic inside (<= 2**-20 * max(1, max|o|) for these tiny sizes)."""
+    torch.manual_seed(seed)
+    kw = dict(num_layers=2, bidirectional=True, proj_size=2)
+    ours = ft.LSTM(3, 5, **kw).to(dtype)
+    truth = nn.LSTM(3, 5, **kw, dtype=torch.float64)
+    truth.load_state_dict({k: v.double() for k, v in ours.state_dict().items()})
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(4, 2, 3, generator=g).to(dtype).requires_grad_(True)
+    y, (h, c) = ours(x)
+    y_t, (h_t, c_t) = truth(x.detach().double())
+    for name, a, b in (("y", y, y_t), ("h_n", h, h_t), ("c_n", c, c_t)):
+        assert a.dtype == dtype, name
+        bound = u * b.abs() + 2.0 ** -20 * max(1.0, float(b.abs().max()))
+        err = (a.double() - b).abs()
+        assert bool((err <= bound).all()), (name, float((err / bound).max()))
+    (y.double().sum() + h.double().sum()).backward()
+    assert x.grad.dtype == dtype
+    for n, p in ours.named_parameters():
+        assert p.grad is not None and p.grad.dtype == dtype and torch.isfinite(p.grad).all(), n
+
+
+def test_autocast_cell_bf16():
+    torch.manual_seed(0)
+    ref = nn.LSTMCell(3, 5)
+    ours = ft.LSTMCell(3, 5)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h_ref, c_ref = ref(x)
+        h, c = ours(x)
+    # ours runs in the autocast dtype (as fusedlstm.torch documents and as nn.LSTM does);
+    # nn.LSTMCell under CPU autocast returns float32
+    assert h.dtype == c.dtype == torch.bfloat16
+    assert float((h.double() - h_ref.double()).abs().max()) <= 16 * BF16_U
+    (h.float().sum() + c.float().sum()).backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in ours.parameters())
+
+
+# --------------------------------------------------------------------------------------
+# errors
+# --------------------------------------------------------------------------------------
+def test_lstm_input_errors():
+    m = ft.LSTM(3, 4, num_layers=2, bidirectional=True, proj_size=2)
+    with pytest.raises(ValueError, match="input"):
+        m(torch.randn(3))
+    with pytest.raises(ValueError, match="input"):
+        m(torch.randn(2, 3, 4, 3))
+    with pytest.raises(ValueError, match="input_size"):
+        m(torch.randn(5, 2, 4))
+    with pytest.raises(TypeError, match="input"):
+        m([torch.randn(5, 2, 3)])
+    x = torch.randn(5, 2, 3)
+    good_h, good_c = torch.zeros(4, 2, 2), torch.zeros(4, 2, 4)
+    with pytest.raises(ValueError, match="hx"):
+        m(x, (torch.zeros(4, 2, 4), good_c))  # h0 sized like H instead of proj_size
+    with pytest.raises(ValueError, match="hx"):
+        m(x, (good_h, torch.zeros(4, 2, 2)))
+    with pytest.raises(ValueError, match="hx"):
+        m(x, (torch.zeros(2, 2, 2), good_c))  # num_layers * directions
+    with pytest.raises(ValueError, match="hx"):
+        m(x, (torch.zeros(4, 3, 2), good_c))  # batch
+    with pytest.raises((ValueError, TypeError), match="hx"):
+        m(x, good_h)
+    with pytest.raises(ValueError, match="hx"):
+        m(torch.randn(5, 3), (good_h, good_c))  # unbatched input with batched hx
+    with pytest.raises(TypeError, match="input"):
+        m(x.double())
+    with pytest.raises(TypeError, match="hx"):
+        m(x, (good_h.double(), good_c))
+    m(x, (good_h, good_c))  # the good call works
+
+
+def test_cell_input_errors():
+    cell = ft.LSTMCell(3, 4)
+    with pytest.raises(ValueError, match="input"):
+        cell(torch.randn(2, 3, 3))
+    with pytest.raises(ValueError, match="input_size"):
+        cell(torch.randn(2, 5))
+    with pytest.raises(ValueError, match="hx"):
+        cell(torch.randn(2, 3), (torch.zeros(2, 5), torch.zeros(2, 4)))
+    with pytest.raises(ValueError, match="hx"):
+        cell(torch.randn(2, 3), (torch.zeros(3, 4), torch.zeros(3, 4)))
+    with pytest.raises(TypeError, match="input"):
+        cell(torch.randn(2, 3).double())
+    with pytest.raises(TypeError, match="hx"):
+        cell(torch.randn(2, 3), (torch.zeros(2, 4).double(), torch.zeros(2, 4)))
+
+
+def test_constructor_errors():
+    with pytest.raises(ValueError, match="proj_size"):
+        ft.LSTM(3, 4, proj_size=4)
+    with pytest.raises(ValueError, match="proj_size"):
+        ft.LSTM(3, 4, proj_size=-1)
+    with pytest.raises(ValueError, match="dropout"):
+        ft.LSTM(3, 4, num_layers=2, dropout=1.5)
+    with pytest.raises(TypeError, match="hidden_size"):
+        ft.LSTM(3, 4.0)
+    with pytest.raises(ValueError, match="hidden_size"):
+        ft.LSTM(3, 0)
+    with pytest.warns(UserWarning, match="num_layers"):
+        ft.LSTM(3, 4, dropout=0.5)
+    with pytest.raises(ValueError, match="input_size"):
+        ft.LSTMCell(0, 4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_tensors_not_implemented():
+    m = ft.LSTM(3, 4).cuda()
+    with pytest.raises(NotImplementedError, match="CPU"):
+        m(torch.randn(5, 2, 3, device="cuda"))
+    cell = ft.LSTMCell(3, 4).cuda()
+    with pytest.raises(NotImplementedError, match="CPU"):
+        cell(torch.randn(2, 3, device="cuda"))
+
+
+def test_import_fusedlstm_does_not_import_torch():
+    code = ("import sys, fusedlstm, numpy as np\n"
+            "fusedlstm.lstm_forward(np.zeros((2, 1, 3)), np.zeros((8, 3)), np.zeros((8, 2)))\n"
+            "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"
+            "assert not bad, bad\n"
+            "print('ok')\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr

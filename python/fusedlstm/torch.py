@@ -13,7 +13,8 @@ traces the module without graph breaks. The saved activations travel as a
 
 CPU tensors of float32 and float64 run natively; under ``torch.autocast``
 (or with bfloat16/float16 tensors) inputs, weights and outputs keep the low
-precision dtype and the arithmetic inside runs in float32. CUDA tensors are
+precision dtype and the arithmetic inside runs in float32. ``LSTMCell``
+follows ``nn.LSTMCell``, which CPU autocast leaves in float32. CUDA tensors are
 not supported by this build's torch front end yet (a clear error says so).
 """
 
@@ -363,6 +364,14 @@ class LSTM(nn.Module):
             if h0.dtype != dtype or c0.dtype != dtype:
                 raise TypeError(f"hx must have the dtype of the parameters, {dtype}, got {h0.dtype}/{c0.dtype}")
 
+        if B == 0:  # nothing to run; nn.LSTM returns empty outputs (zero gradients)
+            connect = sum(w.sum() for w in weights) * 0 + x.sum() * 0 + h0.sum() * 0 + c0.sum() * 0
+            y = x.new_zeros((B, T, D * hout) if self.batch_first else (T, B, D * hout)) + connect
+            h_n, c_n = h0 + connect, c0 + connect
+            if packed:
+                return PackedSequence(y.reshape(0, D * hout), batch_sizes, sorted_indices, unsorted_indices), (h_n, c_n)
+            return (y if batched else y.squeeze(0 if self.batch_first else 1)), (h_n, c_n)
+
         mask = None
         if self.training and self.dropout > 0 and self.num_layers > 1:
             keep = 1.0 - self.dropout
@@ -450,12 +459,14 @@ class LSTMCell(nn.Module):
             if tuple(h.shape) != (B, H) or tuple(c.shape) != (B, H):
                 raise ValueError(f"hx: expected h and c of shape {(B, H)}, got {tuple(h.shape)} and {tuple(c.shape)}")
         weights = [self.weight_ih, self.weight_hh] + ([self.bias_ih, self.bias_hh] if self.bias else [])
-        cast = _autocast_dtype(x.device.type)
-        if cast is not None:
-            x, h, c = x.to(cast), h.to(cast), c.to(cast)
-            weights = [w.to(cast) for w in weights]
-        elif x.dtype != weights[0].dtype or h.dtype != weights[0].dtype or c.dtype != weights[0].dtype:
-            raise TypeError(f"input and hx must have the dtype of the parameters, {weights[0].dtype}")
+        # Unlike nn.LSTM, nn.LSTMCell is not on CPU autocast's lower-precision
+        # list: it runs in the parameters' dtype there, and so does this cell.
+        if x.dtype != weights[0].dtype or h.dtype != weights[0].dtype or c.dtype != weights[0].dtype:
+            raise TypeError(f"input and hx must have the dtype of the parameters, {weights[0].dtype}, "
+                            f"got {x.dtype}, {h.dtype}, {c.dtype}")
+        if B == 0:
+            connect = sum(w.sum() for w in weights) * 0 + x.sum() * 0
+            return h + connect, c + connect
         need_reserve = torch.is_grad_enabled() and (
             x.requires_grad or h.requires_grad or c.requires_grad or any(w.requires_grad for w in weights))
         _, h_n, c_n, _ = torch.ops.fusedlstm.stack_forward(

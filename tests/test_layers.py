@@ -680,3 +680,17 @@ def test_single_step_single_unit(bidirectional, dtype, isa, rng, threads, policy
     assert_all_finite(results[1])
     policy.check_all(results[1], ref64, plain32, dtype=dtype)
     assert_bitwise_equal(results[1], results[2], "1 and 2 threads")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_directions_together_or_in_turn_bitwise_equal(dtype, rng, threads, monkeypatch):
+    """A bidirectional layer runs its two directions at once (one thread each) or one
+    after the other (FUSEDLSTM_DIRECTIONS forces either): the results are identical."""
+    layer = make_layer(EVAL_CFG, dtype, rng)
+    inp = Inputs(layer, EVAL_CFG, rng, dtype)
+    results = {}
+    with threads(2):
+        for mode in ("together", "sequential"):
+            monkeypatch.setenv("FUSEDLSTM_DIRECTIONS", mode)
+            results[mode] = run_library(layer, inp)
+    assert_bitwise_equal(results["together"], results["sequential"], "directions together and in turn")

@@ -4,6 +4,7 @@
 #include "core/stack.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <new>
@@ -65,15 +66,19 @@ void add_into(void* dst, int64_t stride_t, int64_t stride_b, const void* src, in
 }
 
 // Both directions of a layer at once, one thread each, instead of one after
-// the other on every thread: with two threads this is never slower (each
-// direction runs without per-step barriers, and the GEMMs of the two share
-// the cores as before); with more threads only while the recurrence is too
-// small to use them (below ~2 MFLOP per step per direction).
+// the other on every thread: worth it while a step is too small to split
+// well across threads. Measured (bench/NOTES.md, change 7; 2 threads, T=100,
+// sequential/together time): B=1 H=64 1.72, H=128 1.13, H=192 1.04,
+// H=256 0.95, H=1024 0.64; B=4 H=128 1.07; B=16 H=128 0.91.
 bool directions_together(const fl_stack_params& p, const StackGeometry& sg) {
   const int threads = cpu::num_threads();
   if (sg.D != 2 || threads < 2) return false;
+  if (const char* force = std::getenv("FUSEDLSTM_DIRECTIONS")) {  // tuning and tests
+    if (std::strcmp(force, "together") == 0) return true;
+    if (std::strcmp(force, "sequential") == 0) return false;
+  }
   const int64_t flops_per_step = 2 * p.B * 4 * p.H * sg.Hout;
-  return threads == 2 || flops_per_step < (int64_t(1) << 21);
+  return flops_per_step < (int64_t(1) << 19);
 }
 
 // The single-direction problem of cell (l, d), reading layer input `in`.

@@ -30,6 +30,17 @@ front end alone (infer).
 CUDA: timed when torch.cuda.is_available() and fusedlstm.torch accepts CUDA
 tensors; otherwise the run says why it was skipped.
 
+Shared machines: before each measurement the run waits (up to --max-wait s)
+until other processes use fewer than --max-busy cores, and flags rows where
+they did not; --rest sleeps after each measurement.  Two-thread timings do
+not survive a loaded machine (both libraries' threads meet at spin barriers);
+under `chrt -r 1` the benchmark preempts the other processes while it
+measures (see bench/NOTES.md for what that changes).
+
+--overheads times, for a 1-layer model, the module against the bare custom
+op, the compiled core on prepared arrays and the numpy API, plus the loss
+and optimizer step alone (where the module's time goes).
+
 Examples:
   python bench/bench_torch_train.py                 # full grid (~10 min on 2 cores)
   python bench/bench_torch_train.py --quick         # ~1 min
@@ -52,15 +63,14 @@ warnings.filterwarnings("ignore", message="LSTM with projections is not supporte
 
 def _imports():
     try:
-        import fusedlstm  # noqa: F401
-    except ImportError:
+        import fusedlstm
+    except ImportError:  # not installed: the in-tree package (works if built in place)
         here = os.path.dirname(os.path.abspath(__file__))
         sys.path.insert(0, os.path.join(here, os.pardir, "python"))
-        import fusedlstm  # noqa: F401,F811
+        import fusedlstm
     import numpy as np
     import torch
 
-    import fusedlstm
     import fusedlstm.torch as flt
     from fusedlstm import _bench
     return fusedlstm, flt, _bench, torch, np
@@ -194,8 +204,10 @@ class Pair:
 
     def check(self, mode):
         """One forward (+ backward) of each module from the same weights, compared.
-        Doubles as the first warm-up call.  No optimizer step (weights stay equal)."""
+        Doubles as the first warm-up call.  The weights are copied again first: timed
+        optimizer steps of an earlier mode let the two copies drift apart (rounding)."""
         torch, np = self.torch, self.np
+        self.ours.load_state_dict(self.ref.state_dict())
         F = torch.nn.functional
         res, ran = {}, {}
         for name, mod in self.mod.items():

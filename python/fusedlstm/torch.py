@@ -188,6 +188,9 @@ def _setup_context(ctx, inputs, output):
     (x, weights, h0, c0, lengths, dropout_mask, num_layers, bidirectional, proj_size, has_bias, batch_first,
      need_reserve) = inputs
     ctx.save_for_backward(x, h0, c0, output[3], *weights)
+    # Outputs the loss does not use (always the reserve) get None, not a
+    # materialised zero tensor: the core takes None as zero.
+    ctx.set_materialize_grads(False)
     ctx.lengths, ctx.dropout_mask = lengths, dropout_mask
     ctx.config = (num_layers, bidirectional, proj_size, has_bias, batch_first)
     ctx.need_reserve = need_reserve

@@ -13,6 +13,8 @@ isa              parametrizes a test over fusedlstm.available_isas(); selects th
 num_threads      parametrizes a test over THREAD_COUNTS; sets/restores the count.
 threads          a context manager factory: ``with threads(2): ...`` sets the
                  thread count for the block and restores it.
+thread_runtime   autouse: own thread pool for numpy tests, torch's OpenMP team for
+                 test_torch_*.py (as fusedlstm.torch sets it up).
 debug_poison     autouse: fusedlstm._set_debug_poison(True) for every test (the
                  library fills every output it allocates with NaN before the
                  kernel runs), restored afterwards.  No-op when the library is
@@ -172,6 +174,22 @@ def num_threads(request):
     lib.set_num_threads(request.param)
     yield request.param
     lib.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
+def thread_runtime(request):
+    """Which threads run the core's parallel regions: fusedlstm's own pool for the
+    numpy tests, torch's OpenMP team (what fusedlstm.torch selects at import) for
+    the tests of the torch front end (test_torch_*.py). Importing fusedlstm.torch
+    anywhere during collection would otherwise move every test onto the team."""
+    if _fl is None:
+        yield
+        return
+    core = _fl._core
+    before = core.using_openmp()
+    core.use_openmp(request.node.module.__name__.split(".")[-1].startswith("test_torch"))
+    yield
+    core.use_openmp(before)
 
 
 @pytest.fixture(autouse=True)

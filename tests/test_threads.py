@@ -58,3 +58,64 @@ def test_forked_child_gets_a_working_pool(rng, threads):
             ys = async_result.get(timeout=60)  # a child stuck on the parent's pool would time out
     for y in ys:
         assert np.array_equal(y, expected)
+
+
+# ---- the OpenMP team (fusedlstm.torch runs our regions on torch's libgomp team)
+@pytest.fixture
+def openmp_mode():
+    """set_mode(False): our own threads; set_mode(True): the OpenMP team. Restored after."""
+    pytest.importorskip("torch")
+    import fusedlstm.torch  # noqa: F401  (loads libgomp; turns the team on unless FUSEDLSTM_OPENMP=0)
+    from fusedlstm import _core
+    before = _core.using_openmp()
+
+    def set_mode(on):
+        assert _core.use_openmp(on)
+        assert _core.using_openmp() == on
+    yield set_mode
+    _core.use_openmp(before)
+
+
+def _layer_problem(rng):
+    layer = fusedlstm.LSTM(9, 21, num_layers=2, bidirectional=True, proj_size=7, dtype=np.float32,
+                           seed=int(rng.integers(2**31)))
+    x = rng.standard_normal((13, 6, 9)).astype(np.float32)
+    return layer, x
+
+
+def _layer_run(layer, x):
+    res = layer.forward(x, lengths=[13, 4, 9, 1, 13, 7], training=True)
+    g = layer.backward(res, dy=np.ones_like(res.y))
+    return [res.y, res.h_n, res.c_n] + [g[k] for k in sorted(g)]
+
+
+def test_openmp_team_and_own_threads_bitwise_equal(rng, threads, openmp_mode):
+    layer, x = _layer_problem(rng)
+    x1, w_ih, w_hh = _problem(rng)
+    out = {}
+    with threads(2):
+        for on in (False, True):
+            openmp_mode(on)
+            out[on] = _layer_run(layer, x) + [fusedlstm.lstm_forward(x1, w_ih, w_hh).y]
+    for a, b in zip(out[False], out[True]):
+        assert np.array_equal(a, b)
+
+
+def _layer_in_child(args):
+    layer, x = args
+    fusedlstm.set_num_threads(2)
+    return _layer_run(layer, x)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork start method is Linux-only here")
+def test_forked_child_after_openmp_team_works(rng, threads, openmp_mode):
+    layer, x = _layer_problem(rng)
+    with threads(2):
+        openmp_mode(True)
+        expected = _layer_run(layer, x)  # the parent's OpenMP team now exists
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(2) as pool:
+            results = pool.map_async(_layer_in_child, [(layer, x)] * 2).get(timeout=60)
+    for got in results:
+        for a, b in zip(got, expected):
+            assert np.array_equal(a, b)

@@ -10,6 +10,7 @@
 #include "core/stack.h"
 #include "cpu/dispatch.h"
 #include "cpu/lstm_cpu.h"
+#include "cpu/thread_pool.h"
 #include "fusedlstm/fusedlstm.h"
 
 // A training forward of the functional API: owns copies of every input the
@@ -222,6 +223,8 @@ const char* fl_last_error(void) { return last_error.c_str(); }
 
 void fl_set_num_threads(int n) { fusedlstm::cpu::set_num_threads(n); }
 int fl_get_num_threads(void) { return fusedlstm::cpu::num_threads(); }
+int fl_use_openmp(int on) { return fusedlstm::cpu::ThreadPool::use_openmp(on != 0) ? 1 : 0; }
+int fl_using_openmp(void) { return fusedlstm::cpu::ThreadPool::using_openmp() ? 1 : 0; }
 
 const char* fl_get_isa(void) { return fusedlstm::cpu::active_kernels().name; }
 

@@ -1,5 +1,6 @@
 #include "cpu/thread_pool.h"
 
+#include <dlfcn.h>
 #include <pthread.h>
 
 namespace fusedlstm {
@@ -49,7 +50,12 @@ ThreadPool& ThreadPool::instance() {
     g_pool.store(new ThreadPool(), std::memory_order_release);
     // A forked child (multiprocessing, DataLoader workers) has none of the
     // parent's workers: give it a fresh pool and leave the old one untouched.
-    pthread_atfork(nullptr, nullptr, [] { g_pool.store(new ThreadPool(), std::memory_order_release); });
+    // Nor can it trust the parent's OpenMP team (GNU libgomp is not
+    // fork-safe once its threads exist): back to our own threads there.
+    pthread_atfork(nullptr, nullptr, [] {
+      g_pool.store(new ThreadPool(), std::memory_order_release);
+      ThreadPool::use_openmp(false);
+    });
   });
   return *g_pool.load(std::memory_order_acquire);
 }
@@ -94,12 +100,73 @@ void ThreadPool::worker_loop(int index, Slot& slot) {
   }
 }
 
+namespace {
+
+// The GNU OpenMP entry points a region needs (libgomp's ABI).
+struct OpenMP {
+  void (*parallel)(void (*fn)(void*), void* data, unsigned num_threads, unsigned flags);
+  int (*thread_num)();
+  int (*num_threads)();
+  int (*in_parallel)();
+};
+std::atomic<const OpenMP*> g_openmp{nullptr};
+
+const OpenMP* load_openmp() {
+  static const OpenMP* found = []() -> const OpenMP* {
+    auto* omp = new OpenMP{
+        reinterpret_cast<decltype(OpenMP::parallel)>(dlsym(RTLD_DEFAULT, "GOMP_parallel")),
+        reinterpret_cast<decltype(OpenMP::thread_num)>(dlsym(RTLD_DEFAULT, "omp_get_thread_num")),
+        reinterpret_cast<decltype(OpenMP::num_threads)>(dlsym(RTLD_DEFAULT, "omp_get_num_threads")),
+        reinterpret_cast<decltype(OpenMP::in_parallel)>(dlsym(RTLD_DEFAULT, "omp_in_parallel"))};
+    if (omp->parallel && omp->thread_num && omp->num_threads && omp->in_parallel) return omp;
+    delete omp;
+    return nullptr;
+  }();
+  return found;
+}
+
+struct OpenMPRegion {
+  const OpenMP* omp;
+  const std::function<void(int, int)>* fn;
+  int n;
+  std::atomic<bool> team_ok{true};
+};
+
+void openmp_trampoline(void* data) {
+  auto* r = static_cast<OpenMPRegion*>(data);
+  // Every member sees the same team size: all run fn, or none does.
+  if (r->omp->num_threads() != r->n) {
+    r->team_ok.store(false, std::memory_order_relaxed);
+    return;
+  }
+  (*r->fn)(r->omp->thread_num(), r->n);
+}
+
+}  // namespace
+
+bool ThreadPool::use_openmp(bool on) {
+  if (!on) {
+    g_openmp.store(nullptr);
+    return true;
+  }
+  const OpenMP* omp = load_openmp();
+  if (omp) g_openmp.store(omp);
+  return omp != nullptr;
+}
+
+bool ThreadPool::using_openmp() { return g_openmp.load() != nullptr; }
+
 void ThreadPool::run(int n, const std::function<void(int, int)>& fn) {
   if (n <= 1) {
     fn(0, 1);
     return;
   }
   std::lock_guard<std::mutex> region(run_mutex_);
+  if (const OpenMP* omp = g_openmp.load(std::memory_order_acquire); omp && !omp->in_parallel()) {
+    OpenMPRegion r{omp, &fn, n};
+    omp->parallel(&openmp_trampoline, &r, unsigned(n), 0);
+    if (r.team_ok.load(std::memory_order_relaxed)) return;
+  }
   grow(n - 1);
   job_ = &fn;
   job_threads_ = n;

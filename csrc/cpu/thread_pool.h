@@ -47,6 +47,17 @@ class ThreadPool {
   void run(int n, const std::function<void(int, int)>& fn);
   ~ThreadPool();
 
+  // Run parallel regions on the host process's OpenMP team (GNU libgomp,
+  // found among the already loaded symbols) instead of our own workers.
+  // fusedlstm.torch turns this on: torch's OpenMP workers spin for several
+  // milliseconds after each torch op, and a region of ours started in that
+  // window shares a core with one of them (a barrier then waits for a time
+  // slice). Returns false, and changes nothing, when libgomp is not loaded.
+  // Regions fall back to our workers when called inside an OpenMP region or
+  // when the team granted is smaller than asked.
+  static bool use_openmp(bool on);
+  static bool using_openmp();
+
  private:
   ThreadPool() = default;
   void grow(int workers);

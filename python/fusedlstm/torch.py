@@ -21,6 +21,7 @@ not supported by this build's torch front end yet (a clear error says so).
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from typing import List, Optional, Tuple
 
@@ -37,6 +38,13 @@ from . import _core
 from .layers import stack_reserve_nbytes
 
 __all__ = ["LSTM", "LSTMCell"]
+
+# Run the core's parallel regions on torch's own OpenMP team: torch's workers
+# spin for milliseconds after each torch op, and our own threads started in
+# that window would share cores with them (bench/NOTES.md, change 8).
+# FUSEDLSTM_OPENMP=0 keeps fusedlstm's own threads.
+if os.environ.get("FUSEDLSTM_OPENMP", "1") != "0":
+    _core.use_openmp(True)
 
 _NATIVE = (torch.float32, torch.float64)
 _LOW_PRECISION = (torch.bfloat16, torch.float16)

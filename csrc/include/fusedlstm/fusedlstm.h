@@ -211,6 +211,12 @@ const char* fl_last_error(void);
 // the number of CPUs this process may run on.
 void fl_set_num_threads(int n);
 int fl_get_num_threads(void);
+// Nonzero: run parallel regions on the process's GNU OpenMP team (libgomp
+// must already be loaded, e.g. by PyTorch) instead of fusedlstm's own
+// threads; zero: own threads (the default). Returns 1 on success, 0 when
+// libgomp's entry points are not found (nothing changes then).
+int fl_use_openmp(int on);
+int fl_using_openmp(void);  // 1 while regions run on the OpenMP team
 
 // SIMD paths. Names: "avx512", "avx2", "generic". The default is the best
 // one the CPU supports, or FUSEDLSTM_ISA when set to a supported name.

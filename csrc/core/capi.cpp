@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/stack.h"
+#include "cpu/buffer.h"
 #include "cpu/dispatch.h"
 #include "cpu/lstm_cpu.h"
 #include "cpu/thread_pool.h"
@@ -16,19 +17,26 @@
 // A training forward of the functional API: owns copies of every input the
 // backward reads (so the caller may change or free its arrays) and the
 // reserve the forward filled.
+// Its blocks come from the CPU backend's recycled workspaces (fresh
+// multi-megabyte allocations would be page-faulted on every call).
 struct fl_training_state {
+  using Bytes = fusedlstm::cpu::Buffer<unsigned char>;
   fl_forward_params params{};  // inputs point into the copies below
-  std::vector<std::unique_ptr<unsigned char[]>> copies;
+  std::vector<Bytes> copies;
   int64_t copied_bytes = 0;
-  std::unique_ptr<unsigned char[]> reserve;
+  Bytes reserve;
   int64_t reserve_bytes = 0;
 
+  unsigned char* add_copy(int64_t bytes) {
+    copies.emplace_back(bytes);
+    copied_bytes += bytes;
+    return copies.back().data();
+  }
   const void* keep(const void* src, int64_t bytes) {
     if (!src) return nullptr;
-    copies.emplace_back(new unsigned char[size_t(bytes)]);
-    std::memcpy(copies.back().get(), src, size_t(bytes));
-    copied_bytes += bytes;
-    return copies.back().get();
+    unsigned char* dst = add_copy(bytes);
+    std::memcpy(dst, src, size_t(bytes));
+    return dst;
   }
 };
 
@@ -138,14 +146,12 @@ fl_status fl_lstm_forward(const fl_forward_params* p) {
     // x, copied contiguous: [T, B, I], or one_to_many's [B, I].
     const bool one_to_many = p->mode == FL_ONE_TO_MANY;
     const int64_t steps = one_to_many ? 1 : p->T;
-    st->copies.emplace_back(new unsigned char[size_t(steps * p->B * p->I * e)]);
-    unsigned char* x = st->copies.back().get();
+    unsigned char* x = st->add_copy(steps * p->B * p->I * e);
     for (int64_t t = 0; t < steps; ++t)
       for (int64_t b = 0; b < p->B; ++b)
         std::memcpy(x + (t * p->B + b) * p->I * e,
                     static_cast<const unsigned char*>(p->x) + (t * p->x_stride_t + b * p->x_stride_b) * e,
                     size_t(p->I * e));
-    st->copied_bytes += steps * p->B * p->I * e;
     f.x = x;
     f.x_stride_t = p->B * p->I, f.x_stride_b = p->I;
     f.w_ih = st->keep(p->w_ih, 4 * p->H * p->I * e);
@@ -156,8 +162,8 @@ fl_status fl_lstm_forward(const fl_forward_params* p) {
     f.c0 = st->keep(p->c0, p->B * p->H * e);
     f.lengths = static_cast<const int64_t*>(st->keep(p->lengths, p->B * int64_t(sizeof(int64_t))));
     st->reserve_bytes = fusedlstm::cpu::reserve_bytes(p->dtype, p->T, p->B, p->H, p->proj_size);
-    st->reserve.reset(new unsigned char[size_t(st->reserve_bytes)]);
-    fusedlstm::cpu::forward(*p, st->reserve.get());
+    st->reserve = fl_training_state::Bytes(st->reserve_bytes);
+    fusedlstm::cpu::forward(*p, st->reserve.data());
     *p->state_out = st.release();
   });
 }
@@ -168,7 +174,7 @@ fl_status fl_lstm_backward(const fl_backward_params* p) {
     require(p->state != nullptr, "state is NULL: run the forward with state_out set");
     require(p->dx && p->dh0 && p->dc0 && p->dw_ih && p->dw_hh, "dx, dh0, dc0, dw_ih and dw_hh are required");
     require(p->state->params.proj_size == 0 || p->dw_hr, "dw_hr is required with a projection");
-    fusedlstm::cpu::backward(p->state->params, p->state->reserve.get(), *p);
+    fusedlstm::cpu::backward(p->state->params, p->state->reserve.data(), *p);
   });
 }
 

@@ -304,40 +304,14 @@ def _lengths(c, lengths, B, T):
 # ---------------------------------------------------------------- forward
 def lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, *, mode, lengths, steps, feed, batch_first, training,
                  allow_tf32=False, stream=None):
-    from .api import LSTMResult, _FEED_CODE, _MODE_CODE, _int_arg
+    from .api import LSTMResult, _FEED_CODE, _MODE_CODE, _sequence_shape
 
     c = _Call(x)
     x = c.x
     w_ih, w_hh, b_ih, b_hh, H, I = _weights(c, w_ih, w_hh, b_ih, b_hh)
     one_to_many = mode == "one_to_many"
-    if one_to_many:
-        if x.ndim != 2:
-            raise ValueError(f"x must have shape (B, I) for mode='one_to_many', got ndim {x.ndim} "
-                             f"shape {tuple(x.shape)}")
-        if steps is None:
-            raise ValueError("steps is required for mode='one_to_many' (the number of steps to generate)")
-        T = _int_arg("steps", steps)
-        if T < 1:
-            raise ValueError(f"steps must be >= 1, got {T}")
-        if lengths is not None:
-            raise ValueError("lengths is only supported for mode='many_to_many' and 'many_to_one'")
-        B = x.shape[0]
-        if feed == "output" and I != H:
-            raise ValueError(f"feed='output' feeds h_{{t-1}} back as the input, so it needs I == H; "
-                             f"w_ih has I = {I}, w_hh has H = {H}")
-    else:
-        if steps is not None:
-            raise ValueError(f"steps is only for mode='one_to_many' (mode={mode!r} takes T from x)")
-        if x.ndim != 3:
-            layout = "(B, T, I)" if batch_first else "(T, B, I)"
-            raise ValueError(f"x must have shape {layout} for mode={mode!r}, got ndim {x.ndim} "
-                             f"shape {tuple(x.shape)}")
-        T, B = (x.shape[1], x.shape[0]) if batch_first else (x.shape[0], x.shape[1])
-    if x.shape[-1] != I:
-        raise ValueError(f"x has input size {x.shape[-1]} (last axis) but w_ih has I = {I} "
-                         f"(shape {tuple(w_ih.shape)})")
-    if B < 1 or (not one_to_many and T < 1):
-        raise ValueError(f"x must have at least one step and one batch row, got shape {tuple(x.shape)}")
+    T, B = _sequence_shape(x, w_ih, I, H, mode=mode, steps=steps, lengths=lengths, feed=feed,
+                           batch_first=batch_first)
     x = c.arr("x", x, contiguous=False)
     h0 = c.arr("h0", h0, (B, H), "(B, H)")
     c0 = c.arr("c0", c0, (B, H), "(B, H)")

@@ -408,7 +408,7 @@ class LSTM(nn.Module):
 def _repack(y, batch_sizes, sorted_indices, unsorted_indices, batch_first):
     """y (padded, original batch order) as a PackedSequence with the input's layout."""
     yt = y.transpose(0, 1) if batch_first else y
-    T, B = yt.shape[0], yt.shape[1]
+    B = yt.shape[1]
     order = sorted_indices if sorted_indices is not None else torch.arange(B)
     steps = batch_sizes.shape[0]
     present = torch.arange(B)[None, :] < batch_sizes[:, None]  # [steps, B] in sorted order

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/stack.h"
+#include "core/status.h"
 #include "cpu/buffer.h"
 #include "cpu/dispatch.h"
 #include "cpu/lstm_cpu.h"
@@ -44,33 +45,12 @@ namespace {
 
 thread_local std::string last_error;
 
-struct InvalidArgument : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
-void require(bool ok, const std::string& what) {
-  if (!ok) throw InvalidArgument(what);
-}
+using fusedlstm::InvalidArgument;
+using fusedlstm::require;
 
 template <class Fn>
 fl_status guarded(Fn&& fn) {
-  try {
-    fn();
-    last_error.clear();
-    return FL_OK;
-  } catch (const InvalidArgument& e) {
-    last_error = e.what();
-    return FL_INVALID_ARGUMENT;
-  } catch (const std::bad_alloc&) {
-    last_error = "out of memory allocating a workspace";
-    return FL_OUT_OF_MEMORY;
-  } catch (const std::exception& e) {
-    last_error = e.what();
-    return FL_INTERNAL_ERROR;
-  } catch (...) {
-    last_error = "unknown internal error";
-    return FL_INTERNAL_ERROR;
-  }
+  return fusedlstm::guarded(last_error, fn, [](const std::exception&) { return FL_INTERNAL_ERROR; });
 }
 
 void check_dtype(fl_dtype d) { require(d == FL_FLOAT32 || d == FL_FLOAT64, "dtype must be FL_FLOAT32 or FL_FLOAT64"); }

@@ -26,6 +26,7 @@
 #include <numeric>
 #include <vector>
 
+#include "core/status.h"
 #include "cpu/buffer.h"
 #include "cpu/dispatch.h"
 #include "cpu/kernels.h"
@@ -33,6 +34,8 @@
 
 namespace fusedlstm {
 namespace cpu {
+
+using fusedlstm::InvalidArgument;
 
 namespace {
 
@@ -344,10 +347,10 @@ const KernelTable& reserve_table(const void* reserve, fl_dtype dtype, int64_t T,
                                  int64_t R) {
   const ReserveHeader* h = aligned_base<const ReserveHeader>(const_cast<void*>(reserve));
   if (h->magic != kReserveMagic || h->dtype != dtype || h->T != T || h->B != B || h->H != H || h->R != R)
-    throw std::invalid_argument("the reserve was not written by a training forward with these sizes");
+    throw InvalidArgument("the reserve was not written by a training forward with these sizes");
   for (const KernelTable* t : supported_kernels())
     if (std::strncmp(t->name, h->isa, sizeof(h->isa)) == 0) return *t;
-  throw std::invalid_argument("the reserve was written by an unknown SIMD path");
+  throw InvalidArgument("the reserve was written by an unknown SIMD path");
 }
 
 // src [B, n] row-major (or NULL: zeros) with its rows in the order of `ord`,

@@ -7,6 +7,7 @@
 #include <new>
 #include <string>
 
+#include "core/status.h"
 #include "cuda/cuda_check.h"
 #include "cuda/lstm_cuda.h"
 #include "fusedlstm/fusedlstm_cuda.h"
@@ -21,34 +22,16 @@ struct fl_cuda_training_state {
 
 namespace {
 
-using fusedlstm::cuda::InvalidArgument;
+using fusedlstm::require;
 
 thread_local std::string last_error;
 
-void require(bool ok, const std::string& what) {
-  if (!ok) throw InvalidArgument(what);
-}
-
 template <class Fn>
 fl_status guarded(Fn&& fn) {
-  try {
-    fn();
-    last_error.clear();
-    return FL_OK;
-  } catch (const InvalidArgument& e) {
-    last_error = e.what();
-    return FL_INVALID_ARGUMENT;
-  } catch (const std::bad_alloc&) {
-    last_error = "out of host memory";
-    return FL_OUT_OF_MEMORY;
-  } catch (const std::exception& e) {
-    last_error = e.what();
+  return fusedlstm::guarded(last_error, fn, [](const std::exception& e) {
     // cudaMallocAsync running out of device memory reads as out of memory.
     return std::strstr(e.what(), "cudaErrorMemoryAllocation") ? FL_OUT_OF_MEMORY : FL_INTERNAL_ERROR;
-  } catch (...) {
-    last_error = "unknown internal error";
-    return FL_INTERNAL_ERROR;
-  }
+  });
 }
 
 void check_dtype(fl_cuda_dtype d) {

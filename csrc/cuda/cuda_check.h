@@ -12,14 +12,14 @@
 #include <stdexcept>
 #include <string>
 
+#include "core/status.h"
+
 namespace fusedlstm::cuda {
 
 struct CudaError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
-struct InvalidArgument : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
+using fusedlstm::InvalidArgument;  // core/status.h
 
 [[noreturn]] inline void throw_cuda(const char* call, cudaError_t err, const char* file, int line) {
   throw CudaError(std::string(call) + " failed: " + cudaGetErrorName(err) + " (" + cudaGetErrorString(err) +

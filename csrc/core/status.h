@@ -1,0 +1,51 @@
+// Exceptions to status codes, for every C API entry point (CPU and CUDA):
+// the backends throw, the entry points return an fl_status and keep the
+// message for fl_last_error / fl_cuda_last_error on the calling thread.
+#ifndef FUSEDLSTM_CORE_STATUS_H_
+#define FUSEDLSTM_CORE_STATUS_H_
+
+#include <exception>
+#include <new>
+#include <stdexcept>
+#include <string>
+
+#include "fusedlstm/fusedlstm.h"
+
+namespace fusedlstm {
+
+// A bad argument: FL_INVALID_ARGUMENT (a ValueError in Python).
+struct InvalidArgument : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+inline void require(bool ok, const std::string& what) {
+  if (!ok) throw InvalidArgument(what);
+}
+
+// Runs fn() and returns FL_OK, or the status of what it threw with the
+// message in `error`. other_status(e) gives the status of any other
+// std::exception (a backend may recognise its own out-of-memory errors).
+template <class Fn, class OtherStatus>
+fl_status guarded(std::string& error, Fn&& fn, OtherStatus&& other_status) {
+  try {
+    fn();
+    error.clear();
+    return FL_OK;
+  } catch (const InvalidArgument& e) {
+    error = e.what();
+    return FL_INVALID_ARGUMENT;
+  } catch (const std::bad_alloc&) {
+    error = "out of host memory allocating a workspace";
+    return FL_OUT_OF_MEMORY;
+  } catch (const std::exception& e) {
+    error = e.what();
+    return other_status(e);
+  } catch (...) {
+    error = "unknown internal error";
+    return FL_INTERNAL_ERROR;
+  }
+}
+
+}  // namespace fusedlstm
+
+#endif  // FUSEDLSTM_CORE_STATUS_H_

@@ -385,6 +385,8 @@ CELL_CASES = [
     dict(batched=True, hx=True, bias=False, B=5, I=6, H=11),
     dict(batched=True, hx=True, bias=True, B=1, I=1, H=1),
     dict(batched=True, hx=True, bias=True, B=7, I=33, H=70),
+    # above the single-step backward's batch limit: trains through stack_forward with T = 1
+    dict(batched=True, hx=True, bias=True, B=17, I=6, H=19),
 ]
 
 
@@ -425,6 +427,51 @@ def test_cell_matches_nn_lstm_cell(case, dtype, seed, policy):
     plain = _cell_run(src, case, vals, dtype) if dtype == torch.float32 else None
     assert got["h"].shape == ref["h"].shape == (lead + (case["H"],))
     check_all(policy, got, ref, plain, dtype)
+
+
+@pytest.mark.parametrize("B", [1, 5, 17])
+def test_cell_every_isa_and_no_grad(B, isa, seed, policy):
+    """Both cell paths (the unpacked step with its own backward below
+    CELL_BACKWARD_MAX_B, the sequence path above) on every SIMD path, and the
+    no_grad step, against nn.LSTMCell in float64."""
+    torch.manual_seed(seed)
+    case = dict(batched=True, hx=True, bias=True, B=B, I=9, H=21)
+    truth = nn.LSTMCell(9, 21, dtype=torch.float64)
+    ours = ft.LSTMCell(9, 21, dtype=torch.float64)
+    ours.load_state_dict(truth.state_dict())
+    g = torch.Generator().manual_seed(seed)
+    vals = {k: torch.randn(B, 9 if k == "x" else 21, generator=g, dtype=torch.float64)
+            for k in ("x", "h", "c", "dh", "dc")}
+    check_all(policy, _cell_run(ours, case, vals, torch.float64), _cell_run(truth, case, vals, torch.float64),
+              None, torch.float64)
+    with torch.no_grad():
+        got = ours(vals["x"], (vals["h"], vals["c"]))
+        ref = truth(vals["x"], (vals["h"], vals["c"]))
+    check_all(policy, {"h": got[0], "c": got[1]}, {"h": ref[0], "c": ref[1]}, None, torch.float64)
+
+
+def _cell_op_args(B, requires_grad, bias=True):
+    g = torch.Generator().manual_seed(B)
+    r = lambda *s: torch.randn(*s, generator=g, requires_grad=requires_grad)  # noqa: E731
+    I, H = 5, 7
+    return (r(B, I), r(B, H), r(B, H), r(4 * H, I), r(4 * H, H), r(4 * H) if bias else None,
+            r(4 * H) if bias else None)
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+def test_opcheck_cell_ops(requires_grad, bias):
+    for op in (torch.ops.fusedlstm.cell_forward.default, torch.ops.fusedlstm.cell_train_forward.default):
+        if op is torch.ops.fusedlstm.cell_forward.default and requires_grad:
+            continue  # inference only: no autograd formula, by design
+        res = torch.library.opcheck(op, _cell_op_args(3, requires_grad, bias))
+        assert set(res) == _ALL_CHECKS and all(v == "SUCCESS" for v in res.values()), res
+    x, h, c, w_ih, w_hh, b_ih, b_hh = _cell_op_args(3, False, bias)
+    h1, c1, acts = torch.ops.fusedlstm.cell_train_forward(x, h, c, w_ih, w_hh, b_ih, b_hh)
+    for dh, dc in ((torch.randn_like(h1), torch.randn_like(c1)), (None, torch.randn_like(c1))):
+        res = torch.library.opcheck(torch.ops.fusedlstm.cell_backward.default,
+                                    (x, h, c, w_ih, w_hh, acts, c1, dh, dc, bias))
+        assert set(res) == _ALL_CHECKS and all(v == "SUCCESS" for v in res.values()), res
 
 
 def test_cell_no_grad_and_state_dict():

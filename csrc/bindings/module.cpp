@@ -97,7 +97,7 @@ void backward(const TrainingState& state, const py::object& dy, int64_t dy_strid
 
 void cell(const py::array& x, const py::array& h, const py::array& c, const py::array& w_ih,
           const py::array& w_hh, const py::object& b_ih, const py::object& b_hh, const py::array& h_new,
-          const py::array& c_new) {
+          const py::array& c_new, const py::object& acts) {
   fl_cell_params p{};
   p.dtype = dtype_of(x);
   p.B = x.shape(0), p.I = x.shape(1), p.H = h.shape(1);
@@ -105,10 +105,31 @@ void cell(const py::array& x, const py::array& h, const py::array& c, const py::
   p.w_ih = w_ih.data(), p.w_hh = w_hh.data();
   p.b_ih = ptr(b_ih), p.b_hh = ptr(b_hh);
   p.h_new = mut_ptr(h_new), p.c_new = mut_ptr(c_new);
+  p.acts = mut_ptr(acts);
   fl_status status;
   {
     py::gil_scoped_release release;
     status = fl_lstm_cell(&p);
+  }
+  check(status);
+}
+
+void cell_backward(const py::array& x, const py::array& h, const py::array& c, const py::array& w_ih,
+                   const py::array& w_hh, const py::array& acts, const py::array& c_new, const py::object& dh_new,
+                   const py::object& dc_new, const py::array& dx, const py::array& dh, const py::array& dc,
+                   const py::array& dw_ih, const py::array& dw_hh, const py::object& db) {
+  fl_cell_backward_params p{};
+  p.dtype = dtype_of(x);
+  p.B = x.shape(0), p.I = x.shape(1), p.H = h.shape(1);
+  p.x = x.data(), p.h = h.data(), p.c = c.data(), p.w_ih = w_ih.data(), p.w_hh = w_hh.data();
+  p.acts = acts.data(), p.c_new = c_new.data();
+  p.dh_new = ptr(dh_new), p.dc_new = ptr(dc_new);
+  p.dx = mut_ptr(dx), p.dh = mut_ptr(dh), p.dc = mut_ptr(dc);
+  p.dw_ih = mut_ptr(dw_ih), p.dw_hh = mut_ptr(dw_hh), p.db = mut_ptr(db);
+  fl_status status;
+  {
+    py::gil_scoped_release release;
+    status = fl_lstm_cell_backward(&p);
   }
   check(status);
 }
@@ -225,7 +246,10 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("nbytes", [](const TrainingState& s) { return fl_training_state_bytes(s.state); });
   m.def("forward", &forward);
   m.def("backward", &backward);
-  m.def("cell", &cell);
+  m.def("cell", &cell, py::arg("x"), py::arg("h"), py::arg("c"), py::arg("w_ih"), py::arg("w_hh"),
+        py::arg("b_ih"), py::arg("b_hh"), py::arg("h_new"), py::arg("c_new"), py::arg("acts") = py::none());
+  m.def("cell_backward", &cell_backward);
+  m.attr("CELL_BACKWARD_MAX_B") = int(FL_CELL_BACKWARD_MAX_B);
   m.def("stack_reserve_bytes", &stack_reserve_bytes);
   m.def("stack_forward", &stack_forward);
   m.def("stack_backward", &stack_backward);

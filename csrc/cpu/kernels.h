@@ -100,6 +100,20 @@ struct CellArgs {
   const T* bias;   // [4H] (b_ih + b_hh) or nullptr
   T* h_new;        // [B, H]
   T* c_new;        // [B, H]
+  T* acts;         // [B, 4H] activations i|f|g|o (plain gate-major rows), or nullptr
+};
+
+// out[k] (+)= sum over i < n_rows of coef[i * coef_stride] * rows[i * ld + k],
+// for k in [col_begin, col_end): a row combination (dx = dG W, dW rows).
+template <class T>
+struct CombineArgs {
+  int64_t n_rows;
+  const T* coef;
+  int64_t coef_stride;
+  const T* rows;
+  int64_t ld;
+  T* out;
+  bool accumulate;
 };
 
 template <class T>
@@ -109,6 +123,7 @@ struct TypedKernels {
   void (*fwd_step)(const FwdStepArgs<T>& args, int64_t block_begin, int64_t block_end);
   void (*bwd_step)(const BwdStepArgs<T>& args, int64_t group_begin, int64_t group_end);
   void (*cell)(const CellArgs<T>& args, int64_t unit_begin, int64_t unit_end);
+  void (*combine)(const CombineArgs<T>& args, int64_t col_begin, int64_t col_end);
 };
 
 struct KernelTable {

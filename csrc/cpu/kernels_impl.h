@@ -318,13 +318,37 @@ struct Impl {
                               : T(0);
           }
         V c_new, h_new;
-        cell_forward(V::load(pre[0]), V::load(pre[1]), V::load(pre[2]), V::load(pre[3]),
-                     load_upto(s.c + b * s.H + u, n), c_new, h_new);
+        const GateActs<V> act = cell_forward(V::load(pre[0]), V::load(pre[1]), V::load(pre[2]),
+                                             V::load(pre[3]), load_upto(s.c + b * s.H + u, n), c_new, h_new);
         store_upto(c_new, s.c_new + b * s.H + u, n);
         store_upto(h_new, s.h_new + b * s.H + u, n);
+        if (s.acts) {
+          T* ap = s.acts + b * 4 * s.H + u;
+          store_upto(act.i, ap, n);
+          store_upto(act.f, ap + s.H, n);
+          store_upto(act.g, ap + 2 * s.H, n);
+          store_upto(act.o, ap + 3 * s.H, n);
+        }
       }
     }
   }
 
-  static TypedKernels<T> table() { return {W, &gemm, &fwd_step, &bwd_step, &cell}; }
+  // ------------------------------------------------------ row combination
+  static void combine(const CombineArgs<T>& s, int64_t col_begin, int64_t col_end) {
+    constexpr int64_t kCols = 4 * W;  // four accumulators in flight per pass over the rows
+    for (int64_t k0 = col_begin; k0 < col_end; k0 += kCols) {
+      const int64_t n = min64(kCols, col_end - k0);
+      V acc[4];
+      for (int q = 0; q < 4; ++q)
+        acc[q] = s.accumulate ? load_upto(s.out + k0 + q * W, n - q * W) : V(T(0));
+      for (int64_t i = 0; i < s.n_rows; ++i) {
+        const V a(s.coef[i * s.coef_stride]);
+        const T* row = s.rows + i * s.ld + k0;
+        for (int q = 0; q < 4; ++q) acc[q] = fma(a, load_upto(row + q * W, n - q * W), acc[q]);
+      }
+      for (int q = 0; q < 4; ++q) store_upto(acc[q], s.out + k0 + q * W, n - q * W);
+    }
+  }
+
+  static TypedKernels<T> table() { return {W, &gemm, &fwd_step, &bwd_step, &cell, &combine}; }
 };

@@ -26,6 +26,7 @@
 #include <numeric>
 #include <vector>
 
+#include "core/gate_math.h"
 #include "core/status.h"
 #include "cpu/buffer.h"
 #include "cpu/dispatch.h"
@@ -838,6 +839,8 @@ void backward_typed(const fl_forward_params& fp, const void* reserve, const fl_b
 // H = 256: B = 4 61 vs 102 us, B = 16 231 vs 206 us, B = 64 841 vs 471 us).
 constexpr int64_t kCellPackedMinRows = 16;
 
+static_assert(FL_CELL_BACKWARD_MAX_B < kCellPackedMinRows, "cell acts are only written below kCellPackedMinRows");
+
 template <class T>
 void cell_typed(const fl_cell_params& p) {
   if (p.B >= kCellPackedMinRows) {  // one step of the sequence path
@@ -873,7 +876,8 @@ void cell_typed(const fl_cell_params& p) {
                 static_cast<const T*>(p.w_hh),
                 bias.data(),
                 static_cast<T*>(p.h_new),
-                static_cast<T*>(p.c_new)};
+                static_cast<T*>(p.c_new),
+                static_cast<T*>(p.acts)};
   // Threads split hidden units in whole vectors; worth it once the weights
   // no longer stream from one core's cache quickly.
   const int64_t n_vec = (H + kern.width - 1) / kern.width;
@@ -884,7 +888,76 @@ void cell_typed(const fl_cell_params& p) {
   });
 }
 
+// Backward of one cell step: dG per (row, unit) from the saved activations
+// (gate_math.h), then dx = dG W_ih, dh = dG W_hh and the weight gradients as
+// row combinations; weights are read as given (no packing), as in the forward.
+template <class T>
+void cell_backward_typed(const fl_cell_backward_params& p) {
+  const TypedKernels<T>& kern = typed<T>(active_kernels());
+  const int64_t B = p.B, I = p.I, H = p.H, G = 4 * H;
+  const T* acts = static_cast<const T*>(p.acts);
+  const T* c = static_cast<const T*>(p.c);
+  const T* c_new = static_cast<const T*>(p.c_new);
+  const T* dh_new = static_cast<const T*>(p.dh_new);
+  const T* dc_new = static_cast<const T*>(p.dc_new);
+  T* dc = static_cast<T*>(p.dc);
+  Buffer<T> dg(B * G);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t u = 0; u < H; ++u) {
+      const T* a = acts + b * G + u;
+      const GateActs<T> act{a[0], a[H], a[2 * H], a[3 * H]};
+      const int64_t k = b * H + u;
+      T dc_prev;
+      const GateGrads<T> d = cell_backward(act, c_new[k], c[k], dh_new ? dh_new[k] : T(0),
+                                           dc_new ? dc_new[k] : T(0), dc_prev);
+      dc[k] = dc_prev;
+      T* g = dg.data() + b * G + u;
+      g[0] = d.i, g[H] = d.f, g[2 * H] = d.g, g[3 * H] = d.o;
+    }
+  const int threads = (G * (I + H) * B >= (int64_t(1) << 18)) ? num_threads() : 1;
+  const T* x = static_cast<const T*>(p.x);
+  const T* h = static_cast<const T*>(p.h);
+  const T* w_ih = static_cast<const T*>(p.w_ih);
+  const T* w_hh = static_cast<const T*>(p.w_hh);
+  T* dw_ih = static_cast<T*>(p.dw_ih);
+  T* dw_hh = static_cast<T*>(p.dw_hh);
+  // dx[b] = dG[b] W_ih, dh[b] = dG[b] W_hh: threads split the columns.
+  auto by_columns = [&](int64_t n_cols, auto&& fn) {
+    parallel_for((n_cols + kMaxWidth - 1) / kMaxWidth, threads, [&](int64_t v0, int64_t v1) {
+      fn(v0 * kMaxWidth, std::min(n_cols, v1 * kMaxWidth));
+    });
+  };
+  for (int64_t b = 0; b < B; ++b) {
+    by_columns(I, [&](int64_t k0, int64_t k1) {
+      kern.combine({G, dg.data() + b * G, 1, w_ih, I, static_cast<T*>(p.dx) + b * I, false}, k0, k1);
+    });
+    by_columns(H, [&](int64_t k0, int64_t k1) {
+      kern.combine({G, dg.data() + b * G, 1, w_hh, H, static_cast<T*>(p.dh) + b * H, false}, k0, k1);
+    });
+  }
+  // dW_ih[r] = sum_b dG[b, r] x[b], dW_hh[r] = sum_b dG[b, r] h[b]: threads split the rows.
+  parallel_for(G, threads, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      kern.combine({B, dg.data() + r, G, x, I, dw_ih + r * I, false}, 0, I);
+      kern.combine({B, dg.data() + r, G, h, H, dw_hh + r * H, false}, 0, H);
+    }
+  });
+  if (p.db) {
+    T* db = static_cast<T*>(p.db);
+    for (int64_t r = 0; r < G; ++r) {
+      T sum = T(0);
+      for (int64_t b = 0; b < B; ++b) sum += dg.data()[b * G + r];
+      db[r] = sum;
+    }
+  }
+}
+
 }  // namespace
+
+void cell_backward(const fl_cell_backward_params& p) {
+  if (p.dtype == FL_FLOAT32) cell_backward_typed<float>(p);
+  else cell_backward_typed<double>(p);
+}
 
 void forward(const fl_forward_params& p, void* reserve) {
   if (p.dtype == FL_FLOAT32) forward_typed<float>(p, reserve);

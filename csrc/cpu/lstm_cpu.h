@@ -25,6 +25,7 @@ void forward(const fl_forward_params& params, void* reserve);
 // h0, c0, lengths); its outputs are not read.
 void backward(const fl_forward_params& params, const void* reserve, const fl_backward_params& grads);
 void cell(const fl_cell_params& params);
+void cell_backward(const fl_cell_backward_params& params);
 
 }  // namespace cpu
 }  // namespace fusedlstm

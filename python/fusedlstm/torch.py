@@ -192,6 +192,95 @@ def _(x, weights, h0, c0, lengths, dropout_mask, reserve, dy, dh_n, dc_n, num_la
            [x.new_empty(w.shape) for w in weights]
 
 
+@torch.library.custom_op("fusedlstm::cell_forward", mutates_args=(), device_types="cpu")
+def _cell_forward(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+                  b_hh: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    """One step without autograd (no_grad / inference): the core's cell,
+    which reads the weights as they are (no packing), for streaming."""
+    work = _compute_dtype(x.dtype)
+    h_new = torch.empty(h.shape, dtype=work)
+    c_new = torch.empty(c.shape, dtype=work)
+    args = [_as_numpy(None if a is None else a.contiguous(), work) for a in (x, h, c, w_ih, w_hh, b_ih, b_hh)]
+    _core.cell(*args, h_new.numpy(), c_new.numpy())
+    if x.dtype != work:
+        h_new, c_new = h_new.to(x.dtype), c_new.to(x.dtype)
+    return h_new, c_new
+
+
+@_cell_forward.register_fake
+def _(x, h, c, w_ih, w_hh, b_ih, b_hh):
+    return h.new_empty(h.shape), c.new_empty(c.shape)
+
+
+@torch.library.custom_op("fusedlstm::cell_train_forward", mutates_args=(), device_types="cpu")
+def _cell_train_forward(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+                        b_hh: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+    """One step that keeps its gate activations [B, 4H] for cell_backward
+    (B <= _core.CELL_BACKWARD_MAX_B; larger batches train through stack_forward)."""
+    work = _compute_dtype(x.dtype)
+    B, H = h.shape
+    h_new = torch.empty((B, H), dtype=work)
+    c_new = torch.empty((B, H), dtype=work)
+    acts = torch.empty((B, 4 * H), dtype=work)
+    args = [_as_numpy(None if a is None else a.contiguous(), work) for a in (x, h, c, w_ih, w_hh, b_ih, b_hh)]
+    _core.cell(*args, h_new.numpy(), c_new.numpy(), acts.numpy())
+    if x.dtype != work:
+        h_new, c_new = h_new.to(x.dtype), c_new.to(x.dtype)
+    return h_new, c_new, acts
+
+
+@_cell_train_forward.register_fake
+def _(x, h, c, w_ih, w_hh, b_ih, b_hh):
+    B, H = h.shape
+    return h.new_empty((B, H)), c.new_empty((B, H)), h.new_empty((B, 4 * H), dtype=_compute_dtype(h.dtype))
+
+
+@torch.library.custom_op("fusedlstm::cell_backward", mutates_args=(), device_types="cpu")
+def _cell_backward(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, acts: Tensor, c_new: Tensor,
+                   dh_new: Optional[Tensor], dc_new: Optional[Tensor], has_bias: bool) -> List[Tensor]:
+    """[dx, dh, dc, dw_ih, dw_hh] (+ [db] with has_bias)."""
+    work = _compute_dtype(x.dtype)
+    B, I = x.shape
+    H = h.shape[1]
+    out = [torch.empty((B, I), dtype=work), torch.empty((B, H), dtype=work), torch.empty((B, H), dtype=work),
+           torch.empty(w_ih.shape, dtype=work), torch.empty(w_hh.shape, dtype=work)]
+    db = torch.empty((4 * H,), dtype=work) if has_bias else None
+    args = [_as_numpy(None if a is None else a.contiguous(), work)
+            for a in (x, h, c, w_ih, w_hh, acts, c_new, dh_new, dc_new)]
+    _core.cell_backward(*args, *(t.numpy() for t in out), None if db is None else db.numpy())
+    if db is not None:
+        out.append(db)
+    return [g.to(x.dtype) if g.dtype != x.dtype else g for g in out]
+
+
+@_cell_backward.register_fake
+def _(x, h, c, w_ih, w_hh, acts, c_new, dh_new, dc_new, has_bias):
+    out = [x.new_empty(x.shape), h.new_empty(h.shape), c.new_empty(c.shape), w_ih.new_empty(w_ih.shape),
+           w_hh.new_empty(w_hh.shape)]
+    if has_bias:
+        out.append(w_ih.new_empty((w_ih.shape[0],)))
+    return out
+
+
+def _cell_setup_context(ctx, inputs, output):
+    x, h, c, w_ih, w_hh, b_ih, b_hh = inputs
+    ctx.save_for_backward(x, h, c, w_ih, w_hh, output[2], output[1])
+    ctx.has_bias = (b_ih is not None, b_hh is not None)
+    ctx.set_materialize_grads(False)
+
+
+def _cell_backward_rule(ctx, dh_new, dc_new, _dacts):
+    x, h, c, w_ih, w_hh, acts, c_new = ctx.saved_tensors
+    has_bias = any(ctx.has_bias)
+    grads = _cell_backward(x, h, c, w_ih, w_hh, acts, c_new, dh_new, dc_new, has_bias)
+    db = grads[5] if has_bias else None
+    return (grads[0], grads[1], grads[2], grads[3], grads[4],
+            db if ctx.has_bias[0] else None, db if ctx.has_bias[1] else None)
+
+
+_cell_train_forward.register_autograd(_cell_backward_rule, setup_context=_cell_setup_context)
+
+
 def _setup_context(ctx, inputs, output):
     (x, weights, h0, c0, lengths, dropout_mask, num_layers, bidirectional, proj_size, has_bias, batch_first,
      need_reserve) = inputs
@@ -229,6 +318,7 @@ def _setup_nothing(ctx, inputs, output):
 
 
 _stack_backward.register_autograd(_no_double_backward, setup_context=_setup_nothing)
+_cell_backward.register_autograd(_no_double_backward, setup_context=_setup_nothing)
 
 
 # ----------------------------------------------------------------------------
@@ -480,6 +570,13 @@ class LSTMCell(nn.Module):
             return h + connect, c + connect
         need_reserve = torch.is_grad_enabled() and (
             x.requires_grad or h.requires_grad or c.requires_grad or any(w.requires_grad for w in weights))
+        b_ih, b_hh = (weights[2], weights[3]) if self.bias else (None, None)
+        if not need_reserve:  # inference: the unpacked single-step kernel
+            h_new, c_new = torch.ops.fusedlstm.cell_forward(x, h, c, weights[0], weights[1], b_ih, b_hh)
+            return (h_new, c_new) if batched else (h_new[0], c_new[0])
+        if B <= _core.CELL_BACKWARD_MAX_B:  # small batches: the unpacked step and its own backward
+            h_new, c_new, _ = torch.ops.fusedlstm.cell_train_forward(x, h, c, weights[0], weights[1], b_ih, b_hh)
+            return (h_new, c_new) if batched else (h_new[0], c_new[0])
         _, h_n, c_n, _ = torch.ops.fusedlstm.stack_forward(
             x.unsqueeze(0), weights, h.unsqueeze(0), c.unsqueeze(0), None, None, 1, False, 0, self.bias, False,
             need_reserve)

@@ -125,11 +125,40 @@ typedef struct fl_cell_params {
   const void* b_hh;  // [4H] or NULL
   void* h_new;       // [B, H] row-major; may not alias the inputs
   void* c_new;       // [B, H] row-major; may not alias the inputs
+  // [B, 4H] or NULL: the activations i|f|g|o of the step, for
+  // fl_lstm_cell_backward. Only written for B < 16 (FL_CELL_BACKWARD_MAX_B);
+  // larger batches train through the sequence API with T = 1.
+  void* acts;
 } fl_cell_params;
+
+#define FL_CELL_BACKWARD_MAX_B 15
+
+// Backward of one fl_lstm_cell step (B <= FL_CELL_BACKWARD_MAX_B), from the
+// activations it saved. Upstream gradients NULL = zero.
+typedef struct fl_cell_backward_params {
+  fl_dtype dtype;
+  int64_t B, I, H;
+  const void* x;      // [B, I]  the step's inputs, as given to fl_lstm_cell
+  const void* h;      // [B, H]
+  const void* c;      // [B, H]
+  const void* w_ih;   // [4H, I]
+  const void* w_hh;   // [4H, H]
+  const void* acts;   // [B, 4H] from fl_cell_params.acts
+  const void* c_new;  // [B, H]  from the forward
+  const void* dh_new; // [B, H] or NULL
+  const void* dc_new; // [B, H] or NULL
+  void* dx;           // [B, I]
+  void* dh;           // [B, H]
+  void* dc;           // [B, H]
+  void* dw_ih;        // [4H, I]
+  void* dw_hh;        // [4H, H]
+  void* db;           // [4H] or NULL (gradient of b_ih and of b_hh)
+} fl_cell_backward_params;
 
 fl_status fl_lstm_forward(const fl_forward_params* params);
 fl_status fl_lstm_backward(const fl_backward_params* params);
 fl_status fl_lstm_cell(const fl_cell_params* params);
+fl_status fl_lstm_cell_backward(const fl_cell_backward_params* params);
 void fl_training_state_free(fl_training_state* state);
 // Bytes held by a training state (saved activations and copies).
 int64_t fl_training_state_bytes(const fl_training_state* state);

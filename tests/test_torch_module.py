@@ -385,7 +385,7 @@ CELL_CASES = [
     dict(batched=True, hx=True, bias=False, B=5, I=6, H=11),
     dict(batched=True, hx=True, bias=True, B=1, I=1, H=1),
     dict(batched=True, hx=True, bias=True, B=7, I=33, H=70),
-    # above the single-step backward's batch limit: trains through stack_forward with T = 1
+    # above _CELL_UNPACKED_MAX_ROWS: trains through stack_forward with T = 1
     dict(batched=True, hx=True, bias=True, B=17, I=6, H=19),
 ]
 
@@ -431,8 +431,8 @@ def test_cell_matches_nn_lstm_cell(case, dtype, seed, policy):
 
 @pytest.mark.parametrize("B", [1, 5, 17])
 def test_cell_every_isa_and_no_grad(B, isa, seed, policy):
-    """Both cell paths (the unpacked step with its own backward below
-    CELL_BACKWARD_MAX_B, the sequence path above) on every SIMD path, and the
+    """Both cell paths (the unpacked step with its own backward up to
+    _CELL_UNPACKED_MAX_ROWS, the sequence path above) on every SIMD path, and the
     no_grad step, against nn.LSTMCell in float64."""
     torch.manual_seed(seed)
     case = dict(batched=True, hx=True, bias=True, B=B, I=9, H=21)
@@ -956,3 +956,22 @@ def test_import_fusedlstm_does_not_import_torch():
             "print('ok')\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
+
+
+def test_cell_train_ops_any_batch(seed, policy):
+    """The unpacked step and its backward also serve batches above the module's
+    switch to the sequence path (the C API takes any B)."""
+    torch.manual_seed(seed)
+    B, I, H = 20, 6, 11
+    truth = nn.LSTMCell(I, H, dtype=torch.float64)
+    w = [p.detach() for p in truth.parameters()]
+    g = torch.Generator().manual_seed(seed)
+    x, h, c, dh, dc = (torch.randn(B, n, generator=g, dtype=torch.float64) for n in (I, H, H, H, H))
+    h1, c1, acts = torch.ops.fusedlstm.cell_train_forward(x, h, c, *w)
+    dx, dhp, dcp, dw_ih, dw_hh, db = torch.ops.fusedlstm.cell_backward(x, h, c, w[0], w[1], acts, c1, dh, dc, True)
+    xs = [t.clone().requires_grad_(True) for t in (x, h, c)]
+    ref_h, ref_c = truth(xs[0], (xs[1], xs[2]))
+    ref = torch.autograd.grad((ref_h * dh).sum() + (ref_c * dc).sum(), xs + list(truth.parameters()))
+    got = {"h": h1, "c": c1, "dx": dx, "dh": dhp, "dc": dcp, "dw_ih": dw_ih, "dw_hh": dw_hh, "db_ih": db, "db_hh": db}
+    want = dict(zip(["dx", "dh", "dc", "dw_ih", "dw_hh", "db_ih", "db_hh"], ref), h=ref_h, c=ref_c)
+    check_all(policy, got, want, None, torch.float64)

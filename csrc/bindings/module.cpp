@@ -249,7 +249,6 @@ PYBIND11_MODULE(_core, m) {
   m.def("cell", &cell, py::arg("x"), py::arg("h"), py::arg("c"), py::arg("w_ih"), py::arg("w_hh"),
         py::arg("b_ih"), py::arg("b_hh"), py::arg("h_new"), py::arg("c_new"), py::arg("acts") = py::none());
   m.def("cell_backward", &cell_backward);
-  m.attr("CELL_BACKWARD_MAX_B") = int(FL_CELL_BACKWARD_MAX_B);
   m.def("stack_reserve_bytes", &stack_reserve_bytes);
   m.def("stack_forward", &stack_forward);
   m.def("stack_backward", &stack_backward);

@@ -165,8 +165,6 @@ fl_status fl_lstm_cell(const fl_cell_params* p) {
     require(p->B >= 1 && p->I >= 1 && p->H >= 1, "B, I and H must all be >= 1");
     require(p->x && p->h && p->c && p->w_ih && p->w_hh && p->h_new && p->c_new,
             "x, h, c, w_ih, w_hh, h_new and c_new are required");
-    require(!p->acts || p->B <= FL_CELL_BACKWARD_MAX_B,
-            "acts is only written for B <= FL_CELL_BACKWARD_MAX_B; train larger batches with the sequence API");
     fusedlstm::cpu::cell(*p);
   });
 }
@@ -176,9 +174,6 @@ fl_status fl_lstm_cell_backward(const fl_cell_backward_params* p) {
     require(p != nullptr, "params is NULL");
     check_dtype(p->dtype);
     require(p->B >= 1 && p->I >= 1 && p->H >= 1, "B, I and H must all be >= 1");
-    require(p->B <= FL_CELL_BACKWARD_MAX_B,
-            "B must be <= FL_CELL_BACKWARD_MAX_B (" + std::to_string(FL_CELL_BACKWARD_MAX_B) +
-                "); train larger batches through the sequence API with T = 1");
     require(p->x && p->h && p->c && p->w_ih && p->w_hh && p->acts && p->c_new,
             "x, h, c, w_ih, w_hh, acts and c_new are required");
     require(p->dx && p->dh && p->dc && p->dw_ih && p->dw_hh, "dx, dh, dc, dw_ih and dw_hh are required");

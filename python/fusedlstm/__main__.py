@@ -300,6 +300,70 @@ def fd_check(fl, case, d, cotan, g, isa, rep, seed):
         rep.line(isa, case.name, "float64", "fd", "FAIL", "raised " + _err(e))
 
 
+# Layer stacks (fusedlstm.LSTM): name, constructor arguments, T, B, lengths?, dropout mask?
+STACK_CASES = [
+    ("stack 2L bi proj lengths", dict(input_size=7, hidden_size=19, num_layers=2, bidirectional=True,
+                                      proj_size=5, dropout=0.3), 9, 5, True),
+    ("stack 3L uni batch_first", dict(input_size=4, hidden_size=11, num_layers=3, batch_first=True), 6, 3, False),
+]
+
+
+def check_stacks(fl, reference, isa, rep, seed=2000):
+    for k, (name, kw, T, B, with_lengths) in enumerate(STACK_CASES):
+        rng = np.random.default_rng(seed + k)
+        layer = fl.LSTM(**kw, dtype=np.float64, seed=seed + k)
+        L, D = layer.num_layers, layer.num_directions
+        hout = layer.proj_size or layer.hidden_size
+        x = rng.standard_normal((T, B, layer.input_size))
+        lengths = rng.integers(1, T + 1, B) if with_lengths else None
+        hx = (rng.standard_normal((L * D, B, hout)), rng.standard_normal((L * D, B, layer.hidden_size)))
+        x_in = x.swapaxes(0, 1) if layer.batch_first else x
+        try:
+            # the dropout mask the layer draws from this generator, drawn again for the reference
+            keep = 1.0 - layer.dropout
+            masks = None
+            if layer.dropout > 0 and L > 1:
+                masks = (np.random.default_rng(seed).random((L - 1, T, B, D * hout)) < keep) / keep
+            cells = [dict(w_ih=layer.params[f"weight_ih_l{i}{s}"], w_hh=layer.params[f"weight_hh_l{i}{s}"],
+                          b_ih=layer.params.get(f"bias_ih_l{i}{s}"), b_hh=layer.params.get(f"bias_hh_l{i}{s}"),
+                          w_hr=layer.params.get(f"weight_hr_l{i}{s}"))
+                     for i in range(L) for s in ("", "_reverse")[:D]]
+            ref = reference.stack_forward(x, cells, *hx, num_layers=L, bidirectional=D == 2, lengths=lengths,
+                                          dropout_masks=masks)
+            dy = rng.standard_normal(ref.y.shape)
+            ref_g = reference.stack_backward(ref, dy, np.ones_like(ref.h_n), np.ones_like(ref.c_n))
+        except Exception as e:  # noqa: BLE001
+            rep.line(isa, name, "-", "ref", "FAIL", "reference raised " + _err(e))
+            continue
+        for dtype in (np.float64, np.float32):
+            dname = np.dtype(dtype).name
+            try:
+                layer32 = fl.LSTM(**kw, dtype=dtype)
+                layer32.load_state_dict(layer.params)
+                res = layer32.forward(x_in.astype(dtype), tuple(h.astype(dtype) for h in hx), lengths=lengths,
+                                      training=True, rng=np.random.default_rng(seed))
+                y = res.y.swapaxes(0, 1) if layer.batch_first else res.y
+                rel, mabs, worst, problem = compare({"y": y, "h_n": res.h_n, "c_n": res.c_n},
+                                                    {"y": ref.y, "h_n": ref.h_n, "c_n": ref.c_n},
+                                                    ("y", "h_n", "c_n"), dtype=dtype)
+                rep.result(isa, name, dname, "fwd", rel, mabs, worst, problem, TOL[dtype])
+                dy_in = dy.swapaxes(0, 1) if layer.batch_first else dy
+                g = layer32.backward(res, dy_in.astype(dtype), np.ones_like(res.h_n), np.ones_like(res.c_n))
+                dx = g["x"].swapaxes(0, 1) if layer.batch_first else g["x"]
+                ours = {"dx": dx, "dh0": g["h0"], "dc0": g["c0"]}
+                refs = {"dx": ref_g["dx"], "dh0": ref_g["dh0"], "dc0": ref_g["dc0"]}
+                for i, cg in enumerate(ref_g["cells"]):
+                    sfx = f"_l{i // D}" + ("_reverse" if i % D else "")
+                    for key, pname in (("w_ih", "weight_ih"), ("w_hh", "weight_hh"), ("b", "bias_ih"),
+                                       ("w_hr", "weight_hr")):
+                        if pname + sfx in g and key in cg:
+                            ours[pname + sfx], refs[pname + sfx] = g[pname + sfx], cg[key]
+                rel, mabs, worst, problem = compare(ours, refs, tuple(refs), dtype=dtype)
+                rep.result(isa, name, dname, "bwd", rel, mabs, worst, problem, TOL[dtype])
+            except Exception as e:  # noqa: BLE001
+                rep.line(isa, name, dname, "fwd", "FAIL", "raised " + _err(e))
+
+
 def self_check(fl, reference, isas, rep, cases=None):
     cases = cases if cases is not None else default_cases()
     for isa in isas:
@@ -314,6 +378,7 @@ def self_check(fl, reference, isas, rep, cases=None):
             continue
         for i, case in enumerate(cases):
             check_case(fl, reference, case, isa, rep, seed=1000 + i)
+        check_stacks(fl, reference, isa, rep)
 
 
 # --------------------------------------------------------------------------

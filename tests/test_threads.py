@@ -119,3 +119,35 @@ def test_forked_child_after_openmp_team_works(rng, threads, openmp_mode):
     for got in results:
         for a, b in zip(got, expected):
             assert np.array_equal(a, b)
+
+
+def test_torch_front_end_follows_torch_thread_count(rng, threads):
+    """fusedlstm.torch runs the core with at most torch.get_num_threads() threads
+    (one per process under torchrun's OMP_NUM_THREADS=1), and restores the cap."""
+    torch = pytest.importorskip("torch")
+    import fusedlstm.torch as ft
+    from fusedlstm import _core
+    seen = []
+    real = _core.stack_forward
+
+    def spy(*args):
+        seen.append(_core.limit_threads_on_this_thread(0))  # read the cap ...
+        _core.limit_threads_on_this_thread(seen[-1])        # ... and put it back
+        return real(*args)
+
+    m = ft.LSTM(5, 7)
+    x = torch.randn(4, 3, 5)
+    before = torch.get_num_threads()
+    try:
+        _core.stack_forward = spy
+        with threads(2):
+            torch.set_num_threads(1)
+            y1 = m(x)[0]
+            torch.set_num_threads(2)
+            y2 = m(x)[0]
+    finally:
+        _core.stack_forward = real
+        torch.set_num_threads(before)
+    assert seen == [1, 2]
+    assert _core.limit_threads_on_this_thread(0) == 0  # no cap left behind
+    assert torch.equal(y1, y2)  # and results do not depend on it

@@ -256,6 +256,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("get_num_threads", &fl_get_num_threads);
   m.def("use_openmp", [](bool on) { return fl_use_openmp(on) != 0; });
   m.def("using_openmp", [] { return fl_using_openmp() != 0; });
+  m.def("limit_threads_on_this_thread", &fl_limit_threads_on_this_thread);
   m.def("get_isa", [] { return std::string(fl_get_isa()); });
   m.def("set_isa", [](const std::string& name) { check(fl_set_isa(name.c_str())); });
   m.def("available_isas", [] { return std::string(fl_available_isas()); });

@@ -223,6 +223,7 @@ void fl_set_num_threads(int n) { fusedlstm::cpu::set_num_threads(n); }
 int fl_get_num_threads(void) { return fusedlstm::cpu::num_threads(); }
 int fl_use_openmp(int on) { return fusedlstm::cpu::ThreadPool::use_openmp(on != 0) ? 1 : 0; }
 int fl_using_openmp(void) { return fusedlstm::cpu::ThreadPool::using_openmp() ? 1 : 0; }
+int fl_limit_threads_on_this_thread(int n) { return fusedlstm::cpu::set_thread_limit(n); }
 
 const char* fl_get_isa(void) { return fusedlstm::cpu::active_kernels().name; }
 

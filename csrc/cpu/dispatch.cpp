@@ -91,6 +91,12 @@ int num_threads() {
 ScopedThreadLimit::ScopedThreadLimit(int n) : previous_(thread_limit) { thread_limit = n; }
 ScopedThreadLimit::~ScopedThreadLimit() { thread_limit = previous_; }
 
+int set_thread_limit(int n) {
+  const int previous = thread_limit;
+  thread_limit = n > 0 ? n : 0;
+  return previous;
+}
+
 void run_pair(const std::function<void(int)>& fn) {
   std::exception_ptr error[2];
   ThreadPool::instance().run(2, [&](int tid, int) {

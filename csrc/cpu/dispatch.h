@@ -35,6 +35,9 @@ class ScopedThreadLimit {
   int previous_;
 };
 
+// The cap of ScopedThreadLimit without a scope (0: none); returns the previous one.
+int set_thread_limit(int n);
+
 // Runs fn(0) and fn(1) at once on two pool threads, each under a thread
 // limit of 1 (exceptions come back to the caller).
 void run_pair(const std::function<void(int)>& fn);

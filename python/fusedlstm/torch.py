@@ -88,6 +88,18 @@ def _check_device(x: Tensor):
             "yet (CPU only); move the module and inputs to the CPU or use torch.nn.LSTM there")
 
 
+class _torch_threads:
+    """Calls into the core inside this use at most torch.get_num_threads()
+    threads (capped by fusedlstm.set_num_threads), as nn.LSTM would: e.g.
+    one per process under torchrun's OMP_NUM_THREADS=1."""
+
+    def __enter__(self):
+        self._previous = _core.limit_threads_on_this_thread(torch.get_num_threads())
+
+    def __exit__(self, *exc):
+        _core.limit_threads_on_this_thread(self._previous)
+
+
 def _time_major(a, batch_first):
     if a is None:
         return None
@@ -122,12 +134,13 @@ def _stack_forward(x: Tensor, weights: List[Tensor], h0: Tensor, c0: Tensor, len
     cells = [tuple(_as_numpy(w, work) for w in c)
              for c in _per_cell(weights, num_layers, bidirectional, has_bias, proj_size)]
     y_t = y.transpose(0, 1) if batch_first else y
-    _core.stack_forward(_as_numpy(xt, work), cells, _as_numpy(h0.contiguous(), work),
-                        _as_numpy(c0.contiguous(), work),
-                        None if lengths is None else lengths.to(torch.int64).contiguous().numpy(),
-                        _as_numpy(None if dropout_mask is None else dropout_mask.contiguous(), work),
-                        num_layers, D, proj_size, H, y_t.numpy(), h_n.numpy(), c_n.numpy(),
-                        reserve.numpy() if need_reserve else None)
+    with _torch_threads():
+        _core.stack_forward(_as_numpy(xt, work), cells, _as_numpy(h0.contiguous(), work),
+                            _as_numpy(c0.contiguous(), work),
+                            None if lengths is None else lengths.to(torch.int64).contiguous().numpy(),
+                            _as_numpy(None if dropout_mask is None else dropout_mask.contiguous(), work),
+                            num_layers, D, proj_size, H, y_t.numpy(), h_n.numpy(), c_n.numpy(),
+                            reserve.numpy() if need_reserve else None)
     if x.dtype != work:
         y, h_n, c_n = y.to(x.dtype), h_n.to(x.dtype), c_n.to(x.dtype)
     return y, h_n, c_n, reserve
@@ -170,14 +183,15 @@ def _stack_backward(x: Tensor, weights: List[Tensor], h0: Tensor, c0: Tensor, le
         grad_cells.append((w_ih.numpy(), w_hh.numpy(), None if b_ih is None else b_ih.numpy(),
                            None if w_hr is None else w_hr.numpy()))
     dy_t = _time_major(dy, batch_first)
-    _core.stack_backward(_as_numpy(xt, work), cells, _as_numpy(h0.contiguous(), work),
-                         _as_numpy(c0.contiguous(), work),
-                         None if lengths is None else lengths.to(torch.int64).contiguous().numpy(),
-                         _as_numpy(None if dropout_mask is None else dropout_mask.contiguous(), work),
-                         num_layers, D, proj_size, H, reserve.numpy(), _as_numpy(dy_t, work),
-                         _as_numpy(None if dh_n is None else dh_n.contiguous(), work),
-                         _as_numpy(None if dc_n is None else dc_n.contiguous(), work),
-                         dx_t.numpy(), dh0.numpy(), dc0.numpy(), grad_cells)
+    with _torch_threads():
+        _core.stack_backward(_as_numpy(xt, work), cells, _as_numpy(h0.contiguous(), work),
+                             _as_numpy(c0.contiguous(), work),
+                             None if lengths is None else lengths.to(torch.int64).contiguous().numpy(),
+                             _as_numpy(None if dropout_mask is None else dropout_mask.contiguous(), work),
+                             num_layers, D, proj_size, H, reserve.numpy(), _as_numpy(dy_t, work),
+                             _as_numpy(None if dh_n is None else dh_n.contiguous(), work),
+                             _as_numpy(None if dc_n is None else dc_n.contiguous(), work),
+                             dx_t.numpy(), dh0.numpy(), dc0.numpy(), grad_cells)
     if has_bias:  # b_ih and b_hh enter the gates alike: equal gradients
         for _, _, b_ih, b_hh, _ in _per_cell(dweights, num_layers, bidirectional, has_bias, proj_size):
             b_hh.copy_(b_ih)
@@ -201,7 +215,8 @@ def _cell_forward(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, b
     h_new = torch.empty(h.shape, dtype=work)
     c_new = torch.empty(c.shape, dtype=work)
     args = [_as_numpy(None if a is None else a.contiguous(), work) for a in (x, h, c, w_ih, w_hh, b_ih, b_hh)]
-    _core.cell(*args, h_new.numpy(), c_new.numpy())
+    with _torch_threads():
+        _core.cell(*args, h_new.numpy(), c_new.numpy())
     if x.dtype != work:
         h_new, c_new = h_new.to(x.dtype), c_new.to(x.dtype)
     return h_new, c_new
@@ -229,7 +244,8 @@ def _cell_train_forward(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Ten
     c_new = torch.empty((B, H), dtype=work)
     acts = torch.empty((B, 4 * H), dtype=work)
     args = [_as_numpy(None if a is None else a.contiguous(), work) for a in (x, h, c, w_ih, w_hh, b_ih, b_hh)]
-    _core.cell(*args, h_new.numpy(), c_new.numpy(), acts.numpy())
+    with _torch_threads():
+        _core.cell(*args, h_new.numpy(), c_new.numpy(), acts.numpy())
     if x.dtype != work:
         h_new, c_new = h_new.to(x.dtype), c_new.to(x.dtype)
     return h_new, c_new, acts
@@ -253,7 +269,8 @@ def _cell_backward(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, 
     db = torch.empty((4 * H,), dtype=work) if has_bias else None
     args = [_as_numpy(None if a is None else a.contiguous(), work)
             for a in (x, h, c, w_ih, w_hh, acts, c_new, dh_new, dc_new)]
-    _core.cell_backward(*args, *(t.numpy() for t in out), None if db is None else db.numpy())
+    with _torch_threads():
+        _core.cell_backward(*args, *(t.numpy() for t in out), None if db is None else db.numpy())
     if db is not None:
         out.append(db)
     return [g.to(x.dtype) if g.dtype != x.dtype else g for g in out]

@@ -246,6 +246,10 @@ int fl_get_num_threads(void);
 // libgomp's entry points are not found (nothing changes then).
 int fl_use_openmp(int on);
 int fl_using_openmp(void);  // 1 while regions run on the OpenMP team
+// Caps the threads of calls made from the calling host thread at n (0: no
+// cap) and returns the previous cap; fl_set_num_threads still sets the
+// ceiling. For frameworks whose own thread setting should govern a call.
+int fl_limit_threads_on_this_thread(int n);
 
 // SIMD paths. Names: "avx512", "avx2", "generic". The default is the best
 // one the CPU supports, or FUSEDLSTM_ISA when set to a supported name.

@@ -189,6 +189,11 @@ def compare_runs(policy, got, truth, plain, dtype, prefix=""):
 def test_lstm_matches_nn_lstm_random(dtype, kind, draw, rng, seed, policy):
     cfg = draw_config(rng, kind)
     print("config:", cfg)
+    _check_parity(cfg, dtype, seed, policy)
+
+
+def _check_parity(cfg, dtype, seed, policy):
+    """ours vs nn.LSTM (float64 truth, same-dtype nn.LSTM as the plain baseline) on one config."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     ours, truth_m, plain_m = make_models(cfg, dtype)
@@ -216,14 +221,7 @@ def test_lstm_matches_nn_lstm_fixed(dtype, kind, fixed, seed, policy):
     cfg = dict(FIXED[fixed], kind=kind)
     if kind == "unbatched":
         cfg["B"] = 1
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    ours, truth_m, plain_m = make_models(cfg, dtype)
-    data = Data(cfg, dtype, gen)
-    got = run_model(ours, data, dtype)
-    truth = run_model(truth_m, data, torch.float64)
-    plain = None if plain_m is None else run_model(plain_m, data, dtype)
-    compare_runs(policy, got, truth, plain, dtype)
+    _check_parity(cfg, dtype, seed, policy)
 
 
 def test_packed_lengths_shorter_than_padding(seed, policy):

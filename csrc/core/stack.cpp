@@ -6,10 +6,10 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
-#include <memory>
 #include <new>
 #include <vector>
 
+#include "cpu/buffer.h"
 #include "cpu/dispatch.h"
 #include "cpu/lstm_cpu.h"
 
@@ -38,13 +38,10 @@ unsigned char* align64(unsigned char* p) {
   return reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(p) + 63) / 64 * 64);
 }
 
-// Host array owned by the driver (inference's layer outputs, backward's
-// gradient buffers), uninitialised.
-struct HostArray {
-  std::unique_ptr<unsigned char[]> bytes;
-  unsigned char* data = nullptr;
-  explicit HostArray(int64_t n_bytes) : bytes(new unsigned char[size_t(n_bytes) + 64]) { data = align64(bytes.get()); }
-};
+// Host arrays of the driver (inference's layer outputs, backward's gradient
+// buffers): the CPU backend's recycled 64-byte-aligned workspaces, so large
+// ones are not page-faulted afresh on every call.
+using HostArray = cpu::Buffer<unsigned char>;
 
 template <class T>
 void multiply_mask(T* a, const void* mask, int64_t n) {
@@ -119,9 +116,9 @@ void forward_typed(const fl_stack_params& p, void* reserve) {
   unsigned char* res = static_cast<unsigned char*>(reserve);
   const int64_t n_in = p.T * p.B * sg.width();
   // Inference: layer outputs alternate between two host arrays.
-  std::unique_ptr<HostArray> scratch[2];
+  HostArray scratch[2];
   if (!training && sg.L > 1)
-    for (auto& s : scratch) s = std::make_unique<HostArray>(n_in * sg.elem);
+    for (auto& s : scratch) s = HostArray(n_in * sg.elem);
 
   const void* in = p.x;
   int64_t in_st = p.x_stride_t, in_sb = p.x_stride_b;
@@ -138,7 +135,7 @@ void forward_typed(const fl_stack_params& p, void* reserve) {
         std::memset(region, 0, size_t(sg.input_bytes));  // slack and padding: defined bytes
         out = align64(region);
       } else {
-        out = scratch[l % 2]->data;
+        out = scratch[l % 2].data();
       }
       out_st = p.B * sg.width(), out_sb = sg.width();
     }
@@ -175,7 +172,7 @@ void backward_typed(const fl_stack_params& p, const void* reserve, const fl_stac
   // layer, then the masked gradient of the input of the layer above.
   const void* dy = g.dy;
   int64_t dy_st = g.dy_stride_t, dy_sb = g.dy_stride_b;
-  std::unique_ptr<HostArray> d_in[2], d_other;
+  HostArray d_in[2], d_other;
   for (int64_t l = sg.L - 1; l >= 0; --l) {
     const void* in = l == 0 ? p.x : align64(const_cast<unsigned char*>(res) + sg.input_offset(l));
     const int64_t in_st = l == 0 ? p.x_stride_t : p.B * sg.width(), in_sb = l == 0 ? p.x_stride_b : sg.width();
@@ -186,8 +183,8 @@ void backward_typed(const fl_stack_params& p, const void* reserve, const fl_stac
     if (l == 0) {
       dx = g.dx, dx_st = g.dx_stride_t, dx_sb = g.dx_stride_b;
     } else {
-      if (!d_in[l % 2]) d_in[l % 2] = std::make_unique<HostArray>(n_in * sg.elem);
-      dx = d_in[l % 2]->data, dx_st = p.B * sg.width(), dx_sb = sg.width();
+      if (!d_in[l % 2].data()) d_in[l % 2] = HostArray(n_in * sg.elem);
+      dx = d_in[l % 2].data(), dx_st = p.B * sg.width(), dx_sb = sg.width();
     }
     auto run_direction = [&](int64_t d) {
       const int64_t idx = l * sg.D + d;
@@ -202,7 +199,7 @@ void backward_typed(const fl_stack_params& p, const void* reserve, const fl_stac
       if (d == 0) {
         b.dx = dx, b.dx_stride_t = dx_st, b.dx_stride_b = dx_sb;
       } else {  // both directions read the same input: their dx add up
-        b.dx = d_other->data, b.dx_stride_t = p.B * in_width, b.dx_stride_b = in_width;
+        b.dx = d_other.data(), b.dx_stride_t = p.B * in_width, b.dx_stride_b = in_width;
       }
       b.dh0 = static_cast<unsigned char*>(g.dh0) + idx * bh;
       b.dc0 = static_cast<unsigned char*>(g.dc0) + idx * bc;
@@ -212,13 +209,13 @@ void backward_typed(const fl_stack_params& p, const void* reserve, const fl_stac
       b.dw_hr = p.proj_size > 0 ? g.dw_hr[idx] : nullptr;
       cpu::backward(f, res + sg.cell_offset(l, d), b);
     };
-    if (sg.D == 2 && !d_other) d_other = std::make_unique<HostArray>(p.T * p.B * std::max(p.I, sg.width()) * sg.elem);
+    if (sg.D == 2 && !d_other.data()) d_other = HostArray(p.T * p.B * std::max(p.I, sg.width()) * sg.elem);
     if (directions_together(p, sg)) {
       cpu::run_pair([&](int d) { run_direction(d); });
     } else {
       for (int64_t d = 0; d < sg.D; ++d) run_direction(d);
     }
-    if (sg.D == 2) add_into<T>(dx, dx_st, dx_sb, d_other->data, p.T, p.B, in_width);
+    if (sg.D == 2) add_into<T>(dx, dx_st, dx_sb, d_other.data(), p.T, p.B, in_width);
     if (l > 0) {
       if (const void* mask = mask_of_layer(p, sg, l)) multiply_mask<T>(static_cast<T*>(dx), mask, n_in);
       dy = dx, dy_st = dx_st, dy_sb = dx_sb;

@@ -162,6 +162,21 @@ def _weights(w_ih, w_hh, b_ih, b_hh, dtype):
     return w_ih, w_hh, b_ih, b_hh, H, w_ih.shape[1]
 
 
+def _check_lengths(lengths, B, T):
+    """lengths as a contiguous int64 array of shape (B,) in [1, T], or None."""
+    if lengths is None:
+        return None
+    lens = np.asarray(lengths)
+    if lens.dtype.kind not in "iu":
+        raise TypeError(f"lengths must be an integer array, got dtype {lens.dtype}")
+    if lens.shape != (B,):
+        raise ValueError(f"lengths must have shape (B,) = ({B},), got {lens.shape}")
+    if lens.size and (lens.min() < 1 or lens.max() > T):
+        raise ValueError(f"lengths must lie in [1, T] = [1, {T}], got min {lens.min()} "
+                         f"max {lens.max()}")
+    return np.ascontiguousarray(lens, dtype=np.int64)
+
+
 def _sequence_shape(x, w_ih, I, H, *, mode, steps, lengths, feed, batch_first):
     """(T, B) of a forward call, after checking x against the mode (numpy and
     CUDA arrays alike)."""
@@ -245,16 +260,7 @@ def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, mode=
     h0 = _optional("h0", h0, dtype, (B, H), "(B, H)")
     c0 = _optional("c0", c0, dtype, (B, H), "(B, H)")
 
-    if lengths is not None:
-        lens = np.asarray(lengths)
-        if lens.dtype.kind not in "iu":
-            raise TypeError(f"lengths must be an integer array, got dtype {lens.dtype}")
-        if lens.shape != (B,):
-            raise ValueError(f"lengths must have shape (B,) = ({B},), got {lens.shape}")
-        if lens.size and (lens.min() < 1 or lens.max() > T):
-            raise ValueError(f"lengths must lie in [1, T] = [1, {T}], got min {lens.min()} "
-                             f"max {lens.max()}")
-        lengths = np.ascontiguousarray(lens, dtype=np.int64)
+    lengths = _check_lengths(lengths, B, T)
 
     x, xs = _inner_contiguous(x)
     if one_to_many:

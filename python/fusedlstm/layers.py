@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _core
-from .api import _alloc, _float_array, _int_arg
+from .api import _alloc, _check_lengths, _float_array, _int_arg
 
 __all__ = ["LSTM", "LSTMStackResult", "stack_reserve_nbytes"]
 
@@ -37,20 +37,6 @@ def stack_reserve_nbytes(itemsize, T, B, H, proj_size, num_layers, num_direction
         cell = cell + r64(slots * _round_up(H, 4 * w) * itemsize)
     hout = proj_size if proj_size else H
     return num_layers * num_directions * cell + (num_layers - 1) * (r64(slots * num_directions * hout * itemsize) + 64)
-
-
-def check_lengths(lengths, B, T):
-    """lengths as a contiguous int64 array of shape (B,) in [1, T], or None."""
-    if lengths is None:
-        return None
-    lens = np.asarray(lengths)
-    if lens.dtype.kind not in "iu":
-        raise TypeError(f"lengths must be an integer array, got dtype {lens.dtype}")
-    if lens.shape != (B,):
-        raise ValueError(f"lengths must have shape (B,) = ({B},), got {lens.shape}")
-    if B and (lens.min() < 1 or lens.max() > T):
-        raise ValueError(f"lengths must lie in [1, T] = [1, {T}], got min {lens.min()} max {lens.max()}")
-    return np.ascontiguousarray(lens, dtype=np.int64)
 
 
 def weight_names(num_layers, bidirectional, bias, proj_size):
@@ -229,7 +215,7 @@ class LSTM:
             if c0.shape != (L * D, B, H):
                 raise ValueError(f"c0 must have shape (num_layers*num_directions, B, H) = "
                                  f"{(L * D, B, H)}, got {c0.shape}")
-        lengths = check_lengths(lengths, B, T)
+        lengths = _check_lengths(lengths, B, T)
         mask = None
         if training and self.dropout > 0 and L > 1:
             gen = self._rng if rng is None else rng

@@ -81,6 +81,26 @@ def _as_numpy(t: Optional[Tensor], dtype):
     return t.numpy()
 
 
+def _numpy_args(work, *tensors):
+    """Contiguous numpy views (copies where they must convert) in the compute dtype; None stays None."""
+    return [None if t is None else _as_numpy(t.contiguous(), work) for t in tensors]
+
+
+def _stack_core_args(x, weights, h0, c0, lengths, dropout_mask, num_layers, bidirectional, proj_size,
+                     has_bias, batch_first):
+    """What stack_forward and stack_backward both hand to the core: (compute dtype,
+    time-major x, H, D, the leading core arguments)."""
+    work = _compute_dtype(x.dtype)
+    xt = _time_major(x, batch_first)
+    H = weights[1].shape[0] // 4
+    D = 2 if bidirectional else 1
+    cells = [tuple(_as_numpy(w, work) for w in c)
+             for c in _per_cell(weights, num_layers, bidirectional, has_bias, proj_size)]
+    h0n, c0n, maskn = _numpy_args(work, h0, c0, dropout_mask)
+    lens = None if lengths is None else lengths.to(torch.int64).contiguous().numpy()
+    return work, xt, H, D, [_as_numpy(xt, work), cells, h0n, c0n, lens, maskn, num_layers, D, proj_size, H]
+
+
 def _check_device(x: Tensor):
     if x.device.type != "cpu":
         raise NotImplementedError(
@@ -120,26 +140,18 @@ def _stack_forward(x: Tensor, weights: List[Tensor], h0: Tensor, c0: Tensor, len
                    dropout_mask: Optional[Tensor], num_layers: int, bidirectional: bool, proj_size: int,
                    has_bias: bool, batch_first: bool, need_reserve: bool
                    ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    work = _compute_dtype(x.dtype)
-    xt = _time_major(x, batch_first)
+    work, xt, H, D, core_args = _stack_core_args(x, weights, h0, c0, lengths, dropout_mask, num_layers,
+                                                 bidirectional, proj_size, has_bias, batch_first)
     T, B, _ = xt.shape
-    H = weights[1].shape[0] // 4
-    D = 2 if bidirectional else 1
     hout = proj_size if proj_size > 0 else H
     y = torch.empty((B, T, D * hout) if batch_first else (T, B, D * hout), dtype=work)
     h_n = torch.empty((num_layers * D, B, hout), dtype=work)
     c_n = torch.empty((num_layers * D, B, H), dtype=work)
     nbytes = stack_reserve_nbytes(torch.finfo(work).bits // 8, T, B, H, proj_size, num_layers, D) if need_reserve else 0
     reserve = torch.empty((nbytes,), dtype=torch.uint8)
-    cells = [tuple(_as_numpy(w, work) for w in c)
-             for c in _per_cell(weights, num_layers, bidirectional, has_bias, proj_size)]
     y_t = y.transpose(0, 1) if batch_first else y
     with _torch_threads():
-        _core.stack_forward(_as_numpy(xt, work), cells, _as_numpy(h0.contiguous(), work),
-                            _as_numpy(c0.contiguous(), work),
-                            None if lengths is None else lengths.to(torch.int64).contiguous().numpy(),
-                            _as_numpy(None if dropout_mask is None else dropout_mask.contiguous(), work),
-                            num_layers, D, proj_size, H, y_t.numpy(), h_n.numpy(), c_n.numpy(),
+        _core.stack_forward(*core_args, y_t.numpy(), h_n.numpy(), c_n.numpy(),
                             reserve.numpy() if need_reserve else None)
     if x.dtype != work:
         y, h_n, c_n = y.to(x.dtype), h_n.to(x.dtype), c_n.to(x.dtype)
@@ -166,13 +178,8 @@ def _stack_backward(x: Tensor, weights: List[Tensor], h0: Tensor, c0: Tensor, le
                     dh_n: Optional[Tensor], dc_n: Optional[Tensor], num_layers: int, bidirectional: bool,
                     proj_size: int, has_bias: bool, batch_first: bool) -> List[Tensor]:
     """[dx, dh0, dc0, *dweights] (dweights in the order of weights)."""
-    work = _compute_dtype(x.dtype)
-    xt = _time_major(x, batch_first)
-    T, B, I = xt.shape
-    H = weights[1].shape[0] // 4
-    D = 2 if bidirectional else 1
-    cells = [tuple(_as_numpy(w, work) for w in c)
-             for c in _per_cell(weights, num_layers, bidirectional, has_bias, proj_size)]
+    work, xt, H, D, core_args = _stack_core_args(x, weights, h0, c0, lengths, dropout_mask, num_layers,
+                                                 bidirectional, proj_size, has_bias, batch_first)
     dx = torch.empty(x.shape, dtype=work)
     dx_t = dx.transpose(0, 1) if batch_first else dx
     dh0 = torch.empty(h0.shape, dtype=work)
@@ -184,14 +191,8 @@ def _stack_backward(x: Tensor, weights: List[Tensor], h0: Tensor, c0: Tensor, le
                            None if w_hr is None else w_hr.numpy()))
     dy_t = _time_major(dy, batch_first)
     with _torch_threads():
-        _core.stack_backward(_as_numpy(xt, work), cells, _as_numpy(h0.contiguous(), work),
-                             _as_numpy(c0.contiguous(), work),
-                             None if lengths is None else lengths.to(torch.int64).contiguous().numpy(),
-                             _as_numpy(None if dropout_mask is None else dropout_mask.contiguous(), work),
-                             num_layers, D, proj_size, H, reserve.numpy(), _as_numpy(dy_t, work),
-                             _as_numpy(None if dh_n is None else dh_n.contiguous(), work),
-                             _as_numpy(None if dc_n is None else dc_n.contiguous(), work),
-                             dx_t.numpy(), dh0.numpy(), dc0.numpy(), grad_cells)
+        _core.stack_backward(*core_args, reserve.numpy(), _as_numpy(dy_t, work),
+                             *_numpy_args(work, dh_n, dc_n), dx_t.numpy(), dh0.numpy(), dc0.numpy(), grad_cells)
     if has_bias:  # b_ih and b_hh enter the gates alike: equal gradients
         for _, _, b_ih, b_hh, _ in _per_cell(dweights, num_layers, bidirectional, has_bias, proj_size):
             b_hh.copy_(b_ih)
@@ -214,7 +215,7 @@ def _cell_forward(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, b
     work = _compute_dtype(x.dtype)
     h_new = torch.empty(h.shape, dtype=work)
     c_new = torch.empty(c.shape, dtype=work)
-    args = [_as_numpy(None if a is None else a.contiguous(), work) for a in (x, h, c, w_ih, w_hh, b_ih, b_hh)]
+    args = _numpy_args(work, x, h, c, w_ih, w_hh, b_ih, b_hh)
     with _torch_threads():
         _core.cell(*args, h_new.numpy(), c_new.numpy())
     if x.dtype != work:
@@ -243,7 +244,7 @@ def _cell_train_forward(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Ten
     h_new = torch.empty((B, H), dtype=work)
     c_new = torch.empty((B, H), dtype=work)
     acts = torch.empty((B, 4 * H), dtype=work)
-    args = [_as_numpy(None if a is None else a.contiguous(), work) for a in (x, h, c, w_ih, w_hh, b_ih, b_hh)]
+    args = _numpy_args(work, x, h, c, w_ih, w_hh, b_ih, b_hh)
     with _torch_threads():
         _core.cell(*args, h_new.numpy(), c_new.numpy(), acts.numpy())
     if x.dtype != work:
@@ -267,8 +268,7 @@ def _cell_backward(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, 
     out = [torch.empty((B, I), dtype=work), torch.empty((B, H), dtype=work), torch.empty((B, H), dtype=work),
            torch.empty(w_ih.shape, dtype=work), torch.empty(w_hh.shape, dtype=work)]
     db = torch.empty((4 * H,), dtype=work) if has_bias else None
-    args = [_as_numpy(None if a is None else a.contiguous(), work)
-            for a in (x, h, c, w_ih, w_hh, acts, c_new, dh_new, dc_new)]
+    args = _numpy_args(work, x, h, c, w_ih, w_hh, acts, c_new, dh_new, dc_new)
     with _torch_threads():
         _core.cell_backward(*args, *(t.numpy() for t in out), None if db is None else db.numpy())
     if db is not None:
@@ -346,6 +346,11 @@ _cell_backward.register_autograd(_no_double_backward, setup_context=_setup_nothi
 
 # ----------------------------------------------------------------------------
 # Modules
+
+def _needs_grad(*tensors):
+    """Whether autograd will differentiate this call (so the forward must keep its activations)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
 
 def _autocast_dtype(device_type):
     if torch.is_autocast_enabled(device_type):
@@ -504,8 +509,7 @@ class LSTM(nn.Module):
                 mask = torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(keep).div_(keep)
             else:
                 mask = torch.zeros(shape, dtype=x.dtype, device=x.device)
-        need_reserve = torch.is_grad_enabled() and (
-            x.requires_grad or h0.requires_grad or c0.requires_grad or any(w.requires_grad for w in weights))
+        need_reserve = _needs_grad(x, h0, c0, *weights)
         y, h_n, c_n, _ = torch.ops.fusedlstm.stack_forward(
             x, weights, h0, c0, lengths, mask, self.num_layers, self.bidirectional, self.proj_size, self.bias,
             self.batch_first, need_reserve)
@@ -591,8 +595,7 @@ class LSTMCell(nn.Module):
         if B == 0:
             connect = sum(w.sum() for w in weights) * 0 + x.sum() * 0
             return h + connect, c + connect
-        need_reserve = torch.is_grad_enabled() and (
-            x.requires_grad or h.requires_grad or c.requires_grad or any(w.requires_grad for w in weights))
+        need_reserve = _needs_grad(x, h, c, *weights)
         b_ih, b_hh = (weights[2], weights[3]) if self.bias else (None, None)
         if not need_reserve:  # inference: the unpacked single-step kernel
             h_new, c_new = torch.ops.fusedlstm.cell_forward(x, h, c, weights[0], weights[1], b_ih, b_hh)

@@ -67,6 +67,17 @@ def test_cuda_module_built_and_importable():
     assert _cuda.build_archs() == ",".join(cuda["archs"])
 
 
+def test_cuda_binding_takes_host_lengths_as_a_list():
+    """The binding converts a Python list of lengths (the first GPU run found
+    this cast missing): a list of the wrong size is refused by the binding
+    itself, before any device is touched, so this runs without a GPU."""
+    if not fusedlstm.build_info()["cuda"]["importable"]:
+        pytest.skip("the CUDA module is not built here")
+    from fusedlstm import _cuda
+    with pytest.raises(ValueError, match="lengths must have B entries"):
+        _cuda.forward(0, False, 0, 0, 0, 0, 3, 2, 4, 5, 0, 8, 4, 0, 0, 0, 0, 0, 0, [3], 0, 10, 5, 0, 0, False)
+
+
 def test_unimportable_cuda_module_is_reported_not_raised(monkeypatch):
     """A _cuda that fails to import (no libcublas, no driver...) leaves the
     package working: cuda_available() is False and build_info() says why."""
@@ -163,9 +174,12 @@ def cuda_path(request, monkeypatch):
     return request.param
 
 
-def _assert_path(expected):
+def _assert_path(forward, backward=None):
+    """The path the last forward (and backward, where given) call took."""
     from fusedlstm import _cuda
-    assert _cuda.last_forward_path() == expected
+    assert _cuda.last_forward_path() == forward
+    if backward is not None:
+        assert _cuda.last_backward_path() == backward
 
 
 def _run_case(torch, prob, dtname, reference_outputs, *, backward=True, batch_first=False):
@@ -215,7 +229,7 @@ def test_cuda_sequence(make_problem, reference_outputs, dtname, mode, lengths, b
     torch = _torch_cuda()
     prob = make_problem(mode=mode, T=7, B=5, I=9, H=13, lengths=lengths, batch_first=batch_first)
     _run_case(torch, prob, dtname, reference_outputs)
-    _assert_path(cuda_path)  # small shapes always fit the persistent kernel
+    _assert_path(cuda_path, cuda_path)  # small shapes always fit the persistent kernels
 
 
 @pytest.mark.parametrize("dtname", DTYPES)
@@ -226,7 +240,8 @@ def test_cuda_one_to_many(make_problem, reference_outputs, dtname, feed, init, c
     I = 11 if feed == "output" else 6
     prob = make_problem(mode="one_to_many", T=6, B=3, I=I, H=11, feed=feed, init=init)
     _run_case(torch, prob, dtname, reference_outputs)
-    _assert_path("fallback" if feed == "output" else cuda_path)  # feed='output' has no persistent kernel
+    expected = "fallback" if feed == "output" else cuda_path  # feed='output' has no persistent kernel
+    _assert_path(expected, expected)
 
 
 @pytest.mark.parametrize("bias", ["both", "ih", "hh", "none"])
@@ -257,7 +272,19 @@ def test_cuda_persistent_large(make_problem, reference_outputs, dtname, shape, m
     prob = make_problem(T=T, B=B, I=I, H=H, lengths=True)
     _run_case(torch, prob, dtname, reference_outputs)
     from fusedlstm import _cuda
-    print("path:", _cuda.last_forward_path())
+    print("paths: forward", _cuda.last_forward_path(), "backward", _cuda.last_backward_path())
+
+
+@pytest.mark.parametrize("B, H, expected", [(4, 24, "persistent"), (200, 200, "fallback")])
+def test_cuda_auto_path(make_problem, reference_outputs, monkeypatch, B, H, expected):
+    """Unset FUSEDLSTM_CUDA_PATH (auto): the persistent kernels run where they
+    fit and B * ceil(H / #SMs) * H <= 32768 (4 * 1 * 24 on any GPU); larger
+    shares take the per-step fallback (200 * 2 * 200 on 132 SMs, more on fewer)."""
+    torch = _torch_cuda()
+    monkeypatch.delenv("FUSEDLSTM_CUDA_PATH", raising=False)
+    prob = make_problem(T=6, B=B, I=10, H=H, lengths=True)
+    _run_case(torch, prob, "float32", reference_outputs)
+    _assert_path(expected, expected)
 
 
 @pytest.mark.parametrize("dtname", DTYPES)

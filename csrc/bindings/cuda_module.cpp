@@ -5,6 +5,7 @@
 // turns a failed status into a Python exception (RuntimeError for CUDA /
 // cuBLAS failures, with the call, file and line in the message).
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>  // host lengths arrive as a Python list
 
 #include <cstdint>
 #include <memory>
@@ -128,6 +129,7 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("build_archs", [] { return std::string(fl_cuda_build_archs()); });
   m.def("path", [] { return std::string(fl_cuda_path()); });
   m.def("last_forward_path", [] { return std::string(fl_cuda_last_forward_path()); });
+  m.def("last_backward_path", [] { return std::string(fl_cuda_last_backward_path()); });
   m.attr("FLOAT32") = int(FL_CUDA_FLOAT32);
   m.attr("FLOAT64") = int(FL_CUDA_FLOAT64);
   m.attr("FLOAT16") = int(FL_CUDA_FLOAT16);

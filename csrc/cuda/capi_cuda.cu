@@ -131,9 +131,13 @@ const char* fl_cuda_build_archs(void) { return FUSEDLSTM_CUDA_ARCHS; }
 
 const char* fl_cuda_path(void) {
   const char* env = std::getenv("FUSEDLSTM_CUDA_PATH");
-  return env && std::strcmp(env, "persistent") == 0 ? "persistent" : "fallback";
+  if (env && std::strcmp(env, "persistent") == 0) return "persistent";
+  if (env && std::strcmp(env, "fallback") == 0) return "fallback";
+  return "auto";
 }
 
 const char* fl_cuda_last_forward_path(void) { return fusedlstm::cuda::last_forward_path(); }
+
+const char* fl_cuda_last_backward_path(void) { return fusedlstm::cuda::last_backward_path(); }
 
 }  // extern "C"

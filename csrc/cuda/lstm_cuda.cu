@@ -334,32 +334,203 @@ __global__ void bwd_init_kernel(int64_t n, const S* __restrict__ dh_n, const S* 
   dc[i] = dc_n ? A(static_cast<SA>(dc_n[i])) : A(0);
 }
 
-// db[j] = sum over rows r of dg[r, j], one thread per column, fixed order.
+// db[j] = sum over rows r of dg[r, j], one thread per column, fixed order,
+// compensated (Neumaier): a plain float32 running sum over T*B rows loses
+// about T*B/2 ulps, which the first H100 runs measured above the suite's
+// float32 bound at T*B = 3200 (numpy's reference sums pairwise).
 template <class S, class A>
 __global__ void column_sum_kernel(int64_t rows, int64_t cols, const S* __restrict__ dg, S* __restrict__ db) {
   const int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (j >= cols) return;
-  A acc = A(0);
-  for (int64_t r = 0; r < rows; ++r) acc += A(static_cast<typename Traits<S>::A>(dg[r * cols + j]));
-  db[j] = S(acc);
+  A sum = A(0), carry = A(0);
+  for (int64_t r = 0; r < rows; ++r) {
+    const A v = A(static_cast<typename Traits<S>::A>(dg[r * cols + j]));
+    const A t = sum + v;
+    carry += fabs(sum) >= fabs(v) ? (sum - t) + v : (v - t) + sum;
+    sum = t;
+  }
+  db[j] = S(sum + carry);
 }
 
-// ------------------------------------------------- persistent forward kernel
-// One cooperative launch runs a chunk of steps. CTA k owns hidden units
-// [k*HB, k*HB + HB) with all four gates: its slice of W_hh (4*HB rows, gate-
-// major: row g*HB + uu is W_hh row g*H + u) stays in shared memory for all
-// steps. Per step: stage h_{t-1} [B, H] from global memory (L2, bypassing L1:
-// other CTAs wrote it) into shared memory, compute the 4*HB x B dot products
-// (a warp per W row and up to kNB batch rows, lanes split k, shuffle
-// reduction), apply cell_forward to the owned units, publish h_t to global
-// memory, then one grid-wide barrier. h lives in two slots (inference) or in
-// h_hist (training), so no CTA overwrites what another may still read.
+// ------------------------------------------------------ persistent kernels
+// One cooperative launch runs many steps. CTA k owns hidden units
+// [k*HB, k*HB + HB) with all four gates, so the cell update stays local; its
+// slice of W_hh stays in shared memory for all steps:
+//  - forward: rows g*HB + uu = W_hh row g*H + u (4*HB rows of H), dotted with
+//    h_{t-1} to give the CTA's gate pre-activations;
+//  - backward: rows uu = W_hh column u (HB rows of 4H), dotted with dG_{t+1}
+//    to give the gradient reaching h_t of the CTA's units.
+// Per step the CTA stages the shared operand (h_{t-1} [B, H] or dG_{t+1}
+// [B, 4H], written by every CTA, read through L2 with __ldcg) into shared
+// memory in column chunks, computes the dot products (dot_rows_chunk), applies
+// gate_math.h to its units, publishes its part of h_t / dG_t, and meets the
+// other CTAs at one grid barrier. No CTA overwrites what another may still
+// read: h lives in two slots (inference) or in h_hist (training), dG in the
+// [T, B, 4H] gradient buffer.
+#ifdef FUSEDLSTM_CUDA_EMULATE
+#define FL_DYNAMIC_SMEM(name) unsigned char* name = ::fl_emu::dynamic_smem()
+#define FL_GRID_SYNC() ::fl_emu::sync_grid()
+#else
+#define FL_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
+#define FL_GRID_SYNC() cooperative_groups::this_grid().sync()
+#endif
+
 constexpr int kPersistThreads = 256;
-constexpr int kNB = 8;
+constexpr int kNB = 8;  // batch rows per warp work unit
+
+FL_HOST_DEVICE FL_INLINE int imin(int a, int b) { return a < b ? a : b; }
+
+template <class S>
+__device__ __forceinline__ typename Traits<S>::A to_math(S v) {
+  return static_cast<typename Traits<S>::A>(v);
+}
+
+// Sums v[i] over the 32 lanes for every i < N (N = 32, 16 or 8) in
+// 16 + 8 + ... shuffles instead of 5 per value: at each halving a lane keeps
+// one half of its values and adds the partner's copy of that half. At the end
+// lane L holds the total of value L / (32 / N) (lanes L and L ^ 1, ... agree).
+template <int N, class A>
+__device__ __forceinline__ A warp_reduce_scatter(A (&v)[N], int lane) {
+  int n = N;
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    if (n > 1) {
+      const bool upper = (lane & off) != 0;
+#pragma unroll
+      for (int i = 0; i < N / 2; ++i) {
+        if (i < n / 2) {
+          const A send = upper ? v[i] : v[i + n / 2];
+          const A keep = upper ? v[i + n / 2] : v[i];
+          v[i] = keep + __shfl_xor_sync(0xffffffffu, send, off);
+        }
+      }
+      n /= 2;
+    } else {
+      v[0] += __shfl_xor_sync(0xffffffffu, v[0], off);
+    }
+  }
+  return v[0];
+}
+
+// out[b * R + r] (=, or += when accumulate) sum over k < n of
+// w[r * ldw + k_off + k] * stage[b * n + k], for b < B and the rows r < R with
+// r % hb < hb_valid (the others belong to units past H). Work units of NR rows
+// x kNB batch rows go round-robin to the warps; lanes split k; the NR * kNB
+// sums are reduced with warp_reduce_scatter. Each output element has one
+// writer, so no atomics.
+template <int NR, class S, class A>
+__device__ void dot_rows_chunk(const S* w, int ldw, int k_off, int R, int hb, int hb_valid, const S* stage, int n,
+                               int B, A* out, bool accumulate) {
+  constexpr int N = NR * kNB;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  const int groups_r = (R + NR - 1) / NR, groups_b = (B + kNB - 1) / kNB;
+  for (int unit = warp; unit < groups_r * groups_b; unit += nwarps) {
+    const int r0 = (unit / groups_b) * NR, b0 = (unit % groups_b) * kNB;
+    A acc[N];
+#pragma unroll
+    for (int i = 0; i < N; ++i) acc[i] = A(0);
+    for (int k = lane; k < n; k += 32) {
+      A wv[NR];
+#pragma unroll
+      for (int j = 0; j < NR; ++j) wv[j] = r0 + j < R ? to_math(w[size_t(r0 + j) * ldw + k_off + k]) : A(0);
+#pragma unroll
+      for (int q = 0; q < kNB; ++q) {
+        if (b0 + q < B) {
+          const A hv = to_math(stage[size_t(b0 + q) * n + k]);
+#pragma unroll
+          for (int j = 0; j < NR; ++j) acc[j * kNB + q] += wv[j] * hv;
+        }
+      }
+    }
+    const A total = warp_reduce_scatter<N>(acc, lane);
+    constexpr int kSpread = 32 / N;  // lanes holding the same total
+    if (lane % kSpread == 0) {
+      const int idx = lane / kSpread, r = r0 + idx / kNB, b = b0 + idx % kNB;
+      if (r < R && r % hb < hb_valid && b < B) {
+        A* o = out + size_t(b) * R + r;
+        *o = accumulate ? *o + total : total;
+      }
+    }
+  }
+}
+
+// The largest NR in {4, 2, 1} that still gives every warp a work unit.
+template <class S, class A>
+__device__ void dot_rows(const S* w, int ldw, int k_off, int R, int hb, int hb_valid, const S* stage, int n, int B,
+                         A* out, bool accumulate) {
+  const int units_b = (B + kNB - 1) / kNB, nwarps = blockDim.x >> 5;
+  if (((R + 3) / 4) * units_b >= nwarps)
+    dot_rows_chunk<4>(w, ldw, k_off, R, hb, hb_valid, stage, n, B, out, accumulate);
+  else if (((R + 1) / 2) * units_b >= nwarps)
+    dot_rows_chunk<2>(w, ldw, k_off, R, hb, hb_valid, stage, n, B, out, accumulate);
+  else
+    dot_rows_chunk<1>(w, ldw, k_off, R, hb, hb_valid, stage, n, B, out, accumulate);
+}
+
+// dst[r * ld_dst + k] = src[r * ld_src + k] for r < rows, k < n, in Words
+// (a 16-byte vector of S, or S itself), from global to shared memory. src
+// may have been written by other CTAs of the running kernel (hence __ldcg:
+// never a stale L1 line). Each thread issues kInFlight loads before its first
+// store: a plain load-store loop waits one L2 round trip per element, which
+// the second H100 run measured as the larger part of a step at B >= 16
+// (bench/NOTES_CUDA.md).
+template <class Word>
+__device__ __forceinline__ void copy_words(Word* dst, int ld_dst, const Word* src, int64_t ld_src, int n,
+                                           int rows) {
+  constexpr int kInFlight = 4;
+  const int total = rows * n, stride = static_cast<int>(blockDim.x);
+  for (int base = threadIdx.x; base < total; base += kInFlight * stride) {
+    Word v[kInFlight];
+#pragma unroll
+    for (int j = 0; j < kInFlight; ++j) {
+      const int i = base + j * stride;
+      if (i < total) {
+        const int r = i / n;
+        v[j] = __ldcg(src + r * ld_src + (i - r * n));
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kInFlight; ++j) {
+      const int i = base + j * stride;
+      if (i < total) {
+        const int r = i / n;
+        dst[r * ld_dst + (i - r * n)] = v[j];
+      }
+    }
+  }
+}
+
+// copy_words in 16-byte words where every row start allows them, else in S.
+template <class S>
+__device__ void copy_rows(S* dst, int ld_dst, const S* src, int64_t ld_src, int n, int rows) {
+  constexpr int V = 16 / sizeof(S);
+  const bool wide = (reinterpret_cast<uintptr_t>(src) | reinterpret_cast<uintptr_t>(dst)) % 16 == 0 &&
+                    ld_src % V == 0 && ld_dst % V == 0 && n % V == 0;
+  if (wide)
+    copy_words(reinterpret_cast<uint4*>(dst), ld_dst / V, reinterpret_cast<const uint4*>(src), ld_src / V, n / V,
+               rows);
+  else
+    copy_words(dst, ld_dst, src, ld_src, n, rows);
+}
+
+// out[b, r] = sum_k w[r, k] src[b * ld_src + k] over k < K, staging src (global,
+// written by other CTAs) through stage in chunks of kc columns.
+template <class S, class A>
+__device__ void dot_rows_global(const S* w, int R, int hb, int hb_valid, int K, const S* src, int64_t ld_src, int B,
+                                S* stage, int kc, A* out) {
+  for (int k0 = 0; k0 < K; k0 += kc) {
+    const int n = imin(kc, K - k0);
+    __syncthreads();  // the previous chunk's (or step's) readers of stage and out are done
+    copy_rows(stage, n, src + k0, ld_src, n, B);
+    __syncthreads();
+    dot_rows(w, K, k0, R, hb, hb_valid, stage, n, B, out, k0 > 0);
+  }
+  __syncthreads();  // out complete
+}
 
 template <class S, class A>
 struct PersistArgs {
-  int B, H, HB;
+  int B, H, HB, kc;
   int t0, nt;
   const S* w_hh;       // [4H, H] global
   const A* xproj;      // chunk buffer: step t at xproj + (t - t0) * xproj_step; NULL = none
@@ -376,29 +547,69 @@ struct PersistArgs {
   const int* len;      // [B] or NULL
 };
 
-struct PersistPlan {
-  int HB = 0, blocks = 0;
-  size_t smem = 0;
+// Shared memory of both kernels: out [B, R] (A) | w [R, K] (S) | stage [B, kc] (S).
+template <class S, class A>
+struct PersistSmem {
+  A* out;
+  S* w;
+  S* stage;
+  // w and stage start on 16-byte boundaries (for copy_rows' wide copies): the
+  // plan reserves kAlignSlack bytes for the padding.
+  static constexpr size_t kAlign = 16, kAlignSlack = 2 * kAlign;
+  static __device__ uintptr_t aligned(const void* p) {
+    return (reinterpret_cast<uintptr_t>(p) + kAlign - 1) / kAlign * kAlign;
+  }
+  __device__ PersistSmem(unsigned char* raw, int B, int R, int K) {
+    out = reinterpret_cast<A*>(raw);
+    w = reinterpret_cast<S*>(aligned(raw + sizeof(A) * size_t(B) * R));
+    stage = reinterpret_cast<S*>(aligned(w + size_t(R) * K));
+  }
 };
 
-#ifndef FUSEDLSTM_CUDA_EMULATE
+// What one (b, u) element of a forward step needs besides the recurrent dot
+// products: none of it is written by another CTA during the kernel, so a
+// thread loads its first element's before the step's dot products and the
+// loads' latency hides behind them.
+template <class A>
+struct FwdLocal {
+  A pre[4];  // x projection + biases of gates i, f, g, o
+  A c_prev;
+  bool active;  // t < lengths[b]
+};
+
+template <class S, class A>
+__device__ __forceinline__ FwdLocal<A> load_fwd_local(const PersistArgs<S, A>& p, int t, int b, int u,
+                                                      const A* c_prev) {
+  FwdLocal<A> l;
+  l.active = !p.len || t < p.len[b];
+  const int64_t G = 4 * int64_t(p.H);
+  const A* xp = nullptr;
+  if (p.xproj && (!p.xproj_first_only || t == 0)) xp = p.xproj + int64_t(t - p.t0) * p.xproj_step + b * G;
+#pragma unroll
+  for (int g = 0; g < 4; ++g) {
+    A v = A(0);
+    if (xp) v += xp[g * int64_t(p.H) + u];
+    if (p.bsum) v += p.bsum[g * int64_t(p.H) + u];
+    l.pre[g] = v;
+  }
+  l.c_prev = c_prev[int64_t(b) * p.H + u];
+  return l;
+}
+
 template <class S, class A>
 __global__ void __launch_bounds__(kPersistThreads) persistent_fwd_kernel(PersistArgs<S, A> p) {
-  namespace cg = cooperative_groups;
-  cg::grid_group grid = cg::this_grid();
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  FL_DYNAMIC_SMEM(smem_raw);
   const int B = p.B, H = p.H, HB = p.HB, R = 4 * HB;
-  A* pre_s = reinterpret_cast<A*>(smem_raw);                          // [B, R]
-  S* w_s = reinterpret_cast<S*>(smem_raw + sizeof(A) * size_t(B) * R);  // [R, H]
-  S* h_s = w_s + size_t(R) * H;                                       // [B, H]
-  const int u0 = blockIdx.x * HB;
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = blockDim.x >> 5;
+  const int u0 = blockIdx.x * HB, hb_valid = imin(HB, H - u0);
+  const PersistSmem<S, A> sm(smem_raw, B, R, H);
   const int64_t G = 4 * int64_t(H);
 
-  for (int64_t i = tid; i < int64_t(R) * H; i += blockDim.x) {
-    const int r = static_cast<int>(i / H), k = static_cast<int>(i % H);
-    const int g = r / HB, u = u0 + r % HB;
-    w_s[i] = u < H ? p.w_hh[(int64_t(g) * H + u) * H + k] : S(0.0f);
+  // This CTA's rows of W_hh: per gate, hb_valid contiguous rows of H; rows of
+  // units past H are zero.
+  copy_rows(sm.w, HB * H, p.w_hh + int64_t(u0) * H, int64_t(H) * H, hb_valid * H, 4);
+  for (int i = threadIdx.x; i < 4 * (HB - hb_valid) * H; i += blockDim.x) {
+    const int per_gate = (HB - hb_valid) * H, g = i / per_gate;
+    sm.w[g * HB * H + hb_valid * H + (i - g * per_gate)] = S(0.0f);
   }
 
   for (int t = p.t0; t < p.t0 + p.nt; ++t) {
@@ -409,48 +620,20 @@ __global__ void __launch_bounds__(kPersistThreads) persistent_fwd_kernel(Persist
     const A* c_prev = p.c + int64_t(cs_prev) * B * H;
     A* c_next = p.c + int64_t(cs_next) * B * H;
 
-    __syncthreads();  // h_s / pre_s of the previous step fully consumed
-    for (int64_t i = tid; i < int64_t(B) * H; i += blockDim.x) h_s[i] = __ldcg(h_prev + i);
-    __syncthreads();
+    FwdLocal<A> first{};
+    if (threadIdx.x < B * hb_valid)
+      first = load_fwd_local(p, t, threadIdx.x / hb_valid, u0 + threadIdx.x % hb_valid, c_prev);
 
-    for (int r = warp; r < R; r += nwarps) {
-      if (u0 + r % HB >= H) continue;
-      const S* wr = w_s + size_t(r) * H;
-      for (int b0 = 0; b0 < B; b0 += kNB) {
-        A acc[kNB];
-#pragma unroll
-        for (int q = 0; q < kNB; ++q) acc[q] = A(0);
-        for (int k = lane; k < H; k += 32) {
-          const A w = A(static_cast<typename Traits<S>::A>(wr[k]));
-#pragma unroll
-          for (int q = 0; q < kNB; ++q)
-            if (b0 + q < B) acc[q] += w * A(static_cast<typename Traits<S>::A>(h_s[size_t(b0 + q) * H + k]));
-        }
-#pragma unroll
-        for (int q = 0; q < kNB; ++q) {
-#pragma unroll
-          for (int off = 16; off > 0; off >>= 1) acc[q] += __shfl_xor_sync(0xffffffffu, acc[q], off);
-        }
-        if (lane == 0) {
-#pragma unroll
-          for (int q = 0; q < kNB; ++q)
-            if (b0 + q < B) pre_s[size_t(b0 + q) * R + r] = acc[q];
-        }
-      }
-    }
-    __syncthreads();
+    dot_rows_global(sm.w, R, HB, hb_valid, H, h_prev, H, B, sm.stage, p.kc, sm.out);
 
-    const A* xp = nullptr;
-    if (p.xproj && (!p.xproj_first_only || t == 0)) xp = p.xproj + int64_t(t - p.t0) * p.xproj_step;
-    for (int i = tid; i < B * HB; i += blockDim.x) {
-      const int b = i / HB, uu = i % HB, u = u0 + uu;
-      if (u >= H) continue;
+    for (int i = threadIdx.x; i < B * hb_valid; i += blockDim.x) {
+      const int b = i / hb_valid, uu = i % hb_valid, u = u0 + uu;
       const int64_t e = int64_t(b) * H + u;  // element (b, u) of a [B, H] state
-      const bool active = !p.len || t < p.len[b];
+      const FwdLocal<A> l = i == static_cast<int>(threadIdx.x) ? first : load_fwd_local(p, t, b, u, c_prev);
       A* acts = p.acts ? p.acts + (int64_t(t) * B + b) * G + u : nullptr;
-      if (!active) {
+      if (!l.active) {
         h_next[e] = __ldcg(h_prev + e);
-        c_next[e] = c_prev[e];
+        c_next[e] = l.c_prev;
         if (p.y) p.y[t * p.y_st + b * p.y_sb + u] = S(0.0f);
         if (acts)
           for (int g = 0; g < 4; ++g) acts[g * int64_t(H)] = A(0);
@@ -458,18 +641,13 @@ __global__ void __launch_bounds__(kPersistThreads) persistent_fwd_kernel(Persist
       }
       A pre[4];
 #pragma unroll
-      for (int g = 0; g < 4; ++g) {
-        A v = pre_s[size_t(b) * R + g * HB + uu];
-        if (xp) v += xp[int64_t(b) * G + g * int64_t(H) + u];
-        if (p.bsum) v += p.bsum[g * int64_t(H) + u];
-        pre[g] = v;
-      }
+      for (int g = 0; g < 4; ++g) pre[g] = l.pre[g] + sm.out[size_t(b) * R + g * HB + uu];
       A c_new, h_new;
-      const GateActs<A> a = cell_forward<A>(pre[0], pre[1], pre[2], pre[3], c_prev[e], c_new, h_new);
+      const GateActs<A> a = cell_forward<A>(pre[0], pre[1], pre[2], pre[3], l.c_prev, c_new, h_new);
       c_next[e] = c_new;
-      const S h_s_val = S(h_new);
-      __stcg(h_next + e, h_s_val);
-      if (p.y) p.y[t * p.y_st + b * p.y_sb + u] = h_s_val;
+      const S h_val = S(h_new);
+      __stcg(h_next + e, h_val);
+      if (p.y) p.y[t * p.y_st + b * p.y_sb + u] = h_val;
       if (acts) {
         acts[0] = a.i;
         acts[H] = a.f;
@@ -477,52 +655,203 @@ __global__ void __launch_bounds__(kPersistThreads) persistent_fwd_kernel(Persist
         acts[3 * int64_t(H)] = a.o;
       }
     }
-    if (t + 1 < p.t0 + p.nt) grid.sync();  // h_t published to every CTA
+    if (t + 1 < p.t0 + p.nt) FL_GRID_SYNC();  // h_t published to every CTA
   }
 }
 
-// Launch plan for the persistent kernel, or false when it cannot run here
-// (W_hh slice + h + partial sums over shared memory, or more CTAs than can be
-// co-resident, or no cooperative launch).
+template <class S, class A>
+struct PersistBwdArgs {
+  int B, H, HB, kc, T;
+  const S* w_hh;      // [4H, H] global
+  const A* acts;      // [T, B, 4H]
+  const A* c_hist;    // [T+1, B, H]: c_{t-1} at t, c_t at t + 1
+  const S* dy;        // step t row b at dy + t*dy_st + b*dy_sb, or NULL
+  int64_t dy_st, dy_sb;
+  const A* dh_carry;  // [B, H] dh_n (+ dy of many_to_one): used where step t+1 is padding
+  A* dc;              // [B, H] in: dc_n; out: dc0
+  S* dg;              // [T, B, 4H] out: gate gradients (zero where padded)
+  A* dh0;             // [B, H] out: gradient reaching h0
+  const int* len;     // [B] or NULL
+};
+
+// What one (b, u) element of a backward step needs besides the dot products
+// with dG_{t+1} (CTA-local, so loaded ahead like FwdLocal).
+template <class A>
+struct BwdLocal {
+  int len;
+  GateActs<A> acts;
+  A c_t, c_prev, dc, dy;
+};
 
 template <class S, class A>
-bool persistent_plan(int device, int64_t B, int64_t H, PersistPlan* plan) {
-  int sms = 0, optin = 0, coop = 0;
-  FL_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  FL_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  FL_CUDA_CHECK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device));
-  if (!coop || sms < 1 || H > INT_MAX / 4 || B > INT_MAX) return false;
-  const int64_t HB = (H + sms - 1) / sms;
-  const size_t smem = sizeof(A) * size_t(B) * 4 * HB + sizeof(S) * size_t(4 * HB) * H + sizeof(S) * size_t(B) * H;
-  if (smem > size_t(optin)) return false;
-  FL_CUDA_CHECK(cudaFuncSetAttribute(persistent_fwd_kernel<S, A>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                     static_cast<int>(smem)));
-  int per_sm = 0;
-  FL_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, persistent_fwd_kernel<S, A>,
-                                                              kPersistThreads, smem));
+__device__ __forceinline__ BwdLocal<A> load_bwd_local(const PersistBwdArgs<S, A>& p, int t, int b, int u) {
+  BwdLocal<A> l;
+  l.len = p.len ? p.len[b] : p.T;
+  const int H = p.H;
+  const int64_t e = int64_t(b) * H + u, g0 = (int64_t(t) * p.B + b) * 4 * H + u;
+  l.acts.i = p.acts[g0], l.acts.f = p.acts[g0 + H], l.acts.g = p.acts[g0 + 2 * H], l.acts.o = p.acts[g0 + 3 * H];
+  l.c_t = p.c_hist[int64_t(t + 1) * p.B * H + e];
+  l.c_prev = p.c_hist[int64_t(t) * p.B * H + e];
+  l.dc = p.dc[e];
+  l.dy = p.dy ? A(to_math(p.dy[t * p.dy_st + b * p.dy_sb + u])) : A(0);
+  return l;
+}
+
+// Reverse time, one grid barrier per step. At step t each CTA computes the
+// gradient reaching h_t of its units from dG_{t+1} (all CTAs' output of the
+// previous iteration), adds dy_t, applies cell_backward and writes its part of
+// dG_t. A last pass turns dG_0 into dh0.
+template <class S, class A>
+__global__ void __launch_bounds__(kPersistThreads) persistent_bwd_kernel(PersistBwdArgs<S, A> p) {
+  FL_DYNAMIC_SMEM(smem_raw);
+  const int B = p.B, H = p.H, HB = p.HB, T = p.T;
+  const int G = 4 * H;
+  const int u0 = blockIdx.x * HB, hb_valid = imin(HB, H - u0);
+  const PersistSmem<S, A> sm(smem_raw, B, HB, G);
+
+  // This CTA's columns of W_hh, transposed: sm.w[uu * G + j] = W_hh[j, u0 + uu]
+  // (zero past H). Consecutive threads take consecutive units (coalesced where
+  // HB > 1), and each thread has kInFlight loads outstanding before storing.
+  {
+    constexpr int kInFlight = 4;
+    const int total = HB * G, stride = static_cast<int>(blockDim.x);
+    for (int base = threadIdx.x; base < total; base += kInFlight * stride) {
+      S v[kInFlight];
+#pragma unroll
+      for (int q = 0; q < kInFlight; ++q) {
+        const int i = base + q * stride, j = i / HB, uu = i - j * HB;
+        v[q] = i < total && uu < hb_valid ? p.w_hh[int64_t(j) * H + u0 + uu] : S(0.0f);
+      }
+#pragma unroll
+      for (int q = 0; q < kInFlight; ++q) {
+        const int i = base + q * stride, j = i / HB, uu = i - j * HB;
+        if (i < total) sm.w[uu * G + j] = v[q];
+      }
+    }
+  }
+
+  for (int t = T - 1; t >= -1; --t) {
+    BwdLocal<A> first{};
+    if (t >= 0 && threadIdx.x < B * hb_valid)
+      first = load_bwd_local(p, t, threadIdx.x / hb_valid, u0 + threadIdx.x % hb_valid);
+    if (t + 1 < T)  // gradient reaching h_t through step t+1: dG_{t+1} W_hh
+      dot_rows_global(sm.w, HB, HB, hb_valid, G, p.dg + int64_t(t + 1) * B * G, int64_t(G), B, sm.stage, p.kc,
+                      sm.out);
+    else
+      __syncthreads();  // W slice loaded (no dot product at the last step)
+    if (t < 0) {
+      for (int i = threadIdx.x; i < B * hb_valid; i += blockDim.x) {
+        const int b = i / hb_valid, uu = i % hb_valid;
+        p.dh0[int64_t(b) * H + u0 + uu] = sm.out[size_t(b) * HB + uu];
+      }
+      break;
+    }
+    for (int i = threadIdx.x; i < B * hb_valid; i += blockDim.x) {
+      const int b = i / hb_valid, uu = i % hb_valid, u = u0 + uu;
+      const BwdLocal<A> l = i == static_cast<int>(threadIdx.x) ? first : load_bwd_local(p, t, b, u);
+      const int64_t e = int64_t(b) * H + u;
+      S* dg = p.dg + (int64_t(t) * B + b) * G + u;
+      if (t >= l.len) {
+        for (int g = 0; g < 4; ++g) __stcg(dg + g * int64_t(H), S(0.0f));
+        continue;
+      }
+      const A dh = (t + 1 < l.len ? sm.out[size_t(b) * HB + uu] : p.dh_carry[e]) + l.dy;
+      A dc_prev;
+      const GateGrads<A> d = cell_backward<A>(l.acts, l.c_t, l.c_prev, dh, l.dc, dc_prev);
+      p.dc[e] = dc_prev;
+      __stcg(dg, S(d.i));
+      __stcg(dg + H, S(d.f));
+      __stcg(dg + 2 * int64_t(H), S(d.g));
+      __stcg(dg + 3 * int64_t(H), S(d.o));
+    }
+    FL_GRID_SYNC();  // dG_t published to every CTA
+  }
+}
+
+// Launch plan of a persistent kernel, or false where it cannot run here.
+// rows_per_unit: W rows per hidden unit in the CTA's slice (4 forward, 1
+// backward), K their length (H forward, 4H backward). HB = ceil(H / #SMs)
+// units per CTA; the W slice and the partial sums must fit the per-block
+// shared memory opt-in, the rest of it stages the shared operand (kc columns,
+// a multiple of 32, at least 32 or all of K); every CTA must be co-resident.
+struct PersistPlan {
+  int HB = 0, blocks = 0, kc = 0;
+  size_t smem = 0;
+};
+
+struct DeviceLimits {
+  int sms = 0, smem_optin = 0, cooperative = 0;
+  int kc_cap = 0;  // emulation only: at most this many staged columns (0 = no cap)
+};
+
+#ifndef FUSEDLSTM_CUDA_EMULATE
+DeviceLimits device_limits(int device) {
+  DeviceLimits d;
+  FL_CUDA_CHECK(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, device));
+  FL_CUDA_CHECK(cudaDeviceGetAttribute(&d.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  FL_CUDA_CHECK(cudaDeviceGetAttribute(&d.cooperative, cudaDevAttrCooperativeLaunch, device));
+  return d;
+}
+#else
+// The emulated device: FUSEDLSTM_EMU_SMS multiprocessors (default 4), 227 KB
+// of shared memory per block, staging at most FUSEDLSTM_EMU_KC columns at a
+// time when set (to exercise the chunked staging at small sizes).
+DeviceLimits device_limits(int) {
+  DeviceLimits d;
+  const char* sms = std::getenv("FUSEDLSTM_EMU_SMS");
+  const char* kc = std::getenv("FUSEDLSTM_EMU_KC");
+  d.sms = sms ? std::atoi(sms) : 4;
+  d.smem_optin = 232448;
+  d.cooperative = 1;
+  d.kc_cap = kc ? std::atoi(kc) : 0;
+  return d;
+}
+#endif
+
+template <class S, class A, class Kernel>
+bool plan_persistent(Kernel kernel, int device, int64_t B, int64_t H, int rows_per_unit, int64_t K,
+                     PersistPlan* plan) {
+  const DeviceLimits d = device_limits(device);
+  if (!d.cooperative || d.sms < 1 || H > INT_MAX / 4 || B > INT_MAX / 4) return false;
+  const int64_t HB = (H + d.sms - 1) / d.sms, R = rows_per_unit * HB;
+  const size_t fixed = sizeof(A) * size_t(B) * R + sizeof(S) * size_t(R) * K + PersistSmem<S, A>::kAlignSlack;
+  if (fixed >= size_t(d.smem_optin)) return false;
+  int64_t kc = int64_t((size_t(d.smem_optin) - fixed) / (sizeof(S) * size_t(B)));
+  if (d.kc_cap > 0) kc = std::min<int64_t>(kc, d.kc_cap);
+  if (kc < K) kc -= kc % 32;
+  kc = std::min(kc, K);
+  if (kc < std::min<int64_t>(32, K)) return false;
+  const size_t smem = fixed + sizeof(S) * size_t(B) * kc;
   const int64_t blocks = (H + HB - 1) / HB;
-  if (per_sm < 1 || blocks > int64_t(per_sm) * sms) return false;
-  plan->HB = static_cast<int>(HB), plan->blocks = static_cast<int>(blocks), plan->smem = smem;
+#ifndef FUSEDLSTM_CUDA_EMULATE
+  FL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  int per_sm = 0;
+  FL_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kPersistThreads, smem));
+  if (per_sm < 1 || blocks > int64_t(per_sm) * d.sms) return false;
+#else
+  (void)kernel;
+  if (blocks > d.sms) return false;
+#endif
+  plan->HB = static_cast<int>(HB), plan->blocks = static_cast<int>(blocks), plan->kc = static_cast<int>(kc);
+  plan->smem = smem;
   return true;
 }
 
-template <class S, class A>
-void launch_persistent(const PersistPlan& plan, PersistArgs<S, A> args, cudaStream_t stream) {
+template <class Kernel, class Args>
+void launch_persistent(Kernel kernel, const PersistPlan& plan, Args args, cudaStream_t stream) {
+#ifndef FUSEDLSTM_CUDA_EMULATE
   void* kargs[] = {&args};
-  FL_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(persistent_fwd_kernel<S, A>),
-                                            dim3(plan.blocks), dim3(kPersistThreads), kargs, plan.smem, stream));
+  FL_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), dim3(plan.blocks),
+                                            dim3(kPersistThreads), kargs, plan.smem, stream));
+#else
+  // FUSEDLSTM_EMU_THREADS: threads per emulated CTA (default kPersistThreads;
+  // the kernels take any multiple of 32, and fewer fibers emulate faster).
+  (void)stream;
+  const char* threads = std::getenv("FUSEDLSTM_EMU_THREADS");
+  const unsigned n = threads ? static_cast<unsigned>(std::atoi(threads)) : kPersistThreads;
+  ::fl_emu::launch_cooperative(plan.blocks, n, plan.smem, [&] { kernel(args); });
+#endif
 }
-
-#else   // FUSEDLSTM_CUDA_EMULATE: no persistent kernel
-template <class S, class A>
-bool persistent_plan(int, int64_t, int64_t, PersistPlan*) {
-  return false;
-}
-template <class S, class A>
-void launch_persistent(const PersistPlan&, PersistArgs<S, A>, cudaStream_t) {
-  throw CudaError("the persistent kernel is not emulated");
-}
-#endif  // FUSEDLSTM_CUDA_EMULATE
 
 #ifndef FUSEDLSTM_CUDA_EMULATE
 #define FL_LAUNCH(kernel, n, stream, ...)                                     \
@@ -610,13 +939,25 @@ std::vector<int> checked_lengths(const fl_cuda_forward_params& p, bool* all_full
   return len;
 }
 
-thread_local const char* last_path = "none";
+thread_local const char* last_fwd_path = "none";
+thread_local const char* last_bwd_path = "none";
 
-// FUSEDLSTM_CUDA_PATH=persistent asks for the persistent forward kernel where
-// it can run (it falls back otherwise); anything else: the fallback path.
-bool want_persistent() {
+// FUSEDLSTM_CUDA_PATH (validated by the C API): "fallback" never runs the
+// persistent kernels; "persistent" runs them wherever they fit; unset or
+// "auto" runs them where they fit and each CTA's share of a step is small:
+// B * HB * H multiply-adds per gate row block, HB = ceil(H / #SMs), at most
+// kAutoPersistentMaxWork. Above it the FMA dot products lose to cuBLAS's
+// per-step GEMMs. The bound is where the H100 runs put the crossover
+// (bench/NOTES_CUDA.md): B = 16 at H = 512 and B = 64 at H = 256 (32768) still
+// won, B = 16 at H = 1024 and B = 64 at H = 512 (131072) lost.
+constexpr int64_t kAutoPersistentMaxWork = 32768;
+bool want_persistent(int64_t B, int64_t H, int device) {
   const char* env = std::getenv("FUSEDLSTM_CUDA_PATH");
-  return env && std::strcmp(env, "persistent") == 0;
+  if (env && std::strcmp(env, "fallback") == 0) return false;
+  if (env && std::strcmp(env, "persistent") == 0) return true;
+  const int sms = std::max(1, device_limits(device).sms);
+  const int64_t HB = (H + sms - 1) / sms;
+  return B * HB * H <= kAutoPersistentMaxWork;
 }
 
 template <class S>
@@ -691,9 +1032,9 @@ void forward_impl(const fl_cuda_forward_params& p, SavedState** saved_out) {
   // The persistent kernel needs h in two slots in inference (CTAs read h_{t-1}
   // while others write h_t); training already has h_hist.
   PersistPlan plan;
-  const bool persistent = want_persistent() && !(one_to_many && p.feed == FL_FEED_OUTPUT) &&
-                          persistent_plan<S, A>(p.device, B, H, &plan);
-  last_path = persistent ? "persistent" : "fallback";
+  const bool persistent = want_persistent(B, H, p.device) && !(one_to_many && p.feed == FL_FEED_OUTPUT) &&
+                          plan_persistent<S, A>(persistent_fwd_kernel<S, A>, p.device, B, H, 4, H, &plan);
+  last_fwd_path = persistent ? "persistent" : "fallback";
   DevBuf h_slots;
   if (persistent && !training) {
     h_slots = DevBuf(2 * B * H * sizeof(S), stream);
@@ -722,7 +1063,7 @@ void forward_impl(const fl_cuda_forward_params& p, SavedState** saved_out) {
                G, nt, p.x_stride_t, 0, B * G);
     if (persistent) {
       PersistArgs<S, A> a{};
-      a.B = static_cast<int>(B), a.H = static_cast<int>(H), a.HB = plan.HB;
+      a.B = static_cast<int>(B), a.H = static_cast<int>(H), a.HB = plan.HB, a.kc = plan.kc;
       a.t0 = static_cast<int>(t0), a.nt = static_cast<int>(nt);
       a.w_hh = w_hh;
       a.xproj = xproj;
@@ -734,7 +1075,7 @@ void forward_impl(const fl_cuda_forward_params& p, SavedState** saved_out) {
       a.y = static_cast<S*>(p.y), a.y_st = p.y_stride_t, a.y_sb = p.y_stride_b;
       a.acts = training ? st->acts.as<A>() : nullptr;
       a.len = len;
-      launch_persistent<S, A>(plan, a, stream);
+      launch_persistent(persistent_fwd_kernel<S, A>, plan, a, stream);
       continue;
     }
     for (int64_t t = t0; t < t0 + nt; ++t) {
@@ -806,7 +1147,20 @@ void backward_impl(const fl_cuda_backward_params& p, SavedState& st) {
             m2o ? static_cast<const S*>(p.dy) : nullptr, static_cast<const S*>(p.dc_n), dh_carry.as<A>(),
             dc.as<A>());
 
-  for (int64_t t = T - 1; t >= 0; --t) {
+  PersistPlan plan;
+  const bool persistent = want_persistent(B, H, st.device) && !(one_to_many && st.feed == FL_FEED_OUTPUT) &&
+                          plan_persistent<S, A>(persistent_bwd_kernel<S, A>, st.device, B, H, 1, G, &plan);
+  last_bwd_path = persistent ? "persistent" : "fallback";
+  if (persistent) {
+    PersistBwdArgs<S, A> a{};
+    a.B = static_cast<int>(B), a.H = static_cast<int>(H), a.HB = plan.HB, a.kc = plan.kc, a.T = static_cast<int>(T);
+    a.w_hh = w_hh, a.acts = acts, a.c_hist = c_hist;
+    a.dy = (!m2o && p.dy) ? static_cast<const S*>(p.dy) : nullptr;
+    a.dy_st = p.dy_stride_t, a.dy_sb = p.dy_stride_b;
+    a.dh_carry = dh_carry.as<A>(), a.dc = dc.as<A>(), a.dg = dg, a.dh0 = dh_rec.as<A>(), a.len = len;
+    launch_persistent(persistent_bwd_kernel<S, A>, plan, a, stream);
+  }
+  for (int64_t t = persistent ? -1 : T - 1; t >= 0; --t) {
     BwdStepArgs<S, A> a{};
     a.B = B, a.H = H, a.t = static_cast<int>(t), a.T = T;
     a.acts = acts + t * B * G;
@@ -917,7 +1271,8 @@ struct CellFn {
 
 }  // namespace
 
-const char* last_forward_path() { return last_path; }
+const char* last_forward_path() { return last_fwd_path; }
+const char* last_backward_path() { return last_bwd_path; }
 
 void forward(const fl_cuda_forward_params& p, SavedState** saved_out) {
   DeviceGuard guard(p.device);

@@ -19,6 +19,7 @@ void free_saved(SavedState* state) noexcept;
 int64_t saved_bytes(const SavedState* state);
 // "persistent" or "fallback": the recurrence the last forward on this thread ran.
 const char* last_forward_path();
+const char* last_backward_path();
 
 }  // namespace fusedlstm::cuda
 

@@ -77,7 +77,17 @@ struct Errors {
   double worst = 0;
   std::string where;
   bool nan = false;
+  std::string wrong_path;  // a call ran another recurrence than expected
 };
+
+// The recurrence every call of a case must run ("fallback" or "persistent";
+// feed FL_FEED_OUTPUT always runs the fallback).
+std::string expected_path = "fallback";
+
+void check_path(const char* call, const char* got, const fl_feed feed, const fl_mode mode, Errors* e) {
+  const std::string want = mode == FL_ONE_TO_MANY && feed == FL_FEED_OUTPUT ? "fallback" : expected_path;
+  if (want != got) e->wrong_path += std::string(call) + " ran " + got + " (expected " + want + ") ";
+}
 
 template <class S>
 void compare(const char* name, const Buf<S>& got, const Buf<double>& want, const std::vector<size_t>& idx,
@@ -177,20 +187,23 @@ Errors run_case(const Case& c, fl_cuda_dtype dt) {
   fl_cuda_training_state* st = nullptr;
   p.state_out = &st;
   if (fl_cuda_lstm_forward(&p) != FL_OK) std::printf("CUDA forward failed: %s\n", fl_cuda_last_error()), std::exit(2);
+  Errors e;
+  check_path("training forward", fl_cuda_last_forward_path(), c.feed, c.mode, &e);
   fl_cuda_backward_params q{};
   q.state = st, q.stream = nullptr, q.dy = dy.sp(), q.dy_stride_t = dy_st, q.dy_stride_b = dy_sb;
   q.dh_n = dh_n.sp(), q.dc_n = dc_n.sp(), q.dx = dx.sm(), q.dx_stride_t = dx_st, q.dx_stride_b = dx_sb;
   q.dh0 = dh0.sm(), q.dc0 = dc0.sm(), q.dw_ih = dwih.sm(), q.dw_hh = dwhh.sm(), q.db = c.bias ? db.sm() : nullptr;
   if (fl_cuda_lstm_backward(&q) != FL_OK)
     std::printf("CUDA backward failed: %s\n", fl_cuda_last_error()), std::exit(2);
+  check_path("backward", fl_cuda_last_backward_path(), c.feed, c.mode, &e);
   fl_cuda_training_state_free(st);
 
   // Inference forward (other buffers: h in h_n, c in place) must agree too.
   Buf<S> y2(y_n), hn2(B * H), cn2(B * H);
   p.y = m2o ? nullptr : y2.sm(), p.h_n = hn2.sm(), p.c_n = cn2.sm(), p.state_out = nullptr;
   if (fl_cuda_lstm_forward(&p) != FL_OK) std::printf("CUDA forward failed: %s\n", fl_cuda_last_error()), std::exit(2);
+  check_path("inference forward", fl_cuda_last_forward_path(), c.feed, c.mode, &e);
 
-  Errors e;
   const auto yi = strided(T, B, H, y_st, y_sb);
   if (!m2o) compare("y", y, ry, yi, &e), compare("y(inference)", y2, ry, yi, &e);
   compare("h_n", hn, rhn, all(B * H), &e);
@@ -226,24 +239,28 @@ Errors run_cell(fl_cuda_dtype dt) {
   return e;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  const unsigned long long seed = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : std::random_device{}();
-  rng.seed(seed);
-  std::printf("seed %llu\n", seed);
+// all_cases: every combination of the options below; else a subset (lengths
+// and batch_first together, no single-bias case) for the slower fiber-emulated
+// persistent kernels. large: shapes with more batch rows and units, H = 64
+// giving the 16-byte staging copies in every dtype, H = 37 the element copies.
+int run_config(bool large, bool all_cases) {
+  int bad = 0;
   std::vector<Case> cases;
   for (int64_t shape = 0; shape < 2; ++shape) {
-    const int64_t T = shape ? 9 : 5, B = shape ? 5 : 3, I = shape ? 7 : 4, H = shape ? 13 : 6;
+    int64_t T = shape ? 9 : 5, B = shape ? 5 : 3, I = shape ? 7 : 4, H = shape ? 13 : 6;
+    if (large) T = shape ? 6 : 4, B = shape ? 11 : 17, I = 5, H = shape ? 64 : 37;
     for (fl_mode m : {FL_MANY_TO_MANY, FL_MANY_TO_ONE})
       for (bool len : {false, true})
         for (bool bf : {false, true})
           for (int bias : {0, 1, 2})
-            for (bool init : {false, true}) cases.push_back({m, FL_FEED_REPEAT, T, B, I, H, len, bf, init, bias});
+            for (bool init : {false, true})
+              if (all_cases || (bf == len && bias != 1))
+                cases.push_back({m, FL_FEED_REPEAT, T, B, I, H, len, bf, init, bias});
     for (fl_feed f : {FL_FEED_REPEAT, FL_FEED_FIRST, FL_FEED_OUTPUT})
       for (int bias : {0, 2})
         for (bool init : {false, true})
-          cases.push_back({FL_ONE_TO_MANY, f, T, B, f == FL_FEED_OUTPUT ? H : I, H, false, false, init, bias});
+          if (all_cases || bias == 2)
+            cases.push_back({FL_ONE_TO_MANY, f, T, B, f == FL_FEED_OUTPUT ? H : I, H, false, false, init, bias});
   }
   struct D {
     const char* name;
@@ -255,7 +272,6 @@ int main(int argc, char** argv) {
   // pointwise math only; these are not the GPU tolerances.
   const D dtypes[] = {{"float64", FL_CUDA_FLOAT64, 1e-12}, {"float32", FL_CUDA_FLOAT32, 1e-5},
                       {"float16", FL_CUDA_FLOAT16, 1e-2}, {"bfloat16", FL_CUDA_BFLOAT16, 6e-2}};
-  int bad = 0;
   for (const D& d : dtypes) {
     double worst = 0;
     std::string where;
@@ -269,12 +285,13 @@ int main(int argc, char** argv) {
         case FL_CUDA_BFLOAT16: e = run_case<__nv_bfloat16>(c, d.dt); break;
       }
       ++n;
-      if (e.nan || e.worst > d.tol) {
+      if (e.nan || e.worst > d.tol || !e.wrong_path.empty()) {
         ++bad;
         std::printf("BAD %s mode %d feed %d T%lld B%lld I%lld H%lld lengths %d batch_first %d init %d bias %d: "
-                    "%s err %.3e%s\n",
+                    "%s err %.3e%s %s\n",
                     d.name, c.mode, c.feed, (long long)c.T, (long long)c.B, (long long)c.I, (long long)c.H,
-                    c.lengths, c.batch_first, c.init, c.bias, e.where.c_str(), e.worst, e.nan ? " (NaN)" : "");
+                    c.lengths, c.batch_first, c.init, c.bias, e.where.c_str(), e.worst, e.nan ? " (NaN)" : "",
+                    e.wrong_path.c_str());
       }
       if (e.worst > worst) worst = e.worst, where = e.where;
     }
@@ -288,6 +305,41 @@ int main(int argc, char** argv) {
     if (ce.nan || ce.worst > d.tol) ++bad, std::printf("BAD %s cell: %s %.3e\n", d.name, ce.where.c_str(), ce.worst);
     std::printf("%-8s %3d sequence cases + cell: worst normwise error %.2e (%s), cell %.2e, bound %.0e\n", d.name, n,
                 worst, where.c_str(), ce.worst, d.tol);
+  }
+  return bad;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const unsigned long long seed = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : std::random_device{}();
+  rng.seed(seed);
+  std::printf("seed %llu\n", seed);
+  // Configurations: the fallback, then the persistent kernels on an emulated
+  // device of 4 SMs with 227 KB of shared memory per block (several CTAs, the
+  // last one partly past H) and 128 threads per CTA, then on 3 SMs with 64
+  // threads (warps take several work units each) staging the shared operand
+  // in chunks of 32 columns, at larger B and H.
+  struct Config {
+    const char* path;
+    const char* sms;
+    const char* kc;       // cap on the staged columns (FUSEDLSTM_EMU_KC), "0" = none
+    const char* threads;  // per emulated CTA (FUSEDLSTM_EMU_THREADS)
+    bool large, all_cases;
+  };
+  const Config configs[] = {{"fallback", "4", "0", "256", false, true},
+                            {"persistent", "4", "0", "128", false, false},
+                            {"persistent", "3", "32", "64", true, false}};
+  int bad = 0;
+  for (const Config& cfg : configs) {
+    setenv("FUSEDLSTM_CUDA_PATH", cfg.path, 1);
+    setenv("FUSEDLSTM_EMU_SMS", cfg.sms, 1);
+    setenv("FUSEDLSTM_EMU_KC", cfg.kc, 1);
+    setenv("FUSEDLSTM_EMU_THREADS", cfg.threads, 1);
+    expected_path = cfg.path;
+    std::printf("-- %s path, %s emulated SMs, %s threads per CTA%s%s\n", cfg.path, cfg.sms, cfg.threads,
+                cfg.large ? ", chunked staging" : "", cfg.all_cases ? "" : ", a subset of the cases");
+    bad += run_config(cfg.large, cfg.all_cases);
   }
   std::printf("%d failures\n", bad);
   return bad ? 1 : 0;

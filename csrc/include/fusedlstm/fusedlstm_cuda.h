@@ -130,19 +130,25 @@ const char* fl_cuda_last_error(void);
 int fl_cuda_device_count(const char** why);
 // "80-real;90-real;90-virtual" etc.: what this build compiled.
 const char* fl_cuda_build_archs(void);
-// Forward recurrence selection, from the environment variable
-// FUSEDLSTM_CUDA_PATH (read at every call):
-//   "fallback" (default; also "auto" for now): per step a cuBLAS GEMM
-//     h_{t-1} W_hh^T + one fused pointwise kernel; works for every size.
-//   "persistent": one cooperative launch per chunk of steps; each CTA keeps its
-//     W_hh slice (all four gates of its hidden units) in shared memory, one grid
-//     barrier per step. Used where it fits (W_hh slice + h in shared memory,
-//     all CTAs co-resident, not feed FL_FEED_OUTPUT); elsewhere the fallback runs.
-// Not yet validated on a GPU, hence not the default. Backward always runs the
-// fallback structure.
+// Recurrence selection, from the environment variable FUSEDLSTM_CUDA_PATH
+// (read at every call; forward and backward choose independently):
+//   "persistent": one cooperative launch for many steps; each CTA keeps its
+//     W_hh slice (all four gates of its hidden units; W_hh columns in
+//     backward) in shared memory and the CTAs meet at one grid barrier per
+//     step. Used where it fits (W_hh slice in shared memory, all CTAs
+//     co-resident, not feed FL_FEED_OUTPUT); elsewhere the fallback runs.
+//   "fallback": per step a cuBLAS GEMM + one fused pointwise kernel; works
+//     for every size.
+//   "auto" (default, also unset): "persistent" where it fits and each CTA's
+//   share of a step, B * ceil(H / #SMs) * H, is at most 32768 (measured
+//   crossover on an H100), else "fallback".
+// Neither has run on a GPU yet (bench/NOTES_CUDA.md). fl_cuda_path() returns
+// the setting: "auto", "persistent" or "fallback".
 const char* fl_cuda_path(void);
-// "persistent" or "fallback": what the last forward on this thread ran ("none" before any).
+// "persistent" or "fallback": what the last forward / backward on this
+// thread ran ("none" before any).
 const char* fl_cuda_last_forward_path(void);
+const char* fl_cuda_last_backward_path(void);
 
 #ifdef __cplusplus
 }

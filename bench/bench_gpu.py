@@ -12,9 +12,10 @@ lstm_backward(dy) vs nn.LSTM forward + autograd backward (grads of x, h0, c0 and
 the weights). dtypes: fp32 strict (TF32 off in cuDNN and cuBLAS), TF32
 (allowed on both sides), bf16, fp16. ratio = torch ms / fusedlstm ms
 (> 1: fusedlstm faster). max|dy| is the largest difference of the forward
-outputs y between the two, as a sanity check. "pers" columns: the forward with
-FUSEDLSTM_CUDA_PATH=persistent (the persistent kernel; nan where it does not
-fit and the fallback ran).
+outputs y between the two, as a sanity check. Both of fusedlstm's CUDA paths
+are timed, each forced with FUSEDLSTM_CUDA_PATH ("pers": the persistent
+forward / backward kernels, nan where they do not fit; "fb": the per-step
+GEMM + pointwise fallback); the ratio uses the faster of the two.
 """
 
 import argparse
@@ -36,7 +37,11 @@ def set_tf32(on):
     torch.backends.cudnn.allow_tf32 = on
 
 
-def time_ms(fn, reps, warmup=2):
+def time_ms(fn, reps, warmup=2, inner=1):
+    """Median over reps of the time of `inner` calls back to back, per call.
+    inner = 1: each call alone, the host waiting for it (latency, host work
+    included); inner > 1: calls queued without waiting, as in a training loop
+    (the GPU's time per call, host work hidden where the GPU is slower)."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
@@ -44,14 +49,15 @@ def time_ms(fn, reps, warmup=2):
     for _ in range(reps):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
-        fn()
+        for _ in range(inner):
+            fn()
         b.record()
         b.synchronize()
-        times.append(a.elapsed_time(b))
+        times.append(a.elapsed_time(b) / inner)
     return statistics.median(times)
 
 
-def one(T, B, H, dname, reps):
+def one(T, B, H, dname, reps, paths, inner):
     dt = DTYPES[dname]
     set_tf32(dname == "tf32")
     I = H
@@ -80,24 +86,59 @@ def one(T, B, H, dname, reps):
         return fusedlstm.lstm_backward(res, dy=dy)
 
     y_t = torch_fwd()[0]
-    y_f = fl_fwd().y
-    diff = float((y_t.float() - y_f.float()).abs().max())
-    row = dict(T=T, B=B, H=H, dtype=dname, max_dy=diff)
+    row = dict(T=T, B=B, H=H, dtype=dname)
     row["torch_fwd"] = time_ms(torch_fwd, reps)
-    row["fl_fwd"] = time_ms(fl_fwd, reps)
-    # The persistent forward kernel, where it fits (FUSEDLSTM_CUDA_PATH=persistent).
-    os.environ["FUSEDLSTM_CUDA_PATH"] = "persistent"
-    try:
-        y_p = fl_fwd().y
-        row["persistent"] = fusedlstm._cuda.last_forward_path() == "persistent"
-        row["fl_fwd_p"] = time_ms(fl_fwd, reps) if row["persistent"] else float("nan")
-        row["max_dy_p"] = float((y_t.float() - y_p.float()).abs().max())
-    finally:
-        os.environ.pop("FUSEDLSTM_CUDA_PATH")
+    row["torch_fwd_q"] = time_ms(torch_fwd, reps, inner=inner)
     row["torch_fb"] = time_ms(torch_fb, reps)
-    row["fl_fb"] = time_ms(fl_fb, reps)
+    # Each of fusedlstm's two CUDA paths, forced; "auto" (the default) picks
+    # the persistent kernels where they fit and B * ceil(H / #SMs) * H <= 32768.
+    for path in ("persistent", "fallback"):
+        if path not in paths:
+            row.update({f"max_dy_{path}": float("nan"), f"fwd_{path}": float("nan"), f"fb_{path}": float("nan"),
+                        f"fwdq_{path}": float("nan"), f"ran_{path}": "skip"})
+            continue
+        os.environ["FUSEDLSTM_CUDA_PATH"] = path
+        try:
+            y_f = fl_fwd().y
+            ran_fwd = fusedlstm._cuda.last_forward_path()
+            row[f"max_dy_{path}"] = float((y_t.float() - y_f.float()).abs().max())
+            row[f"fwd_{path}"] = time_ms(fl_fwd, reps) if ran_fwd == path else float("nan")
+            row[f"fwdq_{path}"] = time_ms(fl_fwd, reps, inner=inner) if ran_fwd == path else float("nan")
+            fl_fb()
+            ran_bwd = fusedlstm._cuda.last_backward_path()
+            row[f"fb_{path}"] = time_ms(fl_fb, reps) if ran_bwd == path else float("nan")
+            row[f"ran_{path}"] = f"{ran_fwd[:4]}/{ran_bwd[:4]}"
+        finally:
+            os.environ.pop("FUSEDLSTM_CUDA_PATH")
     set_tf32(False)
     return row
+
+
+def _max_dy(r):
+    vals = [v for v in (r["max_dy_persistent"], r["max_dy_fallback"]) if v == v]
+    return max(vals) if vals else float("nan")
+
+
+def _best(r, kind):
+    vals = [v for v in (r[f"{kind}_persistent"], r[f"{kind}_fallback"]) if v == v]
+    return min(vals) if vals else float("nan")
+
+
+def print_table(rows):
+    print("\nms per call. fwd: one call, the host waiting for it; fwd queued: calls back to back (GPU time "
+          "per call). pers / fb: fusedlstm with FUSEDLSTM_CUDA_PATH forced to the persistent kernels / the per-step "
+          "fallback (nan where that path does not fit); us/step and ratio (torch / fusedlstm) use the faster path.")
+    print("| T | B | H | dtype | fwd torch | pers | fb | us/step | ratio | fwd queued torch | pers | fb | us/step | "
+          "ratio | f+b torch | pers | fb | ratio | pers ran fwd/bwd | max abs dy |")
+    print("|---:|---:|---:|:--|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:--|---:|")
+    for r in rows:
+        bf, bq, bb = _best(r, "fwd"), _best(r, "fwdq"), _best(r, "fb")
+        print(f"| {r['T']} | {r['B']} | {r['H']} | {r['dtype']} | {r['torch_fwd']:.3f} | {r['fwd_persistent']:.3f} | "
+              f"{r['fwd_fallback']:.3f} | {1000 * bf / r['T']:.1f} | {r['torch_fwd'] / bf:.2f}x | "
+              f"{r['torch_fwd_q']:.3f} | {r['fwdq_persistent']:.3f} | {r['fwdq_fallback']:.3f} | "
+              f"{1000 * bq / r['T']:.1f} | {r['torch_fwd_q'] / bq:.2f}x | "
+              f"{r['torch_fb']:.3f} | {r['fb_persistent']:.3f} | {r['fb_fallback']:.3f} | {r['torch_fb'] / bb:.2f}x | "
+              f"{r['ran_persistent']} | {_max_dy(r):.1e} |")
 
 
 def main():
@@ -105,6 +146,7 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--budget", type=float, default=110.0, help="seconds; later shapes are skipped")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--paths", default="persistent,fallback", help="fusedlstm CUDA paths to time")
     args = ap.parse_args()
     if not fusedlstm.cuda_available():
         sys.exit(f"CUDA unusable: {fusedlstm.build_info()['cuda']}")
@@ -115,7 +157,7 @@ def main():
         grid = [(100, 16, 256, d) for d in DTYPES] + [(100, 64, 512, "fp32")]
     else:
         # Shape-major, so a budget cut drops whole shapes, never a dtype.
-        grid = [(100, B, H, d) for B in (1, 16, 64, 256) for H in (256, 512, 1024) for d in DTYPES]
+        grid = [(100, B, H, d) for B in (16, 1, 64, 256) for H in (256, 512, 1024) for d in DTYPES]
         grid += [(1000, 16, 256, d) for d in DTYPES] + [(1000, 64, 512, "bf16"), (100, 1024, 1024, "fp32"),
                                                          (100, 1024, 1024, "bf16")]
     t0 = time.time()
@@ -126,31 +168,21 @@ def main():
             continue
         reps = 5 if T * B * H >= 100 * 256 * 1024 else 10
         try:
-            r = one(T, B, H, d, reps)
+            r = one(T, B, H, d, reps, args.paths.split(","), 10 if T * B * H < 100 * 256 * 1024 else 2)
         except Exception as exc:  # report and go on: one shape must not hide the others
             print(f"T={T} B={B} H={H} {d}: FAILED {type(exc).__name__}: {exc}", flush=True)
             continue
         rows.append(r)
-        print(f"T={T:5d} B={B:5d} H={H:5d} {d:5s} fwd torch {r['torch_fwd']:8.3f} ms fl {r['fl_fwd']:8.3f} ms "
-              f"({r['torch_fwd'] / r['fl_fwd']:.2f}x)  fwd+bwd torch {r['torch_fb']:8.3f} fl {r['fl_fb']:8.3f} "
-              f"({r['torch_fb'] / r['fl_fb']:.2f}x)  max|dy| {r['max_dy']:.1e}  persistent fwd "
-              f"{r['fl_fwd_p']:.3f} ms ({r['torch_fwd'] / r['fl_fwd_p']:.2f}x, max|dy| {r['max_dy_p']:.1e})",
-              flush=True)
+        print(f"T={T:5d} B={B:5d} H={H:5d} {d:5s} fwd torch {r['torch_fwd']:8.3f} ms pers {r['fwd_persistent']:8.3f}"
+              f" fallback {r['fwd_fallback']:8.3f} | fwd+bwd torch {r['torch_fb']:8.3f} pers {r['fb_persistent']:8.3f}"
+              f" fallback {r['fb_fallback']:8.3f} | ran {r['ran_persistent']} max|dy| "
+              f"{_max_dy(r):.1e}", flush=True)
     if skipped:
         print(f"skipped (over the {args.budget:.0f} s budget): {skipped}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
-    print("\n| T | B | H | dtype | fwd torch ms | fwd fl ms | us/step | ratio | pers ms | pers us/step | "
-          "pers ratio | fwd+bwd torch ms | fwd+bwd fl ms | ratio | max abs dy |")
-    print("|---:|---:|---:|:--|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        print(f"| {r['T']} | {r['B']} | {r['H']} | {r['dtype']} | {r['torch_fwd']:.3f} | {r['fl_fwd']:.3f} | "
-              f"{1000 * r['fl_fwd'] / r['T']:.1f} | {r['torch_fwd'] / r['fl_fwd']:.2f}x | {r['fl_fwd_p']:.3f} | "
-              f"{1000 * r['fl_fwd_p'] / r['T']:.1f} | {r['torch_fwd'] / r['fl_fwd_p']:.2f}x | "
-              f"{r['torch_fb']:.3f} | {r['fl_fb']:.3f} | {r['torch_fb'] / r['fl_fb']:.2f}x | "
-              f"{max(r['max_dy'], r['max_dy_p']):.1e} |")
-
+    print_table(rows)
 
 if __name__ == "__main__":
     main()

@@ -1,7 +1,10 @@
 """A small CUDA case for compute-sanitizer (bench/gpu_check.sh): forward,
 backward and cell in every dtype and mode, odd sizes, with lengths. Exits
-non-zero on a Python error; memcheck / racecheck report through the sanitizer."""
+non-zero on a Python error; memcheck / racecheck report through the sanitizer.
+Arguments: the paths to run (default: fallback persistent); gpu_check.sh also
+runs it alone, under a timeout, as a smoke test of each path."""
 import os
+import sys
 
 import numpy as np
 import torch
@@ -11,7 +14,8 @@ import fusedlstm
 assert fusedlstm.cuda_available(), fusedlstm.build_info()["cuda"]
 rng = np.random.default_rng(0)
 T, B, I, H = 5, 3, 7, 9
-for path, dt in [(p, d) for p in ("fallback", "persistent")
+PATHS = sys.argv[1:] or ["fallback", "persistent"]
+for path, dt in [(p, d) for p in PATHS
                  for d in (torch.float32, torch.float64, torch.float16, torch.bfloat16)]:
     os.environ["FUSEDLSTM_CUDA_PATH"] = path
     t = lambda a: torch.as_tensor(a).to("cuda", dt)  # noqa: E731
@@ -32,5 +36,6 @@ for path, dt in [(p, d) for p in ("fallback", "persistent")
                                      steps=T, feed=feed, training=True)
         fusedlstm.lstm_backward(res, dy=torch.ones_like(res.y))
     fusedlstm.lstm_cell(x[0], h0, c0, w_ih, w_hh, b, b)
-torch.cuda.synchronize()
+    torch.cuda.synchronize()
+    print(f"{path} {dt}: ran", flush=True)
 print("sanitizer case done")

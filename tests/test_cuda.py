@@ -21,8 +21,8 @@ on the same inputs, after rounding the inputs to the storage dtype):
 * float16:           <= 1e-2 * max(1, max|ref|). Storage of x, weights, h and the gate
                      gradients in fp16 (rel. 2^-11); fp32 accumulation and cell state.
 * bfloat16:          <= 6e-2 * max(1, max|ref|). Storage in bf16 (rel. 2^-8).
-These looser bounds are estimates from the storage precision; they have NOT
-yet been checked on a GPU (see bench/NOTES_CUDA.md).
+These looser bounds are estimates from the storage precision; on an H100
+(bench/NOTES_CUDA.md) every case passed them with fresh random inputs.
 """
 
 import os

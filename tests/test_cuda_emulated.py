@@ -1,16 +1,18 @@
-"""The CUDA backend's driver and fallback kernels, run on the CPU.
+"""The CUDA backend's driver and kernels, run on the CPU.
 
 bench/dev/emu/run.sh compiles csrc/cuda/*.cu as host C++ against CPU
-stand-ins for the CUDA runtime and cuBLAS (each launch a loop over blocks and
-threads) and checks fl_cuda_lstm_forward / _backward / _cell against the CPU
-core in float64 on the same inputs (rounded to the storage dtype): every mode
-and feed, lengths, batch_first with padded strides, biases, initial states,
-training and inference, in float64, float32, float16 and bfloat16, outputs
-NaN-poisoned. Not covered: the GPU itself (real cuBLAS, timing, memory model,
-the persistent kernel); see tests/test_cuda.py.
+stand-ins for the CUDA runtime and cuBLAS and checks fl_cuda_lstm_forward /
+_backward / _cell against the CPU core in float64 on the same inputs (rounded
+to the storage dtype): every mode and feed, lengths, batch_first with padded
+strides, biases, initial states, training and inference, in float64, float32,
+float16 and bfloat16, outputs NaN-poisoned; the fallback path (each launch a
+loop over blocks and threads) and the persistent kernels (every thread a
+fiber, so block and grid barriers and warp shuffles really wait), checking
+which path ran. Not covered: the GPU itself (real cuBLAS, timing, the memory
+model, occupancy); see tests/test_cuda.py, which ran on an H100.
 
-It compiles for about a minute, so it runs only with FUSEDLSTM_CUDA_EMU=1
-(CI sets it).
+About 35 s with the compile, so it runs only with FUSEDLSTM_CUDA_EMU=1 (CI
+sets it).
 """
 
 import os
@@ -24,7 +26,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.skipif(os.environ.get("FUSEDLSTM_CUDA_EMU") != "1",
-                    reason="set FUSEDLSTM_CUDA_EMU=1 to compile and run the CUDA emulation (about a minute)")
+                    reason="set FUSEDLSTM_CUDA_EMU=1 to compile and run the CUDA emulation (about 35 s)")
 def test_cuda_backend_under_cpu_emulation(seed):
     cuda_home = os.environ.get("CUDA_HOME", "/usr/local/cuda")
     for tool in ("g++", "cmake"):

@@ -2,12 +2,14 @@
 # The one script for a GPU machine (no network needed): build, a smoke run of
 # each CUDA path under a timeout (a hung persistent kernel must not eat the
 # lease: if one hangs or fails, the later steps run the fallback path only),
-# the CUDA tests, the benchmark vs torch.nn.LSTM (cuDNN), then
+# the CUDA tests, the benchmark vs torch.nn.LSTM (cuDNN), a host-overhead probe
+# (bench/dev/host_overhead.py, not yet run on a GPU), then
 # compute-sanitizer memcheck + racecheck on a small case. Every step has its
 # own timeout (T_BUILD=200, T_SMOKE=45 per path, T_TESTS=150, T_BENCH=150 with
-# BUDGET=120 s inside it, T_SAN=75 per tool), about 11 minutes if every step
-# hits it; typically 5. Logs go to $OUT (default /tmp/fusedlstm_gpu). Exit
-# status: non-zero if the build, a smoke run, a test or a sanitizer run failed.
+# BUDGET=120 s inside it, T_HOST=60, T_SAN=75 per tool), about 12 minutes if
+# every step hits it; typically 4 (the H100 runs of 2026-11-27: 2-3.5). Logs
+# go to $OUT (default /tmp/fusedlstm_gpu). Exit status: non-zero if the build,
+# a smoke run, a test or a sanitizer run failed.
 #
 #   bash bench/gpu_check.sh            # full
 #   QUICK=1 bash bench/gpu_check.sh    # short benchmark grid
@@ -77,11 +79,14 @@ QARG=""
    --json "$OUT/bench.json" >"$OUT/bench.log" 2>&1) || fail "benchmark"
 grep -E "^T=|FAILED|skipped" "$OUT/bench.log" | cut -c1-200 | tail -5
 
+step "host overhead per call (bench/dev/host_overhead.py)"
+(cd /tmp && timeout "${T_HOST:-60}" "$PY" "$REPO/bench/dev/host_overhead.py" 2>&1) || fail "host_overhead.py"
+
 # PROFILE=1: Nsight Compute on the persistent kernels (stall reasons), clocks
 # left as found (--clock-control none).
 if [ "${PROFILE:-0}" = 1 ] && [ "$PATHS" != fallback ]; then
   NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
-  for shape in "1 256" "16 512"; do
+  for shape in "1 256" "1 1024" "16 512"; do
     step "ncu: persistent kernels, B H = $shape"
     (cd /tmp && timeout "${T_NCU:-90}" "$NCU" --clock-control none --kernel-name regex:persistent_ --launch-skip 2 \
        --launch-count 2 --section SpeedOfLight --section WarpStateStats --section MemoryWorkloadAnalysis \

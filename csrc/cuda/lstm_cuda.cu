@@ -554,15 +554,17 @@ struct PersistSmem {
   S* w;
   S* stage;
   // w and stage start on 16-byte boundaries (for copy_rows' wide copies): the
-  // plan reserves kAlignSlack bytes for the padding.
+  // plan reserves kAlignSlack bytes for the padding. Offsets from raw (itself
+  // 16-byte aligned), so the pointers stay derived from the shared array and
+  // the compiler can use shared-memory loads (LDS) instead of generic ones.
   static constexpr size_t kAlign = 16, kAlignSlack = 2 * kAlign;
-  static __device__ uintptr_t aligned(const void* p) {
-    return (reinterpret_cast<uintptr_t>(p) + kAlign - 1) / kAlign * kAlign;
-  }
+  static __device__ size_t round_up(size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
   __device__ PersistSmem(unsigned char* raw, int B, int R, int K) {
+    const size_t w_off = round_up(sizeof(A) * size_t(B) * R);
+    const size_t stage_off = round_up(w_off + sizeof(S) * size_t(R) * K);
     out = reinterpret_cast<A*>(raw);
-    w = reinterpret_cast<S*>(aligned(raw + sizeof(A) * size_t(B) * R));
-    stage = reinterpret_cast<S*>(aligned(w + size_t(R) * K));
+    w = reinterpret_cast<S*>(raw + w_off);
+    stage = reinterpret_cast<S*>(raw + stage_off);
   }
 };
 

@@ -3,8 +3,10 @@ and of the persistent forward kernel's indexing (W_hh slices per CTA, h slots):
 the same buffers, the same GEMMs (shapes, operands, beta) and the same
 pointwise kernels with the same masks and carries, step for step, in float64.
 
-Why: the CUDA code has not run on a GPU yet. This checks the algorithm the
-driver encodes (length masks, the dh carry of padded rows, dh0 from the last
+Why: written before the CUDA code had run on a GPU (it has since: see
+bench/NOTES_CUDA.md), and kept as an executable statement of the algorithm
+the driver encodes. It checks that algorithm (the
+length masks, the dh carry of padded rows, dh0 from the last
 GEMM, the feed='output' terms, the one_to_many dW_ih / dx sums) against
 fusedlstm.reference on a CPU. It does not check the CUDA code itself (indexing,
 strides, types): that needs tests/test_cuda.py on a GPU.
@@ -12,13 +14,11 @@ strides, types): that needs tests/test_cuda.py on a GPU.
     python bench/dev/cuda_fallback_mirror.py     # prints one line per case, exits 1 on a mismatch
 """
 import itertools
-import pathlib
 import sys
 
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "python"))
-from fusedlstm import reference  # noqa: E402
+from fusedlstm import reference  # the installed package (pip install .)
 
 sig = reference.sigmoid
 

@@ -375,6 +375,9 @@ __global__ void column_sum_kernel(int64_t rows, int64_t cols, const S* __restric
 #define FL_GRID_SYNC() cooperative_groups::this_grid().sync()
 #endif
 
+// One CTA per SM (the W slice fills shared memory), so __launch_bounds__(...,
+// 1) lets ptxas use up to 255 registers; left to itself it capped one kernel
+// at 128 and spilled.
 constexpr int kPersistThreads = 256;
 constexpr int kNB = 8;  // batch rows per warp work unit
 
@@ -599,7 +602,7 @@ __device__ __forceinline__ FwdLocal<A> load_fwd_local(const PersistArgs<S, A>& p
 }
 
 template <class S, class A>
-__global__ void __launch_bounds__(kPersistThreads) persistent_fwd_kernel(PersistArgs<S, A> p) {
+__global__ void __launch_bounds__(kPersistThreads, 1) persistent_fwd_kernel(PersistArgs<S, A> p) {
   FL_DYNAMIC_SMEM(smem_raw);
   const int B = p.B, H = p.H, HB = p.HB, R = 4 * HB;
   const int u0 = blockIdx.x * HB, hb_valid = imin(HB, H - u0);
@@ -704,7 +707,7 @@ __device__ __forceinline__ BwdLocal<A> load_bwd_local(const PersistBwdArgs<S, A>
 // previous iteration), adds dy_t, applies cell_backward and writes its part of
 // dG_t. A last pass turns dG_0 into dh0.
 template <class S, class A>
-__global__ void __launch_bounds__(kPersistThreads) persistent_bwd_kernel(PersistBwdArgs<S, A> p) {
+__global__ void __launch_bounds__(kPersistThreads, 1) persistent_bwd_kernel(PersistBwdArgs<S, A> p) {
   FL_DYNAMIC_SMEM(smem_raw);
   const int B = p.B, H = p.H, HB = p.HB, T = p.T;
   const int G = 4 * H;

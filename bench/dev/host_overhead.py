@@ -13,27 +13,17 @@ queued). Hypotheses, each measured here in one run (gpu_check.sh runs this):
 Prints one line per measurement; needs torch with CUDA, and CuPy for (2).
 """
 import os
+import pathlib
 import statistics
+import sys
 import time
 
 import torch
 
 import fusedlstm
 
-
-def events_ms(fn, reps=20, inner=1):
-    fn()
-    torch.cuda.synchronize()
-    out = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        for _ in range(inner):
-            fn()
-        b.record()
-        b.synchronize()
-        out.append(a.elapsed_time(b) / inner)
-    return statistics.median(out)
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from bench_gpu import time_ms  # noqa: E402  (CUDA-event timing, median; inner > 1 = queued calls)
 
 
 def host_ms(fn, reps=20):
@@ -60,19 +50,20 @@ def main():
 
     for path in ("persistent", "fallback"):
         os.environ["FUSEDLSTM_CUDA_PATH"] = path
-        print(f"{path:10s} B={B} H={H}: one call {events_ms(fwd):.3f} ms, queued {events_ms(fwd, inner=10):.3f} ms, "
-              f"host time per call {host_ms(fwd):.3f} ms", flush=True)
+        print(f"{path:10s} B={B} H={H}: one call {time_ms(fwd, 20):.3f} ms, "
+              f"queued {time_ms(fwd, 20, inner=10):.3f} ms, host time per call {host_ms(fwd):.3f} ms", flush=True)
     try:
         import cupy
         rt = cupy.cuda.runtime
         pool = rt.deviceGetDefaultMemPool(torch.cuda.current_device())
-        rt.memPoolSetAttribute(pool, getattr(rt, "cudaMemPoolAttrReleaseThreshold", 4), 2 ** 64 - 1)  # 4: CUDA's enum value
+        release_threshold = getattr(rt, "cudaMemPoolAttrReleaseThreshold", 4)  # 4: CUDA's enum value
+        rt.memPoolSetAttribute(pool, release_threshold, 2 ** 64 - 1)
     except Exception as exc:  # report and stop: the other numbers stand
         print(f"could not set the default pool's release threshold: {type(exc).__name__}: {exc}")
         return
     for path in ("persistent", "fallback"):
         os.environ["FUSEDLSTM_CUDA_PATH"] = path
-        print(f"{path:10s} with the pool keeping its memory: one call {events_ms(fwd):.3f} ms, host time per call "
+        print(f"{path:10s} with the pool keeping its memory: one call {time_ms(fwd, 20):.3f} ms, host time per call "
               f"{host_ms(fwd):.3f} ms", flush=True)
 
 

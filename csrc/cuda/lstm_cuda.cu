@@ -814,9 +814,8 @@ DeviceLimits device_limits(int) {
 #endif
 
 template <class S, class A, class Kernel>
-bool plan_persistent(Kernel kernel, int device, int64_t B, int64_t H, int rows_per_unit, int64_t K,
+bool plan_persistent(Kernel kernel, const DeviceLimits& d, int64_t B, int64_t H, int rows_per_unit, int64_t K,
                      PersistPlan* plan) {
-  const DeviceLimits d = device_limits(device);
   if (!d.cooperative || d.sms < 1 || H > INT_MAX / 4 || B > INT_MAX / 4) return false;
   const int64_t HB = (H + d.sms - 1) / d.sms, R = rows_per_unit * HB;
   const size_t fixed = sizeof(A) * size_t(B) * R + sizeof(S) * size_t(R) * K + PersistSmem<S, A>::kAlignSlack;
@@ -956,13 +955,24 @@ thread_local const char* last_bwd_path = "none";
 // (bench/NOTES_CUDA.md): B = 16 at H = 512 and B = 64 at H = 256 (32768) still
 // won, B = 16 at H = 1024 and B = 64 at H = 512 (131072) lost.
 constexpr int64_t kAutoPersistentMaxWork = 32768;
-bool want_persistent(int64_t B, int64_t H, int device) {
+bool want_persistent(int64_t B, int64_t H, const DeviceLimits& d) {
   const char* env = std::getenv("FUSEDLSTM_CUDA_PATH");
   if (env && std::strcmp(env, "fallback") == 0) return false;
   if (env && std::strcmp(env, "persistent") == 0) return true;
-  const int sms = std::max(1, device_limits(device).sms);
+  const int sms = std::max(1, d.sms);
   const int64_t HB = (H + sms - 1) / sms;
   return B * HB * H <= kAutoPersistentMaxWork;
+}
+
+// Whether a call runs the persistent kernel (then *plan is its launch plan):
+// wanted by the path policy and fitting the device. one_to_many with
+// feed='output' adds h_{t-1} W_ih every step, which only the fallback does.
+template <class S, class A, class Kernel>
+bool choose_persistent(Kernel kernel, int device, int64_t B, int64_t H, int rows_per_unit, int64_t K,
+                       bool feeds_output, PersistPlan* plan) {
+  if (feeds_output) return false;
+  const DeviceLimits d = device_limits(device);
+  return want_persistent(B, H, d) && plan_persistent<S, A>(kernel, d, B, H, rows_per_unit, K, plan);
 }
 
 template <class S>
@@ -1037,8 +1047,8 @@ void forward_impl(const fl_cuda_forward_params& p, SavedState** saved_out) {
   // The persistent kernel needs h in two slots in inference (CTAs read h_{t-1}
   // while others write h_t); training already has h_hist.
   PersistPlan plan;
-  const bool persistent = want_persistent(B, H, p.device) && !(one_to_many && p.feed == FL_FEED_OUTPUT) &&
-                          plan_persistent<S, A>(persistent_fwd_kernel<S, A>, p.device, B, H, 4, H, &plan);
+  const bool persistent = choose_persistent<S, A>(persistent_fwd_kernel<S, A>, p.device, B, H, 4, H,
+                                                  one_to_many && p.feed == FL_FEED_OUTPUT, &plan);
   last_fwd_path = persistent ? "persistent" : "fallback";
   DevBuf h_slots;
   if (persistent && !training) {
@@ -1153,8 +1163,8 @@ void backward_impl(const fl_cuda_backward_params& p, SavedState& st) {
             dc.as<A>());
 
   PersistPlan plan;
-  const bool persistent = want_persistent(B, H, st.device) && !(one_to_many && st.feed == FL_FEED_OUTPUT) &&
-                          plan_persistent<S, A>(persistent_bwd_kernel<S, A>, st.device, B, H, 1, G, &plan);
+  const bool persistent = choose_persistent<S, A>(persistent_bwd_kernel<S, A>, st.device, B, H, 1, G,
+                                                  one_to_many && st.feed == FL_FEED_OUTPUT, &plan);
   last_bwd_path = persistent ? "persistent" : "fallback";
   if (persistent) {
     PersistBwdArgs<S, A> a{};

@@ -78,6 +78,20 @@ def test_cuda_binding_takes_host_lengths_as_a_list():
         _cuda.forward(0, False, 0, 0, 0, 0, 3, 2, 4, 5, 0, 8, 4, 0, 0, 0, 0, 0, 0, [3], 0, 10, 5, 0, 0, False)
 
 
+def test_cuda_path_setting_is_validated(monkeypatch):
+    """A FUSEDLSTM_CUDA_PATH other than auto / persistent / fallback is a
+    ValueError naming the variable, raised by the C API before any device is
+    touched (so this runs without a GPU)."""
+    if not fusedlstm.build_info()["cuda"]["importable"]:
+        pytest.skip("the CUDA module is not built here")
+    from fusedlstm import _cuda
+    monkeypatch.setenv("FUSEDLSTM_CUDA_PATH", "fastest")
+    with pytest.raises(ValueError, match="FUSEDLSTM_CUDA_PATH must be 'fallback', 'persistent' or 'auto'"):
+        _cuda.forward(0, False, 0, 0, 0, 0, 3, 2, 4, 5, 0, 8, 4, 0, 0, 0, 0, 0, 0, None, 0, 10, 5, 0, 0, False)
+    monkeypatch.setenv("FUSEDLSTM_CUDA_PATH", "auto")
+    assert _cuda.path() == "auto"
+
+
 def test_unimportable_cuda_module_is_reported_not_raised(monkeypatch):
     """A _cuda that fails to import (no libcublas, no driver...) leaves the
     package working: cuda_available() is False and build_info() says why."""

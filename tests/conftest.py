@@ -238,6 +238,9 @@ the numpy reference (fusedlstm.reference) evaluated ON THE SAME INPUTS:
   implementation; the floor guards arrays where err_plain happens to be ~0.
 * Applied per output array.  Shapes must match exactly, the dtype of every output
   must be the dtype of the inputs, a NaN/Inf where the reference is finite fails.
+* Non-finite inputs: where ref64 is NaN the library must be NaN, where it is
+  +Inf / -Inf the library must be the same infinity; the bound above is applied to
+  the positions where ref64 is finite (max|ref64| and err_plain taken there too).
   Outputs that are None in the reference (db_ih / db_hh without that bias) must be
   None in the library.
 """
@@ -273,6 +276,16 @@ def assert_policy(name, actual, ref64, plain32=None, *, dtype):
     assert isinstance(actual, np.ndarray), f"{name}: expected ndarray, got {type(actual).__name__}"
     assert actual.shape == ref64.shape, f"{name}: shape {actual.shape} != expected {ref64.shape}"
     assert actual.dtype == dtype, f"{name}: dtype {actual.dtype} != input dtype {dtype}"
+    finite = np.isfinite(ref64)
+    if not finite.all():
+        a64 = actual.astype(np.float64)
+        wrong = ~finite & ~((np.isnan(ref64) & np.isnan(a64)) | (a64 == ref64))
+        assert not wrong.any(), (
+            f"{name}: {int(wrong.sum())} non-finite reference values not matched, first at "
+            f"{np.unravel_index(int(np.argmax(wrong)), wrong.shape)}: library "
+            f"{a64[wrong][0]!r}, reference {ref64[wrong][0]!r}")
+        actual, ref64 = actual[finite], ref64[finite]
+        plain32 = None if plain32 is None else plain32[finite]
     diff = actual.astype(np.float64) - ref64
     err = _max_abs(diff)
     scale = _max_abs(ref64)

@@ -335,3 +335,38 @@ def test_backward_unaffected_by_inputs_changed_after_forward(mode, rng):
     got = fusedlstm.lstm_backward(res2, dy=dy)
     for name in ("dx", "dh0", "dc0", "dw_ih", "dw_hh"):
         assert np.array_equal(getattr(got, name), getattr(expected, name)), name
+
+
+# Hidden sizes below, at and above every SIMD width (4 generic, 4/8 AVX2, 8/16 AVX-512),
+# odd ones leave padded lanes in the last vector.
+NONFINITE_HIDDEN = [1, 3, 5, 8, 13, 16, 17]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("H", NONFINITE_HIDDEN)
+@pytest.mark.parametrize("where", ["x", "w_ih", "w_hh", "b_ih", "h0", "c0"])
+@pytest.mark.parametrize("mode", [M2M, M2O, CELL])
+def test_nonfinite_inputs_match_reference(mode, where, H, dtype, isa, make_problem, reference_outputs,
+                                          policy):
+    """An Inf / NaN in one input spreads exactly as in the reference, whatever
+    the SIMD width: the padded lanes of the last hidden block (H not a multiple
+    of the width) never turn it into NaN in real units (issue 10, defect 6:
+    +Inf in h0 gave NaN in dx/dh0/db of the whole row when H % width != 0)."""
+    for value in (np.inf, -np.inf, np.nan):
+        if mode == CELL:  # B = 20 takes lstm_cell's packed (sequence kernel) path
+            for B in (3, 20):
+                p = make_problem(mode=M2M, T=1, B=B, I=4, H=H, dtype=dtype, upstream="none")
+                p.inputs[where].flat[p.inputs[where].size // 2] = value
+                with np.errstate(all="ignore"):
+                    ref64, plain32 = reference_outputs(p.args, p.kwargs, dtype=dtype)
+                policy.check_all(run_cell(p), ref64, plain32, dtype=dtype, names=("h_n", "c_n"),
+                                 prefix=f"B={B}, {where}[...]={value}: ")
+            continue
+        # No lengths: at padded steps the reference multiplies zero gate
+        # gradients by the (possibly non-finite) weights and carried state,
+        # NaN where the documented result (dx = 0, no contribution) is exact.
+        p = make_problem(mode=mode, T=3, B=3, I=4, H=H, dtype=dtype)
+        p.inputs[where].flat[p.inputs[where].size // 2] = value
+        with np.errstate(all="ignore"):
+            ref64, plain32 = reference_outputs(p.args, p.kwargs, p.upstream, dtype=dtype)
+        policy.check_all(run_library(p), ref64, plain32, dtype=dtype, prefix=f"{where}[...]={value}: ")

@@ -4,6 +4,10 @@
 // compiles it with that ISA's flags. Keep everything here in that namespace:
 // no std:: templates instantiated on vector types, no statics.
 //
+// Besides arithmetic, V provides load / store, load_partial / store_partial
+// (lanes [0, n)), hsum, and keep_first(n): lanes [0, n) of the vector, the
+// others +0 (even where they held NaN).
+//
 // Register tile: RB rows x one panel (4 vectors) of accumulators. The same
 // micro-kernel serves the big GEMMs, the forward step (A = h_{t-1}, panel =
 // the four gates of one hidden block of W_hh) and the backward step (A =
@@ -213,6 +217,13 @@ struct Impl {
     }
     panel_dot<RB>(a, s.K, s.w + j * s.K * P, P, acc);
     const int64_t valid = s.H - j * W;
+    // Padded units: their zero weights times a non-finite input (x or h_{t-1})
+    // would be NaN, saved as activations and state, and summed into real
+    // units by the backward's GEMMs over 4Hp. A zero pre-activation with a
+    // zero c_prev keeps every padded lane of c, h and m exactly zero.
+    if (valid < W)
+      for (int r = 0; r < RB; ++r)
+        for (int q = 0; q < 4; ++q) acc[r][q] = acc[r][q].keep_first(int(valid));
     for (int r = 0; r < RB; ++r) {
       const int64_t row = row0 + r;
       const V c_prev = V::load(s.c_prev + row * s.ld_c_prev + j * W);
@@ -263,6 +274,9 @@ struct Impl {
         const int64_t j = 4 * q + jb;
         if (j >= n_blocks) break;
         V dh = acc[r][jb];
+        // Padded units' dh is a sum of zero weights times dG_{t+1}, NaN where
+        // that is infinite: zero it, so their dG stays exactly zero (see fwd_tile).
+        if (s.H - j * W < W) dh = dh.keep_first(int(s.H - j * W));
         if (s.dy) dh = dh + load_upto(s.dy + s.dy_row_offset[row] + j * W, s.H - j * W);
         const T* ap = s.acts + row * s.ld_acts + j * P;
         const GateActs<V> act{V::load(ap), V::load(ap + W), V::load(ap + 2 * W), V::load(ap + 3 * W)};

@@ -27,6 +27,7 @@ struct VecF {
   void store(float* p) const { _mm256_storeu_ps(p, v); }
   static VecF load_partial(const float* p, int n) { return _mm256_maskload_ps(p, avx2_lane_mask(n)); }
   void store_partial(float* p, int n) const { _mm256_maskstore_ps(p, avx2_lane_mask(n), v); }
+  VecF keep_first(int n) const { return _mm256_and_ps(v, _mm256_castsi256_ps(avx2_lane_mask(n))); }
 };
 FL_INLINE VecF operator+(VecF a, VecF b) { return _mm256_add_ps(a.v, b.v); }
 FL_INLINE VecF operator-(VecF a, VecF b) { return _mm256_sub_ps(a.v, b.v); }
@@ -66,6 +67,7 @@ struct VecD {
   void store(double* p) const { _mm256_storeu_pd(p, v); }
   static VecD load_partial(const double* p, int n) { return _mm256_maskload_pd(p, avx2_lane_mask_pd(n)); }
   void store_partial(double* p, int n) const { _mm256_maskstore_pd(p, avx2_lane_mask_pd(n), v); }
+  VecD keep_first(int n) const { return _mm256_and_pd(v, _mm256_castsi256_pd(avx2_lane_mask_pd(n))); }
 };
 FL_INLINE VecD operator+(VecD a, VecD b) { return _mm256_add_pd(a.v, b.v); }
 FL_INLINE VecD operator-(VecD a, VecD b) { return _mm256_sub_pd(a.v, b.v); }

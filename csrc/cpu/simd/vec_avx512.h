@@ -19,6 +19,7 @@ struct VecF {
   void store_partial(float* p, int n) const {
     _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1u), v);
   }
+  VecF keep_first(int n) const { return _mm512_maskz_mov_ps((__mmask16)((1u << n) - 1u), v); }
 };
 FL_INLINE VecF operator+(VecF a, VecF b) { return _mm512_add_ps(a.v, b.v); }
 FL_INLINE VecF operator-(VecF a, VecF b) { return _mm512_sub_ps(a.v, b.v); }
@@ -62,6 +63,7 @@ struct VecD {
   void store_partial(double* p, int n) const {
     _mm512_mask_storeu_pd(p, (__mmask8)((1u << n) - 1u), v);
   }
+  VecD keep_first(int n) const { return _mm512_maskz_mov_pd((__mmask8)((1u << n) - 1u), v); }
 };
 FL_INLINE VecD operator+(VecD a, VecD b) { return _mm512_add_pd(a.v, b.v); }
 FL_INLINE VecD operator-(VecD a, VecD b) { return _mm512_sub_pd(a.v, b.v); }

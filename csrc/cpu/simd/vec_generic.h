@@ -33,6 +33,11 @@ struct VecArr {
   void store_partial(T* p, int n) const {
     for (int l = 0; l < n; ++l) p[l] = v[l];
   }
+  VecArr keep_first(int n) const {
+    VecArr r(T(0));
+    for (int l = 0; l < n; ++l) r.v[l] = v[l];
+    return r;
+  }
 };
 #define FL_GENERIC_BINOP(OP)                                              \
   template <class T, int W>                                               \

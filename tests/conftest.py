@@ -50,20 +50,20 @@ else:
     _FL_IMPORT_ERROR = None
 
 
-def _load_reference():
+def _load_package_module(name):
+    """fusedlstm.<name>, or the file loaded by path when the package cannot be imported."""
     try:
-        from fusedlstm import reference
-        return reference
+        return importlib.import_module(f"fusedlstm.{name}")
     except Exception:
-        path = ROOT / "python" / "fusedlstm" / "reference.py"
-        spec = importlib.util.spec_from_file_location("_fusedlstm_reference", path)
+        path = ROOT / "python" / "fusedlstm" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"_fusedlstm_{name}", path)
         mod = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = mod  # dataclasses look their module up here
         spec.loader.exec_module(mod)
         return mod
 
 
-reference = _load_reference()
+reference = _load_package_module("reference")
 
 THREAD_COUNTS = (1, 2)
 OUTPUT_NAMES = ("y", "h_n", "c_n")
@@ -209,65 +209,22 @@ def debug_poison():
 
 
 # --------------------------------------------------------------------------------------
-# the tolerance policy
+# the tolerance policy: written once, in fusedlstm/tolerance.py (python -m fusedlstm uses
+# it too); TOLERANCE_POLICY is its text.
 # --------------------------------------------------------------------------------------
-TOLERANCE_POLICY = """\
-Tolerance policy (the only one; no test uses its own tolerances).
-
-An output array `a` of the library (y, h_n, c_n, or any gradient) is compared with
-the numpy reference (fusedlstm.reference) evaluated ON THE SAME INPUTS:
-
-* ref64   = reference in float64 (float32 inputs are upcast exactly): the truth.
-* float64 results:  normwise relative error, with the same kind of floor as float32:
-      max|a - ref64|  <=  F64_RTOL * max|ref64| + 4 * eps(float64) * max(1, max|ref64|),
-  F64_RTOL = 1e-12.
-  (1e-12 is ~4500 ulp of float64: room for a different summation order / FMA /
-   vectorised exp-tanh over the modest T, B, I, H of the tests, no slack factor
-   on top of it. The floor, 8.9e-16 for unit-scale data, only matters for arrays
-   that cancel to almost zero: e.g. dx of a one-unit bidirectional layer is a sum
-   of 8 products of size ~1 that can cancel to 1e-5, where a correct result off
-   by 7e-17, a fraction of one ulp of the terms, has a relative error of 3e-12;
-   the float64 reference itself is no more accurate than that.)
-* float32 results:  with plain32 = the same reference run with dtype=np.float32
-  (a plain float32 numpy implementation of the same equations) and
-      err_plain = max|plain32 - ref64|,
-      floor     = 4 * eps(float32) * max(1, max|ref64|),
-  the library must satisfy
-      err_fast  = max|a - ref64|  <=  2 * err_plain + floor.
-  I.e. the library may be at most twice as inaccurate as the naive float32
-  implementation; the floor guards arrays where err_plain happens to be ~0.
-* Applied per output array.  Shapes must match exactly, the dtype of every output
-  must be the dtype of the inputs, a NaN/Inf where the reference is finite fails.
-* Non-finite inputs: where ref64 is NaN the library must be NaN, where it is
-  +Inf / -Inf the library must be the same infinity; the bound above is applied to
-  the positions where ref64 is finite (max|ref64| and err_plain taken there too).
-  Outputs that are None in the reference (db_ih / db_hh without that bias) must be
-  None in the library.
-"""
-
-F64_RTOL = 1e-12
-F64_FLOOR_EPS = 4.0
-F32_PLAIN_FACTOR = 2.0
-F32_FLOOR_EPS = 4.0
+tolerance = _load_package_module("tolerance")
+TOLERANCE_POLICY = tolerance.__doc__
 
 
-def _max_abs(a):
-    return float(np.max(np.abs(a))) if a.size else 0.0
-
-
-def _where_max(diff):
-    if diff.size == 0:
-        return ()
-    flat = np.nan_to_num(np.abs(diff), nan=np.inf)
-    return np.unravel_index(int(np.argmax(flat)), diff.shape)
-
-
-def assert_policy(name, actual, ref64, plain32=None, *, dtype):
-    """Assert `actual` (a library output) meets TOLERANCE_POLICY.
+def assert_policy(name, actual, ref64, plain32=None, *, dtype, precision=None):
+    """Assert `actual` (a library output) meets the tolerance policy.
 
     name: label used in the message; ref64: reference in float64 on the same
-    inputs; plain32: reference in float32 (required when dtype is float32);
-    dtype: the dtype of the inputs (np.float32 or np.float64).
+    inputs; plain32: the plain implementation in the same precision (the
+    reference in float32 for float32; see tolerance.PRECISIONS), required for
+    every precision but float64; dtype: the dtype the output must have (that of
+    the inputs); precision: the arithmetic (a key of tolerance.PRECISIONS),
+    by default the dtype's name.
     """
     dtype = np.dtype(dtype)
     if ref64 is None:
@@ -276,37 +233,10 @@ def assert_policy(name, actual, ref64, plain32=None, *, dtype):
     assert isinstance(actual, np.ndarray), f"{name}: expected ndarray, got {type(actual).__name__}"
     assert actual.shape == ref64.shape, f"{name}: shape {actual.shape} != expected {ref64.shape}"
     assert actual.dtype == dtype, f"{name}: dtype {actual.dtype} != input dtype {dtype}"
-    finite = np.isfinite(ref64)
-    if not finite.all():
-        a64 = actual.astype(np.float64)
-        wrong = ~finite & ~((np.isnan(ref64) & np.isnan(a64)) | (a64 == ref64))
-        assert not wrong.any(), (
-            f"{name}: {int(wrong.sum())} non-finite reference values not matched, first at "
-            f"{np.unravel_index(int(np.argmax(wrong)), wrong.shape)}: library "
-            f"{a64[wrong][0]!r}, reference {ref64[wrong][0]!r}")
-        actual, ref64 = actual[finite], ref64[finite]
-        plain32 = None if plain32 is None else plain32[finite]
-    diff = actual.astype(np.float64) - ref64
-    err = _max_abs(diff)
-    scale = _max_abs(ref64)
-    if dtype == np.float64:
-        floor = F64_FLOOR_EPS * float(np.finfo(np.float64).eps) * max(1.0, scale)
-        bound = F64_RTOL * scale + floor
-        assert err <= bound, (
-            f"{name} (float64): max abs err {err:.3e} at {_where_max(diff)} > bound {bound:.3e} = "
-            f"{F64_RTOL:.0e} * max|ref| {scale:.3e} + floor {floor:.3e} "
-            f"(normwise relative error {err / max(scale, 1e-300):.3e})")
-    elif dtype == np.float32:
-        assert plain32 is not None, f"{name}: float32 check needs the plain float32 reference"
-        err_plain = _max_abs(plain32.astype(np.float64) - ref64)
-        floor = F32_FLOOR_EPS * float(np.finfo(np.float32).eps) * max(1.0, scale)
-        bound = F32_PLAIN_FACTOR * err_plain + floor
-        assert err <= bound, (
-            f"{name} (float32): max abs error {err:.3e} at {_where_max(diff)} > bound {bound:.3e} "
-            f"= {F32_PLAIN_FACTOR} * err_plain {err_plain:.3e} + floor {floor:.3e} "
-            f"(max|ref64| {scale:.3e})")
-    else:
-        raise AssertionError(f"{name}: unsupported dtype {dtype}")
+    precision = precision or dtype.name
+    assert precision in tolerance.PRECISIONS, f"{name}: unsupported dtype {dtype}"
+    problem = tolerance.check(name, actual, ref64, plain32, precision=precision)
+    assert problem is None, problem
 
 
 def assert_policy_all(actual, ref64, plain32=None, *, dtype, names=None, prefix=""):
@@ -340,20 +270,25 @@ def as_dict(fwd=None, grads=None):
     return out
 
 
-def run_reference(args, kwargs, upstream=None, *, dtype):
+def run_reference(args, kwargs, upstream=None, *, dtype, round_operands=None):
     """Reference forward (+ backward when `upstream` is a dict) in `dtype`."""
-    res = reference.forward(*args, dtype=dtype, **kwargs)
+    res = reference.forward(*args, dtype=dtype, round_operands=round_operands, **kwargs)
     grads = None if upstream is None else reference.backward(res, **upstream)
     return as_dict(res, grads)
 
 
-def reference_outputs(args, kwargs, upstream=None, *, dtype):
-    """(ref64, plain32) for inputs of `dtype`; plain32 is None for float64."""
+def reference_outputs(args, kwargs, upstream=None, *, dtype, precision=None):
+    """(ref64, plain) for inputs of `dtype`: plain is the plain implementation in
+    `precision` (default: the dtype's; see tolerance.PRECISIONS), None for float64."""
     ref64 = run_reference(args, kwargs, upstream, dtype=np.float64)
-    plain32 = None
-    if np.dtype(dtype) == np.float32:
-        plain32 = run_reference(args, kwargs, upstream, dtype=np.float32)
-    return ref64, plain32
+    precision = precision or np.dtype(dtype).name
+    if precision == "float64":
+        return ref64, None
+    arithmetic, operands, storage = tolerance.plain_precision(precision)
+    plain = run_reference(args, kwargs, upstream, dtype=arithmetic, round_operands=operands)
+    if storage is not None:
+        plain = {k: None if v is None else storage(v) for k, v in plain.items()}
+    return ref64, plain
 
 
 @pytest.fixture(name="reference_outputs")

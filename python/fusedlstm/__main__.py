@@ -4,8 +4,9 @@
     cases in every mode (many_to_many with/without lengths, batch_first,
     no-bias, many_to_one, one_to_many with feed repeat/first/output,
     lstm_cell), float64 and float32, forward and backward, compared with
-    ``fusedlstm.reference`` (normwise relative error; tolerance 1e-10 for
-    float64, 1e-4 for float32).  Plus, per case, a float64 finite-difference
+    ``fusedlstm.reference`` on the same inputs under the test-suite's tolerance
+    policy (``fusedlstm.tolerance``: float64 normwise 1e-12; float32 at most 2x
+    the error of the plain float32 reference).  Plus, per case, a float64 finite-difference
     check of fusedlstm's backward along a random direction (independent of
     the reference).  One line per check.
 (b) A short benchmark (a handful of shapes, forward and forward+backward)
@@ -25,7 +26,8 @@ import traceback
 
 import numpy as np
 
-TOL = {np.float64: 1e-10, np.float32: 1e-4}
+from . import tolerance
+
 FD_TOL = 1e-6          # finite-difference directional derivative, float64
 FD_EPS = 1e-6
 
@@ -105,27 +107,10 @@ def default_cases():
 # comparison helpers
 # --------------------------------------------------------------------------
 
-def _rel(a, b, allow_squeeze=False):
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape:
-        if allow_squeeze and a.size == b.size and np.squeeze(a).shape == np.squeeze(b).shape:
-            a = a.reshape(b.shape)
-        else:
-            return math.inf, math.inf, f"shape {a.shape} != reference {b.shape}"
-    if a.size == 0:
-        return 0.0, 0.0, None
-    diff = a - b
-    if not np.all(np.isfinite(a)):
-        return math.inf, math.inf, "non-finite values"
-    mabs = float(np.max(np.abs(diff)))
-    nb = float(np.linalg.norm(b.ravel()))
-    nd = float(np.linalg.norm(diff.ravel()))
-    return (nd / nb if nb > 0 else nd), mabs, None
-
-
-def compare(outs, refs, names, allow_squeeze=False, dtype=None):
-    """Return (worst_rel, worst_abs, worst_name, problem) over the named outputs.
+def compare(outs, refs, names, plains=None, allow_squeeze=False, dtype=None):
+    """Return (worst err/bound, worst max|err|, worst_name, problem) over the named
+    outputs, under fusedlstm.tolerance's policy: refs is the float64 reference on
+    the same inputs, plains (float32) the plain float32 reference.
 
     An output that is None in the reference (db_ih / db_hh without that bias)
     must be None in fusedlstm too; every other output must have `dtype`.
@@ -133,7 +118,8 @@ def compare(outs, refs, names, allow_squeeze=False, dtype=None):
     def get(o, n):
         return o.get(n) if isinstance(o, dict) else getattr(o, n, None)
 
-    worst_rel, worst_abs, worst_name = 0.0, 0.0, "-"
+    precision = np.dtype(dtype).name
+    worst_ratio, worst_abs, worst_name = 0.0, 0.0, "-"
     for n in names:
         r = get(refs, n)
         o = get(outs, n)
@@ -143,15 +129,21 @@ def compare(outs, refs, names, allow_squeeze=False, dtype=None):
             continue
         if o is None:
             return math.inf, math.inf, n, f"{n} missing"
-        if dtype is not None and np.asarray(o).dtype != dtype:
-            return math.inf, math.inf, n, f"{n} dtype {np.asarray(o).dtype}, expected {np.dtype(dtype).name}"
-        rel, mabs, problem = _rel(o, r, allow_squeeze)
-        if problem:
-            return rel, mabs, n, f"{n}: {problem}"
-        worst_abs = max(worst_abs, mabs)
-        if rel >= worst_rel:
-            worst_rel, worst_name = rel, n
-    return worst_rel, worst_abs, worst_name, None
+        if np.asarray(o).dtype != dtype:
+            return math.inf, math.inf, n, f"{n} dtype {np.asarray(o).dtype}, expected {precision}"
+        o = np.asarray(o)
+        if allow_squeeze and o.shape != np.shape(r) and o.size == np.size(r):
+            o = o.reshape(np.shape(r))
+        m = tolerance.measure(o, r, None if plains is None else get(plains, n), precision=precision)
+        if m.problem is not None:
+            return math.inf, math.inf, n, f"{n}: {m.problem}"
+        if not np.all(np.isfinite(o)):
+            return math.inf, math.inf, n, f"{n}: non-finite values"
+        ratio = m.err / m.bound if m.bound > 0 else (0.0 if m.err == 0 else math.inf)
+        worst_abs = max(worst_abs, m.err)
+        if ratio >= worst_ratio:
+            worst_ratio, worst_name = ratio, n
+    return worst_ratio, worst_abs, worst_name, None
 
 
 def _cast(d, dtype):
@@ -186,13 +178,12 @@ class Reporter:
             return
         print(f"[{isa:>8}] {case:<34} {dtype:<7} {what:<4} {detail:<58} {status}", flush=True)
 
-    def result(self, isa, case, dtype, what, rel, mabs, worst, problem, tol):
+    def result(self, isa, case, dtype, what, ratio, mabs, worst, problem):
         if problem:
             self.line(isa, case, dtype, what, "FAIL", problem)
         else:
-            ok = rel <= tol
-            self.line(isa, case, dtype, what, "PASS" if ok else "FAIL",
-                      f"max|err| {mabs:.2e}  rel {rel:.2e} ({worst}) tol {tol:.0e}")
+            self.line(isa, case, dtype, what, "PASS" if ratio <= 1.0 else "FAIL",
+                      f"max|err| {mabs:.2e}  err/bound {ratio:.2f} ({worst})")
 
 
 def _err(e):
@@ -200,43 +191,51 @@ def _err(e):
     return s if len(s) <= 56 else s[:53] + "..."
 
 
+def _reference(reference, case, d, cotan, dtype):
+    """The reference in `dtype` on the inputs d and the upstream gradients cotan
+    (drawn when None): (forward result, gradients, cotan); lstm_cell: (result, None, None)."""
+    if case.cell:
+        res = reference.forward(d["x"][None], *_ref_args(d)[1:], h0=d["h0"], c0=d["c0"],
+                                mode="many_to_many", dtype=dtype)
+        return res, None, None
+    res = reference.forward(*_ref_args(d), h0=d["h0"], c0=d["c0"], dtype=dtype, **case.kwargs())
+    if cotan is None:
+        rng = np.random.default_rng(case.cotan_seed)
+        cotan = {"dy": rng.standard_normal(np.shape(res.y)),
+                 "dh_n": rng.standard_normal(np.shape(res.h_n)),
+                 "dc_n": rng.standard_normal(np.shape(res.c_n))}
+    return res, reference.backward(res, **cotan), cotan
+
+
 def check_case(fl, reference, case, isa, rep, seed):
     d64 = case.make(seed)
-
-    # ---- reference (float64), forward + backward, computed once per case ----
-    ref_res = ref_grads = None
-    cotan = None
-    try:
-        if case.cell:
-            ref_res = reference.forward(d64["x"][None], *_ref_args(d64)[1:], h0=d64["h0"],
-                                        c0=d64["c0"], mode="many_to_many")
-        else:
-            ref_res = reference.forward(*_ref_args(d64), h0=d64["h0"], c0=d64["c0"],
-                                        **case.kwargs())
-            rng = np.random.default_rng(seed + 1)
-            cotan = {"dy": rng.standard_normal(np.shape(ref_res.y)),
-                     "dh_n": rng.standard_normal(np.shape(ref_res.h_n)),
-                     "dc_n": rng.standard_normal(np.shape(ref_res.c_n))}
-            ref_grads = reference.backward(ref_res, **cotan)
-    except NotImplementedError as e:
-        rep.line(isa, case.name, "-", "ref", "SKIP", "reference: " + _err(e))
-        return
-    except Exception as e:  # noqa: BLE001 - a broken reference is a failure
-        rep.line(isa, case.name, "-", "ref", "FAIL", "reference raised " + _err(e))
-        return
-
+    case.cotan_seed = seed + 1
     for dtype in (np.float64, np.float32):
         dname = np.dtype(dtype).name
-        tol = TOL[dtype]
         d = _cast(d64, dtype)
+        # ---- the reference on the inputs the library sees: float64 (truth) and,
+        # for float32, float32 (the plain implementation of the tolerance policy) ----
+        try:
+            if dtype is np.float64:
+                _, _, cotan = _reference(reference, case, d64, None, np.float64)
+            ct = None if cotan is None else _cast(cotan, dtype)
+            ref_res, ref_grads, _ = _reference(reference, case, d, ct, np.float64)
+            plain_res = plain_grads = None
+            if dtype is np.float32:
+                plain_res, plain_grads, _ = _reference(reference, case, d, ct, np.float32)
+        except NotImplementedError as e:
+            rep.line(isa, case.name, "-", "ref", "SKIP", "reference: " + _err(e))
+            return
+        except Exception as e:  # noqa: BLE001 - a broken reference is a failure
+            rep.line(isa, case.name, "-", "ref", "FAIL", "reference raised " + _err(e))
+            return
         if case.cell:
             try:
                 h1, c1 = fl.lstm_cell(d["x"], d["h0"], d["c0"], d["w_ih"], d["w_hh"],
                                       d["b_ih"], d["b_hh"])
-                rel, mabs, worst, problem = compare({"h_n": h1, "c_n": c1}, ref_res,
-                                                    ("h_n", "c_n"), allow_squeeze=True,
-                                                    dtype=dtype)
-                rep.result(isa, case.name, dname, "fwd", rel, mabs, worst, problem, tol)
+                found = compare({"h_n": h1, "c_n": c1}, ref_res, ("h_n", "c_n"), plain_res,
+                                allow_squeeze=True, dtype=dtype)
+                rep.result(isa, case.name, dname, "fwd", *found)
             except Exception as e:  # noqa: BLE001
                 rep.line(isa, case.name, dname, "fwd", "FAIL", "raised " + _err(e))
             continue
@@ -245,23 +244,20 @@ def check_case(fl, reference, case, isa, rep, seed):
         try:
             res = fl.lstm_forward(d["x"], d["w_ih"], d["w_hh"], d["b_ih"], d["b_hh"],
                                   d["h0"], d["c0"], training=True, **case.kwargs())
-            rel, mabs, worst, problem = compare(res, ref_res, FWD_NAMES, dtype=dtype)
-            rep.result(isa, case.name, dname, "fwd", rel, mabs, worst, problem, tol)
+            rep.result(isa, case.name, dname, "fwd", *compare(res, ref_res, FWD_NAMES, plain_res, dtype=dtype))
             # inference path must give the same outputs as the training path
             res_inf = fl.lstm_forward(d["x"], d["w_ih"], d["w_hh"], d["b_ih"], d["b_hh"],
                                       d["h0"], d["c0"], training=False, **case.kwargs())
-            rel, mabs, worst, problem = compare(res_inf, ref_res, FWD_NAMES, dtype=dtype)
-            rep.result(isa, case.name, dname, "inf", rel, mabs, worst, problem, tol)
+            rep.result(isa, case.name, dname, "inf",
+                       *compare(res_inf, ref_res, FWD_NAMES, plain_res, dtype=dtype))
         except Exception as e:  # noqa: BLE001
             rep.line(isa, case.name, dname, "fwd", "FAIL", "raised " + _err(e))
             continue
 
         # backward
         try:
-            ct = _cast(cotan, dtype)
             g = fl.lstm_backward(res, **ct)
-            rel, mabs, worst, problem = compare(g, ref_grads, BWD_NAMES, dtype=dtype)
-            rep.result(isa, case.name, dname, "bwd", rel, mabs, worst, problem, tol)
+            rep.result(isa, case.name, dname, "bwd", *compare(g, ref_grads, BWD_NAMES, plain_grads, dtype=dtype))
         except Exception as e:  # noqa: BLE001
             rep.line(isa, case.name, dname, "bwd", "FAIL", "raised " + _err(e))
             continue
@@ -328,38 +324,47 @@ def check_stacks(fl, reference, isa, rep, seed=2000):
                           b_ih=layer.params.get(f"bias_ih_l{i}{s}"), b_hh=layer.params.get(f"bias_hh_l{i}{s}"),
                           w_hr=layer.params.get(f"weight_hr_l{i}{s}"))
                      for i in range(L) for s in ("", "_reverse")[:D]]
-            ref = reference.stack_forward(x, cells, *hx, num_layers=L, bidirectional=D == 2, lengths=lengths,
-                                          dropout_masks=masks)
-            dy = rng.standard_normal(ref.y.shape)
-            ref_g = reference.stack_backward(ref, dy, np.ones_like(ref.h_n), np.ones_like(ref.c_n))
+            dy = rng.standard_normal((T, B, layer.num_directions * hout))
+
+            def run_reference(inputs, compute):  # the reference on inputs cast to `inputs`
+                cast = lambda a: None if a is None else np.asarray(a, inputs)  # noqa: E731
+                ref = reference.stack_forward(cast(x), [{k: cast(v) for k, v in c.items()} for c in cells],
+                                              *(cast(h) for h in hx), num_layers=L, bidirectional=D == 2,
+                                              lengths=lengths, dropout_masks=cast(masks), dtype=compute)
+                grads = reference.stack_backward(ref, cast(dy), np.ones_like(ref.h_n), np.ones_like(ref.c_n))
+                return ref, grads
         except Exception as e:  # noqa: BLE001
             rep.line(isa, name, "-", "ref", "FAIL", "reference raised " + _err(e))
             continue
         for dtype in (np.float64, np.float32):
             dname = np.dtype(dtype).name
             try:
+                ref, ref_g = run_reference(dtype, np.float64)
+                plain, plain_g = run_reference(dtype, np.float32) if dtype is np.float32 else (None, None)
                 layer32 = fl.LSTM(**kw, dtype=dtype)
                 layer32.load_state_dict(layer.params)
                 res = layer32.forward(x_in.astype(dtype), tuple(h.astype(dtype) for h in hx), lengths=lengths,
                                       training=True, rng=np.random.default_rng(seed))
                 y = res.y.swapaxes(0, 1) if layer.batch_first else res.y
-                rel, mabs, worst, problem = compare({"y": y, "h_n": res.h_n, "c_n": res.c_n},
-                                                    {"y": ref.y, "h_n": ref.h_n, "c_n": ref.c_n},
-                                                    ("y", "h_n", "c_n"), dtype=dtype)
-                rep.result(isa, name, dname, "fwd", rel, mabs, worst, problem, TOL[dtype])
+                rep.result(isa, name, dname, "fwd", *compare({"y": y, "h_n": res.h_n, "c_n": res.c_n}, ref,
+                                                             ("y", "h_n", "c_n"), plain, dtype=dtype))
                 dy_in = dy.swapaxes(0, 1) if layer.batch_first else dy
                 g = layer32.backward(res, dy_in.astype(dtype), np.ones_like(res.h_n), np.ones_like(res.c_n))
                 dx = g["x"].swapaxes(0, 1) if layer.batch_first else g["x"]
                 ours = {"dx": dx, "dh0": g["h0"], "dc0": g["c0"]}
-                refs = {"dx": ref_g["dx"], "dh0": ref_g["dh0"], "dc0": ref_g["dc0"]}
-                for i, cg in enumerate(ref_g["cells"]):
-                    sfx = f"_l{i // D}" + ("_reverse" if i % D else "")
-                    for key, pname in (("w_ih", "weight_ih"), ("w_hh", "weight_hh"), ("b", "bias_ih"),
-                                       ("w_hr", "weight_hr")):
-                        if pname + sfx in g and key in cg:
-                            ours[pname + sfx], refs[pname + sfx] = g[pname + sfx], cg[key]
-                rel, mabs, worst, problem = compare(ours, refs, tuple(refs), dtype=dtype)
-                rep.result(isa, name, dname, "bwd", rel, mabs, worst, problem, TOL[dtype])
+                def named(grads):  # the reference's gradients under the layer's names
+                    out = {"dx": grads["dx"], "dh0": grads["dh0"], "dc0": grads["dc0"]}
+                    for i, cg in enumerate(grads["cells"]):
+                        sfx = f"_l{i // D}" + ("_reverse" if i % D else "")
+                        for key, pname in (("w_ih", "weight_ih"), ("w_hh", "weight_hh"), ("b", "bias_ih"),
+                                           ("w_hr", "weight_hr")):
+                            if pname + sfx in g and key in cg:
+                                ours[pname + sfx], out[pname + sfx] = g[pname + sfx], cg[key]
+                    return out
+                refs = named(ref_g)
+                rep.result(isa, name, dname, "bwd", *compare(ours, refs, tuple(refs),
+                                                             None if plain_g is None else named(plain_g),
+                                                             dtype=dtype))
             except Exception as e:  # noqa: BLE001
                 rep.line(isa, name, dname, "fwd", "FAIL", "raised " + _err(e))
 
@@ -418,7 +423,7 @@ def main(argv=None) -> int:
     if not args.no_check:
         print()
         print("== self-check vs fusedlstm.reference "
-              "(normwise relative error; fd = finite-difference gradient check) ==")
+              "(tolerance policy of fusedlstm.tolerance; fd = finite-difference gradient check) ==")
         try:
             from fusedlstm import reference
         except Exception as e:  # noqa: BLE001

@@ -39,7 +39,7 @@ same equations", the error baseline of the test-suite's tolerance policy.
 """
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -73,6 +73,13 @@ class ForwardResult:
     hs: np.ndarray    # (T+1, B, H) hs[t] = hidden state entering step t (hs[0] = h0)
     cs: np.ndarray    # (T+1, B, H) cell state entering step t
     acts: np.ndarray  # (T, B, 4H) activated gates i, f, g, o of step t
+    round_operands: Optional[Callable] = None  # see forward
+
+
+def _matmul(round_operands):
+    if round_operands is None:
+        return np.matmul
+    return lambda a, b: np.matmul(round_operands(a), round_operands(b))
 
 
 @dataclass
@@ -87,7 +94,12 @@ class Gradients:
 
 
 def forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, mode="many_to_many",
-            lengths=None, steps=None, feed="repeat", batch_first=False, dtype=np.float64):
+            lengths=None, steps=None, feed="repeat", batch_first=False, dtype=np.float64,
+            round_operands=None):
+    # round_operands: None, or a function applied to both operands of every matrix
+    # product of forward and backward (the tests' plain reduced-precision baseline:
+    # GEMM operands rounded to bfloat16 / float16 / TF32, accumulation in `dtype`).
+    mm = _matmul(round_operands)
     if mode not in MODES:
         raise ValueError(f"mode: unknown mode {mode!r}, expected one of {MODES}")
     if feed not in FEEDS:
@@ -131,7 +143,7 @@ def forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, mode="many
     for t in range(T):
         if mode == "one_to_many" and feed == "output" and t > 0:
             xs[t] = hs[t]
-        gates = xs[t] @ w_ih.T + b_ih + hs[t] @ w_hh.T + b_hh
+        gates = mm(xs[t], w_ih.T) + b_ih + mm(hs[t], w_hh.T) + b_hh
         i, f = sigmoid(gates[:, 0:H]), sigmoid(gates[:, H:2 * H])
         g, o = np.tanh(gates[:, 2 * H:3 * H]), sigmoid(gates[:, 3 * H:])
         c = f * cs[t] + i * g
@@ -147,11 +159,12 @@ def forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, mode="many
     else:
         y_out = y.swapaxes(0, 1).copy() if batch_first else y
     return ForwardResult(y_out, hs[T].copy(), cs[T].copy(), mode, feed, batch_first, w_ih, w_hh,
-                         has_b_ih, has_b_hh, xs, mask, hs, cs, acts)
+                         has_b_ih, has_b_hh, xs, mask, hs, cs, acts, round_operands)
 
 
 def backward(res, dy=None, dh_n=None, dc_n=None):
     dtype = res.hs.dtype
+    mm = _matmul(res.round_operands)
     T, B, H = res.hs.shape[0] - 1, res.hs.shape[1], res.hs.shape[2]
 
     def grad(a, shape):
@@ -185,11 +198,11 @@ def backward(res, dy=None, dh_n=None, dc_n=None):
                                  dh_t * tanh_c * o * (1 - o)],    # o
                                 axis=1)
         dgates = np.where(m, dgates, 0)  # padded step: nothing computed
-        dxs[t] = dgates @ res.w_ih
-        dw_ih += dgates.T @ res.xs[t]
-        dw_hh += dgates.T @ res.hs[t]
+        dxs[t] = mm(dgates, res.w_ih)
+        dw_ih += mm(dgates.T, res.xs[t])
+        dw_hh += mm(dgates.T, res.hs[t])
         db += dgates.sum(axis=0)
-        dh = np.where(m, dgates @ res.w_hh, dh)  # padded step: state was carried over
+        dh = np.where(m, mm(dgates, res.w_hh), dh)  # padded step: state was carried over
         dc = np.where(m, dc_t * f, dc)
         if res.mode == "one_to_many" and res.feed == "output" and t > 0:
             dh += dxs[t]  # x_t was h_{t-1}

@@ -1,0 +1,156 @@
+"""The tolerance policy of fusedlstm's checks: the one rule, written once.
+
+Used by the test-suite (tests/conftest.py) and by ``python -m fusedlstm``.
+
+An output array ``a`` of the library (y, h_n, c_n or any gradient) is compared
+with the numpy reference (fusedlstm.reference) evaluated ON THE SAME INPUTS:
+
+* ref64 = the reference in float64 (inputs upcast exactly): the truth.
+* float64 results: a normwise relative error with a floor,
+      max|a - ref64|  <=  F64_RTOL * max|ref64| + FLOOR_EPS * eps(float64) * max(1, max|ref64|),
+  F64_RTOL = 1e-12 (~4500 ulp: room for another summation order, FMA and a
+  vectorised exp / tanh over the modest sizes of the checks, no slack on top).
+  The floor (8.9e-16 for unit-scale data) only matters for arrays that cancel
+  to almost zero, where the float64 reference itself is no more accurate.
+* every other precision (float32; on CUDA also TF32, float16, bfloat16):
+  with plain = the same reference run in that precision (a plain numpy
+  implementation of the same equations, see plain_precision below) and
+      err_plain = max|plain - ref64|,
+      floor     = FLOOR_EPS * eps(float32) * max(1, max|ref64|),
+  the library must satisfy
+      max|a - ref64|  <=  PLAIN_FACTOR * err_plain + floor,
+  i.e. it may be at most twice as inaccurate as the naive implementation in
+  the same precision; the floor guards arrays where err_plain happens to be ~0.
+  float32 accumulates in float32, so its eps is the floor for every precision.
+* Applied per output array. Non-finite inputs: where ref64 is NaN the library
+  must be NaN, where it is +Inf / -Inf the same infinity, and a NaN / Inf where
+  ref64 is finite fails; the bound applies to the positions where ref64 is
+  finite (max|ref64| and err_plain taken there too).
+
+Plain implementation per precision (PRECISIONS): "float64" and "float32" are
+the reference in that dtype. "tf32", "float16" and "bfloat16" are the float32
+reference with every operand of every matrix product rounded to the format
+(TF32: 10 mantissa bits; float16; bfloat16: 7 mantissa bits, round to nearest
+even) and its outputs rounded to the storage format (TF32 stores float32). Its
+inputs, like ref64's, are those the library saw: already in the storage format.
+"""
+
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+F64_RTOL = 1e-12
+FLOOR_EPS = 4.0
+PLAIN_FACTOR = 2.0
+
+# precision -> (dtype of the plain implementation's arithmetic, mantissa bits of
+# GEMM operands or None for unrounded, storage dtype of inputs and outputs or None for the arithmetic dtype)
+PRECISIONS = {
+    "float64": (np.float64, None, None),
+    "float32": (np.float32, None, None),
+    "tf32": (np.float32, 10, None),
+    "float16": (np.float32, "float16", "float16"),
+    "bfloat16": (np.float32, 7, 7),
+}
+
+
+def round_mantissa(a, bits):
+    """float32 copy of `a` with the mantissa rounded to `bits` bits (nearest, ties
+    to even), the exponent range of float32: TF32 (10) and bfloat16 (7)."""
+    a = np.ascontiguousarray(a, np.float32)
+    u = a.view(np.uint32).astype(np.uint64)
+    drop = 23 - bits
+    half = np.uint64(1 << (drop - 1))
+    odd = (u >> np.uint64(drop)) & np.uint64(1)
+    rounded = ((u + half - np.uint64(1) + odd) >> np.uint64(drop)) << np.uint64(drop)
+    out = (rounded & np.uint64(0xFFFFFFFF)).astype(np.uint32).view(np.float32)
+    return np.where(np.isfinite(a), out, a)  # NaN / Inf stay as they are
+
+
+def rounder(fmt):
+    """The rounding of one format of PRECISIONS (mantissa bits or "float16"), as a function."""
+    if fmt is None:
+        return None
+    if fmt == "float16":
+        return lambda a: np.asarray(a, np.float32).astype(np.float16).astype(np.float32)
+    return lambda a: round_mantissa(a, fmt)
+
+
+def plain_precision(precision):
+    """(arithmetic dtype, rounding of GEMM operands or None, rounding of stored
+    inputs / outputs or None) of the plain implementation in `precision`."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: {precision!r} is not one of {sorted(PRECISIONS)}")
+    dtype, operands, storage = PRECISIONS[precision]
+    return dtype, rounder(operands), rounder(storage)
+
+
+def _max_abs(a):
+    return float(np.max(np.abs(a))) if a.size else 0.0
+
+
+def _where_max(diff):
+    if diff.size == 0:
+        return ()
+    flat = np.nan_to_num(np.abs(diff), nan=np.inf)
+    return np.unravel_index(int(np.argmax(flat)), diff.shape)
+
+
+class Measure(NamedTuple):
+    """One output against the policy: passes when problem is None and err <= bound."""
+    err: float       # max|actual - ref64| over the positions where ref64 is finite
+    bound: float     # the policy's bound there
+    detail: str      # how the bound is made up, and where the error is largest
+    problem: Optional[str] = None  # shape / non-finite mismatch (then err and bound are inf)
+
+    @property
+    def ok(self):
+        return self.problem is None and self.err <= self.bound
+
+
+def measure(actual, ref64, plain=None, *, precision):
+    """actual, ref64, plain: arrays of one shape (plain: the plain implementation's
+    result, needed for every precision but float64); precision: a key of PRECISIONS.
+    Dtypes of the library's results are the caller's to check."""
+    plain_precision(precision)  # validates the name
+    actual = np.asarray(actual, np.float64)
+    ref64 = np.asarray(ref64, np.float64)
+    inf = float("inf")
+    if actual.shape != ref64.shape:
+        return Measure(inf, inf, "", f"shape {actual.shape} != expected {ref64.shape}")
+    finite = np.isfinite(ref64)
+    if not finite.all():
+        wrong = ~finite & ~((np.isnan(ref64) & np.isnan(actual)) | (actual == ref64))
+        if wrong.any():
+            return Measure(inf, inf, "", (
+                f"{int(wrong.sum())} non-finite reference values not matched, first at "
+                f"{np.unravel_index(int(np.argmax(wrong)), wrong.shape)}: library "
+                f"{actual[wrong][0]!r}, reference {ref64[wrong][0]!r}"))
+        actual, ref64 = actual[finite], ref64[finite]
+        plain = None if plain is None else np.asarray(plain)[finite]
+    diff = actual - ref64
+    err = _max_abs(diff)
+    err = inf if np.isnan(err) else err
+    scale = _max_abs(ref64)
+    if precision == "float64":
+        floor = FLOOR_EPS * float(np.finfo(np.float64).eps) * max(1.0, scale)
+        bound = F64_RTOL * scale + floor
+        return Measure(err, bound, f"at {_where_max(diff)}, bound = {F64_RTOL:.0e} * max|ref| {scale:.3e} + "
+                                   f"floor {floor:.3e} (normwise relative error {err / max(scale, 1e-300):.3e})")
+    if plain is None:
+        return Measure(inf, inf, "", f"a {precision} check needs the plain {precision} implementation's result")
+    err_plain = _max_abs(np.asarray(plain, np.float64) - ref64)
+    floor = FLOOR_EPS * float(np.finfo(np.float32).eps) * max(1.0, scale)
+    bound = PLAIN_FACTOR * err_plain + floor
+    return Measure(err, bound, f"at {_where_max(diff)}, bound = {PLAIN_FACTOR} * err_plain {err_plain:.3e} + "
+                               f"floor {floor:.3e} (max|ref64| {scale:.3e})")
+
+
+def check(name, actual, ref64, plain=None, *, precision):
+    """None if `actual` meets the policy against `ref64` (see measure), else the reason."""
+    m = measure(actual, ref64, plain, precision=precision)
+    if m.problem is not None:
+        return f"{name} ({precision}): {m.problem}"
+    if not m.ok:
+        return f"{name} ({precision}): max abs error {m.err:.3e} > bound {m.bound:.3e}, {m.detail}"
+    return None

@@ -27,6 +27,11 @@ with the numpy reference (fusedlstm.reference) evaluated ON THE SAME INPUTS:
   ref64 is finite fails; the bound applies to the positions where ref64 is
   finite (max|ref64| and err_plain taken there too).
 
+Same arithmetic (checks of the reference against itself): the same float64
+values computed in another arrangement (a row alone or in a batch, one mode or
+another) agree elementwise, |a - b| <= SAME_RTOL * |b| + SAME_ATOL (about 45 ulp:
+only the summation order inside BLAS differs).
+
 Plain implementation per precision (PRECISIONS): "float64" and "float32" are
 the reference in that dtype. "tf32", "float16" and "bfloat16" are the float32
 reference with every operand of every matrix product rounded to the format
@@ -42,6 +47,8 @@ import numpy as np
 F64_RTOL = 1e-12
 FLOOR_EPS = 4.0
 PLAIN_FACTOR = 2.0
+SAME_RTOL = 1e-14
+SAME_ATOL = 1e-15
 
 # precision -> (dtype of the plain implementation's arithmetic, mantissa bits of
 # GEMM operands or None for unrounded, storage dtype of inputs and outputs or None for the arithmetic dtype)
@@ -154,3 +161,8 @@ def check(name, actual, ref64, plain=None, *, precision):
     if not m.ok:
         return f"{name} ({precision}): max abs error {m.err:.3e} > bound {m.bound:.3e}, {m.detail}"
     return None
+
+
+def assert_same_arithmetic(actual, expected, name=""):
+    """The same-arithmetic rule above (raises AssertionError naming `name`)."""
+    np.testing.assert_allclose(actual, expected, rtol=SAME_RTOL, atol=SAME_ATOL, err_msg=name)

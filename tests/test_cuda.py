@@ -95,6 +95,40 @@ def test_missing_driver_is_reported_not_raised(monkeypatch, raise_it, make_probl
     _assert_cpu_package_works(make_problem, reference_outputs, policy)
 
 
+def test_reduced_precision_baselines(make_problem, reference_outputs, rng):
+    """The plain implementations the TF32 / float16 / bfloat16 bounds are derived
+    from (runs without a GPU): the roundings are the formats' own, and each
+    baseline is less accurate than plain float32 and more accurate than bfloat16
+    needs, so a broken baseline cannot make a GPU bound silently loose or absurd."""
+    from conftest import tolerance
+
+    a = (rng.standard_normal(10000) * 10.0 ** rng.integers(-20, 20, 10000)).astype(np.float32)
+    in_range = a[np.abs(a) < 65504]  # float16's largest
+    assert np.array_equal(tolerance.rounder("float16")(in_range), in_range.astype(np.float16).astype(np.float32))
+    bits = a.view(np.uint32)
+    for mantissa, precision in ((10, "tf32"), (7, "bfloat16")):
+        r = tolerance.round_mantissa(a, mantissa)
+        assert np.all(r.view(np.uint32) & np.uint32((1 << (23 - mantissa)) - 1) == 0), precision
+        assert np.all(np.abs(r - a) <= np.abs(a) * 2.0 ** -(mantissa + 1)), f"{precision}: not nearest"
+        halfway = (bits & np.uint32((1 << (23 - mantissa)) - 1)) == (1 << (22 - mantissa))
+        assert np.all(r[halfway].view(np.uint32) & np.uint32(1 << (23 - mantissa)) == 0), "ties to even"
+    p = make_problem(T=6, B=4, I=7, H=9, lengths=True)
+    args = tuple(tolerance.rounder(7)(a).astype(np.float64) for a in p.args)  # exact in every format
+    kwargs = {k: tolerance.rounder(7)(v).astype(np.float64) if isinstance(v, np.ndarray) and v.dtype.kind == "f"
+              else v for k, v in p.kwargs.items()}
+    ups = {k: tolerance.rounder(7)(v).astype(np.float64) for k, v in p.upstream.items()}
+    errors = {}
+    for precision in ("float32", "tf32", "float16", "bfloat16"):
+        ref64, plain = reference_outputs(args, kwargs, ups, dtype=np.float64, precision=precision)
+        errors[precision] = {k: float(np.max(np.abs(plain[k] - ref64[k])) / max(1.0, np.max(np.abs(ref64[k]))))
+                             for k in ref64 if ref64[k] is not None}
+    for name, e32 in errors["float32"].items():
+        for precision, bound in (("tf32", 2.0 ** -8), ("float16", 2.0 ** -8), ("bfloat16", 2.0 ** -5)):
+            e = errors[precision][name]
+            assert e32 < e <= bound, f"{name}: plain {precision} error {e:.2e} (float32 {e32:.2e})"
+        assert errors["bfloat16"][name] > errors["float16"][name], name
+
+
 def test_build_info_reports_cuda():
     info = fusedlstm.build_info()
     cuda = info["cuda"]

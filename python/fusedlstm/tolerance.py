@@ -50,8 +50,9 @@ PLAIN_FACTOR = 2.0
 SAME_RTOL = 1e-14
 SAME_ATOL = 1e-15
 
-# precision -> (dtype of the plain implementation's arithmetic, mantissa bits of
-# GEMM operands or None for unrounded, storage dtype of inputs and outputs or None for the arithmetic dtype)
+# precision -> (dtype of the plain implementation's arithmetic, format its GEMM operands
+# are rounded to, format its outputs are stored in); a format is a mantissa width in
+# bits (float32's exponent range), "float16", or None for no rounding.
 PRECISIONS = {
     "float64": (np.float64, None, None),
     "float32": (np.float32, None, None),
@@ -84,8 +85,8 @@ def rounder(fmt):
 
 
 def plain_precision(precision):
-    """(arithmetic dtype, rounding of GEMM operands or None, rounding of stored
-    inputs / outputs or None) of the plain implementation in `precision`."""
+    """(arithmetic dtype, rounding of GEMM operands or None, rounding of the stored
+    outputs or None) of the plain implementation in `precision`."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision: {precision!r} is not one of {sorted(PRECISIONS)}")
     dtype, operands, storage = PRECISIONS[precision]

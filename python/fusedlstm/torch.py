@@ -71,19 +71,30 @@ def _per_cell(weights, num_layers, bidirectional, has_bias, proj_size):
     return cells
 
 
-def _as_numpy(t: Optional[Tensor], dtype):
-    """A numpy view of t in the compute dtype (a copy when it must convert)."""
+def _core_array(t: Optional[Tensor], dtype, *, rows=False):
+    """t as the numpy array the core reads (None stays None): detached, in
+    `dtype`, and C-contiguous, the layout the C API reads weights, biases,
+    states, masks, lengths and the reserve in. With rows=True only the last
+    axis must be contiguous: x, y, dy and dx pass the strides of their other
+    axes (zero strides included). Copies only when it must. Every tensor that
+    reaches the core goes through here: a parameter with the right values but
+    other strides (w.t().contiguous().t(), a strided bias) would otherwise be
+    read as if it were dense."""
     if t is None:
         return None
     t = t.detach()
     if t.dtype != dtype:
         t = t.to(dtype)
+    if rows:
+        if t.dim() and t.shape[-1] > 1 and t.stride(-1) != 1:
+            t = t.contiguous()
+    elif not t.is_contiguous():
+        t = t.contiguous()
     return t.numpy()
 
 
-def _numpy_args(work, *tensors):
-    """Contiguous numpy views (copies where they must convert) in the compute dtype; None stays None."""
-    return [None if t is None else _as_numpy(t.contiguous(), work) for t in tensors]
+def _core_arrays(dtype, *tensors):
+    return [_core_array(t, dtype) for t in tensors]
 
 
 def _stack_core_args(x, weights, h0, c0, lengths, dropout_mask, num_layers, bidirectional, proj_size,
@@ -94,11 +105,12 @@ def _stack_core_args(x, weights, h0, c0, lengths, dropout_mask, num_layers, bidi
     xt = _time_major(x, batch_first)
     H = weights[1].shape[0] // 4
     D = 2 if bidirectional else 1
-    cells = [tuple(_as_numpy(w, work) for w in c)
+    cells = [tuple(_core_arrays(work, *c))
              for c in _per_cell(weights, num_layers, bidirectional, has_bias, proj_size)]
-    h0n, c0n, maskn = _numpy_args(work, h0, c0, dropout_mask)
-    lens = None if lengths is None else lengths.to(torch.int64).contiguous().numpy()
-    return work, xt, H, D, [_as_numpy(xt, work), cells, h0n, c0n, lens, maskn, num_layers, D, proj_size, H]
+    h0n, c0n, maskn = _core_arrays(work, h0, c0, dropout_mask)
+    lens = _core_array(lengths, torch.int64)
+    return work, xt, H, D, [_core_array(xt, work, rows=True), cells, h0n, c0n, lens, maskn, num_layers, D,
+                            proj_size, H]
 
 
 def _check_device(x: Tensor):
@@ -123,10 +135,7 @@ class _torch_threads:
 def _time_major(a, batch_first):
     if a is None:
         return None
-    a = a.transpose(0, 1) if batch_first else a
-    if a.stride(-1) != 1:
-        a = a.contiguous()
-    return a
+    return a.transpose(0, 1) if batch_first else a
 
 
 # ----------------------------------------------------------------------------
@@ -191,8 +200,8 @@ def _stack_backward(x: Tensor, weights: List[Tensor], h0: Tensor, c0: Tensor, le
                            None if w_hr is None else w_hr.numpy()))
     dy_t = _time_major(dy, batch_first)
     with _torch_threads():
-        _core.stack_backward(*core_args, reserve.numpy(), _as_numpy(dy_t, work),
-                             *_numpy_args(work, dh_n, dc_n), dx_t.numpy(), dh0.numpy(), dc0.numpy(), grad_cells)
+        _core.stack_backward(*core_args, _core_array(reserve, torch.uint8), _core_array(dy_t, work, rows=True),
+                             *_core_arrays(work, dh_n, dc_n), dx_t.numpy(), dh0.numpy(), dc0.numpy(), grad_cells)
     if has_bias:  # b_ih and b_hh enter the gates alike: equal gradients
         for _, _, b_ih, b_hh, _ in _per_cell(dweights, num_layers, bidirectional, has_bias, proj_size):
             b_hh.copy_(b_ih)
@@ -215,7 +224,7 @@ def _cell_forward(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, b
     work = _compute_dtype(x.dtype)
     h_new = torch.empty(h.shape, dtype=work)
     c_new = torch.empty(c.shape, dtype=work)
-    args = _numpy_args(work, x, h, c, w_ih, w_hh, b_ih, b_hh)
+    args = _core_arrays(work, x, h, c, w_ih, w_hh, b_ih, b_hh)
     with _torch_threads():
         _core.cell(*args, h_new.numpy(), c_new.numpy())
     if x.dtype != work:
@@ -244,7 +253,7 @@ def _cell_train_forward(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Ten
     h_new = torch.empty((B, H), dtype=work)
     c_new = torch.empty((B, H), dtype=work)
     acts = torch.empty((B, 4 * H), dtype=work)
-    args = _numpy_args(work, x, h, c, w_ih, w_hh, b_ih, b_hh)
+    args = _core_arrays(work, x, h, c, w_ih, w_hh, b_ih, b_hh)
     with _torch_threads():
         _core.cell(*args, h_new.numpy(), c_new.numpy(), acts.numpy())
     if x.dtype != work:
@@ -268,7 +277,7 @@ def _cell_backward(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, 
     out = [torch.empty((B, I), dtype=work), torch.empty((B, H), dtype=work), torch.empty((B, H), dtype=work),
            torch.empty(w_ih.shape, dtype=work), torch.empty(w_hh.shape, dtype=work)]
     db = torch.empty((4 * H,), dtype=work) if has_bias else None
-    args = _numpy_args(work, x, h, c, w_ih, w_hh, acts, c_new, dh_new, dc_new)
+    args = _core_arrays(work, x, h, c, w_ih, w_hh, acts, c_new, dh_new, dc_new)
     with _torch_threads():
         _core.cell_backward(*args, *(t.numpy() for t in out), None if db is None else db.numpy())
     if db is not None:

@@ -872,68 +872,150 @@ def test_autocast_cell_bf16():
 # --------------------------------------------------------------------------------------
 # errors
 # --------------------------------------------------------------------------------------
-def test_lstm_input_errors():
-    m = ft.LSTM(3, 4, num_layers=2, bidirectional=True, proj_size=2)
-    with pytest.raises(ValueError, match="input"):
-        m(torch.randn(3))
-    with pytest.raises(ValueError, match="input"):
-        m(torch.randn(2, 3, 4, 3))
-    with pytest.raises(ValueError, match="input_size"):
-        m(torch.randn(5, 2, 4))
-    with pytest.raises(TypeError, match="input"):
-        m([torch.randn(5, 2, 3)])
-    x = torch.randn(5, 2, 3)
-    good_h, good_c = torch.zeros(4, 2, 2), torch.zeros(4, 2, 4)
-    with pytest.raises(ValueError, match="hx"):
-        m(x, (torch.zeros(4, 2, 4), good_c))  # h0 sized like H instead of proj_size
-    with pytest.raises(ValueError, match="hx"):
-        m(x, (good_h, torch.zeros(4, 2, 2)))
-    with pytest.raises(ValueError, match="hx"):
-        m(x, (torch.zeros(2, 2, 2), good_c))  # num_layers * directions
-    with pytest.raises(ValueError, match="hx"):
-        m(x, (torch.zeros(4, 3, 2), good_c))  # batch
-    with pytest.raises((ValueError, TypeError), match="hx"):
-        m(x, good_h)
-    with pytest.raises(ValueError, match="hx"):
-        m(torch.randn(5, 3), (good_h, good_c))  # unbatched input with batched hx
-    with pytest.raises(TypeError, match="input"):
-        m(x.double())
-    with pytest.raises(TypeError, match="hx"):
-        m(x, (good_h.double(), good_c))
-    m(x, (good_h, good_c))  # the good call works
+def _raises_like_nn(build_nn, build_ours):
+    """Both calls fail, and ours with an instance of the type nn's raised (so
+    code that catches torch's errors catches ours); ours is also a ValueError
+    or TypeError, the library's rule for bad input. Returns our exception."""
+    with pytest.raises(Exception) as theirs:
+        build_nn()
+    with pytest.raises(Exception) as ours:
+        build_ours()
+    assert isinstance(ours.value, theirs.type), (
+        f"nn raised {theirs.type.__name__}: {theirs.value}; ours {ours.type.__name__}: {ours.value}")
+    assert isinstance(ours.value, (ValueError, TypeError)), ours.value
+    return ours.value
 
 
-def test_cell_input_errors():
-    cell = ft.LSTMCell(3, 4)
-    with pytest.raises(ValueError, match="input"):
-        cell(torch.randn(2, 3, 3))
-    with pytest.raises(ValueError, match="input_size"):
-        cell(torch.randn(2, 5))
-    with pytest.raises(ValueError, match="hx"):
-        cell(torch.randn(2, 3), (torch.zeros(2, 5), torch.zeros(2, 4)))
-    with pytest.raises(ValueError, match="hx"):
-        cell(torch.randn(2, 3), (torch.zeros(3, 4), torch.zeros(3, 4)))
-    with pytest.raises(TypeError, match="input"):
-        cell(torch.randn(2, 3).double())
-    with pytest.raises(TypeError, match="hx"):
-        cell(torch.randn(2, 3), (torch.zeros(2, 4).double(), torch.zeros(2, 4)))
+def _lstm_pair(cls_nn, cls_ours, *args, **kw):
+    torch.manual_seed(0)
+    theirs = cls_nn(*args, **kw)
+    ours = cls_ours(*args, **kw)
+    ours.load_state_dict(theirs.state_dict())
+    return theirs, ours
 
 
-def test_constructor_errors():
-    with pytest.raises(ValueError, match="proj_size"):
-        ft.LSTM(3, 4, proj_size=4)
-    with pytest.raises(ValueError, match="proj_size"):
-        ft.LSTM(3, 4, proj_size=-1)
-    with pytest.raises(ValueError, match="dropout"):
-        ft.LSTM(3, 4, num_layers=2, dropout=1.5)
-    with pytest.raises(TypeError, match="hidden_size"):
-        ft.LSTM(3, 4.0)
-    with pytest.raises(ValueError, match="hidden_size"):
-        ft.LSTM(3, 0)
+_X, _H, _C = torch.randn(5, 2, 3), torch.zeros(4, 2, 2), torch.zeros(4, 2, 4)
+_PACKED = pack_padded_sequence(torch.randn(5, 2, 3), torch.tensor([5, 3]))
+LSTM_BAD_INPUT = {  # nn.LSTM(3, 4, num_layers=2, bidirectional=True, proj_size=2)
+    "x-1d": (torch.randn(3),),
+    "x-4d": (torch.randn(2, 3, 4, 3),),
+    "x-input-size": (torch.randn(5, 2, 4),),
+    "x-float64": (_X.double(),),
+    "x-int64": (_X.long(),),
+    "x-float16": (_X.half(),),
+    "x-float64-and-hx": (_X.double(), (_H.double(), _C.double())),
+    "h0-sized-like-H": (_X, (torch.zeros(4, 2, 4), _C)),
+    "c0-sized-like-proj": (_X, (_H, torch.zeros(4, 2, 2))),
+    "h0-layers": (_X, (torch.zeros(2, 2, 2), _C)),
+    "h0-batch": (_X, (torch.zeros(4, 3, 2), _C)),
+    "hx-one-tensor": (_X, _H),
+    "hx-three": (_X, (_H, _C, _C)),
+    "unbatched-x-batched-hx": (torch.randn(5, 3), (_H, _C)),
+    "batched-x-2d-hx": (_X, (_H[:, 0], _C[:, 0])),
+    "h0-float64": (_X, (_H.double(), _C)),
+    "c0-float64": (_X, (_H, _C.double())),
+    "h0-int64": (_X, (_H.long(), _C)),
+    "packed-input-size": (pack_padded_sequence(torch.randn(5, 2, 4), torch.tensor([5, 3])),),
+    "packed-hx-batch": (_PACKED, (torch.zeros(4, 3, 2), _C)),
+    "packed-float64": (pack_padded_sequence(torch.randn(5, 2, 3).double(), torch.tensor([5, 3])),),
+}
+
+
+@pytest.mark.parametrize("case", LSTM_BAD_INPUT)
+def test_lstm_bad_input_raises_like_nn_lstm(case):
+    theirs, ours = _lstm_pair(nn.LSTM, ft.LSTM, 3, 4, num_layers=2, bidirectional=True, proj_size=2)
+    args = LSTM_BAD_INPUT[case]
+    _raises_like_nn(lambda: theirs(*args), lambda: ours(*args))
+    ours(_X, (_H, _C))  # the good call works
+
+
+_CX, _CH = torch.randn(2, 3), torch.zeros(2, 4)
+CELL_BAD_INPUT = {  # nn.LSTMCell(3, 4)
+    "x-3d": (torch.randn(2, 3, 3),),
+    "x-0d": (torch.tensor(1.0),),
+    "x-input-size": (torch.randn(2, 5),),
+    "h-hidden-size": (_CX, (torch.zeros(2, 5), _CH)),
+    "h-batch": (_CX, (torch.zeros(3, 4), torch.zeros(3, 4))),
+    "c-hidden-size": (_CX, (_CH, torch.zeros(2, 5))),
+    "x-float64": (_CX.double(),),
+    "x-int64": (_CX.long(),),
+    "h-float64": (_CX, (_CH.double(), _CH)),
+    "hx-one-tensor": (_CX, _CH),
+    "hx-3d": (_CX, (_CH[None], _CH[None])),
+    "hx-one": (_CX, (_CH,)),
+    "hx-three": (_CX, (_CH, _CH, _CH)),
+    "unbatched-x-batched-hx": (_CX[0], (_CH, _CH)),
+    "batched-x-1d-hx": (_CX, (_CH[0], _CH[0])),
+}
+
+
+@pytest.mark.parametrize("case", CELL_BAD_INPUT)
+def test_cell_bad_input_raises_like_nn_lstm_cell(case):
+    theirs, ours = _lstm_pair(nn.LSTMCell, ft.LSTMCell, 3, 4)
+    args = CELL_BAD_INPUT[case]
+    _raises_like_nn(lambda: theirs(*args), lambda: ours(*args))
+    ours(_CX, (_CH, _CH))
+
+
+def test_dtype_mismatch_names_both_sides():
+    m = ft.LSTM(3, 4)
+    with pytest.raises(ValueError) as e:
+        m(torch.randn(5, 2, 3, dtype=torch.float64))
+    msg = str(e.value)
+    assert "input.to(torch.float32)" in msg and "model.to(torch.float64)" in msg, msg
+    with pytest.raises(TypeError) as e:
+        m(torch.randn(5, 2, 3), (torch.zeros(1, 2, 4, dtype=torch.float64), torch.zeros(1, 2, 4)))
+    assert "h_0.to(torch.float32)" in str(e.value) and "c_0" not in str(e.value), str(e.value)
+
+
+CONSTRUCTOR_CASES = [
+    ((3, 4), dict(bias=0)), ((3, 4), dict(bias=1)), ((3, 4), dict(bias="True")), ((3, 4), dict(bias=None)),
+    ((3, 4), dict(batch_first=0)), ((3, 4), dict(batch_first=1)), ((3, 4), dict(batch_first="False")),
+    ((3, 4), dict(dropout=-0.1)), ((3, 4), dict(dropout=1.5)), ((3, 4), dict(dropout=True)),
+    ((3, 4), dict(dropout="0.5")), ((3, 4), dict(dropout=float("nan"))),
+    ((3, 4), dict(proj_size=4)), ((3, 4), dict(proj_size=-1)), ((3, 4), dict(proj_size=1.0)),
+    ((3, 4), dict(proj_size=True)), ((3, 4), dict(proj_size="1")),
+    ((3, 4), dict(num_layers=0)), ((3, 4), dict(num_layers=-1)), ((3, 4), dict(num_layers=2.5)),
+    ((3, 4), dict(num_layers="2")),
+    ((3, 0), {}), ((3, -1), {}), ((3, 4.0), {}), ((0, 4), {}), ((-1, 4), {}), ((3.0, 4), {}), (("3", 4), {}),
+]
+
+
+_NN_CHECKS = ("dropout should be", "bias should be", "batch_first should be", "input_size", "hidden_size",
+              "num_layers must", "proj_size")
+
+
+@pytest.mark.parametrize("args, kw", CONSTRUCTOR_CASES, ids=[f"{a}-{k}" for a, k in CONSTRUCTOR_CASES])
+def test_constructor_raises_like_nn_lstm(args, kw):
+    err = _raises_like_nn(lambda: nn.LSTM(*args, **kw), lambda: ft.LSTM(*args, **kw))
+    with pytest.raises(type(err)) as theirs:
+        nn.LSTM(*args, **kw)
+    if str(theirs.value).startswith(_NN_CHECKS):  # one of nn.RNNBase's own checks: its message too
+        assert str(err) == str(theirs.value)
+
+
+@pytest.mark.parametrize("kw", [dict(bias=True, batch_first=True, bidirectional=True), dict(bias=False),
+                                dict(num_layers=True), dict(bidirectional=1)])
+def test_constructor_accepts_what_nn_lstm_accepts(kw):
+    ours, theirs = ft.LSTM(3, 4, **kw), nn.LSTM(3, 4, **kw)
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
+
+
+def test_constructor_warns_like_nn_lstm():
     with pytest.warns(UserWarning, match="num_layers"):
         ft.LSTM(3, 4, dropout=0.5)
-    with pytest.raises(ValueError, match="input_size"):
-        ft.LSTMCell(0, 4)
+
+
+@pytest.mark.parametrize("args, kw", [((3, 4.0), {}), ((3.0, 4), {}), ((3, -1), {})])
+def test_cell_constructor_raises_like_nn_lstm_cell(args, kw):
+    _raises_like_nn(lambda: nn.LSTMCell(*args, **kw), lambda: ft.LSTMCell(*args, **kw))
+
+
+def test_cell_constructor_refuses_empty_sizes():
+    """nn.LSTMCell(0, 4) builds an empty cell; the core needs sizes >= 1."""
+    for args in ((0, 4), (3, 0)):
+        with pytest.raises(ValueError, match="_size must be greater than zero"):
+            ft.LSTMCell(*args)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

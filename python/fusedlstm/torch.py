@@ -21,6 +21,7 @@ not supported by this build's torch front end yet (a clear error says so).
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import warnings
 from typing import List, Optional, Tuple
@@ -111,6 +112,42 @@ def _stack_core_args(x, weights, h0, c0, lengths, dropout_mask, num_layers, bidi
     lens = _core_array(lengths, torch.int64)
     return work, xt, H, D, [_core_array(xt, work, rows=True), cells, h0n, c0n, lens, maskn, num_layers, D,
                             proj_size, H]
+
+
+# Bad forward input raises what nn.LSTM / nn.LSTMCell raise (RuntimeError for
+# sizes, ValueError or RuntimeError for dtypes, ...) so that code written
+# against them keeps catching it; each error is also the ValueError / TypeError
+# the rest of fusedlstm raises for bad input.
+class _ShapeError(RuntimeError, ValueError):
+    """A size that does not fit (nn.LSTM: RuntimeError)."""
+
+
+class _StateTypeError(RuntimeError, TypeError):
+    """hx that is not two tensors (nn.LSTM: RuntimeError, nn.LSTMCell: TypeError or RuntimeError)."""
+
+
+class _DtypeError(RuntimeError, ValueError, TypeError):
+    """Tensors whose dtype is not the parameters' (nn.LSTM: ValueError for the
+    input, RuntimeError for hx, packed input and nn.LSTMCell)."""
+
+
+def _check_dtype(module, tensors):
+    """Every tensor of {name: tensor} has the parameters' dtype; the message
+    names both sides and how to convert either (nn.LSTM's wording)."""
+    want = next(module.parameters()).dtype
+    off = {name: t.dtype for name, t in tensors.items() if t.dtype != want}
+    if off:
+        got = ", ".join(str(dt) if name == "input" else f"{name} {dt}" for name, dt in off.items())
+        fix = ", ".join(f"{name}.to({want})" for name in off)
+        raise _DtypeError(f"RNN input dtype ({got}) does not match weight dtype ({want}). Convert input: "
+                          f"{fix}, or convert model: model.to({next(iter(off.values()))})")
+
+
+def _two_states(hx, op, names):
+    if not isinstance(hx, (tuple, list)) or len(hx) != 2 or not all(isinstance(t, Tensor) for t in hx):
+        raise _StateTypeError(f"{op} expects two hidden states: hx must be a tuple {names} of tensors, got "
+                              f"{type(hx).__name__}" + (f" of {len(hx)}" if isinstance(hx, (tuple, list)) else ""))
+    return hx
 
 
 def _check_device(x: Tensor):
@@ -377,27 +414,33 @@ class LSTM(nn.Module):
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
                  bidirectional=False, proj_size=0, device=None, dtype=None):
         super().__init__()
-        for name, v in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers),
-                        ("proj_size", proj_size)):
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise TypeError(f"{name} should be of type int, got: {type(v).__name__}")
-        if hidden_size <= 0:
-            raise ValueError("hidden_size must be greater than zero")
-        if num_layers <= 0:
-            raise ValueError("num_layers must be greater than zero")
-        if input_size <= 0:
-            raise ValueError("input_size must be greater than zero")
-        if proj_size < 0:
-            raise ValueError("proj_size should be a positive integer or zero to disable projections")
-        if proj_size >= hidden_size:
-            raise ValueError("proj_size has to be smaller than hidden_size")
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1:
+        # nn.RNNBase's checks, in its order, with its exception types and
+        # messages (code written against nn.LSTM catches these); num_layers and
+        # proj_size, which nn.LSTM lets fail later with a TypeError, get one here.
+        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Number) or not 0 <= dropout <= 1:
             raise ValueError("dropout should be a number in range [0, 1] representing the probability of an "
                              "element being zeroed")
+        for name, v in (("num_layers", num_layers), ("proj_size", proj_size)):
+            if isinstance(v, bool) and name == "proj_size" or not isinstance(v, int):
+                raise TypeError(f"{name} should be of type int, got: {type(v).__name__}")
         if dropout > 0 and num_layers == 1:
             warnings.warn("dropout option adds dropout after all but last recurrent layer, so non-zero dropout "
                           f"expects num_layers greater than 1, but got dropout={dropout} and num_layers=1",
                           UserWarning, stacklevel=2)
+        for name, v in (("bias", bias), ("batch_first", batch_first)):
+            if not isinstance(v, bool):
+                raise TypeError(f"{name} should be of type bool, got: {type(v).__name__}")
+        for name, v in (("input_size", input_size), ("hidden_size", hidden_size)):
+            if not isinstance(v, int):
+                raise TypeError(f"{name} should be of type int, got: {type(v).__name__}")
+            if v <= 0:
+                raise ValueError(f"{name} must be greater than zero")
+        if num_layers <= 0:
+            raise ValueError("num_layers must be greater than zero")
+        if proj_size < 0:
+            raise ValueError("proj_size should be a positive integer or zero to disable projections")
+        if proj_size >= hidden_size:
+            raise ValueError("proj_size has to be smaller than hidden_size")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bool(bias), bool(batch_first), float(dropout)
         self.bidirectional, self.proj_size = bool(bidirectional), proj_size
@@ -464,9 +507,11 @@ class LSTM(nn.Module):
             if not batched:
                 x = x.unsqueeze(0 if self.batch_first else 1)
         _check_device(x)
+        if _autocast_dtype(x.device.type) is None:
+            _check_dtype(self, {"input": x})
         if x.shape[-1] != self.input_size:
-            raise ValueError(f"input.size(-1) must be equal to input_size. Expected {self.input_size}, "
-                             f"got {x.shape[-1]}")
+            raise _ShapeError(f"input.size(-1) must be equal to input_size. Expected {self.input_size}, "
+                              f"got {x.shape[-1]}")
         B = x.shape[0] if self.batch_first else x.shape[1]
         T = x.shape[1] if self.batch_first else x.shape[0]
         D = 2 if self.bidirectional else 1
@@ -477,18 +522,17 @@ class LSTM(nn.Module):
             h0 = torch.zeros(h_shape, dtype=x.dtype, device=x.device)
             c0 = torch.zeros(c_shape, dtype=x.dtype, device=x.device)
         else:
-            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise TypeError("hx must be a tuple (h_0, c_0) of tensors")
-            h0, c0 = hx
+            h0, c0 = _two_states(hx, "lstm", "(h_0, c_0)")
+            dims = 3 if batched else 2
+            if h0.dim() != dims or c0.dim() != dims:
+                raise _ShapeError(f"For {'batched 3' if batched else 'unbatched 2'}-D input, hx and cx should "
+                                  f"also be {dims}-D but got ({h0.dim()}-D, {c0.dim()}-D) tensors")
             if not batched:
-                if h0.dim() != 2 or c0.dim() != 2:
-                    raise ValueError(f"For unbatched 2-D input, hx and cx should also be 2-D but got "
-                                     f"({h0.dim()}-D, {c0.dim()}-D) tensors")
                 h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
             if tuple(h0.shape) != h_shape:
-                raise ValueError(f"hx: Expected hidden[0] size {h_shape}, got {tuple(h0.shape)}")
+                raise _ShapeError(f"Expected hidden[0] size {h_shape}, got {list(h0.shape)}")
             if tuple(c0.shape) != c_shape:
-                raise ValueError(f"hx: Expected hidden[1] size {c_shape}, got {tuple(c0.shape)}")
+                raise _ShapeError(f"Expected hidden[1] size {c_shape}, got {list(c0.shape)}")
 
         weights = self._flat_weights
         cast = _autocast_dtype(x.device.type)
@@ -496,11 +540,7 @@ class LSTM(nn.Module):
             x, h0, c0 = x.to(cast), h0.to(cast), c0.to(cast)
             weights = [w.to(cast) for w in weights]
         else:
-            dtype = weights[0].dtype
-            if x.dtype != dtype:
-                raise TypeError(f"input must have the dtype of the parameters, {dtype}, got {x.dtype}")
-            if h0.dtype != dtype or c0.dtype != dtype:
-                raise TypeError(f"hx must have the dtype of the parameters, {dtype}, got {h0.dtype}/{c0.dtype}")
+            _check_dtype(self, {"h_0": h0, "c_0": c0})
 
         if B == 0:  # nothing to run; nn.LSTM returns empty outputs (zero gradients)
             connect = sum(w.sum() for w in weights) * 0 + x.sum() * 0 + h0.sum() * 0 + c0.sum() * 0
@@ -548,11 +588,13 @@ class LSTMCell(nn.Module):
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None):
         super().__init__()
+        # nn.LSTMCell checks nothing here (sizes of 0 make an empty cell, a
+        # negative one is a RuntimeError from torch.empty); the core needs sizes >= 1.
         for name, v in (("input_size", input_size), ("hidden_size", hidden_size)):
-            if isinstance(v, bool) or not isinstance(v, int):
+            if not isinstance(v, int):
                 raise TypeError(f"{name} should be of type int, got: {type(v).__name__}")
             if v <= 0:
-                raise ValueError(f"{name} must be greater than zero")
+                raise _ShapeError(f"{name} must be greater than zero")
         self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bool(bias)
         factory = {"device": device, "dtype": dtype}
         self.weight_ih = nn.Parameter(torch.empty((4 * hidden_size, input_size), **factory))
@@ -578,9 +620,17 @@ class LSTMCell(nn.Module):
             raise TypeError(f"input must be a Tensor, got {type(input).__name__}")
         if input.dim() not in (1, 2):
             raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if hx is not None:
+            hx = _two_states(hx, "lstm_cell", "(h_0, c_0)")
+            for idx, value in enumerate(hx):
+                if value.dim() not in (1, 2):
+                    raise ValueError(f"LSTMCell: Expected hx[{idx}] to be 1D or 2D, got {value.dim()}D instead")
         _check_device(input)
+        # Unlike nn.LSTM, nn.LSTMCell is not on CPU autocast's lower-precision
+        # list: it runs in the parameters' dtype there, and so does this cell.
+        _check_dtype(self, {"input": input} if hx is None else {"input": input, "hx[0]": hx[0], "hx[1]": hx[1]})
         if input.shape[-1] != self.input_size:
-            raise ValueError(f"input has inconsistent input_size: got {input.shape[-1]} expected {self.input_size}")
+            raise _ShapeError(f"input has inconsistent input_size: got {input.shape[-1]} expected {self.input_size}")
         batched = input.dim() == 2
         x = input if batched else input.unsqueeze(0)
         B, H = x.shape[0], self.hidden_size
@@ -588,19 +638,16 @@ class LSTMCell(nn.Module):
             h = torch.zeros((B, H), dtype=x.dtype, device=x.device)
             c = torch.zeros((B, H), dtype=x.dtype, device=x.device)
         else:
-            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise TypeError("hx must be a tuple (h, c) of tensors")
-            h, c = hx
-            if not batched:
-                h, c = h.unsqueeze(0), c.unsqueeze(0)
-            if tuple(h.shape) != (B, H) or tuple(c.shape) != (B, H):
-                raise ValueError(f"hx: expected h and c of shape {(B, H)}, got {tuple(h.shape)} and {tuple(c.shape)}")
+            h, c = hx if batched else (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
+            for k, state in enumerate((h, c)):
+                if state.dim() != 2:
+                    raise _ShapeError(f"For {'batched 2' if batched else 'unbatched 1'}-D input, hx[{k}] should "
+                                      f"also be {2 if batched else 1}-D but got {hx[k].dim()}-D")
+                if state.shape[0] != B:
+                    raise _ShapeError(f"Input batch size {B} doesn't match hidden{k} batch size {state.shape[0]}")
+                if state.shape[1] != H:
+                    raise _ShapeError(f"hidden{k} has inconsistent hidden_size: got {state.shape[1]}, expected {H}")
         weights = [self.weight_ih, self.weight_hh] + ([self.bias_ih, self.bias_hh] if self.bias else [])
-        # Unlike nn.LSTM, nn.LSTMCell is not on CPU autocast's lower-precision
-        # list: it runs in the parameters' dtype there, and so does this cell.
-        if x.dtype != weights[0].dtype or h.dtype != weights[0].dtype or c.dtype != weights[0].dtype:
-            raise TypeError(f"input and hx must have the dtype of the parameters, {weights[0].dtype}, "
-                            f"got {x.dtype}, {h.dtype}, {c.dtype}")
         if B == 0:
             connect = sum(w.sum() for w in weights) * 0 + x.sum() * 0
             return h + connect, c + connect

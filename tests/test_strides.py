@@ -317,10 +317,12 @@ def test_stack_ops_any_layout_equal_dense(seed):
     for a, b in zip(got, want):
         assert torch.equal(a, b)
     ups = (d["dy"], d["dhn"], d["dcn"])
-    want_g = torch.ops.fusedlstm.stack_backward(*dense, want[3], *ups, *cfg)
+    flat = torch.cat([t.reshape(-1) for t in w])  # stack_backward takes the weights flat
+    want_g = torch.ops.fusedlstm.stack_backward(dense[0], flat, *dense[2:], want[3], *ups, *cfg)
     reserve = torch.empty(2 * want[3].numel(), dtype=torch.uint8)[::2]
     reserve.copy_(want[3])
-    got_g = torch.ops.fusedlstm.stack_backward(*other, reserve, *(relaid(u, "as_strided") for u in ups), *cfg)
+    got_g = torch.ops.fusedlstm.stack_backward(other[0], relaid(flat, "strided"), *other[2:], reserve,
+                                               *(relaid(u, "as_strided") for u in ups), *cfg)
     for k, (a, b) in enumerate(zip(got_g, want_g)):
         assert a.shape == b.shape and torch.equal(a, b), k
 

@@ -643,11 +643,12 @@ def test_opcheck_stack_backward(case):
     y, hn, cn, reserve = torch.ops.fusedlstm.stack_forward(*fargs)
     torch.manual_seed(1)
     dy, dhn, dcn = torch.randn_like(y), torch.randn_like(hn), torch.randn_like(cn)
-    bargs = (x, w, h0, c0, lens, mask, reserve, dy, dhn, dcn, L, bidir, proj, has_bias, bf)
+    flat = torch.cat([t.reshape(-1) for t in w])
+    bargs = (x, flat, h0, c0, lens, mask, reserve, dy, dhn, dcn, L, bidir, proj, has_bias, bf)
     res = torch.library.opcheck(torch.ops.fusedlstm.stack_backward.default, bargs)
     assert set(res) == _ALL_CHECKS and all(v == "SUCCESS" for v in res.values()), res
     # optional upstream gradients
-    bargs = (x, w, h0, c0, lens, mask, reserve, dy, None, None, L, bidir, proj, has_bias, bf)
+    bargs = (x, flat, h0, c0, lens, mask, reserve, dy, None, None, L, bidir, proj, has_bias, bf)
     res = torch.library.opcheck(torch.ops.fusedlstm.stack_backward.default, bargs)
     assert all(v == "SUCCESS" for v in res.values()), res
 
@@ -684,22 +685,66 @@ def test_gradcheck(case, seed):
         return (y.data if use_lengths else y), h, c
 
     inputs = (x, h0, c0) + params if hx else (x, h0.detach(), c0.detach()) + params
-    assert torch.autograd.gradcheck(f, inputs)
+    assert torch.autograd.gradcheck(f, inputs, check_batched_grad=True)  # torch's own test_grad checks batched grads
 
 
-def test_gradcheck_cell(seed):
+@pytest.mark.parametrize("B, bias", [(2, True), (2, False), (ft._CELL_UNPACKED_MAX_ROWS + 1, True)],
+                         ids=["unpacked", "unpacked-no-bias", "stack-path"])
+def test_gradcheck_cell(B, bias, seed):
     torch.manual_seed(seed)
-    cell = ft.LSTMCell(3, 5, dtype=torch.float64)
+    cell = ft.LSTMCell(3, 5, bias=bias, dtype=torch.float64)
     names = [n for n, _ in cell.named_parameters()]
-    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
-    h = torch.randn(2, 5, dtype=torch.float64, requires_grad=True)
-    c = torch.randn(2, 5, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(B, 3, dtype=torch.float64, requires_grad=True)
+    h = torch.randn(B, 5, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(B, 5, dtype=torch.float64, requires_grad=True)
     params = tuple(p.detach().clone().requires_grad_(True) for p in cell.parameters())
 
     def f(x, h, c, *params):
         return torch.func.functional_call(cell, dict(zip(names, params)), (x, (h, c)))
 
-    assert torch.autograd.gradcheck(f, (x, h, c) + params)
+    assert torch.autograd.gradcheck(f, (x, h, c) + params, check_batched_grad=True)
+
+
+def _vmap_model(cls):
+    torch.manual_seed(0)
+    if cls == "LSTM":
+        return ft.LSTM(3, 4, num_layers=2, bidirectional=True, proj_size=2, dtype=torch.float64), (5, 2, 3)
+    return ft.LSTMCell(3, 4, dtype=torch.float64), (2, 3)
+
+
+@pytest.mark.parametrize("cls", ["LSTM", "LSTMCell"])
+def test_vmap_forward_and_backward(cls, seed):
+    """torch.func.vmap over independent problems, and over the backward
+    (vector-Jacobian products for a batch of grad_outputs): the same bits as a
+    loop. (vmap of torch.func.grad is not possible: torch's custom operators
+    do not support functorch's grad transform.)"""
+    m, shape = _vmap_model(cls)
+    g = torch.Generator().manual_seed(seed)
+    xb = torch.randn((3,) + shape, generator=g, dtype=torch.float64)
+    assert torch.equal(torch.func.vmap(lambda x: m(x)[0])(xb), torch.stack([m(x)[0] for x in xb]))
+    with torch.no_grad():  # the inference ops (cell_forward for LSTMCell)
+        assert torch.equal(torch.func.vmap(lambda x: m(x)[1][0])(xb), torch.stack([m(x)[1][0] for x in xb]))
+    x = xb[0].clone().requires_grad_(True)
+    y = m(x)[0]
+    v = torch.randn((3,) + tuple(y.shape), generator=g, dtype=torch.float64)
+    inputs = [x] + list(m.parameters())
+    batched = torch.func.vmap(lambda vi: torch.autograd.grad(y, inputs, vi, retain_graph=True))(v)
+    for i, vi in enumerate(v):
+        for k, want in enumerate(torch.autograd.grad(y, inputs, vi, retain_graph=True)):
+            assert torch.equal(batched[k][i], want), (i, k)
+
+
+@pytest.mark.parametrize("cls", ["LSTM", "LSTMCell"])
+def test_is_grads_batched(cls, seed):
+    """autograd.grad(is_grads_batched=True) runs the backward under torch's
+    own (legacy) vmap: the same as one backward per grad_output."""
+    m, shape = _vmap_model(cls)
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    y = m(x)[0]
+    v = torch.randn((3,) + tuple(y.shape), dtype=torch.float64)
+    (batched,) = torch.autograd.grad(y, x, v, retain_graph=True, is_grads_batched=True)
+    loop = torch.stack([torch.autograd.grad(y, x, vi, retain_graph=True)[0] for vi in v])
+    assert torch.equal(batched, loop)
 
 
 @pytest.mark.parametrize("cls", ["LSTM", "LSTMCell"])

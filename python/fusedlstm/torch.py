@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from . import _core
-from .layers import stack_reserve_nbytes
+from .layers import stack_reserve_nbytes, weight_shapes
 
 __all__ = ["LSTM", "LSTMCell"]
 
@@ -218,19 +218,36 @@ def _(x, weights, h0, c0, lengths, dropout_mask, num_layers, bidirectional, proj
             x.new_empty((nbytes,), dtype=torch.uint8))
 
 
+def _unflatten(flat, shapes):
+    """The tensors of shapes, in order, as views of the 1-D flat."""
+    return [part.reshape(shape) for part, shape in zip(flat.split([math.prod(s) for s in shapes]), shapes)]
+
+
+def _weight_shapes(x, c0, num_layers, bidirectional, proj_size, has_bias):
+    """nn.LSTM's parameter shapes in its order, for x's input size and c0's hidden size."""
+    return list(weight_shapes(x.shape[-1], c0.shape[-1], num_layers, bidirectional, has_bias, proj_size).values())
+
+
+# The weights and their gradients cross stack_backward as one flat tensor
+# (nn.LSTM's parameters in order, each row-major): an operator without tensor
+# lists is one torch's own vmap can loop over, and gradcheck's batched-gradient
+# check and autograd.grad(is_grads_batched=True) run the backward under it.
 @torch.library.custom_op("fusedlstm::stack_backward", mutates_args=(), device_types="cpu")
-def _stack_backward(x: Tensor, weights: List[Tensor], h0: Tensor, c0: Tensor, lengths: Optional[Tensor],
+def _stack_backward(x: Tensor, flat_weights: Tensor, h0: Tensor, c0: Tensor, lengths: Optional[Tensor],
                     dropout_mask: Optional[Tensor], reserve: Tensor, dy: Optional[Tensor],
                     dh_n: Optional[Tensor], dc_n: Optional[Tensor], num_layers: int, bidirectional: bool,
-                    proj_size: int, has_bias: bool, batch_first: bool) -> List[Tensor]:
-    """[dx, dh0, dc0, *dweights] (dweights in the order of weights)."""
+                    proj_size: int, has_bias: bool, batch_first: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(dx, dh0, dc0, the weights' gradients flat like flat_weights)."""
+    shapes = _weight_shapes(x, c0, num_layers, bidirectional, proj_size, has_bias)
+    weights = _unflatten(flat_weights, shapes)
     work, xt, H, D, core_args = _stack_core_args(x, weights, h0, c0, lengths, dropout_mask, num_layers,
                                                  bidirectional, proj_size, has_bias, batch_first)
     dx = torch.empty(x.shape, dtype=work)
     dx_t = dx.transpose(0, 1) if batch_first else dx
     dh0 = torch.empty(h0.shape, dtype=work)
     dc0 = torch.empty(c0.shape, dtype=work)
-    dweights = [torch.empty(w.shape, dtype=work) for w in weights]
+    dflat = torch.empty(flat_weights.shape, dtype=work)
+    dweights = _unflatten(dflat, shapes)
     grad_cells = []
     for w_ih, w_hh, b_ih, b_hh, w_hr in _per_cell(dweights, num_layers, bidirectional, has_bias, proj_size):
         grad_cells.append((w_ih.numpy(), w_hh.numpy(), None if b_ih is None else b_ih.numpy(),
@@ -242,15 +259,13 @@ def _stack_backward(x: Tensor, weights: List[Tensor], h0: Tensor, c0: Tensor, le
     if has_bias:  # b_ih and b_hh enter the gates alike: equal gradients
         for _, _, b_ih, b_hh, _ in _per_cell(dweights, num_layers, bidirectional, has_bias, proj_size):
             b_hh.copy_(b_ih)
-    out = [dx, dh0, dc0] + dweights
-    return [g.to(x.dtype) if g.dtype != x.dtype else g for g in out]
+    return tuple(g.to(x.dtype) if g.dtype != x.dtype else g for g in (dx, dh0, dc0, dflat))
 
 
 @_stack_backward.register_fake
-def _(x, weights, h0, c0, lengths, dropout_mask, reserve, dy, dh_n, dc_n, num_layers, bidirectional, proj_size,
-      has_bias, batch_first):
-    return [x.new_empty(x.shape), x.new_empty(h0.shape), x.new_empty(c0.shape)] + \
-           [x.new_empty(w.shape) for w in weights]
+def _(x, flat_weights, h0, c0, lengths, dropout_mask, reserve, dy, dh_n, dc_n, num_layers, bidirectional,
+      proj_size, has_bias, batch_first):
+    return x.new_empty(x.shape), x.new_empty(h0.shape), x.new_empty(c0.shape), x.new_empty(flat_weights.shape)
 
 
 @torch.library.custom_op("fusedlstm::cell_forward", mutates_args=(), device_types="cpu")
@@ -306,29 +321,26 @@ def _(x, h, c, w_ih, w_hh, b_ih, b_hh):
 
 @torch.library.custom_op("fusedlstm::cell_backward", mutates_args=(), device_types="cpu")
 def _cell_backward(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, acts: Tensor, c_new: Tensor,
-                   dh_new: Optional[Tensor], dc_new: Optional[Tensor], has_bias: bool) -> List[Tensor]:
-    """[dx, dh, dc, dw_ih, dw_hh] (+ [db] with has_bias)."""
+                   dh_new: Optional[Tensor], dc_new: Optional[Tensor], has_bias: bool
+                   ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(dx, dh, dc, dw_ih, dw_hh, db); db is empty without has_bias (a fixed
+    tuple of tensors, which torch's own vmap can loop over)."""
     work = _compute_dtype(x.dtype)
     B, I = x.shape
     H = h.shape[1]
     out = [torch.empty((B, I), dtype=work), torch.empty((B, H), dtype=work), torch.empty((B, H), dtype=work),
            torch.empty(w_ih.shape, dtype=work), torch.empty(w_hh.shape, dtype=work)]
-    db = torch.empty((4 * H,), dtype=work) if has_bias else None
+    db = torch.empty((4 * H if has_bias else 0,), dtype=work)
     args = _core_arrays(work, x, h, c, w_ih, w_hh, acts, c_new, dh_new, dc_new)
     with _torch_threads():
-        _core.cell_backward(*args, *(t.numpy() for t in out), None if db is None else db.numpy())
-    if db is not None:
-        out.append(db)
-    return [g.to(x.dtype) if g.dtype != x.dtype else g for g in out]
+        _core.cell_backward(*args, *(t.numpy() for t in out), db.numpy() if has_bias else None)
+    return tuple(g.to(x.dtype) if g.dtype != x.dtype else g for g in out + [db])
 
 
 @_cell_backward.register_fake
 def _(x, h, c, w_ih, w_hh, acts, c_new, dh_new, dc_new, has_bias):
-    out = [x.new_empty(x.shape), h.new_empty(h.shape), c.new_empty(c.shape), w_ih.new_empty(w_ih.shape),
-           w_hh.new_empty(w_hh.shape)]
-    if has_bias:
-        out.append(w_ih.new_empty((w_ih.shape[0],)))
-    return out
+    return (x.new_empty(x.shape), h.new_empty(h.shape), c.new_empty(c.shape), w_ih.new_empty(w_ih.shape),
+            w_hh.new_empty(w_hh.shape), w_ih.new_empty((w_ih.shape[0] if has_bias else 0,)))
 
 
 def _cell_setup_context(ctx, inputs, output):
@@ -368,10 +380,11 @@ def _backward(ctx, dy, dh_n, dc_n, _dreserve):
         raise RuntimeError("fusedlstm::stack_forward ran without keeping its activations "
                            "(need_reserve=False), so it cannot be differentiated")
     x, h0, c0, reserve, *weights = ctx.saved_tensors
-    grads = _stack_backward(x, weights, h0, c0, ctx.lengths, ctx.dropout_mask, reserve, dy, dh_n, dc_n,
-                            *ctx.config)
-    dx, dh0, dc0, dweights = grads[0], grads[1], grads[2], grads[3:]
-    return dx, list(dweights), dh0, dc0, None, None, None, None, None, None, None, None
+    flat = torch.cat([w.reshape(-1) for w in weights])
+    dx, dh0, dc0, dflat = _stack_backward(x, flat, h0, c0, ctx.lengths, ctx.dropout_mask, reserve, dy, dh_n,
+                                          dc_n, *ctx.config)
+    dweights = _unflatten(dflat, [w.shape for w in weights])
+    return dx, dweights, dh0, dc0, None, None, None, None, None, None, None, None
 
 
 _stack_forward.register_autograd(_backward, setup_context=_setup_context)
@@ -388,6 +401,32 @@ def _setup_nothing(ctx, inputs, output):
 
 _stack_backward.register_autograd(_no_double_backward, setup_context=_setup_nothing)
 _cell_backward.register_autograd(_no_double_backward, setup_context=_setup_nothing)
+
+
+# torch.func.vmap (and so gradcheck's check_batched_grad, jacrev, per-sample
+# gradients): the core has no batch dimension of its own, so each operator
+# runs once per entry of the vmapped dimension and the results are stacked.
+def _vmap_entry(arg, dim, i):
+    if dim is None:
+        return arg
+    if isinstance(dim, (list, tuple)):  # a List[Tensor] argument: one dim per tensor
+        return [_vmap_entry(a, d, i) for a, d in zip(arg, dim)]
+    return arg.select(dim, i)
+
+
+def _vmap_by_loop(op):
+    def rule(info, in_dims, *args):
+        runs = [op(*(_vmap_entry(a, d, i) for a, d in zip(args, in_dims))) for i in range(info.batch_size)]
+        out = [torch.stack(parts) for parts in zip(*runs)]
+        if isinstance(runs[0], tuple):
+            return tuple(out), (0,) * len(out)
+        return out, [0] * len(out)
+
+    op.register_vmap(rule)
+
+
+for _op in (_stack_forward, _stack_backward, _cell_forward, _cell_train_forward, _cell_backward):
+    _vmap_by_loop(_op)
 
 
 # ----------------------------------------------------------------------------

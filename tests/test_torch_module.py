@@ -12,12 +12,15 @@ pack_sequence (sorted) / unbatched input, with and without hx, dropout in eval
 mode, float32 / float64): y (and the PackedSequence fields), h_n, c_n, every
 parameter gradient and dx, dh0, dc0; dropout in training mode; LSTMCell parity;
 state_dict round trips and parameter names; torch.compile(fullgraph=True);
-torch.library.opcheck; gradcheck; double backward; autocast (bf16); errors;
-the core package importing without torch.
+torch.jit.script refused clearly, torch.jit.trace / torch.export working;
+torch.library.opcheck; gradcheck (with batched gradients); vmap; double
+backward; autocast (bf16); errors raised like nn.LSTM's; the core package
+importing without torch.
 """
 
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -628,6 +631,55 @@ _ALL_CHECKS = {"test_schema", "test_autograd_registration", "test_faketensor", "
 
 def _ids(c):
     return "-".join(f"{k}={v}" for k, v in c.items())
+
+
+# --------------------------------------------------------------------------------------
+# TorchScript, tracing, export
+# --------------------------------------------------------------------------------------
+def _export_case(cls):
+    torch.manual_seed(0)
+    if cls == "LSTM":
+        return ft.LSTM(3, 4, num_layers=2, bidirectional=True, proj_size=2), torch.randn(5, 2, 3)
+    return ft.LSTMCell(3, 4), torch.randn(2, 3)
+
+
+def _leaves(out):
+    return torch.utils._pytree.tree_leaves(out)
+
+
+@pytest.mark.parametrize("cls", ["LSTM", "LSTMCell"])
+def test_jit_script_refuses_and_says_what_works(cls):
+    """TorchScript cannot compile the Python custom operators: a clear error
+    (a RuntimeError, as torch.jit.script raises), also for a module that holds one."""
+    m, _ = _export_case(cls)
+    for target in (m, nn.Sequential(m)):
+        with pytest.raises(RuntimeError, match=f"cannot compile fusedlstm.torch.{cls}.*torch.compile.*"
+                                               "torch.export.export.*torch.jit.trace"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.* are deprecated
+            torch.jit.script(target)
+
+
+@pytest.mark.parametrize("cls", ["LSTM", "LSTMCell"])
+def test_jit_trace_and_export_match_eager(cls, tmp_path):
+    """What the error recommends works: torch.jit.trace (with its own check,
+    saved and loaded, and trained through) and torch.export give eager's bits."""
+    m, x = _export_case(cls)
+    with torch.no_grad():
+        want = _leaves(m(x))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # Python-level shape checks
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.* are deprecated
+        traced = torch.jit.trace(m, (x,))
+        torch.jit.save(traced, tmp_path / "m.pt")
+        loaded = torch.jit.load(tmp_path / "m.pt")
+    for run in (traced, loaded, torch.export.export(m, (x,)).module()):
+        with torch.no_grad():
+            got = _leaves(run(x))
+        assert len(got) == len(want) and all(torch.equal(a, b) for a, b in zip(got, want))
+    xs = [x.clone().requires_grad_(True) for _ in range(2)]
+    grads = [torch.autograd.grad(run(xi)[0].pow(2).sum(), [xi] + list(m.parameters()))
+             for run, xi in zip((m, traced), xs)]
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
 
 
 @pytest.mark.parametrize("case", OP_CASES, ids=_ids)

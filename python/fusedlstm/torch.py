@@ -433,8 +433,11 @@ for _op in (_stack_forward, _stack_backward, _cell_forward, _cell_train_forward,
 # Modules
 
 def _needs_grad(*tensors):
-    """Whether autograd will differentiate this call (so the forward must keep its activations)."""
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    """Whether autograd may differentiate this call (so the forward must keep
+    its activations). Always under torch.jit.trace: the trace records the
+    answer as a constant, and must work for training (its own check reruns it
+    under no_grad)."""
+    return torch.jit.is_tracing() or torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def _autocast_dtype(device_type):
@@ -443,7 +446,19 @@ def _autocast_dtype(device_type):
     return None
 
 
-class LSTM(nn.Module):
+class _NotScriptable:
+    """torch.jit.script calls __prepare_scriptable__ on every module it is
+    given, submodules included: refuse there, with what works instead."""
+
+    def __prepare_scriptable__(self):
+        raise RuntimeError(
+            f"torch.jit.script cannot compile fusedlstm.torch.{type(self).__name__}: its forward runs fusedlstm's "
+            "kernels through Python custom operators, which TorchScript cannot compile. Use "
+            "torch.compile(model) or torch.export.export(model, args), which work with it (so does "
+            "torch.jit.trace(model, example_inputs), but TorchScript is deprecated)")
+
+
+class LSTM(_NotScriptable, nn.Module):
     """``torch.nn.LSTM`` on fusedlstm's fused kernels: same arguments,
     parameters, ``state_dict`` and ``forward(input, hx=None)`` contract."""
 
@@ -621,7 +636,7 @@ def _repack(y, batch_sizes, sorted_indices, unsorted_indices, batch_first):
     return PackedSequence(data, batch_sizes, sorted_indices, unsorted_indices)
 
 
-class LSTMCell(nn.Module):
+class LSTMCell(_NotScriptable, nn.Module):
     """``torch.nn.LSTMCell`` on fusedlstm's kernels (one step of the fused
     sequence path): same arguments, parameters and ``forward(input, hx=None)``."""
 

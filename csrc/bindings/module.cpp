@@ -207,16 +207,25 @@ struct CellShape {
   int64_t bias() const { return elements({4, H}); }
 };
 
-void cell(const py::array& x, const py::array& h, const py::array& c, const py::array& w_ih,
-          const py::array& w_hh, const py::object& b_ih, const py::object& b_hh, const py::array& h_new,
-          const py::array& c_new, const py::object& acts) {
-  fl_cell_params p{};
+// What both cell calls read alike: dtype, sizes, x, h, c and the weights.
+template <class Params>
+CellShape cell_inputs(Params& p, const py::array& x, const py::array& h, const py::array& c,
+                      const py::array& w_ih, const py::array& w_hh) {
   p.dtype = dtype_of(x);
   const py::dtype d = numpy_dtype(p.dtype);
   const CellShape n(x, h);
   p.B = n.B, p.I = n.I, p.H = n.H;
   p.x = in(x, "x", d, n.x()), p.h = in(h, "h", d, n.state()), p.c = in(c, "c", d, n.state());
   p.w_ih = in(w_ih, "w_ih", d, n.w_ih()), p.w_hh = in(w_hh, "w_hh", d, n.w_hh());
+  return n;
+}
+
+void cell(const py::array& x, const py::array& h, const py::array& c, const py::array& w_ih,
+          const py::array& w_hh, const py::object& b_ih, const py::object& b_hh, const py::array& h_new,
+          const py::array& c_new, const py::object& acts) {
+  fl_cell_params p{};
+  const CellShape n = cell_inputs(p, x, h, c, w_ih, w_hh);
+  const py::dtype d = numpy_dtype(p.dtype);
   p.b_ih = in(b_ih, "b_ih", d, n.bias()), p.b_hh = in(b_hh, "b_hh", d, n.bias());
   p.h_new = out(h_new, "h_new", d, n.state()), p.c_new = out(c_new, "c_new", d, n.state());
   p.acts = out(acts, "acts", d, n.gates());
@@ -233,12 +242,8 @@ void cell_backward(const py::array& x, const py::array& h, const py::array& c, c
                    const py::object& dc_new, const py::array& dx, const py::array& dh, const py::array& dc,
                    const py::array& dw_ih, const py::array& dw_hh, const py::object& db) {
   fl_cell_backward_params p{};
-  p.dtype = dtype_of(x);
+  const CellShape n = cell_inputs(p, x, h, c, w_ih, w_hh);
   const py::dtype d = numpy_dtype(p.dtype);
-  const CellShape n(x, h);
-  p.B = n.B, p.I = n.I, p.H = n.H;
-  p.x = in(x, "x", d, n.x()), p.h = in(h, "h", d, n.state()), p.c = in(c, "c", d, n.state());
-  p.w_ih = in(w_ih, "w_ih", d, n.w_ih()), p.w_hh = in(w_hh, "w_hh", d, n.w_hh());
   p.acts = in(acts, "acts", d, n.gates()), p.c_new = in(c_new, "c_new", d, n.state());
   p.dh_new = in(dh_new, "dh_new", d, n.state()), p.dc_new = in(dc_new, "dc_new", d, n.state());
   p.dx = out(dx, "dx", d, n.x()), p.dh = out(dh, "dh", d, n.state()), p.dc = out(dc, "dc", d, n.state());

@@ -8,8 +8,13 @@ contract as ``torch.nn.LSTM`` / ``torch.nn.LSTMCell`` (tensors or
 ``PackedSequence``, unbatched input, ``hx``). Autograd goes through two
 custom operators registered with ``torch.library`` (``fusedlstm::stack_forward``
 and ``fusedlstm::stack_backward``), so ``torch.compile(fullgraph=True)``
-traces the module without graph breaks. The saved activations travel as a
-``reserve`` uint8 tensor from torch's allocator (like cuDNN's reserve space).
+traces the module without graph breaks; torch.export and torch.jit.trace
+work too, torch.jit.script is refused with a clear error. Every operator has
+a vmap rule (torch.func.vmap, gradcheck's batched gradients). The saved
+activations travel as a ``reserve`` uint8 tensor from torch's allocator (like
+cuDNN's reserve space). Parameters, states and inputs in any layout are read
+correctly (made dense where the core needs it, copying only then). Errors
+for bad arguments are of the types nn.LSTM / nn.LSTMCell raise.
 
 CPU tensors of float32 and float64 run natively; under ``torch.autocast``
 (or with bfloat16/float16 tensors) inputs, weights and outputs keep the low

@@ -408,9 +408,10 @@ _stack_backward.register_autograd(_no_double_backward, setup_context=_setup_noth
 _cell_backward.register_autograd(_no_double_backward, setup_context=_setup_nothing)
 
 
-# torch.func.vmap (and so gradcheck's check_batched_grad, jacrev, per-sample
-# gradients): the core has no batch dimension of its own, so each operator
-# runs once per entry of the vmapped dimension and the results are stacked.
+# torch.func.vmap, over the modules or over autograd.grad (torch.func.grad /
+# vjp / jacrev do not support custom operators with register_autograd at all):
+# the core has no batch dimension of its own, so each operator runs once per
+# entry of the vmapped dimension and the results are stacked.
 def _vmap_entry(arg, dim, i):
     if dim is None:
         return arg

@@ -754,7 +754,9 @@ def test_gradcheck_cell(B, bias, seed):
     def f(x, h, c, *params):
         return torch.func.functional_call(cell, dict(zip(names, params)), (x, (h, c)))
 
-    assert torch.autograd.gradcheck(f, (x, h, c) + params, check_batched_grad=True)
+    # fast_mode (a random projection of the Jacobian) for the 17-row case: 400 inputs
+    assert torch.autograd.gradcheck(f, (x, h, c) + params, check_batched_grad=True,
+                                    fast_mode=B > ft._CELL_UNPACKED_MAX_ROWS)
 
 
 def _vmap_model(cls):

@@ -194,3 +194,50 @@ def test_dispatch_lengths_as_tensor_and_errors(emulated, make_problem):
         fusedlstm.lstm_forward(x, w_ih, w_hh, h0=torch.zeros(2, 3, dtype=x.dtype))
     with pytest.raises(ValueError, match="w_ih has I = 1"):
         fusedlstm.lstm_forward(x, w_ih[:, :1], w_hh)
+
+
+def _relaid(t, kind):
+    """A tensor equal to t in another layout (asserted non-contiguous)."""
+    if kind == "transposed":
+        out = t.transpose(-1, -2).contiguous().transpose(-1, -2)
+    elif kind == "strided":
+        buf = torch.full(t.shape[:-1] + (2 * t.shape[-1],), float("nan"), dtype=t.dtype)
+        out = buf[..., ::2]
+        out.copy_(t)
+    else:  # "expanded": t is equal along axis 0
+        out = t[:1].expand_as(t)
+    assert torch.equal(out, t) and not out.is_contiguous()
+    return out
+
+
+@pytest.mark.parametrize("mode", ["many_to_many", "many_to_one", "one_to_many"])
+def test_dispatch_any_layout(emulated, make_problem, mode):
+    """Every array of forward, backward and cell through the dispatch in another
+    layout (the emulator reads weights and states as dense, like the CUDA API):
+    the numpy API's bits on the same values."""
+    prob = make_problem(mode=mode, T=5, B=3, I=4, H=7, lengths=mode != "one_to_many", dtype=np.float64)
+    ins = dict(prob.inputs)
+    ins["c0"] = np.repeat(ins["c0"][:1], ins["c0"].shape[0], axis=0)  # equal rows: may be expanded
+    ups = dict(prob.upstream)
+    ups["dy"] = np.repeat(ups["dy"][:1], ups["dy"].shape[0], axis=0)
+    want = fusedlstm.lstm_forward(ins["x"], ins["w_ih"], ins["w_hh"], **dict(prob.kwargs, c0=ins["c0"]),
+                                  training=True)
+    want_g = fusedlstm.lstm_backward(want, **ups)
+    kinds = dict(x="transposed", w_ih="transposed", w_hh="transposed", b_ih="strided", b_hh="strided",
+                 h0="transposed", c0="expanded")
+    t = {k: _relaid(_t(v), kinds[k]) for k, v in ins.items()}
+    kw = dict(prob.kwargs, **{k: t[k] for k in ("b_ih", "b_hh", "h0", "c0")})
+    got = fusedlstm.lstm_forward(t["x"], t["w_ih"], t["w_hh"], **kw, training=True)
+    for name in ("y", "h_n", "c_n"):
+        _same(name, getattr(got, name), getattr(want, name))
+    got_g = fusedlstm.lstm_backward(got, dy=_relaid(_t(ups["dy"]), "expanded"),
+                                    dh_n=_relaid(_t(ups["dh_n"]), "transposed"),
+                                    dc_n=_relaid(_t(ups["dc_n"]), "strided"))
+    for name in ("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih", "db_hh"):
+        _same(name, getattr(got_g, name), getattr(want_g, name))
+    if mode == "one_to_many":
+        cell_in = [ins[k] for k in ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh")]
+        want_c = fusedlstm.lstm_cell(*cell_in)
+        got_c = fusedlstm.lstm_cell(*(t[k] for k in ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh")))
+        _same("h_new", got_c[0], want_c[0])
+        _same("c_new", got_c[1], want_c[1])

@@ -21,7 +21,11 @@ Covered:
 * state_dict / load_state_dict with torch.nn.LSTM in both directions (proj_size,
   bidirectional, no bias, batch_first), then outputs and gradients match nn.LSTM
   in float64 (policy: 1e-12).
-* argument errors, and a T=1, B=1, I=1, H=1 stack.
+* parameters set by hand in any layout (negative strides, Fortran order, a
+  stride of 2, unaligned), inputs, states and upstream gradients likewise, and
+  zero-stride (broadcast) x and dy: within the policy against the reference.
+* argument errors (a dtype mismatch says what to convert), and a T=1, B=1,
+  I=1, H=1 stack.
 """
 
 import numpy as np
@@ -420,6 +424,71 @@ def test_eval_with_fortran_order_state(dtype, rng):
                          "C-order and Fortran-order loaded weights (eval)")
 
 
+def relaid(a, kind):
+    """An array equal to a whose layout is not C order: negative strides,
+    Fortran order, a stride of 2, unaligned memory, or (axis 0 only, for arrays
+    equal along it) a zero stride."""
+    if kind == "negative":
+        idx = (slice(None, None, -1),) * a.ndim
+        out = a[idx].copy()[idx]
+    elif kind == "fortran":
+        out = np.asfortranarray(a) if a.ndim > 1 else a[::-1].copy()[::-1]
+    elif kind == "strided":
+        out = stepped(a)
+    elif kind == "unaligned":
+        raw = np.zeros(a.nbytes + 1, np.uint8)
+        out = raw[1:].view(a.dtype).reshape(a.shape)
+        out[...] = a
+        assert not out.flags.aligned
+    else:
+        raise ValueError(kind)
+    assert np.array_equal(out, a) and (kind == "unaligned" or not out.flags.c_contiguous)
+    return out
+
+
+LAYOUT_CFG = dict(T=4, B=3, I=5, H=6, num_layers=2, bidirectional=True, proj_size=4, bias=True,
+                  batch_first=False, lengths=True, hx=True, dropout=0.0, upstream="all")
+LAYOUTS = ("negative", "fortran", "strided", "unaligned")
+
+
+@pytest.mark.parametrize("kind", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_parameters_set_in_any_layout(kind, dtype, rng, policy):
+    """layer.params set by hand (not through load_state_dict, which copies):
+    every parameter non-contiguous, outputs and gradients as the reference's."""
+    layer = make_layer(LAYOUT_CFG, dtype, rng)
+    inp = Inputs(layer, LAYOUT_CFG, rng, dtype)
+    ref64, plain32 = reference_pair(layer, inp, dtype=dtype)
+    layer.params = {k: relaid(v, kind) for k, v in layer.params.items()}
+    for training in (False, True):
+        out = run_library(layer, inp, training=training, backward=training)
+        policy.check_all(out, ref64, plain32, dtype=dtype, names=list(out))
+
+
+@pytest.mark.parametrize("kind", LAYOUTS)
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_inputs_states_and_upstream_in_any_layout(kind, batch_first, rng, policy):
+    cfg = dict(LAYOUT_CFG, batch_first=batch_first)
+    layer = make_layer(cfg, np.float64, rng)
+    inp = Inputs(layer, cfg, rng, np.float64)
+    ref64, _ = reference_pair(layer, inp, dtype=np.float64)
+    inp.x, inp.h0, inp.c0 = (relaid(a, kind) for a in (inp.x, inp.h0, inp.c0))
+    inp.lengths = stepped(inp.lengths)
+    inp.upstream = {k: relaid(v, kind) for k, v in inp.upstream.items()}
+    policy.check_all(run_library(layer, inp), ref64, dtype=np.float64)
+
+
+def test_zero_stride_input_and_upstream(rng, policy):
+    """x the same at every step, dy the same for every sequence (broadcast views)."""
+    cfg = dict(LAYOUT_CFG, lengths=False)
+    layer = make_layer(cfg, np.float64, rng)
+    inp = Inputs(layer, cfg, rng, np.float64)
+    inp.x = np.broadcast_to(inp.x[:1], inp.x.shape)
+    inp.upstream["dy"] = np.broadcast_to(inp.upstream["dy"][:, :1], inp.upstream["dy"].shape)
+    ref64, _ = reference_pair(layer, inp, dtype=np.float64)
+    policy.check_all(run_library(layer, inp), ref64, dtype=np.float64)
+
+
 def test_debug_poison_is_active():
     """The tests above rely on the library filling its outputs with NaN first."""
     assert np.all(np.isnan(fusedlstm.api._alloc((3,), np.float32)))
@@ -620,6 +689,42 @@ def test_constructor_errors(kw, exc, text):
     args.update(kw)
     with pytest.raises(exc, match=text):
         fusedlstm.LSTM(**args)
+
+
+def test_dtype_mismatch_says_what_to_convert():
+    """The layer's dtype is fixed: the message says to convert the array or to
+    make the layer in the array's dtype."""
+    layer, x, hx = _base()
+    with pytest.raises(TypeError) as e:
+        layer.forward(x.astype(np.float32), hx)
+    msg = str(e.value)
+    assert "x.astype(np.float64)" in msg and "dtype=float64" in msg, msg
+
+
+def test_functional_dtype_mismatch_names_the_odd_ones_out():
+    """The functional API has no owner of the dtype: the arrays off the majority's
+    dtype are the ones to convert, whichever they are (x included); a tie names both."""
+    rng = np.random.default_rng(0)
+    x, h0, c0 = rng.standard_normal((4, 2, 3)), rng.standard_normal((2, 5)), rng.standard_normal((2, 5))
+    w_ih, w_hh, b = rng.standard_normal((20, 3)), rng.standard_normal((20, 5)), rng.standard_normal(20)
+    f32 = lambda a: a.astype(np.float32)  # noqa: E731
+    with pytest.raises(TypeError) as e:  # x alone is float32: convert x, not the weights
+        fusedlstm.lstm_forward(f32(x), w_ih, w_hh, b, b, h0, c0)
+    msg = str(e.value)
+    assert "convert x (e.g. x.astype(np.float64))" in msg and "w_ih" in msg, msg
+    with pytest.raises(TypeError) as e:  # one weight is off
+        fusedlstm.lstm_forward(x, w_ih, f32(w_hh), b, b, h0, c0)
+    assert "convert w_hh (e.g. w_hh.astype(np.float64))" in str(e.value), e.value
+    with pytest.raises(TypeError) as e:  # float32 weights, float64 data: the majority is float32 here
+        fusedlstm.lstm_forward(x, f32(w_ih), f32(w_hh), f32(b), f32(b), h0, c0)
+    assert "convert x, h0, c0 (e.g. x.astype(np.float32))" in str(e.value), e.value
+    with pytest.raises(TypeError) as e:  # a tie: both sides named
+        fusedlstm.lstm_forward(f32(x), w_ih, w_hh, None, None, f32(h0), None)
+    msg = str(e.value)
+    assert "x.astype(np.float64)" in msg and "w_ih.astype(np.float32)" in msg, msg
+    with pytest.raises(TypeError) as e:
+        fusedlstm.lstm_cell(f32(x[0]), h0, c0, w_ih, w_hh, b, b)
+    assert "convert x (e.g. x.astype(np.float64))" in str(e.value), e.value
 
 
 def test_backward_errors():

@@ -12,12 +12,15 @@ pack_sequence (sorted) / unbatched input, with and without hx, dropout in eval
 mode, float32 / float64): y (and the PackedSequence fields), h_n, c_n, every
 parameter gradient and dx, dh0, dc0; dropout in training mode; LSTMCell parity;
 state_dict round trips and parameter names; torch.compile(fullgraph=True);
-torch.library.opcheck; gradcheck; double backward; autocast (bf16); errors;
-the core package importing without torch.
+torch.jit.script refused clearly, torch.jit.trace / torch.export working;
+torch.library.opcheck; gradcheck (with batched gradients); vmap; double
+backward; autocast (bf16); errors raised like nn.LSTM's; the core package
+importing without torch.
 """
 
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -630,6 +633,55 @@ def _ids(c):
     return "-".join(f"{k}={v}" for k, v in c.items())
 
 
+# --------------------------------------------------------------------------------------
+# TorchScript, tracing, export
+# --------------------------------------------------------------------------------------
+def _export_case(cls):
+    torch.manual_seed(0)
+    if cls == "LSTM":
+        return ft.LSTM(3, 4, num_layers=2, bidirectional=True, proj_size=2), torch.randn(5, 2, 3)
+    return ft.LSTMCell(3, 4), torch.randn(2, 3)
+
+
+def _leaves(out):
+    return torch.utils._pytree.tree_leaves(out)
+
+
+@pytest.mark.parametrize("cls", ["LSTM", "LSTMCell"])
+def test_jit_script_refuses_and_says_what_works(cls):
+    """TorchScript cannot compile the Python custom operators: a clear error
+    (a RuntimeError, as torch.jit.script raises), also for a module that holds one."""
+    m, _ = _export_case(cls)
+    for target in (m, nn.Sequential(m)):
+        with pytest.raises(RuntimeError, match=f"cannot compile fusedlstm.torch.{cls}.*torch.compile.*"
+                                               "torch.export.export.*torch.jit.trace"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.* are deprecated
+            torch.jit.script(target)
+
+
+@pytest.mark.parametrize("cls", ["LSTM", "LSTMCell"])
+def test_jit_trace_and_export_match_eager(cls, tmp_path):
+    """What the error recommends works: torch.jit.trace (with its own check,
+    saved and loaded, and trained through) and torch.export give eager's bits."""
+    m, x = _export_case(cls)
+    with torch.no_grad():
+        want = _leaves(m(x))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # Python-level shape checks
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.* are deprecated
+        traced = torch.jit.trace(m, (x,))
+        torch.jit.save(traced, tmp_path / "m.pt")
+        loaded = torch.jit.load(tmp_path / "m.pt")
+    for run in (traced, loaded, torch.export.export(m, (x,)).module()):
+        with torch.no_grad():
+            got = _leaves(run(x))
+        assert len(got) == len(want) and all(torch.equal(a, b) for a, b in zip(got, want))
+    xs = [x.clone().requires_grad_(True) for _ in range(2)]
+    grads = [torch.autograd.grad(run(xi)[0].pow(2).sum(), [xi] + list(m.parameters()))
+             for run, xi in zip((m, traced), xs)]
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
 @pytest.mark.parametrize("case", OP_CASES, ids=_ids)
 def test_opcheck_stack_forward(case):
     res = torch.library.opcheck(torch.ops.fusedlstm.stack_forward.default, _op_args(**case))
@@ -643,11 +695,12 @@ def test_opcheck_stack_backward(case):
     y, hn, cn, reserve = torch.ops.fusedlstm.stack_forward(*fargs)
     torch.manual_seed(1)
     dy, dhn, dcn = torch.randn_like(y), torch.randn_like(hn), torch.randn_like(cn)
-    bargs = (x, w, h0, c0, lens, mask, reserve, dy, dhn, dcn, L, bidir, proj, has_bias, bf)
+    flat = torch.cat([t.reshape(-1) for t in w])
+    bargs = (x, flat, h0, c0, lens, mask, reserve, dy, dhn, dcn, L, bidir, proj, has_bias, bf)
     res = torch.library.opcheck(torch.ops.fusedlstm.stack_backward.default, bargs)
     assert set(res) == _ALL_CHECKS and all(v == "SUCCESS" for v in res.values()), res
     # optional upstream gradients
-    bargs = (x, w, h0, c0, lens, mask, reserve, dy, None, None, L, bidir, proj, has_bias, bf)
+    bargs = (x, flat, h0, c0, lens, mask, reserve, dy, None, None, L, bidir, proj, has_bias, bf)
     res = torch.library.opcheck(torch.ops.fusedlstm.stack_backward.default, bargs)
     assert all(v == "SUCCESS" for v in res.values()), res
 
@@ -684,22 +737,68 @@ def test_gradcheck(case, seed):
         return (y.data if use_lengths else y), h, c
 
     inputs = (x, h0, c0) + params if hx else (x, h0.detach(), c0.detach()) + params
-    assert torch.autograd.gradcheck(f, inputs)
+    assert torch.autograd.gradcheck(f, inputs, check_batched_grad=True)  # torch's own test_grad checks batched grads
 
 
-def test_gradcheck_cell(seed):
+@pytest.mark.parametrize("B, bias", [(2, True), (2, False), (ft._CELL_UNPACKED_MAX_ROWS + 1, True)],
+                         ids=["unpacked", "unpacked-no-bias", "stack-path"])
+def test_gradcheck_cell(B, bias, seed):
     torch.manual_seed(seed)
-    cell = ft.LSTMCell(3, 5, dtype=torch.float64)
+    cell = ft.LSTMCell(3, 5, bias=bias, dtype=torch.float64)
     names = [n for n, _ in cell.named_parameters()]
-    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
-    h = torch.randn(2, 5, dtype=torch.float64, requires_grad=True)
-    c = torch.randn(2, 5, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(B, 3, dtype=torch.float64, requires_grad=True)
+    h = torch.randn(B, 5, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(B, 5, dtype=torch.float64, requires_grad=True)
     params = tuple(p.detach().clone().requires_grad_(True) for p in cell.parameters())
 
     def f(x, h, c, *params):
         return torch.func.functional_call(cell, dict(zip(names, params)), (x, (h, c)))
 
-    assert torch.autograd.gradcheck(f, (x, h, c) + params)
+    # fast_mode (a random projection of the Jacobian) for the 17-row case: 400 inputs
+    assert torch.autograd.gradcheck(f, (x, h, c) + params, check_batched_grad=True,
+                                    fast_mode=B > ft._CELL_UNPACKED_MAX_ROWS)
+
+
+def _vmap_model(cls):
+    torch.manual_seed(0)
+    if cls == "LSTM":
+        return ft.LSTM(3, 4, num_layers=2, bidirectional=True, proj_size=2, dtype=torch.float64), (5, 2, 3)
+    return ft.LSTMCell(3, 4, dtype=torch.float64), (2, 3)
+
+
+@pytest.mark.parametrize("cls", ["LSTM", "LSTMCell"])
+def test_vmap_forward_and_backward(cls, seed):
+    """torch.func.vmap over independent problems, and over the backward
+    (vector-Jacobian products for a batch of grad_outputs): the same bits as a
+    loop. (vmap of torch.func.grad is not possible: torch's custom operators
+    do not support functorch's grad transform.)"""
+    m, shape = _vmap_model(cls)
+    g = torch.Generator().manual_seed(seed)
+    xb = torch.randn((3,) + shape, generator=g, dtype=torch.float64)
+    assert torch.equal(torch.func.vmap(lambda x: m(x)[0])(xb), torch.stack([m(x)[0] for x in xb]))
+    with torch.no_grad():  # the inference ops (cell_forward for LSTMCell)
+        assert torch.equal(torch.func.vmap(lambda x: m(x)[1][0])(xb), torch.stack([m(x)[1][0] for x in xb]))
+    x = xb[0].clone().requires_grad_(True)
+    y = m(x)[0]
+    v = torch.randn((3,) + tuple(y.shape), generator=g, dtype=torch.float64)
+    inputs = [x] + list(m.parameters())
+    batched = torch.func.vmap(lambda vi: torch.autograd.grad(y, inputs, vi, retain_graph=True))(v)
+    for i, vi in enumerate(v):
+        for k, want in enumerate(torch.autograd.grad(y, inputs, vi, retain_graph=True)):
+            assert torch.equal(batched[k][i], want), (i, k)
+
+
+@pytest.mark.parametrize("cls", ["LSTM", "LSTMCell"])
+def test_is_grads_batched(cls, seed):
+    """autograd.grad(is_grads_batched=True) runs the backward under torch's
+    own (legacy) vmap: the same as one backward per grad_output."""
+    m, shape = _vmap_model(cls)
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    y = m(x)[0]
+    v = torch.randn((3,) + tuple(y.shape), dtype=torch.float64)
+    (batched,) = torch.autograd.grad(y, x, v, retain_graph=True, is_grads_batched=True)
+    loop = torch.stack([torch.autograd.grad(y, x, vi, retain_graph=True)[0] for vi in v])
+    assert torch.equal(batched, loop)
 
 
 @pytest.mark.parametrize("cls", ["LSTM", "LSTMCell"])
@@ -872,68 +971,150 @@ def test_autocast_cell_bf16():
 # --------------------------------------------------------------------------------------
 # errors
 # --------------------------------------------------------------------------------------
-def test_lstm_input_errors():
-    m = ft.LSTM(3, 4, num_layers=2, bidirectional=True, proj_size=2)
-    with pytest.raises(ValueError, match="input"):
-        m(torch.randn(3))
-    with pytest.raises(ValueError, match="input"):
-        m(torch.randn(2, 3, 4, 3))
-    with pytest.raises(ValueError, match="input_size"):
-        m(torch.randn(5, 2, 4))
-    with pytest.raises(TypeError, match="input"):
-        m([torch.randn(5, 2, 3)])
-    x = torch.randn(5, 2, 3)
-    good_h, good_c = torch.zeros(4, 2, 2), torch.zeros(4, 2, 4)
-    with pytest.raises(ValueError, match="hx"):
-        m(x, (torch.zeros(4, 2, 4), good_c))  # h0 sized like H instead of proj_size
-    with pytest.raises(ValueError, match="hx"):
-        m(x, (good_h, torch.zeros(4, 2, 2)))
-    with pytest.raises(ValueError, match="hx"):
-        m(x, (torch.zeros(2, 2, 2), good_c))  # num_layers * directions
-    with pytest.raises(ValueError, match="hx"):
-        m(x, (torch.zeros(4, 3, 2), good_c))  # batch
-    with pytest.raises((ValueError, TypeError), match="hx"):
-        m(x, good_h)
-    with pytest.raises(ValueError, match="hx"):
-        m(torch.randn(5, 3), (good_h, good_c))  # unbatched input with batched hx
-    with pytest.raises(TypeError, match="input"):
-        m(x.double())
-    with pytest.raises(TypeError, match="hx"):
-        m(x, (good_h.double(), good_c))
-    m(x, (good_h, good_c))  # the good call works
+def _raises_like_nn(build_nn, build_ours):
+    """Both calls fail, and ours with an instance of the type nn's raised (so
+    code that catches torch's errors catches ours); ours is also a ValueError
+    or TypeError, the library's rule for bad input. Returns our exception."""
+    with pytest.raises(Exception) as theirs:
+        build_nn()
+    with pytest.raises(Exception) as ours:
+        build_ours()
+    assert isinstance(ours.value, theirs.type), (
+        f"nn raised {theirs.type.__name__}: {theirs.value}; ours {ours.type.__name__}: {ours.value}")
+    assert isinstance(ours.value, (ValueError, TypeError)), ours.value
+    return ours.value
 
 
-def test_cell_input_errors():
-    cell = ft.LSTMCell(3, 4)
-    with pytest.raises(ValueError, match="input"):
-        cell(torch.randn(2, 3, 3))
-    with pytest.raises(ValueError, match="input_size"):
-        cell(torch.randn(2, 5))
-    with pytest.raises(ValueError, match="hx"):
-        cell(torch.randn(2, 3), (torch.zeros(2, 5), torch.zeros(2, 4)))
-    with pytest.raises(ValueError, match="hx"):
-        cell(torch.randn(2, 3), (torch.zeros(3, 4), torch.zeros(3, 4)))
-    with pytest.raises(TypeError, match="input"):
-        cell(torch.randn(2, 3).double())
-    with pytest.raises(TypeError, match="hx"):
-        cell(torch.randn(2, 3), (torch.zeros(2, 4).double(), torch.zeros(2, 4)))
+def _lstm_pair(cls_nn, cls_ours, *args, **kw):
+    torch.manual_seed(0)
+    theirs = cls_nn(*args, **kw)
+    ours = cls_ours(*args, **kw)
+    ours.load_state_dict(theirs.state_dict())
+    return theirs, ours
 
 
-def test_constructor_errors():
-    with pytest.raises(ValueError, match="proj_size"):
-        ft.LSTM(3, 4, proj_size=4)
-    with pytest.raises(ValueError, match="proj_size"):
-        ft.LSTM(3, 4, proj_size=-1)
-    with pytest.raises(ValueError, match="dropout"):
-        ft.LSTM(3, 4, num_layers=2, dropout=1.5)
-    with pytest.raises(TypeError, match="hidden_size"):
-        ft.LSTM(3, 4.0)
-    with pytest.raises(ValueError, match="hidden_size"):
-        ft.LSTM(3, 0)
+_X, _H, _C = torch.randn(5, 2, 3), torch.zeros(4, 2, 2), torch.zeros(4, 2, 4)
+_PACKED = pack_padded_sequence(torch.randn(5, 2, 3), torch.tensor([5, 3]))
+LSTM_BAD_INPUT = {  # nn.LSTM(3, 4, num_layers=2, bidirectional=True, proj_size=2)
+    "x-1d": (torch.randn(3),),
+    "x-4d": (torch.randn(2, 3, 4, 3),),
+    "x-input-size": (torch.randn(5, 2, 4),),
+    "x-float64": (_X.double(),),
+    "x-int64": (_X.long(),),
+    "x-float16": (_X.half(),),
+    "x-float64-and-hx": (_X.double(), (_H.double(), _C.double())),
+    "h0-sized-like-H": (_X, (torch.zeros(4, 2, 4), _C)),
+    "c0-sized-like-proj": (_X, (_H, torch.zeros(4, 2, 2))),
+    "h0-layers": (_X, (torch.zeros(2, 2, 2), _C)),
+    "h0-batch": (_X, (torch.zeros(4, 3, 2), _C)),
+    "hx-one-tensor": (_X, _H),
+    "hx-three": (_X, (_H, _C, _C)),
+    "unbatched-x-batched-hx": (torch.randn(5, 3), (_H, _C)),
+    "batched-x-2d-hx": (_X, (_H[:, 0], _C[:, 0])),
+    "h0-float64": (_X, (_H.double(), _C)),
+    "c0-float64": (_X, (_H, _C.double())),
+    "h0-int64": (_X, (_H.long(), _C)),
+    "packed-input-size": (pack_padded_sequence(torch.randn(5, 2, 4), torch.tensor([5, 3])),),
+    "packed-hx-batch": (_PACKED, (torch.zeros(4, 3, 2), _C)),
+    "packed-float64": (pack_padded_sequence(torch.randn(5, 2, 3).double(), torch.tensor([5, 3])),),
+}
+
+
+@pytest.mark.parametrize("case", LSTM_BAD_INPUT)
+def test_lstm_bad_input_raises_like_nn_lstm(case):
+    theirs, ours = _lstm_pair(nn.LSTM, ft.LSTM, 3, 4, num_layers=2, bidirectional=True, proj_size=2)
+    args = LSTM_BAD_INPUT[case]
+    _raises_like_nn(lambda: theirs(*args), lambda: ours(*args))
+    ours(_X, (_H, _C))  # the good call works
+
+
+_CX, _CH = torch.randn(2, 3), torch.zeros(2, 4)
+CELL_BAD_INPUT = {  # nn.LSTMCell(3, 4)
+    "x-3d": (torch.randn(2, 3, 3),),
+    "x-0d": (torch.tensor(1.0),),
+    "x-input-size": (torch.randn(2, 5),),
+    "h-hidden-size": (_CX, (torch.zeros(2, 5), _CH)),
+    "h-batch": (_CX, (torch.zeros(3, 4), torch.zeros(3, 4))),
+    "c-hidden-size": (_CX, (_CH, torch.zeros(2, 5))),
+    "x-float64": (_CX.double(),),
+    "x-int64": (_CX.long(),),
+    "h-float64": (_CX, (_CH.double(), _CH)),
+    "hx-one-tensor": (_CX, _CH),
+    "hx-3d": (_CX, (_CH[None], _CH[None])),
+    "hx-one": (_CX, (_CH,)),
+    "hx-three": (_CX, (_CH, _CH, _CH)),
+    "unbatched-x-batched-hx": (_CX[0], (_CH, _CH)),
+    "batched-x-1d-hx": (_CX, (_CH[0], _CH[0])),
+}
+
+
+@pytest.mark.parametrize("case", CELL_BAD_INPUT)
+def test_cell_bad_input_raises_like_nn_lstm_cell(case):
+    theirs, ours = _lstm_pair(nn.LSTMCell, ft.LSTMCell, 3, 4)
+    args = CELL_BAD_INPUT[case]
+    _raises_like_nn(lambda: theirs(*args), lambda: ours(*args))
+    ours(_CX, (_CH, _CH))
+
+
+def test_dtype_mismatch_names_both_sides():
+    m = ft.LSTM(3, 4)
+    with pytest.raises(ValueError) as e:
+        m(torch.randn(5, 2, 3, dtype=torch.float64))
+    msg = str(e.value)
+    assert "input.to(torch.float32)" in msg and "model.to(torch.float64)" in msg, msg
+    with pytest.raises(TypeError) as e:
+        m(torch.randn(5, 2, 3), (torch.zeros(1, 2, 4, dtype=torch.float64), torch.zeros(1, 2, 4)))
+    assert "h_0.to(torch.float32)" in str(e.value) and "c_0" not in str(e.value), str(e.value)
+
+
+CONSTRUCTOR_CASES = [
+    ((3, 4), dict(bias=0)), ((3, 4), dict(bias=1)), ((3, 4), dict(bias="True")), ((3, 4), dict(bias=None)),
+    ((3, 4), dict(batch_first=0)), ((3, 4), dict(batch_first=1)), ((3, 4), dict(batch_first="False")),
+    ((3, 4), dict(dropout=-0.1)), ((3, 4), dict(dropout=1.5)), ((3, 4), dict(dropout=True)),
+    ((3, 4), dict(dropout="0.5")), ((3, 4), dict(dropout=float("nan"))),
+    ((3, 4), dict(proj_size=4)), ((3, 4), dict(proj_size=-1)), ((3, 4), dict(proj_size=1.0)),
+    ((3, 4), dict(proj_size=True)), ((3, 4), dict(proj_size="1")),
+    ((3, 4), dict(num_layers=0)), ((3, 4), dict(num_layers=-1)), ((3, 4), dict(num_layers=2.5)),
+    ((3, 4), dict(num_layers="2")),
+    ((3, 0), {}), ((3, -1), {}), ((3, 4.0), {}), ((0, 4), {}), ((-1, 4), {}), ((3.0, 4), {}), (("3", 4), {}),
+]
+
+
+_NN_CHECKS = ("dropout should be", "bias should be", "batch_first should be", "input_size", "hidden_size",
+              "num_layers must", "proj_size")
+
+
+@pytest.mark.parametrize("args, kw", CONSTRUCTOR_CASES, ids=[f"{a}-{k}" for a, k in CONSTRUCTOR_CASES])
+def test_constructor_raises_like_nn_lstm(args, kw):
+    err = _raises_like_nn(lambda: nn.LSTM(*args, **kw), lambda: ft.LSTM(*args, **kw))
+    with pytest.raises(type(err)) as theirs:
+        nn.LSTM(*args, **kw)
+    if str(theirs.value).startswith(_NN_CHECKS):  # one of nn.RNNBase's own checks: its message too
+        assert str(err) == str(theirs.value)
+
+
+@pytest.mark.parametrize("kw", [dict(bias=True, batch_first=True, bidirectional=True), dict(bias=False),
+                                dict(num_layers=True), dict(bidirectional=1)])
+def test_constructor_accepts_what_nn_lstm_accepts(kw):
+    ours, theirs = ft.LSTM(3, 4, **kw), nn.LSTM(3, 4, **kw)
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
+
+
+def test_constructor_warns_like_nn_lstm():
     with pytest.warns(UserWarning, match="num_layers"):
         ft.LSTM(3, 4, dropout=0.5)
-    with pytest.raises(ValueError, match="input_size"):
-        ft.LSTMCell(0, 4)
+
+
+@pytest.mark.parametrize("args, kw", [((3, 4.0), {}), ((3.0, 4), {}), ((3, -1), {})])
+def test_cell_constructor_raises_like_nn_lstm_cell(args, kw):
+    _raises_like_nn(lambda: nn.LSTMCell(*args, **kw), lambda: ft.LSTMCell(*args, **kw))
+
+
+def test_cell_constructor_refuses_empty_sizes():
+    """nn.LSTMCell(0, 4) builds an empty cell; the core needs sizes >= 1."""
+    for args in ((0, 4), (3, 0)):
+        with pytest.raises(ValueError, match="_size must be greater than zero"):
+            ft.LSTMCell(*args)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -136,9 +136,19 @@ class _Lib:
         return a.data_ptr() if self.name == "torch" else a.data.ptr
 
     def strides(self, a):
+        """a's strides in elements (CuPy's bytes may not be whole elements: a view
+        of a wider dtype; those arrays are never passed by stride, see rows_ok)."""
         if self.name == "torch":
             return tuple(a.stride())
         return tuple(s // a.itemsize for s in a.strides)
+
+    def rows_ok(self, a):
+        """Whether the kernels can read a through its strides: the last axis
+        contiguous, no negative strides, every stride a whole element."""
+        if self.name != "torch" and any(s % a.itemsize for s in a.strides):
+            return False
+        s = self.strides(a)
+        return s[-1] == 1 and min(s) >= 0
 
     def contiguous(self, a):
         return a.contiguous() if self.name == "torch" else self.mod.ascontiguousarray(a)
@@ -238,9 +248,10 @@ class _Call:
                             f"call must share a dtype")
         if shape is not None and tuple(a.shape) != tuple(shape):
             raise ValueError(f"{name} must have shape {tuple(shape)} {meaning}, got {tuple(a.shape)}")
-        if contiguous:
-            a = self.lib.contiguous(a)
-        elif a.ndim and (self.lib.strides(a)[-1] != 1 or min(self.lib.strides(a)) < 0):
+        # Every array handed to the CUDA API passes here: dense (contiguous=True:
+        # weights, biases, states, the cell's arrays) or read through its
+        # strides (x, dy); a view in another layout is copied, never passed as is.
+        if contiguous or a.ndim and not self.lib.rows_ok(a):
             a = self.lib.contiguous(a)
         return a
 

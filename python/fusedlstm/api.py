@@ -98,8 +98,9 @@ def _no_stream_on_host(stream):
 
 
 # ----------------------------------------------------------------- checks
-def _float_array(name, a, dtype=None):
-    """a as an ndarray of float32/float64; dtype, when given, must match."""
+def _float_array(name, a, dtype=None, *, works_in="the call"):
+    """a as an ndarray of float32/float64; dtype, when given, must match
+    (works_in says whose dtype it is, for the message)."""
     if a is None:
         raise TypeError(f"{name} must be an array, got None")
     arr = a if isinstance(a, np.ndarray) else np.asarray(a)
@@ -108,9 +109,35 @@ def _float_array(name, a, dtype=None):
     if arr.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"{name} must have dtype float32 or float64, got {arr.dtype}")
     if dtype is not None and arr.dtype != dtype:
-        raise TypeError(f"{name} has dtype {arr.dtype} but the call works in {dtype}: all arrays of one "
-                        f"call must share a dtype (convert explicitly, e.g. {name}.astype(np.{dtype}))")
+        raise TypeError(f"{name} has dtype {arr.dtype} but {works_in} works in {dtype}: convert {name} "
+                        f"(e.g. {name}.astype(np.{dtype}))")
     return arr
+
+
+def _same_dtype(**arrays):
+    """{name: array or None} as float arrays of one dtype (None stays None).
+    When they differ, the message names the arrays off the majority's dtype,
+    the ones to convert, and the others (on a tie, both sides)."""
+    arrs = {name: None if a is None else _float_array(name, a) for name, a in arrays.items()}
+    by_dtype = {}
+    for name, a in arrs.items():
+        if a is not None:
+            by_dtype.setdefault(a.dtype, []).append(name)
+    if len(by_dtype) > 1:
+        (major, majority), (minor, minority) = sorted(by_dtype.items(), key=lambda kv: -len(kv[1]))
+        fix = f"convert {', '.join(minority)} (e.g. {minority[0]}.astype(np.{major}))"
+        if len(minority) == len(majority):
+            fix += f", or {', '.join(majority)} (e.g. {majority[0]}.astype(np.{minor}))"
+        raise TypeError(f"all arrays of one call must share a dtype: {', '.join(minority)} "
+                        f"{'is' if len(minority) == 1 else 'are'} {minor} but {', '.join(majority)} "
+                        f"{'is' if len(majority) == 1 else 'are'} {major}; {fix}")
+    return arrs
+
+
+def _dense(arr):
+    """arr as the core reads weights, states and masks: C-contiguous and
+    aligned (a copy only when it is not)."""
+    return np.require(arr, requirements="CA")
 
 
 def _check_shape(name, arr, shape, meaning):
@@ -121,7 +148,7 @@ def _check_shape(name, arr, shape, meaning):
 def _contiguous(name, a, dtype, shape, meaning):
     arr = _float_array(name, a, dtype)
     _check_shape(name, arr, shape, meaning)
-    return np.ascontiguousarray(arr)
+    return _dense(arr)
 
 
 def _optional(name, a, dtype, shape, meaning):
@@ -129,11 +156,13 @@ def _optional(name, a, dtype, shape, meaning):
 
 
 def _inner_contiguous(arr):
-    """arr, copied if needed so that its last axis is contiguous and every
-    stride is a whole number of elements; returns (arr, strides in elements)."""
+    """arr as the core reads x, y, dy and dx: copied if needed so that it is
+    aligned, its last axis is contiguous and every stride is a whole number
+    of elements (other strides, zero and negative ones included, are passed);
+    returns (arr, strides in elements)."""
     item = arr.itemsize
-    if arr.strides[-1] != item or any(s % item for s in arr.strides):
-        arr = np.ascontiguousarray(arr)
+    if arr.strides[-1] != item or any(s % item for s in arr.strides) or not arr.flags.aligned:
+        arr = _dense(arr)
     return arr, tuple(s // item for s in arr.strides)
 
 
@@ -156,7 +185,7 @@ def _weights(w_ih, w_hh, b_ih, b_hh, dtype):
     if w_ih.ndim != 2 or w_ih.shape[0] != 4 * H:
         raise ValueError(f"w_ih must have shape (4*H, I) = ({4 * H}, I) to match w_hh {w_hh.shape}, "
                          f"got {w_ih.shape}")
-    w_ih, w_hh = np.ascontiguousarray(w_ih), np.ascontiguousarray(w_hh)
+    w_ih, w_hh = _dense(w_ih), _dense(w_hh)
     b_ih = _optional("b_ih", b_ih, dtype, (4 * H,), "(4*H,)")
     b_hh = _optional("b_hh", b_hh, dtype, (4 * H,), "(4*H,)")
     return w_ih, w_hh, b_ih, b_hh, H, w_ih.shape[1]
@@ -174,7 +203,7 @@ def _check_lengths(lengths, B, T):
     if lens.size and (lens.min() < 1 or lens.max() > T):
         raise ValueError(f"lengths must lie in [1, T] = [1, {T}], got min {lens.min()} "
                          f"max {lens.max()}")
-    return np.ascontiguousarray(lens, dtype=np.int64)
+    return np.require(lens, np.int64, "CA")
 
 
 def _sequence_shape(x, w_ih, I, H, *, mode, steps, lengths, feed, batch_first):
@@ -250,9 +279,11 @@ def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, mode=
             batch_first=batch_first, training=training, allow_tf32=allow_tf32, stream=stream)
     _no_stream_on_host(stream)
 
-    x = _float_array("x", x)
+    arrs = _same_dtype(x=x, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, h0=h0, c0=c0)
+    x = _float_array("x", arrs["x"])
     dtype = x.dtype
-    w_ih, w_hh, b_ih, b_hh, H, I = _weights(w_ih, w_hh, b_ih, b_hh, dtype)
+    w_ih, w_hh, b_ih, b_hh, H, I = _weights(arrs["w_ih"], arrs["w_hh"], arrs["b_ih"], arrs["b_hh"], dtype)
+    h0, c0 = arrs["h0"], arrs["c0"]
 
     T, B = _sequence_shape(x, w_ih, I, H, mode=mode, steps=steps, lengths=lengths, feed=feed,
                            batch_first=batch_first)
@@ -310,10 +341,10 @@ def lstm_backward(result, dy=None, dh_n=None, dc_n=None, *, stream=None):
 
     dy_st = dy_sb = 0
     if dy is not None:
-        dy = _float_array("dy", dy, dtype)
+        dy = _float_array("dy", dy, dtype, works_in="the forward (result)")
         _check_shape("dy", dy, result.y.shape, "(the shape of result.y)")
         if mode == "many_to_one":
-            dy = np.ascontiguousarray(dy)
+            dy = _dense(dy)
         else:
             dy, s = _inner_contiguous(dy)
             dy_st, dy_sb = (s[1], s[0]) if batch_first else (s[0], s[1])
@@ -349,15 +380,17 @@ def lstm_cell(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None, *, allow_tf32=False, st
         return _cuda_dispatch.lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh, allow_tf32=allow_tf32,
                                         stream=stream)
     _no_stream_on_host(stream)
-    x = _float_array("x", x)
+    arrs = _same_dtype(x=x, h=h, c=c, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh)
+    x = _float_array("x", arrs["x"])
     dtype = x.dtype
-    w_ih, w_hh, b_ih, b_hh, H, I = _weights(w_ih, w_hh, b_ih, b_hh, dtype)
+    w_ih, w_hh, b_ih, b_hh, H, I = _weights(arrs["w_ih"], arrs["w_hh"], arrs["b_ih"], arrs["b_hh"], dtype)
+    h, c = arrs["h"], arrs["c"]
     if x.ndim != 2 or x.shape[1] != I:
         raise ValueError(f"x must have shape (B, I) with I = {I} (from w_ih), got {x.shape}")
     B = x.shape[0]
     if B < 1:
         raise ValueError(f"x must have at least one batch row, got shape {x.shape}")
-    x = np.ascontiguousarray(x)
+    x = _dense(x)
     h = _contiguous("h", h, dtype, (B, H), "(B, H)")
     c = _contiguous("c", c, dtype, (B, H), "(B, H)")
     h_new, c_new = _alloc((B, H), dtype), _alloc((B, H), dtype)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _core
-from .api import _alloc, _check_lengths, _float_array, _int_arg
+from .api import _alloc, _check_lengths, _dense, _float_array, _inner_contiguous, _int_arg
 
 __all__ = ["LSTM", "LSTMStackResult", "stack_reserve_nbytes"]
 
@@ -181,6 +181,9 @@ class LSTM:
                               params.get("weight_hr" + s)))
         return cells
 
+    def _array(self, name, a):
+        return _float_array(name, a, self.dtype, works_in=f"the layer (dtype={self.dtype})")
+
     # ---------------------------------------------------------- forward
     def forward(self, x, hx=None, *, lengths=None, training=False, rng=None):
         """x (T, B, I) (or (B, T, I) with batch_first); hx = (h0, c0) with
@@ -190,7 +193,7 @@ class LSTM:
         ``training=True`` applies dropout between layers (masks drawn from
         ``rng`` or the layer's own generator) and keeps what
         :meth:`backward` needs. Returns an :class:`LSTMStackResult`."""
-        x = _float_array("x", x, self.dtype)
+        x = self._array("x", x)
         if x.ndim != 3:
             raise ValueError(f"x must have shape ({'B, T' if self.batch_first else 'T, B'}, I), got {x.shape}")
         xt = x.swapaxes(0, 1) if self.batch_first else x
@@ -199,16 +202,14 @@ class LSTM:
             raise ValueError(f"x must have input size {self.input_size} in its last axis, got {I}")
         if T < 1 or B < 1:
             raise ValueError(f"x must have at least one step and one sequence, got shape {x.shape}")
-        if xt.strides[-1] != xt.itemsize or any(s % xt.itemsize for s in xt.strides):
-            xt = np.ascontiguousarray(xt)
+        xt, _ = _inner_contiguous(xt)
         L, D, H = self.num_layers, self.num_directions, self.hidden_size
         hout = self.proj_size or H
         h0 = c0 = None
         if hx is not None:
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
                 raise TypeError("hx must be a tuple (h0, c0) or None")
-            h0 = np.ascontiguousarray(_float_array("h0", hx[0], self.dtype))
-            c0 = np.ascontiguousarray(_float_array("c0", hx[1], self.dtype))
+            h0, c0 = _dense(self._array("h0", hx[0])), _dense(self._array("c0", hx[1]))
             if h0.shape != (L * D, B, hout):
                 raise ValueError(f"h0 must have shape (num_layers*num_directions, B, Hout) = "
                                  f"{(L * D, B, hout)}, got {h0.shape}")
@@ -224,7 +225,7 @@ class LSTM:
             mask = (draw / keep if keep > 0 else np.zeros(draw.shape)).astype(self.dtype)
         # The core reads C-order arrays; users may also set params by hand.
         params = {k: (np.array(v, dtype=self.dtype, order="C") if training else
-                      np.ascontiguousarray(v, dtype=self.dtype)) for k, v in self.params.items()}
+                      _dense(np.asarray(v, dtype=self.dtype))) for k, v in self.params.items()}
         cells = self._cells(params)
 
         y = _alloc((B, T, D * hout) if self.batch_first else (T, B, D * hout), self.dtype)
@@ -264,7 +265,7 @@ class LSTM:
         def grad_in(name, a, shape):
             if a is None:
                 return None
-            arr = np.ascontiguousarray(_float_array(name, a, self.dtype))
+            arr = _dense(self._array(name, a))
             if arr.shape != shape:
                 raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
             return arr

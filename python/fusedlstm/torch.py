@@ -8,8 +8,13 @@ contract as ``torch.nn.LSTM`` / ``torch.nn.LSTMCell`` (tensors or
 ``PackedSequence``, unbatched input, ``hx``). Autograd goes through two
 custom operators registered with ``torch.library`` (``fusedlstm::stack_forward``
 and ``fusedlstm::stack_backward``), so ``torch.compile(fullgraph=True)``
-traces the module without graph breaks. The saved activations travel as a
-``reserve`` uint8 tensor from torch's allocator (like cuDNN's reserve space).
+traces the module without graph breaks; torch.export and torch.jit.trace
+work too, torch.jit.script is refused with a clear error. Every operator has
+a vmap rule (torch.func.vmap, gradcheck's batched gradients). The saved
+activations travel as a ``reserve`` uint8 tensor from torch's allocator (like
+cuDNN's reserve space). Parameters, states and inputs in any layout are read
+correctly (made dense where the core needs it, copying only then). Errors
+for bad arguments are of the types nn.LSTM / nn.LSTMCell raise.
 
 CPU tensors of float32 and float64 run natively; under ``torch.autocast``
 (or with bfloat16/float16 tensors) inputs, weights and outputs keep the low
@@ -21,6 +26,7 @@ not supported by this build's torch front end yet (a clear error says so).
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import warnings
 from typing import List, Optional, Tuple
@@ -35,7 +41,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from . import _core
-from .layers import stack_reserve_nbytes
+from .layers import stack_reserve_nbytes, weight_shapes
 
 __all__ = ["LSTM", "LSTMCell"]
 
@@ -71,19 +77,30 @@ def _per_cell(weights, num_layers, bidirectional, has_bias, proj_size):
     return cells
 
 
-def _as_numpy(t: Optional[Tensor], dtype):
-    """A numpy view of t in the compute dtype (a copy when it must convert)."""
+def _core_array(t: Optional[Tensor], dtype, *, rows=False):
+    """t as the numpy array the core reads (None stays None): detached, in
+    `dtype`, and C-contiguous, the layout the C API reads weights, biases,
+    states, masks, lengths and the reserve in. With rows=True only the last
+    axis must be contiguous: x, y, dy and dx pass the strides of their other
+    axes (zero strides included). Copies only when it must. Every tensor that
+    reaches the core goes through here: a parameter with the right values but
+    other strides (w.t().contiguous().t(), a strided bias) would otherwise be
+    read as if it were dense."""
     if t is None:
         return None
     t = t.detach()
     if t.dtype != dtype:
         t = t.to(dtype)
+    if rows:
+        if t.dim() and t.shape[-1] > 1 and t.stride(-1) != 1:
+            t = t.contiguous()
+    elif not t.is_contiguous():
+        t = t.contiguous()
     return t.numpy()
 
 
-def _numpy_args(work, *tensors):
-    """Contiguous numpy views (copies where they must convert) in the compute dtype; None stays None."""
-    return [None if t is None else _as_numpy(t.contiguous(), work) for t in tensors]
+def _core_arrays(dtype, *tensors):
+    return [_core_array(t, dtype) for t in tensors]
 
 
 def _stack_core_args(x, weights, h0, c0, lengths, dropout_mask, num_layers, bidirectional, proj_size,
@@ -94,11 +111,48 @@ def _stack_core_args(x, weights, h0, c0, lengths, dropout_mask, num_layers, bidi
     xt = _time_major(x, batch_first)
     H = weights[1].shape[0] // 4
     D = 2 if bidirectional else 1
-    cells = [tuple(_as_numpy(w, work) for w in c)
+    cells = [tuple(_core_arrays(work, *c))
              for c in _per_cell(weights, num_layers, bidirectional, has_bias, proj_size)]
-    h0n, c0n, maskn = _numpy_args(work, h0, c0, dropout_mask)
-    lens = None if lengths is None else lengths.to(torch.int64).contiguous().numpy()
-    return work, xt, H, D, [_as_numpy(xt, work), cells, h0n, c0n, lens, maskn, num_layers, D, proj_size, H]
+    h0n, c0n, maskn = _core_arrays(work, h0, c0, dropout_mask)
+    lens = _core_array(lengths, torch.int64)
+    return work, xt, H, D, [_core_array(xt, work, rows=True), cells, h0n, c0n, lens, maskn, num_layers, D,
+                            proj_size, H]
+
+
+# Bad forward input raises what nn.LSTM / nn.LSTMCell raise (RuntimeError for
+# sizes, ValueError or RuntimeError for dtypes, ...) so that code written
+# against them keeps catching it; each error is also the ValueError / TypeError
+# the rest of fusedlstm raises for bad input.
+class _ShapeError(RuntimeError, ValueError):
+    """A size that does not fit (nn.LSTM: RuntimeError)."""
+
+
+class _StateTypeError(RuntimeError, TypeError):
+    """hx that is not two tensors (nn.LSTM: RuntimeError, nn.LSTMCell: TypeError or RuntimeError)."""
+
+
+class _DtypeError(RuntimeError, ValueError, TypeError):
+    """Tensors whose dtype is not the parameters' (nn.LSTM: ValueError for the
+    input, RuntimeError for hx, packed input and nn.LSTMCell)."""
+
+
+def _check_dtype(module, tensors):
+    """Every tensor of {name: tensor} has the parameters' dtype; the message
+    names both sides and how to convert either (nn.LSTM's wording)."""
+    want = next(module.parameters()).dtype
+    off = {name: t.dtype for name, t in tensors.items() if t.dtype != want}
+    if off:
+        got = ", ".join(str(dt) if name == "input" else f"{name} {dt}" for name, dt in off.items())
+        fix = ", ".join(f"{name}.to({want})" for name in off)
+        raise _DtypeError(f"RNN input dtype ({got}) does not match weight dtype ({want}). Convert input: "
+                          f"{fix}, or convert model: model.to({next(iter(off.values()))})")
+
+
+def _two_states(hx, op, names):
+    if not isinstance(hx, (tuple, list)) or len(hx) != 2 or not all(isinstance(t, Tensor) for t in hx):
+        raise _StateTypeError(f"{op} expects two hidden states: hx must be a tuple {names} of tensors, got "
+                              f"{type(hx).__name__}" + (f" of {len(hx)}" if isinstance(hx, (tuple, list)) else ""))
+    return hx
 
 
 def _check_device(x: Tensor):
@@ -123,10 +177,7 @@ class _torch_threads:
 def _time_major(a, batch_first):
     if a is None:
         return None
-    a = a.transpose(0, 1) if batch_first else a
-    if a.stride(-1) != 1:
-        a = a.contiguous()
-    return a
+    return a.transpose(0, 1) if batch_first else a
 
 
 # ----------------------------------------------------------------------------
@@ -172,39 +223,54 @@ def _(x, weights, h0, c0, lengths, dropout_mask, num_layers, bidirectional, proj
             x.new_empty((nbytes,), dtype=torch.uint8))
 
 
+def _unflatten(flat, shapes):
+    """The tensors of shapes, in order, as views of the 1-D flat."""
+    return [part.reshape(shape) for part, shape in zip(flat.split([math.prod(s) for s in shapes]), shapes)]
+
+
+def _weight_shapes(x, c0, num_layers, bidirectional, proj_size, has_bias):
+    """nn.LSTM's parameter shapes in its order, for x's input size and c0's hidden size."""
+    return list(weight_shapes(x.shape[-1], c0.shape[-1], num_layers, bidirectional, has_bias, proj_size).values())
+
+
+# The weights and their gradients cross stack_backward as one flat tensor
+# (nn.LSTM's parameters in order, each row-major): an operator without tensor
+# lists is one torch's own vmap can loop over, and gradcheck's batched-gradient
+# check and autograd.grad(is_grads_batched=True) run the backward under it.
 @torch.library.custom_op("fusedlstm::stack_backward", mutates_args=(), device_types="cpu")
-def _stack_backward(x: Tensor, weights: List[Tensor], h0: Tensor, c0: Tensor, lengths: Optional[Tensor],
+def _stack_backward(x: Tensor, flat_weights: Tensor, h0: Tensor, c0: Tensor, lengths: Optional[Tensor],
                     dropout_mask: Optional[Tensor], reserve: Tensor, dy: Optional[Tensor],
                     dh_n: Optional[Tensor], dc_n: Optional[Tensor], num_layers: int, bidirectional: bool,
-                    proj_size: int, has_bias: bool, batch_first: bool) -> List[Tensor]:
-    """[dx, dh0, dc0, *dweights] (dweights in the order of weights)."""
+                    proj_size: int, has_bias: bool, batch_first: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(dx, dh0, dc0, the weights' gradients flat like flat_weights)."""
+    shapes = _weight_shapes(x, c0, num_layers, bidirectional, proj_size, has_bias)
+    weights = _unflatten(flat_weights, shapes)
     work, xt, H, D, core_args = _stack_core_args(x, weights, h0, c0, lengths, dropout_mask, num_layers,
                                                  bidirectional, proj_size, has_bias, batch_first)
     dx = torch.empty(x.shape, dtype=work)
     dx_t = dx.transpose(0, 1) if batch_first else dx
     dh0 = torch.empty(h0.shape, dtype=work)
     dc0 = torch.empty(c0.shape, dtype=work)
-    dweights = [torch.empty(w.shape, dtype=work) for w in weights]
+    dflat = torch.empty(flat_weights.shape, dtype=work)
+    dweights = _unflatten(dflat, shapes)
     grad_cells = []
     for w_ih, w_hh, b_ih, b_hh, w_hr in _per_cell(dweights, num_layers, bidirectional, has_bias, proj_size):
         grad_cells.append((w_ih.numpy(), w_hh.numpy(), None if b_ih is None else b_ih.numpy(),
                            None if w_hr is None else w_hr.numpy()))
     dy_t = _time_major(dy, batch_first)
     with _torch_threads():
-        _core.stack_backward(*core_args, reserve.numpy(), _as_numpy(dy_t, work),
-                             *_numpy_args(work, dh_n, dc_n), dx_t.numpy(), dh0.numpy(), dc0.numpy(), grad_cells)
+        _core.stack_backward(*core_args, _core_array(reserve, torch.uint8), _core_array(dy_t, work, rows=True),
+                             *_core_arrays(work, dh_n, dc_n), dx_t.numpy(), dh0.numpy(), dc0.numpy(), grad_cells)
     if has_bias:  # b_ih and b_hh enter the gates alike: equal gradients
         for _, _, b_ih, b_hh, _ in _per_cell(dweights, num_layers, bidirectional, has_bias, proj_size):
             b_hh.copy_(b_ih)
-    out = [dx, dh0, dc0] + dweights
-    return [g.to(x.dtype) if g.dtype != x.dtype else g for g in out]
+    return tuple(g.to(x.dtype) if g.dtype != x.dtype else g for g in (dx, dh0, dc0, dflat))
 
 
 @_stack_backward.register_fake
-def _(x, weights, h0, c0, lengths, dropout_mask, reserve, dy, dh_n, dc_n, num_layers, bidirectional, proj_size,
-      has_bias, batch_first):
-    return [x.new_empty(x.shape), x.new_empty(h0.shape), x.new_empty(c0.shape)] + \
-           [x.new_empty(w.shape) for w in weights]
+def _(x, flat_weights, h0, c0, lengths, dropout_mask, reserve, dy, dh_n, dc_n, num_layers, bidirectional,
+      proj_size, has_bias, batch_first):
+    return x.new_empty(x.shape), x.new_empty(h0.shape), x.new_empty(c0.shape), x.new_empty(flat_weights.shape)
 
 
 @torch.library.custom_op("fusedlstm::cell_forward", mutates_args=(), device_types="cpu")
@@ -215,7 +281,7 @@ def _cell_forward(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, b
     work = _compute_dtype(x.dtype)
     h_new = torch.empty(h.shape, dtype=work)
     c_new = torch.empty(c.shape, dtype=work)
-    args = _numpy_args(work, x, h, c, w_ih, w_hh, b_ih, b_hh)
+    args = _core_arrays(work, x, h, c, w_ih, w_hh, b_ih, b_hh)
     with _torch_threads():
         _core.cell(*args, h_new.numpy(), c_new.numpy())
     if x.dtype != work:
@@ -244,7 +310,7 @@ def _cell_train_forward(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Ten
     h_new = torch.empty((B, H), dtype=work)
     c_new = torch.empty((B, H), dtype=work)
     acts = torch.empty((B, 4 * H), dtype=work)
-    args = _numpy_args(work, x, h, c, w_ih, w_hh, b_ih, b_hh)
+    args = _core_arrays(work, x, h, c, w_ih, w_hh, b_ih, b_hh)
     with _torch_threads():
         _core.cell(*args, h_new.numpy(), c_new.numpy(), acts.numpy())
     if x.dtype != work:
@@ -260,29 +326,26 @@ def _(x, h, c, w_ih, w_hh, b_ih, b_hh):
 
 @torch.library.custom_op("fusedlstm::cell_backward", mutates_args=(), device_types="cpu")
 def _cell_backward(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, acts: Tensor, c_new: Tensor,
-                   dh_new: Optional[Tensor], dc_new: Optional[Tensor], has_bias: bool) -> List[Tensor]:
-    """[dx, dh, dc, dw_ih, dw_hh] (+ [db] with has_bias)."""
+                   dh_new: Optional[Tensor], dc_new: Optional[Tensor], has_bias: bool
+                   ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(dx, dh, dc, dw_ih, dw_hh, db); db is empty without has_bias (a fixed
+    tuple of tensors, which torch's own vmap can loop over)."""
     work = _compute_dtype(x.dtype)
     B, I = x.shape
     H = h.shape[1]
     out = [torch.empty((B, I), dtype=work), torch.empty((B, H), dtype=work), torch.empty((B, H), dtype=work),
            torch.empty(w_ih.shape, dtype=work), torch.empty(w_hh.shape, dtype=work)]
-    db = torch.empty((4 * H,), dtype=work) if has_bias else None
-    args = _numpy_args(work, x, h, c, w_ih, w_hh, acts, c_new, dh_new, dc_new)
+    db = torch.empty((4 * H if has_bias else 0,), dtype=work)
+    args = _core_arrays(work, x, h, c, w_ih, w_hh, acts, c_new, dh_new, dc_new)
     with _torch_threads():
-        _core.cell_backward(*args, *(t.numpy() for t in out), None if db is None else db.numpy())
-    if db is not None:
-        out.append(db)
-    return [g.to(x.dtype) if g.dtype != x.dtype else g for g in out]
+        _core.cell_backward(*args, *(t.numpy() for t in out), db.numpy() if has_bias else None)
+    return tuple(g.to(x.dtype) if g.dtype != x.dtype else g for g in out + [db])
 
 
 @_cell_backward.register_fake
 def _(x, h, c, w_ih, w_hh, acts, c_new, dh_new, dc_new, has_bias):
-    out = [x.new_empty(x.shape), h.new_empty(h.shape), c.new_empty(c.shape), w_ih.new_empty(w_ih.shape),
-           w_hh.new_empty(w_hh.shape)]
-    if has_bias:
-        out.append(w_ih.new_empty((w_ih.shape[0],)))
-    return out
+    return (x.new_empty(x.shape), h.new_empty(h.shape), c.new_empty(c.shape), w_ih.new_empty(w_ih.shape),
+            w_hh.new_empty(w_hh.shape), w_ih.new_empty((w_ih.shape[0] if has_bias else 0,)))
 
 
 def _cell_setup_context(ctx, inputs, output):
@@ -322,10 +385,11 @@ def _backward(ctx, dy, dh_n, dc_n, _dreserve):
         raise RuntimeError("fusedlstm::stack_forward ran without keeping its activations "
                            "(need_reserve=False), so it cannot be differentiated")
     x, h0, c0, reserve, *weights = ctx.saved_tensors
-    grads = _stack_backward(x, weights, h0, c0, ctx.lengths, ctx.dropout_mask, reserve, dy, dh_n, dc_n,
-                            *ctx.config)
-    dx, dh0, dc0, dweights = grads[0], grads[1], grads[2], grads[3:]
-    return dx, list(dweights), dh0, dc0, None, None, None, None, None, None, None, None
+    flat = torch.cat([w.reshape(-1) for w in weights])
+    dx, dh0, dc0, dflat = _stack_backward(x, flat, h0, c0, ctx.lengths, ctx.dropout_mask, reserve, dy, dh_n,
+                                          dc_n, *ctx.config)
+    dweights = _unflatten(dflat, [w.shape for w in weights])
+    return dx, dweights, dh0, dc0, None, None, None, None, None, None, None, None
 
 
 _stack_forward.register_autograd(_backward, setup_context=_setup_context)
@@ -344,12 +408,42 @@ _stack_backward.register_autograd(_no_double_backward, setup_context=_setup_noth
 _cell_backward.register_autograd(_no_double_backward, setup_context=_setup_nothing)
 
 
+# torch.func.vmap, over the modules or over autograd.grad (torch.func.grad /
+# vjp / jacrev do not support custom operators with register_autograd at all):
+# the core has no batch dimension of its own, so each operator runs once per
+# entry of the vmapped dimension and the results are stacked.
+def _vmap_entry(arg, dim, i):
+    if dim is None:
+        return arg
+    if isinstance(dim, (list, tuple)):  # a List[Tensor] argument: one dim per tensor
+        return [_vmap_entry(a, d, i) for a, d in zip(arg, dim)]
+    return arg.select(dim, i)
+
+
+def _vmap_by_loop(op):
+    def rule(info, in_dims, *args):
+        runs = [op(*(_vmap_entry(a, d, i) for a, d in zip(args, in_dims))) for i in range(info.batch_size)]
+        out = [torch.stack(parts) for parts in zip(*runs)]
+        if isinstance(runs[0], tuple):
+            return tuple(out), (0,) * len(out)
+        return out, [0] * len(out)
+
+    op.register_vmap(rule)
+
+
+for _op in (_stack_forward, _stack_backward, _cell_forward, _cell_train_forward, _cell_backward):
+    _vmap_by_loop(_op)
+
+
 # ----------------------------------------------------------------------------
 # Modules
 
 def _needs_grad(*tensors):
-    """Whether autograd will differentiate this call (so the forward must keep its activations)."""
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    """Whether autograd may differentiate this call (so the forward must keep
+    its activations). Always under torch.jit.trace: the trace records the
+    answer as a constant, and must work for training (its own check reruns it
+    under no_grad)."""
+    return torch.jit.is_tracing() or torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def _autocast_dtype(device_type):
@@ -358,7 +452,19 @@ def _autocast_dtype(device_type):
     return None
 
 
-class LSTM(nn.Module):
+class _NotScriptable:
+    """torch.jit.script calls __prepare_scriptable__ on every module it is
+    given, submodules included: refuse there, with what works instead."""
+
+    def __prepare_scriptable__(self):
+        raise RuntimeError(
+            f"torch.jit.script cannot compile fusedlstm.torch.{type(self).__name__}: its forward runs fusedlstm's "
+            "kernels through Python custom operators, which TorchScript cannot compile. Use "
+            "torch.compile(model) or torch.export.export(model, args), which work with it (so does "
+            "torch.jit.trace(model, example_inputs), but TorchScript is deprecated)")
+
+
+class LSTM(_NotScriptable, nn.Module):
     """``torch.nn.LSTM`` on fusedlstm's fused kernels: same arguments,
     parameters, ``state_dict`` and ``forward(input, hx=None)`` contract."""
 
@@ -368,27 +474,33 @@ class LSTM(nn.Module):
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
                  bidirectional=False, proj_size=0, device=None, dtype=None):
         super().__init__()
-        for name, v in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers),
-                        ("proj_size", proj_size)):
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise TypeError(f"{name} should be of type int, got: {type(v).__name__}")
-        if hidden_size <= 0:
-            raise ValueError("hidden_size must be greater than zero")
-        if num_layers <= 0:
-            raise ValueError("num_layers must be greater than zero")
-        if input_size <= 0:
-            raise ValueError("input_size must be greater than zero")
-        if proj_size < 0:
-            raise ValueError("proj_size should be a positive integer or zero to disable projections")
-        if proj_size >= hidden_size:
-            raise ValueError("proj_size has to be smaller than hidden_size")
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1:
+        # nn.RNNBase's checks, in its order, with its exception types and
+        # messages (code written against nn.LSTM catches these); num_layers and
+        # proj_size, which nn.LSTM lets fail later with a TypeError, get one here.
+        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Number) or not 0 <= dropout <= 1:
             raise ValueError("dropout should be a number in range [0, 1] representing the probability of an "
                              "element being zeroed")
+        for name, v in (("num_layers", num_layers), ("proj_size", proj_size)):
+            if isinstance(v, bool) and name == "proj_size" or not isinstance(v, int):
+                raise TypeError(f"{name} should be of type int, got: {type(v).__name__}")
         if dropout > 0 and num_layers == 1:
             warnings.warn("dropout option adds dropout after all but last recurrent layer, so non-zero dropout "
                           f"expects num_layers greater than 1, but got dropout={dropout} and num_layers=1",
                           UserWarning, stacklevel=2)
+        for name, v in (("bias", bias), ("batch_first", batch_first)):
+            if not isinstance(v, bool):
+                raise TypeError(f"{name} should be of type bool, got: {type(v).__name__}")
+        for name, v in (("input_size", input_size), ("hidden_size", hidden_size)):
+            if not isinstance(v, int):
+                raise TypeError(f"{name} should be of type int, got: {type(v).__name__}")
+            if v <= 0:
+                raise ValueError(f"{name} must be greater than zero")
+        if num_layers <= 0:
+            raise ValueError("num_layers must be greater than zero")
+        if proj_size < 0:
+            raise ValueError("proj_size should be a positive integer or zero to disable projections")
+        if proj_size >= hidden_size:
+            raise ValueError("proj_size has to be smaller than hidden_size")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bool(bias), bool(batch_first), float(dropout)
         self.bidirectional, self.proj_size = bool(bidirectional), proj_size
@@ -455,9 +567,11 @@ class LSTM(nn.Module):
             if not batched:
                 x = x.unsqueeze(0 if self.batch_first else 1)
         _check_device(x)
+        if _autocast_dtype(x.device.type) is None:
+            _check_dtype(self, {"input": x})
         if x.shape[-1] != self.input_size:
-            raise ValueError(f"input.size(-1) must be equal to input_size. Expected {self.input_size}, "
-                             f"got {x.shape[-1]}")
+            raise _ShapeError(f"input.size(-1) must be equal to input_size. Expected {self.input_size}, "
+                              f"got {x.shape[-1]}")
         B = x.shape[0] if self.batch_first else x.shape[1]
         T = x.shape[1] if self.batch_first else x.shape[0]
         D = 2 if self.bidirectional else 1
@@ -468,18 +582,17 @@ class LSTM(nn.Module):
             h0 = torch.zeros(h_shape, dtype=x.dtype, device=x.device)
             c0 = torch.zeros(c_shape, dtype=x.dtype, device=x.device)
         else:
-            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise TypeError("hx must be a tuple (h_0, c_0) of tensors")
-            h0, c0 = hx
+            h0, c0 = _two_states(hx, "lstm", "(h_0, c_0)")
+            dims = 3 if batched else 2
+            if h0.dim() != dims or c0.dim() != dims:
+                raise _ShapeError(f"For {'batched 3' if batched else 'unbatched 2'}-D input, hx and cx should "
+                                  f"also be {dims}-D but got ({h0.dim()}-D, {c0.dim()}-D) tensors")
             if not batched:
-                if h0.dim() != 2 or c0.dim() != 2:
-                    raise ValueError(f"For unbatched 2-D input, hx and cx should also be 2-D but got "
-                                     f"({h0.dim()}-D, {c0.dim()}-D) tensors")
                 h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
             if tuple(h0.shape) != h_shape:
-                raise ValueError(f"hx: Expected hidden[0] size {h_shape}, got {tuple(h0.shape)}")
+                raise _ShapeError(f"Expected hidden[0] size {h_shape}, got {list(h0.shape)}")
             if tuple(c0.shape) != c_shape:
-                raise ValueError(f"hx: Expected hidden[1] size {c_shape}, got {tuple(c0.shape)}")
+                raise _ShapeError(f"Expected hidden[1] size {c_shape}, got {list(c0.shape)}")
 
         weights = self._flat_weights
         cast = _autocast_dtype(x.device.type)
@@ -487,11 +600,7 @@ class LSTM(nn.Module):
             x, h0, c0 = x.to(cast), h0.to(cast), c0.to(cast)
             weights = [w.to(cast) for w in weights]
         else:
-            dtype = weights[0].dtype
-            if x.dtype != dtype:
-                raise TypeError(f"input must have the dtype of the parameters, {dtype}, got {x.dtype}")
-            if h0.dtype != dtype or c0.dtype != dtype:
-                raise TypeError(f"hx must have the dtype of the parameters, {dtype}, got {h0.dtype}/{c0.dtype}")
+            _check_dtype(self, {"h_0": h0, "c_0": c0})
 
         if B == 0:  # nothing to run; nn.LSTM returns empty outputs (zero gradients)
             connect = sum(w.sum() for w in weights) * 0 + x.sum() * 0 + h0.sum() * 0 + c0.sum() * 0
@@ -533,17 +642,19 @@ def _repack(y, batch_sizes, sorted_indices, unsorted_indices, batch_first):
     return PackedSequence(data, batch_sizes, sorted_indices, unsorted_indices)
 
 
-class LSTMCell(nn.Module):
+class LSTMCell(_NotScriptable, nn.Module):
     """``torch.nn.LSTMCell`` on fusedlstm's kernels (one step of the fused
     sequence path): same arguments, parameters and ``forward(input, hx=None)``."""
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None):
         super().__init__()
+        # nn.LSTMCell checks nothing here (sizes of 0 make an empty cell, a
+        # negative one is a RuntimeError from torch.empty); the core needs sizes >= 1.
         for name, v in (("input_size", input_size), ("hidden_size", hidden_size)):
-            if isinstance(v, bool) or not isinstance(v, int):
+            if not isinstance(v, int):
                 raise TypeError(f"{name} should be of type int, got: {type(v).__name__}")
             if v <= 0:
-                raise ValueError(f"{name} must be greater than zero")
+                raise _ShapeError(f"{name} must be greater than zero")
         self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bool(bias)
         factory = {"device": device, "dtype": dtype}
         self.weight_ih = nn.Parameter(torch.empty((4 * hidden_size, input_size), **factory))
@@ -569,9 +680,17 @@ class LSTMCell(nn.Module):
             raise TypeError(f"input must be a Tensor, got {type(input).__name__}")
         if input.dim() not in (1, 2):
             raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if hx is not None:
+            hx = _two_states(hx, "lstm_cell", "(h_0, c_0)")
+            for idx, value in enumerate(hx):
+                if value.dim() not in (1, 2):
+                    raise ValueError(f"LSTMCell: Expected hx[{idx}] to be 1D or 2D, got {value.dim()}D instead")
         _check_device(input)
+        # Unlike nn.LSTM, nn.LSTMCell is not on CPU autocast's lower-precision
+        # list: it runs in the parameters' dtype there, and so does this cell.
+        _check_dtype(self, {"input": input} if hx is None else {"input": input, "hx[0]": hx[0], "hx[1]": hx[1]})
         if input.shape[-1] != self.input_size:
-            raise ValueError(f"input has inconsistent input_size: got {input.shape[-1]} expected {self.input_size}")
+            raise _ShapeError(f"input has inconsistent input_size: got {input.shape[-1]} expected {self.input_size}")
         batched = input.dim() == 2
         x = input if batched else input.unsqueeze(0)
         B, H = x.shape[0], self.hidden_size
@@ -579,19 +698,16 @@ class LSTMCell(nn.Module):
             h = torch.zeros((B, H), dtype=x.dtype, device=x.device)
             c = torch.zeros((B, H), dtype=x.dtype, device=x.device)
         else:
-            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise TypeError("hx must be a tuple (h, c) of tensors")
-            h, c = hx
-            if not batched:
-                h, c = h.unsqueeze(0), c.unsqueeze(0)
-            if tuple(h.shape) != (B, H) or tuple(c.shape) != (B, H):
-                raise ValueError(f"hx: expected h and c of shape {(B, H)}, got {tuple(h.shape)} and {tuple(c.shape)}")
+            h, c = hx if batched else (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
+            for k, state in enumerate((h, c)):
+                if state.dim() != 2:
+                    raise _ShapeError(f"For {'batched 2' if batched else 'unbatched 1'}-D input, hx[{k}] should "
+                                      f"also be {2 if batched else 1}-D but got {hx[k].dim()}-D")
+                if state.shape[0] != B:
+                    raise _ShapeError(f"Input batch size {B} doesn't match hidden{k} batch size {state.shape[0]}")
+                if state.shape[1] != H:
+                    raise _ShapeError(f"hidden{k} has inconsistent hidden_size: got {state.shape[1]}, expected {H}")
         weights = [self.weight_ih, self.weight_hh] + ([self.bias_ih, self.bias_hh] if self.bias else [])
-        # Unlike nn.LSTM, nn.LSTMCell is not on CPU autocast's lower-precision
-        # list: it runs in the parameters' dtype there, and so does this cell.
-        if x.dtype != weights[0].dtype or h.dtype != weights[0].dtype or c.dtype != weights[0].dtype:
-            raise TypeError(f"input and hx must have the dtype of the parameters, {weights[0].dtype}, "
-                            f"got {x.dtype}, {h.dtype}, {c.dtype}")
         if B == 0:
             connect = sum(w.sum() for w in weights) * 0 + x.sum() * 0
             return h + connect, c + connect

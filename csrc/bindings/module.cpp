@@ -254,6 +254,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("stack_backward", &stack_backward);
   m.def("set_num_threads", &fl_set_num_threads);
   m.def("get_num_threads", &fl_get_num_threads);
+  m.attr("MAX_THREADS") = FL_MAX_THREADS;
   m.def("use_openmp", [](bool on) { return fl_use_openmp(on) != 0; });
   m.def("using_openmp", [] { return fl_using_openmp() != 0; });
   m.def("limit_threads_on_this_thread", &fl_limit_threads_on_this_thread);

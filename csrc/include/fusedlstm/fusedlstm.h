@@ -237,7 +237,16 @@ fl_status fl_lstm_stack_backward(const fl_stack_params* params, const void* rese
 const char* fl_last_error(void);
 
 // Threads: default from the environment variable FUSEDLSTM_NUM_THREADS, else
-// the number of CPUs this process may run on.
+// the number of CPUs this process may run on. n is clamped to
+// [1, FL_MAX_THREADS] (so is the default): more threads than any CPU we
+// target has hardware threads only slow a call down, and each one is a
+// thread of the process. The Python package raises ValueError instead.
+// Worker threads are started when a call first needs them; a thread that
+// cannot be started (a pids or memory limit) fails that call with
+// FL_INTERNAL_ERROR and a message naming the thread and the system's reason,
+// and leaves the pool as it was: later calls work, with as many threads as
+// the process can start.
+#define FL_MAX_THREADS 1024
 void fl_set_num_threads(int n);
 int fl_get_num_threads(void);
 // Nonzero: run parallel regions on the process's GNU OpenMP team (libgomp

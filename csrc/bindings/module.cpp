@@ -35,6 +35,53 @@ void check(fl_status status) {
   throw std::runtime_error("fusedlstm internal error: " + msg);
 }
 
+// Runs a kernel call without the GIL, interruptible by Ctrl-C: on the main
+// thread (the only one where Python runs signal handlers) the core polls
+// run_signal_handlers about every 50 ms of a long call, which takes the GIL
+// back for a moment. The exception a handler raises (KeyboardInterrupt)
+// stops the call and is raised here; calls from other threads never take
+// the GIL. The check and the core only run on this thread, so no pool
+// thread ever waits for the GIL.
+class InterruptibleCall {
+ public:
+  InterruptibleCall() : installed_(PyThread_get_thread_ident() == main_thread_id()) {
+    if (installed_) fl_set_interrupt_check(&run_signal_handlers, nullptr);
+  }
+  ~InterruptibleCall() {
+    if (installed_) fl_set_interrupt_check(nullptr, nullptr);
+  }
+  InterruptibleCall(const InterruptibleCall&) = delete;
+  InterruptibleCall& operator=(const InterruptibleCall&) = delete;
+
+  static unsigned long& main_thread_id() {
+    static unsigned long id = 0;  // set at import
+    return id;
+  }
+
+ private:
+  static int run_signal_handlers(void*) {
+    py::gil_scoped_acquire gil;
+    return PyErr_Occurred() || PyErr_CheckSignals() != 0;  // the error stays set for without_gil
+  }
+  bool installed_;
+};
+
+template <class Call>
+fl_status without_gil(Call&& call) {
+  fl_status status;
+  {
+    const InterruptibleCall interruptible;
+    py::gil_scoped_release release;
+    status = call();
+  }
+  if (PyErr_Occurred()) throw py::error_already_set();  // raised by a signal handler during the call
+  if (status == FL_INTERRUPTED) {  // stopped by a check without a Python error: say so all the same
+    PyErr_SetString(PyExc_KeyboardInterrupt, fl_last_error());
+    throw py::error_already_set();
+  }
+  return status;
+}
+
 fl_dtype dtype_of(const py::array& a) {
   // equal(), not is(): an unpickled array carries its own dtype instance.
   if (a.dtype().equal(py::dtype::of<float>())) return FL_FLOAT32;
@@ -64,12 +111,7 @@ std::shared_ptr<TrainingState> forward(const py::array& x, const py::array& w_ih
   p.h_n = mut_ptr(h_n), p.c_n = mut_ptr(c_n);
   auto state = training ? std::make_shared<TrainingState>() : nullptr;
   p.state_out = training ? &state->state : nullptr;
-  fl_status status;
-  {
-    py::gil_scoped_release release;
-    status = fl_lstm_forward(&p);
-  }
-  check(status);
+  check(without_gil([&] { return fl_lstm_forward(&p); }));
   return state;
 }
 
@@ -87,12 +129,7 @@ void backward(const TrainingState& state, const py::object& dy, int64_t dy_strid
   p.dh0 = mut_ptr(dh0), p.dc0 = mut_ptr(dc0);
   p.dw_ih = mut_ptr(dw_ih), p.dw_hh = mut_ptr(dw_hh);
   p.db = mut_ptr(db);
-  fl_status status;
-  {
-    py::gil_scoped_release release;
-    status = fl_lstm_backward(&p);
-  }
-  check(status);
+  check(without_gil([&] { return fl_lstm_backward(&p); }));
 }
 
 void cell(const py::array& x, const py::array& h, const py::array& c, const py::array& w_ih,
@@ -106,12 +143,7 @@ void cell(const py::array& x, const py::array& h, const py::array& c, const py::
   p.b_ih = ptr(b_ih), p.b_hh = ptr(b_hh);
   p.h_new = mut_ptr(h_new), p.c_new = mut_ptr(c_new);
   p.acts = mut_ptr(acts);
-  fl_status status;
-  {
-    py::gil_scoped_release release;
-    status = fl_lstm_cell(&p);
-  }
-  check(status);
+  check(without_gil([&] { return fl_lstm_cell(&p); }));
 }
 
 void cell_backward(const py::array& x, const py::array& h, const py::array& c, const py::array& w_ih,
@@ -126,12 +158,7 @@ void cell_backward(const py::array& x, const py::array& h, const py::array& c, c
   p.dh_new = ptr(dh_new), p.dc_new = ptr(dc_new);
   p.dx = mut_ptr(dx), p.dh = mut_ptr(dh), p.dc = mut_ptr(dc);
   p.dw_ih = mut_ptr(dw_ih), p.dw_hh = mut_ptr(dw_hh), p.db = mut_ptr(db);
-  fl_status status;
-  {
-    py::gil_scoped_release release;
-    status = fl_lstm_cell_backward(&p);
-  }
-  check(status);
+  check(without_gil([&] { return fl_lstm_cell_backward(&p); }));
 }
 
 // ---- layer stacks. Arrays arrive in the layout fl_stack_params documents;
@@ -194,12 +221,7 @@ void stack_forward(const py::array& x, const py::list& cells, const py::object& 
   p.h_n = mut_ptr(h_n), p.c_n = mut_ptr(c_n);
   void* res = mut_ptr(reserve);
   const int64_t res_bytes = reserve.is_none() ? 0 : int64_t(py::cast<py::array>(reserve).nbytes());
-  fl_status status;
-  {
-    py::gil_scoped_release release;
-    status = fl_lstm_stack_forward(&p, res, res_bytes);
-  }
-  check(status);
+  check(without_gil([&] { return fl_lstm_stack_forward(&p, res, res_bytes); }));
 }
 
 void stack_backward(const py::array& x, const py::list& cells, const py::object& h0, const py::object& c0,
@@ -230,18 +252,14 @@ void stack_backward(const py::array& x, const py::list& cells, const py::object&
   g.dw_ih = dw_ih.data(), g.dw_hh = dw_hh.data(), g.db = db.data(), g.dw_hr = dw_hr.data();
   const void* res = reserve.data();
   const int64_t res_bytes = int64_t(reserve.nbytes());  // touches Python objects: before releasing the GIL
-  fl_status status;
-  {
-    py::gil_scoped_release release;
-    status = fl_lstm_stack_backward(&p, res, res_bytes, &g);
-  }
-  check(status);
+  check(without_gil([&] { return fl_lstm_stack_backward(&p, res, res_bytes, &g); }));
 }
 
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "fusedlstm compiled core (internal; use the fusedlstm package)";
+  InterruptibleCall::main_thread_id() = py::cast<unsigned long>(py::module_::import("threading").attr("main_thread")().attr("ident"));
   py::class_<TrainingState, std::shared_ptr<TrainingState>>(m, "TrainingState")
       .def_property_readonly("nbytes", [](const TrainingState& s) { return fl_training_state_bytes(s.state); });
   m.def("forward", &forward);

@@ -17,6 +17,8 @@
 #include "cpu/lstm_cpu.h"
 
 #include <algorithm>
+#include <atomic>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -27,6 +29,7 @@
 #include <vector>
 
 #include "core/gate_math.h"
+#include "core/interrupt.h"
 #include "core/status.h"
 #include "cpu/buffer.h"
 #include "cpu/dispatch.h"
@@ -105,7 +108,8 @@ inline void split_range(int64_t n, int tid, int nthreads, int64_t& begin, int64_
   end = n * (tid + 1) / nthreads;
 }
 
-// Runs fn(begin, end) over [0, n) on up to `threads` pool threads.
+// Runs fn(begin, end) over [0, n) on up to `threads` pool threads, then
+// lets an interrupt stop the call (see core/interrupt.h).
 template <class Fn>
 void parallel_for(int64_t n, int threads, Fn&& fn) {
   const int nth = int(std::max<int64_t>(1, std::min<int64_t>(threads, n)));
@@ -114,7 +118,25 @@ void parallel_for(int64_t n, int threads, Fn&& fn) {
     split_range(n, tid, nt, b, e);
     if (b < e) fn(b, e);
   });
+  throw_if_interrupted();
 }
+
+// Leaves a parallel step loop early, every thread at the same step, when
+// the call is interrupted: tid 0 (the calling thread) polls before a
+// barrier, every thread reads the decision after that barrier. The decision
+// carries its step, as a fast tid 0 may poll the next step before a slow
+// thread has read this one. After the region, throw_if_interrupted() on the
+// calling thread raises it.
+class TeamStop {
+ public:
+  void poll(int tid, int64_t step) {
+    if (tid == 0 && interrupt_requested()) at_.store(step, std::memory_order_relaxed);
+  }
+  bool now(int64_t step) const { return at_.load(std::memory_order_relaxed) <= step; }
+
+ private:
+  std::atomic<int64_t> at_{INT64_MAX};
+};
 
 // Forward panels of a gate matrix w [4H, K] (rows q*H + u): panel j holds the
 // four gates of hidden block j as a [K, P] slice; padded units are zero.
@@ -236,6 +258,7 @@ template <class T>
 void run_gemm(const TypedKernels<T>& kern, const GemmArgs<T>& args, int threads) {
   if (args.M <= 0 || args.N <= 0) return;
   ThreadPool::instance().run(threads, [&](int tid, int n) { kern.gemm(args, tid, n); });
+  throw_if_interrupted();
 }
 
 // Rows (steps x batch) of input term computed per chunk; FUSEDLSTM_PROJECTION_CHUNK_ROWS
@@ -509,6 +532,7 @@ void forward_typed(const fl_forward_params& p, void* reserve) {
 
   const int nth = recurrent_threads(B, g.G4, Ks, g.n_blocks);
   SpinBarrier barrier(nth);
+  TeamStop stop;
   for (int64_t t_begin = 0; t_begin < T_; t_begin += chunk_steps) {
     const int64_t t_end = std::min(T_, t_begin + chunk_steps);
     if (!one_to_many) project(ord.off[t_begin], ord.off[t_end] - ord.off[t_begin]);
@@ -559,7 +583,9 @@ void forward_typed(const fl_forward_params& p, void* reserve) {
         s.y = (y && !proj) ? y : nullptr;
         s.y_row_offset = y ? y_offset.data() + ord.off[t] : nullptr;
         if (j0 < j1) kern.fwd_step(s, j0, j1);
+        stop.poll(tid, t);
         barrier.wait(tid);
+        if (stop.now(t)) break;
         if (proj) {
           // h_t = m_t W_hr^T: every m_t column is needed, hence the barrier above.
           const int64_t m0 = training ? ord.off[t] : 0;
@@ -576,6 +602,7 @@ void forward_typed(const fl_forward_params& p, void* reserve) {
         }
       }
     });
+    throw_if_interrupted();
   }
 
   // Final states: each row's state after its last step.
@@ -664,6 +691,7 @@ void backward_typed(const fl_forward_params& fp, const void* reserve, const fl_b
 
   const int nth = recurrent_threads(B, G4, Ks, g.n_groups);
   SpinBarrier barrier(nth);
+  TeamStop stop;
   ThreadPool::instance().run(nth, [&](int tid, int n) {
     int64_t q0, q1;
     split_range(g.n_groups, tid, n, q0, q1);
@@ -723,9 +751,12 @@ void backward_typed(const fl_forward_params& fp, const void* reserve, const fl_b
         s.dy_row_offset = nullptr;
       }
       if (q0 < q1) kern.bwd_step(s, q0, q1);
+      stop.poll(tid, T_ - t);
       barrier.wait(tid);
+      if (stop.now(T_ - t)) break;
     }
   });
+  throw_if_interrupted();
 
   // dh0 = dG_0 W_hh (step 0 always sees W_hh); dc0 from the loop.
   {
@@ -960,11 +991,13 @@ void cell_backward(const fl_cell_backward_params& p) {
 }
 
 void forward(const fl_forward_params& p, void* reserve) {
+  const CallScope call;
   if (p.dtype == FL_FLOAT32) forward_typed<float>(p, reserve);
   else forward_typed<double>(p, reserve);
 }
 
 void backward(const fl_forward_params& fp, const void* reserve, const fl_backward_params& p) {
+  const CallScope call;
   if (fp.dtype == FL_FLOAT32) backward_typed<float>(fp, reserve, p);
   else backward_typed<double>(fp, reserve, p);
 }

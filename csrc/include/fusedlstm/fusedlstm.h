@@ -29,6 +29,7 @@ typedef enum fl_status {
   FL_INVALID_ARGUMENT = 1,  // message from fl_last_error()
   FL_OUT_OF_MEMORY = 2,
   FL_INTERNAL_ERROR = 3,
+  FL_INTERRUPTED = 4,  // stopped by the interrupt check (fl_set_interrupt_check)
 } fl_status;
 
 typedef enum fl_dtype { FL_FLOAT32 = 0, FL_FLOAT64 = 1 } fl_dtype;
@@ -266,6 +267,22 @@ int fl_limit_threads_on_this_thread(int n);
 const char* fl_get_isa(void);
 fl_status fl_set_isa(const char* name);
 const char* fl_available_isas(void);
+
+// Interrupting long calls (e.g. Ctrl-C). fn(ctx) is the interrupt check of
+// the calling host thread (thread-local; fn NULL removes it). While a call
+// made from that thread runs (fl_lstm_forward, fl_lstm_backward,
+// fl_lstm_stack_forward, fl_lstm_stack_backward), that thread calls fn about
+// every 50 ms of work, between time steps and between the phases of a call
+// (never from another thread, and never in a call that ends sooner); nonzero
+// stops the call at the next step: every thread of the pool leaves it
+// together, and the call returns FL_INTERRUPTED. Outputs, gradients and a
+// reserve are then partly written and must not be used; no training state
+// is returned (*state_out is NULL). fn must not call into fusedlstm. One
+// step is the granularity: a single step larger than 50 ms of work delays
+// the stop by that step. The Python package installs a check that runs
+// Python's signal handlers (so Ctrl-C raises KeyboardInterrupt) on the main
+// thread.
+void fl_set_interrupt_check(int (*fn)(void* ctx), void* ctx);
 
 #ifdef __cplusplus
 }

@@ -198,3 +198,52 @@ def test_sigint_stops_long_calls(backend, threads, seed, tmp_path):
     args = tuple(saved[f"arr_{i}"] for i in range(7))
     ref64, _ = reference_outputs(args, {}, {"dy": saved["arr_7"]}, dtype=np.float64)
     assert_policy_all({k: saved[k] for k in ref64}, ref64, dtype=np.float64, prefix="after the interrupts: ")
+
+
+# Long GEMMs (the input term of the forward, dx and the weight gradients of
+# the backward) run in pieces of about 2^30 flops, an interrupt poll after
+# each; pieces keep the kernels' blocking, so results equal one region's.
+_PIECES_CHILD = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import fusedlstm
+    fusedlstm.set_num_threads(int(sys.argv[1]))
+    data = dict(np.load(sys.argv[2]))
+    np.savez(sys.argv[3], *run(data))
+""")
+
+_PIECES_RUN = textwrap.dedent("""
+    def run(data):
+        args = [data[k] for k in ("x", "w_ih", "w_hh", "b_ih", "b_hh")]
+        res = fusedlstm.lstm_forward(*args, lengths=data["lengths"], training=True)
+        g = fusedlstm.lstm_backward(res, dy=data["dy"])
+        layer = fusedlstm.LSTM(args[0].shape[2], 20, num_layers=2, proj_size=9, dtype=args[0].dtype, seed=3)
+        lres = layer.forward(args[0], training=True)
+        lg = layer.backward(lres, dy=np.ones_like(lres.y))
+        return [res.y, res.h_n, res.c_n, g.dx, g.dh0, g.dc0, g.dw_ih, g.dw_hh, g.db_ih, lres.y] + \\
+               [lg[k] for k in sorted(lg)]
+""")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_gemm_pieces_give_identical_results(dtype, n_threads, rng, tmp_path, threads):
+    import fusedlstm
+    T, B, I, H = 200, 6, 24, 40  # T*B = 1200 rows: dx and the input term split by rows, dW by K
+    data = {"x": rng.standard_normal((T, B, I)), "w_ih": 0.3 * rng.standard_normal((4 * H, I)),
+            "w_hh": 0.3 * rng.standard_normal((4 * H, H)), "b_ih": rng.standard_normal(4 * H),
+            "b_hh": rng.standard_normal(4 * H), "dy": rng.standard_normal((T, B, H))}
+    data = {k: v.astype(dtype) for k, v in data.items()}
+    data["lengths"] = rng.integers(T - 40, T + 1, B)
+    np.savez(tmp_path / "in.npz", **data)
+    env = dict(os.environ, FUSEDLSTM_GEMM_PIECE_FLOPS="1")  # as many pieces as the bounds allow
+    proc = subprocess.run([sys.executable, "-c", _PIECES_RUN + _PIECES_CHILD, str(n_threads), str(tmp_path / "in.npz"),
+                           str(tmp_path / "out.npz")], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    namespace = {"fusedlstm": fusedlstm, "np": np}
+    exec(_PIECES_RUN, namespace)
+    with threads(n_threads):
+        expected = namespace["run"](data)  # one region per GEMM at these sizes
+    got = np.load(tmp_path / "out.npz")
+    for i, e in enumerate(expected):
+        assert np.array_equal(got[f"arr_{i}"], e), f"output {i} differs when GEMMs run in pieces"

@@ -254,11 +254,56 @@ void sum_rows(const T* src, int64_t n_rows, int64_t n_cols, int64_t col_align, T
   });
 }
 
+// A GEMM runs as regions of about gemm_piece_flops() each, with an
+// interrupt poll after each: its rows in pieces, or its K range. Piece
+// bounds keep the kernels' blocking (kernels_impl.h: K summed in blocks of
+// KC = 256 with C stored between blocks; row blocks of MC = 240, 120 or 160
+// rows), so the pieces give the same result as one region, bit for bit.
+constexpr int64_t kGemmKPiece = 256;    // a multiple of every table's KC
+constexpr int64_t kGemmRowPiece = 480;  // a multiple of every table's MC
+
+// About 10-50 ms of work; FUSEDLSTM_GEMM_PIECE_FLOPS overrides it (tests).
+double gemm_piece_flops() {
+  static const double flops = [] {
+    const char* env = std::getenv("FUSEDLSTM_GEMM_PIECE_FLOPS");
+    const double v = env ? std::atof(env) : 0.0;
+    return v >= 1 ? v : double(int64_t(1) << 30);
+  }();
+  return flops;
+}
+
 template <class T>
 void run_gemm(const TypedKernels<T>& kern, const GemmArgs<T>& args, int threads) {
   if (args.M <= 0 || args.N <= 0) return;
-  ThreadPool::instance().run(threads, [&](int tid, int n) { kern.gemm(args, tid, n); });
-  throw_if_interrupted();
+  auto region = [&](const GemmArgs<T>& a) {
+    ThreadPool::instance().run(threads, [&](int tid, int n) { kern.gemm(a, tid, n); });
+    throw_if_interrupted();
+  };
+  const double pieces = 2.0 * double(args.M) * double(args.N) * double(args.K) / gemm_piece_flops();
+  if (args.M >= args.K && args.M >= 2 * kGemmRowPiece && pieces >= 2) {
+    const int64_t step = std::max<int64_t>(kGemmRowPiece, int64_t(double(args.M) / pieces) / kGemmRowPiece * kGemmRowPiece);
+    for (int64_t m0 = 0; m0 < args.M; m0 += step) {
+      GemmArgs<T> a = args;
+      a.M = std::min(step, args.M - m0);
+      a.a_rows += m0;
+      a.c_rows += m0;
+      region(a);
+    }
+  } else if (args.K >= 2 * kGemmKPiece && pieces >= 2) {
+    const int64_t step = std::max<int64_t>(kGemmKPiece, int64_t(double(args.K) / pieces) / kGemmKPiece * kGemmKPiece);
+    std::vector<const T*> a_rows(args.M);
+    for (int64_t k0 = 0; k0 < args.K; k0 += step) {
+      for (int64_t m = 0; m < args.M; ++m) a_rows[m] = args.a_rows[m] + k0;
+      GemmArgs<T> a = args;
+      a.K = std::min(step, args.K - k0);
+      a.a_rows = a_rows.data();
+      a.b = args.b + k0 * args.ldb;
+      if (k0 > 0) a.c_init = nullptr, a.accumulate = true;  // C holds the sum of the pieces before
+      region(a);
+    }
+  } else {
+    region(args);
+  }
 }
 
 // Rows (steps x batch) of input term computed per chunk; FUSEDLSTM_PROJECTION_CHUNK_ROWS

@@ -271,17 +271,17 @@ const char* fl_available_isas(void);
 // Interrupting long calls (e.g. Ctrl-C). fn(ctx) is the interrupt check of
 // the calling host thread (thread-local; fn NULL removes it). While a call
 // made from that thread runs (fl_lstm_forward, fl_lstm_backward,
-// fl_lstm_stack_forward, fl_lstm_stack_backward), that thread calls fn about
-// every 50 ms of work, between time steps and between the phases of a call
-// (never from another thread, and never in a call that ends sooner); nonzero
-// stops the call at the next step: every thread of the pool leaves it
-// together, and the call returns FL_INTERRUPTED. Outputs, gradients and a
-// reserve are then partly written and must not be used; no training state
-// is returned (*state_out is NULL). fn must not call into fusedlstm. One
-// step is the granularity: a single step larger than 50 ms of work delays
-// the stop by that step. The Python package installs a check that runs
-// Python's signal handlers (so Ctrl-C raises KeyboardInterrupt) on the main
-// thread.
+// fl_lstm_stack_forward, fl_lstm_stack_backward), that thread, and only
+// that thread, calls fn about every 50 ms of work: between time steps and
+// between pieces of the whole-sequence GEMMs (a call shorter than 50 ms
+// never calls it). Nonzero stops the call: the pool's threads leave it
+// together at the next step, and the call returns FL_INTERRUPTED. Its
+// outputs, gradients and reserve are then partly written and must not be
+// used; no training state is returned (*state_out stays NULL). fn must not
+// call into fusedlstm. One time step is the finest grain: a step of more
+// than 50 ms of work delays the stop by that much. The Python package
+// installs, on the main thread, a check that runs Python's signal handlers,
+// so Ctrl-C raises KeyboardInterrupt.
 void fl_set_interrupt_check(int (*fn)(void* ctx), void* ctx);
 
 #ifdef __cplusplus

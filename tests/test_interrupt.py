@@ -24,7 +24,7 @@ from conftest import assert_policy_all, reference_outputs  # noqa: E402
 # KeyboardInterrupt must come at most this long after the signal: the poll
 # interval (50 ms) plus one step, with room for a busy shared machine.
 MAX_LATENCY_S = 0.5
-CALL_S = 2.0       # what an uninterrupted long call takes (sized in the child): > SIGNAL_AFTER_S + MAX_LATENCY_S
+CALL_S = 1.5       # what an uninterrupted long call takes (sized in the child): > SIGNAL_AFTER_S + MAX_LATENCY_S
 SIGNAL_AFTER_S = 0.3
 
 _CHILD = textwrap.dedent("""

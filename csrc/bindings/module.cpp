@@ -259,7 +259,8 @@ void stack_backward(const py::array& x, const py::list& cells, const py::object&
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "fusedlstm compiled core (internal; use the fusedlstm package)";
-  InterruptibleCall::main_thread_id() = py::cast<unsigned long>(py::module_::import("threading").attr("main_thread")().attr("ident"));
+  InterruptibleCall::main_thread_id() =
+      py::cast<unsigned long>(py::module_::import("threading").attr("main_thread")().attr("ident"));
   py::class_<TrainingState, std::shared_ptr<TrainingState>>(m, "TrainingState")
       .def_property_readonly("nbytes", [](const TrainingState& s) { return fl_training_state_bytes(s.state); });
   m.def("forward", &forward);

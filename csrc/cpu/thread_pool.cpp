@@ -15,6 +15,8 @@ namespace {
 // short enough that an idle pool gives its cores back quickly.
 constexpr int kSpinsBeforeSleep = 20000;
 constexpr int kSpinsBeforeYield = 2000;
+// A slot holding this ticket tells its worker to exit (real tickets count up from 1).
+constexpr uint64_t kRetireTicket = ~uint64_t(0);
 
 // Test hook (documented in thread_pool.h): FUSEDLSTM_TEST_FAIL_THREAD_START=k
 // makes the k-th worker start of the process fail as an exhausted pids or
@@ -78,11 +80,6 @@ ThreadPool& ThreadPool::instance() {
 
 ThreadPool::~ThreadPool() { retire(0); }
 
-namespace {
-// A slot holding this ticket tells its worker to exit (real tickets count up from 1).
-constexpr uint64_t kRetireTicket = ~uint64_t(0);
-}  // namespace
-
 void ThreadPool::retire(size_t keep) {
   for (size_t i = keep; i < slots_.size(); ++i) slots_[i]->ticket.store(kRetireTicket, std::memory_order_seq_cst);
   {
@@ -117,8 +114,8 @@ void ThreadPool::grow(int workers) {
     throw std::system_error(
         e.code(), "fusedlstm could not start worker thread " + std::to_string(failed) + " of the " +
                       std::to_string(workers) + " a call on " + std::to_string(workers + 1) +
-                      " threads needs (the pool keeps its " + std::to_string(before) +
-                      "); use fewer threads (fusedlstm.set_num_threads / fl_set_num_threads) or raise the "
+                      " threads needs (the pool keeps the " + std::to_string(before) +
+                      " it had); use fewer threads (fusedlstm.set_num_threads / fl_set_num_threads) or raise the "
                       "process's thread limit");
   } catch (...) {
     retire(before);

@@ -126,6 +126,53 @@ void check(fl_status status) {
   throw std::runtime_error("fusedlstm internal error: " + msg);
 }
 
+// Runs a kernel call without the GIL, interruptible by Ctrl-C: on the main
+// thread (the only one where Python runs signal handlers) the core polls
+// run_signal_handlers about every 50 ms of a long call, which takes the GIL
+// back for a moment. The exception a handler raises (KeyboardInterrupt)
+// stops the call and is raised here; calls from other threads never take
+// the GIL. The check and the core only run on this thread, so no pool
+// thread ever waits for the GIL.
+class InterruptibleCall {
+ public:
+  InterruptibleCall() : installed_(PyThread_get_thread_ident() == main_thread_id()) {
+    if (installed_) fl_set_interrupt_check(&run_signal_handlers, nullptr);
+  }
+  ~InterruptibleCall() {
+    if (installed_) fl_set_interrupt_check(nullptr, nullptr);
+  }
+  InterruptibleCall(const InterruptibleCall&) = delete;
+  InterruptibleCall& operator=(const InterruptibleCall&) = delete;
+
+  static unsigned long& main_thread_id() {
+    static unsigned long id = 0;  // set at import
+    return id;
+  }
+
+ private:
+  static int run_signal_handlers(void*) {
+    py::gil_scoped_acquire gil;
+    return PyErr_Occurred() || PyErr_CheckSignals() != 0;  // the error stays set for without_gil
+  }
+  bool installed_;
+};
+
+template <class Call>
+fl_status without_gil(Call&& call) {
+  fl_status status;
+  {
+    const InterruptibleCall interruptible;
+    py::gil_scoped_release release;
+    status = call();
+  }
+  if (PyErr_Occurred()) throw py::error_already_set();  // raised by a signal handler during the call
+  if (status == FL_INTERRUPTED) {  // stopped by a check without a Python error: say so all the same
+    PyErr_SetString(PyExc_KeyboardInterrupt, fl_last_error());
+    throw py::error_already_set();
+  }
+  return status;
+}
+
 fl_dtype dtype_of(const py::array& a) {
   // equal(), not is(): an unpickled array carries its own dtype instance.
   if (a.dtype().equal(py::dtype::of<float>())) return FL_FLOAT32;
@@ -158,12 +205,7 @@ std::shared_ptr<TrainingState> forward(const py::array& x, const py::array& w_ih
   auto state = training ? std::make_shared<TrainingState>() : nullptr;
   if (state) state->dtype = p.dtype, state->mode = mode, state->T = T, state->B = B, state->I = I, state->H = H;
   p.state_out = training ? &state->state : nullptr;
-  fl_status status;
-  {
-    py::gil_scoped_release release;
-    status = fl_lstm_forward(&p);
-  }
-  check(status);
+  check(without_gil([&] { return fl_lstm_forward(&p); }));
   return state;
 }
 
@@ -184,12 +226,7 @@ void backward(const TrainingState& state, const py::object& dy, int64_t dy_strid
   p.dh0 = out(dh0, "dh0", d, elements({B, H})), p.dc0 = out(dc0, "dc0", d, elements({B, H}));
   p.dw_ih = out(dw_ih, "dw_ih", d, elements({4, H, I})), p.dw_hh = out(dw_hh, "dw_hh", d, elements({4, H, H}));
   p.db = out(db, "db", d, elements({4, H}));
-  fl_status status;
-  {
-    py::gil_scoped_release release;
-    status = fl_lstm_backward(&p);
-  }
-  check(status);
+  check(without_gil([&] { return fl_lstm_backward(&p); }));
 }
 
 // The sizes of a single step, from x [B, I] and h [B, H].
@@ -229,12 +266,7 @@ void cell(const py::array& x, const py::array& h, const py::array& c, const py::
   p.b_ih = in(b_ih, "b_ih", d, n.bias()), p.b_hh = in(b_hh, "b_hh", d, n.bias());
   p.h_new = out(h_new, "h_new", d, n.state()), p.c_new = out(c_new, "c_new", d, n.state());
   p.acts = out(acts, "acts", d, n.gates());
-  fl_status status;
-  {
-    py::gil_scoped_release release;
-    status = fl_lstm_cell(&p);
-  }
-  check(status);
+  check(without_gil([&] { return fl_lstm_cell(&p); }));
 }
 
 void cell_backward(const py::array& x, const py::array& h, const py::array& c, const py::array& w_ih,
@@ -249,12 +281,7 @@ void cell_backward(const py::array& x, const py::array& h, const py::array& c, c
   p.dx = out(dx, "dx", d, n.x()), p.dh = out(dh, "dh", d, n.state()), p.dc = out(dc, "dc", d, n.state());
   p.dw_ih = out(dw_ih, "dw_ih", d, n.w_ih()), p.dw_hh = out(dw_hh, "dw_hh", d, n.w_hh());
   p.db = out(db, "db", d, n.bias());
-  fl_status status;
-  {
-    py::gil_scoped_release release;
-    status = fl_lstm_cell_backward(&p);
-  }
-  check(status);
+  check(without_gil([&] { return fl_lstm_cell_backward(&p); }));
 }
 
 // ---- layer stacks. Arrays are laid out as fl_stack_params documents; the
@@ -367,12 +394,7 @@ void stack_forward(const py::array& x, const py::list& cells, const py::object& 
   p.h_n = out(h_n, "h_n", n.dtype, n.states(n.hout())), p.c_n = out(c_n, "c_n", n.dtype, n.states(n.H));
   void* res = out(reserve, "reserve", py::dtype::of<uint8_t>(), -1);
   const int64_t res_bytes = reserve.is_none() ? 0 : int64_t(py::cast<py::array>(reserve).nbytes());
-  fl_status status;
-  {
-    py::gil_scoped_release release;
-    status = fl_lstm_stack_forward(&p, res, res_bytes);
-  }
-  check(status);
+  check(without_gil([&] { return fl_lstm_stack_forward(&p, res, res_bytes); }));
 }
 
 void stack_backward(const py::array& x, const py::list& cells, const py::object& h0, const py::object& c0,
@@ -406,18 +428,15 @@ void stack_backward(const py::array& x, const py::list& cells, const py::object&
   g.dw_ih = dw_ih.data(), g.dw_hh = dw_hh.data(), g.db = db.data(), g.dw_hr = dw_hr.data();
   const void* res = in(reserve, "reserve", py::dtype::of<uint8_t>(), -1);
   const int64_t res_bytes = int64_t(reserve.nbytes());  // touches Python objects: before releasing the GIL
-  fl_status status;
-  {
-    py::gil_scoped_release release;
-    status = fl_lstm_stack_backward(&p, res, res_bytes, &g);
-  }
-  check(status);
+  check(without_gil([&] { return fl_lstm_stack_backward(&p, res, res_bytes, &g); }));
 }
 
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "fusedlstm compiled core (internal; use the fusedlstm package)";
+  InterruptibleCall::main_thread_id() =
+      py::cast<unsigned long>(py::module_::import("threading").attr("main_thread")().attr("ident"));
   py::class_<TrainingState, std::shared_ptr<TrainingState>>(m, "TrainingState")
       .def_property_readonly("nbytes", [](const TrainingState& s) { return fl_training_state_bytes(s.state); });
   m.def("forward", &forward);
@@ -430,6 +449,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("stack_backward", &stack_backward);
   m.def("set_num_threads", &fl_set_num_threads);
   m.def("get_num_threads", &fl_get_num_threads);
+  m.attr("MAX_THREADS") = FL_MAX_THREADS;
   m.def("use_openmp", [](bool on) { return fl_use_openmp(on) != 0; });
   m.def("using_openmp", [] { return fl_using_openmp() != 0; });
   m.def("limit_threads_on_this_thread", &fl_limit_threads_on_this_thread);

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "core/interrupt.h"
 #include "core/stack.h"
 #include "core/status.h"
 #include "cpu/buffer.h"
@@ -224,6 +225,7 @@ int fl_get_num_threads(void) { return fusedlstm::cpu::num_threads(); }
 int fl_use_openmp(int on) { return fusedlstm::cpu::ThreadPool::use_openmp(on != 0) ? 1 : 0; }
 int fl_using_openmp(void) { return fusedlstm::cpu::ThreadPool::using_openmp() ? 1 : 0; }
 int fl_limit_threads_on_this_thread(int n) { return fusedlstm::cpu::set_thread_limit(n); }
+void fl_set_interrupt_check(int (*fn)(void*), void* ctx) { fusedlstm::set_interrupt_check(fn, ctx); }
 
 const char* fl_get_isa(void) { return fusedlstm::cpu::active_kernels().name; }
 

@@ -9,6 +9,7 @@
 #include <new>
 #include <vector>
 
+#include "core/interrupt.h"
 #include "cpu/buffer.h"
 #include "cpu/dispatch.h"
 #include "cpu/lstm_cpu.h"
@@ -76,6 +77,21 @@ bool directions_together(const fl_stack_params& p, const StackGeometry& sg) {
   }
   const int64_t flops_per_step = 2 * p.B * 4 * p.H * sg.Hout;
   return flops_per_step < (int64_t(1) << 19);
+}
+
+// Runs run_direction(d) for every direction d of a layer: both at once, or
+// one after the other.
+template <class Fn>
+void for_each_direction(const fl_stack_params& p, const StackGeometry& sg, const Fn& run_direction) {
+  if (directions_together(p, sg)) {
+    CallDecision* call = current_call();
+    cpu::run_pair([&](int d) {
+      const FollowCall follow(call);  // the pool thread running d = 1 stops with the caller
+      run_direction(d);
+    });
+  } else {
+    for (int64_t d = 0; d < sg.D; ++d) run_direction(d);
+  }
 }
 
 // The single-direction problem of cell (l, d), reading layer input `in`.
@@ -149,11 +165,7 @@ void forward_typed(const fl_stack_params& p, void* reserve) {
       }
       cpu::forward(f, training ? res + sg.cell_offset(l, d) : nullptr);
     };
-    if (directions_together(p, sg)) {
-      cpu::run_pair([&](int d) { run_direction(d); });
-    } else {
-      for (int64_t d = 0; d < sg.D; ++d) run_direction(d);
-    }
+    for_each_direction(p, sg, run_direction);
     if (!last) {
       if (const void* mask = mask_of_layer(p, sg, l + 1)) multiply_mask<T>(reinterpret_cast<T*>(out), mask, n_in);
       in = out;
@@ -210,11 +222,7 @@ void backward_typed(const fl_stack_params& p, const void* reserve, const fl_stac
       cpu::backward(f, res + sg.cell_offset(l, d), b);
     };
     if (sg.D == 2 && !d_other.data()) d_other = HostArray(p.T * p.B * std::max(p.I, sg.width()) * sg.elem);
-    if (directions_together(p, sg)) {
-      cpu::run_pair([&](int d) { run_direction(d); });
-    } else {
-      for (int64_t d = 0; d < sg.D; ++d) run_direction(d);
-    }
+    for_each_direction(p, sg, run_direction);
     if (sg.D == 2) add_into<T>(dx, dx_st, dx_sb, d_other.data(), p.T, p.B, in_width);
     if (l > 0) {
       if (const void* mask = mask_of_layer(p, sg, l)) multiply_mask<T>(static_cast<T*>(dx), mask, n_in);
@@ -228,11 +236,13 @@ void backward_typed(const fl_stack_params& p, const void* reserve, const fl_stac
 int64_t stack_reserve_bytes(const fl_stack_params& p) { return StackGeometry(p).total(); }
 
 void stack_forward(const fl_stack_params& p, void* reserve) {
+  const CallScope call;
   if (p.dtype == FL_FLOAT32) forward_typed<float>(p, reserve);
   else forward_typed<double>(p, reserve);
 }
 
 void stack_backward(const fl_stack_params& p, const void* reserve, const fl_stack_grads& g) {
+  const CallScope call;
   if (p.dtype == FL_FLOAT32) backward_typed<float>(p, reserve, g);
   else backward_typed<double>(p, reserve, g);
 }

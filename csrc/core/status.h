@@ -18,6 +18,11 @@ struct InvalidArgument : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// The interrupt check (fl_set_interrupt_check) stopped the call: FL_INTERRUPTED.
+struct Interrupted : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
 inline void require(bool ok, const std::string& what) {
   if (!ok) throw InvalidArgument(what);
 }
@@ -34,6 +39,9 @@ fl_status guarded(std::string& error, Fn&& fn, OtherStatus&& other_status) {
   } catch (const InvalidArgument& e) {
     error = e.what();
     return FL_INVALID_ARGUMENT;
+  } catch (const Interrupted& e) {
+    error = e.what();
+    return FL_INTERRUPTED;
   } catch (const std::bad_alloc&) {
     error = "out of host memory allocating a workspace";
     return FL_OUT_OF_MEMORY;

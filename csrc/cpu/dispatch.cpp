@@ -2,6 +2,7 @@
 
 #include <exception>
 #include "cpu/thread_pool.h"
+#include "fusedlstm/fusedlstm.h"
 
 #include <sched.h>
 
@@ -49,6 +50,8 @@ std::atomic<const KernelTable*>& current_table() {
   return table;
 }
 
+int clamp_threads(int n) { return n < 1 ? 1 : n > FL_MAX_THREADS ? FL_MAX_THREADS : n; }
+
 int default_threads() {
   if (const char* env = std::getenv("FUSEDLSTM_NUM_THREADS")) {
     const int n = std::atoi(env);
@@ -64,7 +67,7 @@ int default_threads() {
 }
 
 std::atomic<int>& thread_setting() {
-  static std::atomic<int> n{default_threads()};
+  static std::atomic<int> n{clamp_threads(default_threads())};
   return n;
 }
 
@@ -110,7 +113,7 @@ void run_pair(const std::function<void(int)>& fn) {
   for (auto& e : error)
     if (e) std::rethrow_exception(e);
 }
-void set_num_threads(int n) { thread_setting().store(n < 1 ? 1 : n, std::memory_order_relaxed); }
+void set_num_threads(int n) { thread_setting().store(clamp_threads(n), std::memory_order_relaxed); }
 
 }  // namespace cpu
 }  // namespace fusedlstm

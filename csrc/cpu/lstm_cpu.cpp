@@ -17,6 +17,8 @@
 #include "cpu/lstm_cpu.h"
 
 #include <algorithm>
+#include <atomic>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -27,6 +29,7 @@
 #include <vector>
 
 #include "core/gate_math.h"
+#include "core/interrupt.h"
 #include "core/status.h"
 #include "cpu/buffer.h"
 #include "cpu/dispatch.h"
@@ -105,7 +108,8 @@ inline void split_range(int64_t n, int tid, int nthreads, int64_t& begin, int64_
   end = n * (tid + 1) / nthreads;
 }
 
-// Runs fn(begin, end) over [0, n) on up to `threads` pool threads.
+// Runs fn(begin, end) over [0, n) on up to `threads` pool threads, then
+// lets an interrupt stop the call (see core/interrupt.h).
 template <class Fn>
 void parallel_for(int64_t n, int threads, Fn&& fn) {
   const int nth = int(std::max<int64_t>(1, std::min<int64_t>(threads, n)));
@@ -114,7 +118,25 @@ void parallel_for(int64_t n, int threads, Fn&& fn) {
     split_range(n, tid, nt, b, e);
     if (b < e) fn(b, e);
   });
+  throw_if_interrupted();
 }
+
+// Leaves a parallel step loop early, every thread at the same step, when
+// the call is interrupted: tid 0 (the calling thread) polls before a
+// barrier, every thread reads the decision after that barrier. The decision
+// carries its step, as a fast tid 0 may poll the next step before a slow
+// thread has read this one. After the region, throw_if_interrupted() on the
+// calling thread raises it.
+class TeamStop {
+ public:
+  void poll(int tid, int64_t step) {
+    if (tid == 0 && interrupt_requested()) at_.store(step, std::memory_order_relaxed);
+  }
+  bool now(int64_t step) const { return at_.load(std::memory_order_relaxed) <= step; }
+
+ private:
+  std::atomic<int64_t> at_{INT64_MAX};
+};
 
 // Forward panels of a gate matrix w [4H, K] (rows q*H + u): panel j holds the
 // four gates of hidden block j as a [K, P] slice; padded units are zero.
@@ -232,10 +254,56 @@ void sum_rows(const T* src, int64_t n_rows, int64_t n_cols, int64_t col_align, T
   });
 }
 
+// A GEMM runs as regions of about gemm_piece_flops() each, with an
+// interrupt poll after each: its rows in pieces, or its K range. Piece
+// bounds keep the kernels' blocking (kernels_impl.h: K summed in blocks of
+// KC = 256 with C stored between blocks; row blocks of MC = 240, 120 or 160
+// rows), so the pieces give the same result as one region, bit for bit.
+constexpr int64_t kGemmKPiece = 256;    // a multiple of every table's KC
+constexpr int64_t kGemmRowPiece = 480;  // a multiple of every table's MC
+
+// About 10-50 ms of work; FUSEDLSTM_GEMM_PIECE_FLOPS overrides it (tests).
+double gemm_piece_flops() {
+  static const double flops = [] {
+    const char* env = std::getenv("FUSEDLSTM_GEMM_PIECE_FLOPS");
+    const double v = env ? std::atof(env) : 0.0;
+    return v >= 1 ? v : double(int64_t(1) << 30);
+  }();
+  return flops;
+}
+
 template <class T>
 void run_gemm(const TypedKernels<T>& kern, const GemmArgs<T>& args, int threads) {
   if (args.M <= 0 || args.N <= 0) return;
-  ThreadPool::instance().run(threads, [&](int tid, int n) { kern.gemm(args, tid, n); });
+  auto region = [&](const GemmArgs<T>& a) {
+    ThreadPool::instance().run(threads, [&](int tid, int n) { kern.gemm(a, tid, n); });
+    throw_if_interrupted();
+  };
+  const double pieces = 2.0 * double(args.M) * double(args.N) * double(args.K) / gemm_piece_flops();
+  if (args.M >= args.K && args.M >= 2 * kGemmRowPiece && pieces >= 2) {
+    const int64_t step = std::max<int64_t>(kGemmRowPiece, int64_t(double(args.M) / pieces) / kGemmRowPiece * kGemmRowPiece);
+    for (int64_t m0 = 0; m0 < args.M; m0 += step) {
+      GemmArgs<T> a = args;
+      a.M = std::min(step, args.M - m0);
+      a.a_rows += m0;
+      a.c_rows += m0;
+      region(a);
+    }
+  } else if (args.K >= 2 * kGemmKPiece && pieces >= 2) {
+    const int64_t step = std::max<int64_t>(kGemmKPiece, int64_t(double(args.K) / pieces) / kGemmKPiece * kGemmKPiece);
+    std::vector<const T*> a_rows(args.M);
+    for (int64_t k0 = 0; k0 < args.K; k0 += step) {
+      for (int64_t m = 0; m < args.M; ++m) a_rows[m] = args.a_rows[m] + k0;
+      GemmArgs<T> a = args;
+      a.K = std::min(step, args.K - k0);
+      a.a_rows = a_rows.data();
+      a.b = args.b + k0 * args.ldb;
+      if (k0 > 0) a.c_init = nullptr, a.accumulate = true;  // C holds the sum of the pieces before
+      region(a);
+    }
+  } else {
+    region(args);
+  }
 }
 
 // Rows (steps x batch) of input term computed per chunk; FUSEDLSTM_PROJECTION_CHUNK_ROWS
@@ -509,6 +577,7 @@ void forward_typed(const fl_forward_params& p, void* reserve) {
 
   const int nth = recurrent_threads(B, g.G4, Ks, g.n_blocks);
   SpinBarrier barrier(nth);
+  TeamStop stop;
   for (int64_t t_begin = 0; t_begin < T_; t_begin += chunk_steps) {
     const int64_t t_end = std::min(T_, t_begin + chunk_steps);
     if (!one_to_many) project(ord.off[t_begin], ord.off[t_end] - ord.off[t_begin]);
@@ -559,7 +628,9 @@ void forward_typed(const fl_forward_params& p, void* reserve) {
         s.y = (y && !proj) ? y : nullptr;
         s.y_row_offset = y ? y_offset.data() + ord.off[t] : nullptr;
         if (j0 < j1) kern.fwd_step(s, j0, j1);
+        stop.poll(tid, t);
         barrier.wait(tid);
+        if (stop.now(t)) break;
         if (proj) {
           // h_t = m_t W_hr^T: every m_t column is needed, hence the barrier above.
           const int64_t m0 = training ? ord.off[t] : 0;
@@ -576,6 +647,7 @@ void forward_typed(const fl_forward_params& p, void* reserve) {
         }
       }
     });
+    throw_if_interrupted();
   }
 
   // Final states: each row's state after its last step.
@@ -664,6 +736,7 @@ void backward_typed(const fl_forward_params& fp, const void* reserve, const fl_b
 
   const int nth = recurrent_threads(B, G4, Ks, g.n_groups);
   SpinBarrier barrier(nth);
+  TeamStop stop;
   ThreadPool::instance().run(nth, [&](int tid, int n) {
     int64_t q0, q1;
     split_range(g.n_groups, tid, n, q0, q1);
@@ -723,9 +796,12 @@ void backward_typed(const fl_forward_params& fp, const void* reserve, const fl_b
         s.dy_row_offset = nullptr;
       }
       if (q0 < q1) kern.bwd_step(s, q0, q1);
+      stop.poll(tid, T_ - t);
       barrier.wait(tid);
+      if (stop.now(T_ - t)) break;
     }
   });
+  throw_if_interrupted();
 
   // dh0 = dG_0 W_hh (step 0 always sees W_hh); dc0 from the loop.
   {
@@ -960,11 +1036,13 @@ void cell_backward(const fl_cell_backward_params& p) {
 }
 
 void forward(const fl_forward_params& p, void* reserve) {
+  const CallScope call;
   if (p.dtype == FL_FLOAT32) forward_typed<float>(p, reserve);
   else forward_typed<double>(p, reserve);
 }
 
 void backward(const fl_forward_params& fp, const void* reserve, const fl_backward_params& p) {
+  const CallScope call;
   if (fp.dtype == FL_FLOAT32) backward_typed<float>(fp, reserve, p);
   else backward_typed<double>(fp, reserve, p);
 }

@@ -3,6 +3,10 @@
 #include <dlfcn.h>
 #include <pthread.h>
 
+#include <cstdlib>
+#include <string>
+#include <system_error>
+
 namespace fusedlstm {
 namespace cpu {
 
@@ -11,6 +15,20 @@ namespace {
 // short enough that an idle pool gives its cores back quickly.
 constexpr int kSpinsBeforeSleep = 20000;
 constexpr int kSpinsBeforeYield = 2000;
+// A slot holding this ticket tells its worker to exit (real tickets count up from 1).
+constexpr uint64_t kRetireTicket = ~uint64_t(0);
+
+// Test hook (documented in thread_pool.h): FUSEDLSTM_TEST_FAIL_THREAD_START=k
+// makes the k-th worker start of the process fail as an exhausted pids or
+// memory limit makes it fail. Read at each start, which is rare.
+std::thread start_thread(std::function<void()> body) {
+  static std::atomic<int> starts{0};
+  const int this_start = starts.fetch_add(1) + 1;
+  if (const char* env = std::getenv("FUSEDLSTM_TEST_FAIL_THREAD_START"); env && std::atoi(env) == this_start)
+    throw std::system_error(std::make_error_code(std::errc::resource_unavailable_try_again),
+                            "test hook FUSEDLSTM_TEST_FAIL_THREAD_START");
+  return std::thread(std::move(body));
+}
 }  // namespace
 
 void cpu_relax() {
@@ -60,21 +78,48 @@ ThreadPool& ThreadPool::instance() {
   return *g_pool.load(std::memory_order_acquire);
 }
 
-ThreadPool::~ThreadPool() {
+ThreadPool::~ThreadPool() { retire(0); }
+
+void ThreadPool::retire(size_t keep) {
+  for (size_t i = keep; i < slots_.size(); ++i) slots_[i]->ticket.store(kRetireTicket, std::memory_order_seq_cst);
   {
+    // Taking the mutex orders this notify after a sleeper's predicate check.
     std::lock_guard<std::mutex> lock(mutex_);
-    stop_ = true;
+    wake_.notify_all();
   }
-  wake_.notify_all();
-  for (auto& t : workers_) t.join();
+  for (size_t i = keep; i < workers_.size(); ++i) workers_[i].join();
+  workers_.resize(keep);
+  slots_.resize(keep);
 }
 
 void ThreadPool::grow(int workers) {
-  while (int(workers_.size()) < workers) {
-    const int index = int(workers_.size()) + 1;  // tid 0 is the caller
-    slots_.push_back(std::make_unique<Slot>());
-    Slot* slot = slots_.back().get();
-    workers_.emplace_back([this, index, slot] { worker_loop(index, *slot); });
+  const size_t before = workers_.size();
+  if (int(before) >= workers) return;
+  // A start that fails (a pids or memory limit) stops and joins the workers
+  // this call started: the pool is left as it was, slots and workers paired.
+  try {
+    workers_.reserve(size_t(workers));
+    slots_.reserve(size_t(workers));
+    while (int(workers_.size()) < workers) {
+      const int index = int(workers_.size()) + 1;  // tid 0 is the caller
+      auto slot = std::make_unique<Slot>();
+      Slot* s = slot.get();
+      std::thread worker = start_thread([this, index, s] { worker_loop(index, *s); });
+      slots_.push_back(std::move(slot));  // cannot throw: reserved
+      workers_.push_back(std::move(worker));
+    }
+  } catch (const std::system_error& e) {
+    const size_t failed = workers_.size() + 1;
+    retire(before);
+    throw std::system_error(
+        e.code(), "fusedlstm could not start worker thread " + std::to_string(failed) + " of the " +
+                      std::to_string(workers) + " a call on " + std::to_string(workers + 1) +
+                      " threads needs (the pool keeps the " + std::to_string(before) +
+                      " it had); use fewer threads (fusedlstm.set_num_threads / fl_set_num_threads) or raise the "
+                      "process's thread limit");
+  } catch (...) {
+    retire(before);
+    throw;
   }
 }
 
@@ -89,11 +134,11 @@ void ThreadPool::worker_loop(int index, Slot& slot) {
     if (ticket == seen) {
       std::unique_lock<std::mutex> lock(mutex_);
       sleepers_.fetch_add(1, std::memory_order_seq_cst);
-      wake_.wait(lock, [&] { return stop_ || slot.ticket.load(std::memory_order_seq_cst) != seen; });
+      wake_.wait(lock, [&] { return slot.ticket.load(std::memory_order_seq_cst) != seen; });
       sleepers_.fetch_sub(1, std::memory_order_seq_cst);
-      if (stop_) return;
       ticket = slot.ticket.load(std::memory_order_acquire);
     }
+    if (ticket == kRetireTicket) return;
     seen = ticket;
     (*job_)(index, job_threads_);
     pending_.fetch_sub(1, std::memory_order_acq_rel);

@@ -60,7 +60,14 @@ class ThreadPool {
 
  private:
   ThreadPool() = default;
+  // Starts workers until there are `workers`. On failure the workers it
+  // started are joined again and it throws; a failed thread start is a
+  // std::system_error naming the thread and the system's reason.
+  // Test hook: FUSEDLSTM_TEST_FAIL_THREAD_START=k (environment) makes the
+  // k-th thread start of the process fail with EAGAIN, as under a pids limit.
   void grow(int workers);
+  // Stops and joins the workers past the first `keep`.
+  void retire(size_t keep);
 
   // Each worker waits on its own ticket: a region hands out tickets only to
   // the workers it uses, so idle ones never touch the job fields.
@@ -80,7 +87,6 @@ class ThreadPool {
   uint64_t generation_ = 0;
   std::atomic<int> pending_{0};
   std::atomic<int> sleepers_{0};
-  bool stop_ = false;
 };
 
 }  // namespace cpu

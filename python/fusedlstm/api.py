@@ -401,10 +401,11 @@ def lstm_cell(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None, *, allow_tf32=False, st
 # ------------------------------------------------------- threads and SIMD
 def set_num_threads(n: int) -> None:
     """Most threads a call may use (default: FUSEDLSTM_NUM_THREADS, else the
-    CPUs this process may run on). Small problems use fewer."""
+    CPUs this process may run on), at most _core.MAX_THREADS (1024). Small
+    problems use fewer; worker threads start when a call first needs them."""
     n = _int_arg("n", n)
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+    if not 1 <= n <= _core.MAX_THREADS:
+        raise ValueError(f"n must be in [1, {_core.MAX_THREADS}] (threads per call), got {n}")
     _core.set_num_threads(n)
 
 

@@ -29,6 +29,7 @@ typedef enum fl_status {
   FL_INVALID_ARGUMENT = 1,  // message from fl_last_error()
   FL_OUT_OF_MEMORY = 2,
   FL_INTERNAL_ERROR = 3,
+  FL_INTERRUPTED = 4,  // stopped by the interrupt check (fl_set_interrupt_check)
 } fl_status;
 
 typedef enum fl_dtype { FL_FLOAT32 = 0, FL_FLOAT64 = 1 } fl_dtype;
@@ -237,7 +238,16 @@ fl_status fl_lstm_stack_backward(const fl_stack_params* params, const void* rese
 const char* fl_last_error(void);
 
 // Threads: default from the environment variable FUSEDLSTM_NUM_THREADS, else
-// the number of CPUs this process may run on.
+// the number of CPUs this process may run on. n is clamped to
+// [1, FL_MAX_THREADS] (so is the default): more threads than any CPU we
+// target has hardware threads only slow a call down, and each one is a
+// thread of the process. The Python package raises ValueError instead.
+// Worker threads are started when a call first needs them; a thread that
+// cannot be started (a pids or memory limit) fails that call with
+// FL_INTERNAL_ERROR and a message naming the thread and the system's reason,
+// and leaves the pool as it was: later calls work, with as many threads as
+// the process can start.
+#define FL_MAX_THREADS 1024
 void fl_set_num_threads(int n);
 int fl_get_num_threads(void);
 // Nonzero: run parallel regions on the process's GNU OpenMP team (libgomp
@@ -257,6 +267,22 @@ int fl_limit_threads_on_this_thread(int n);
 const char* fl_get_isa(void);
 fl_status fl_set_isa(const char* name);
 const char* fl_available_isas(void);
+
+// Interrupting long calls (e.g. Ctrl-C). fn(ctx) is the interrupt check of
+// the calling host thread (thread-local; fn NULL removes it). While a call
+// made from that thread runs (fl_lstm_forward, fl_lstm_backward,
+// fl_lstm_stack_forward, fl_lstm_stack_backward), that thread, and only
+// that thread, calls fn about every 50 ms of work: between time steps and
+// between pieces of the whole-sequence GEMMs (a call shorter than 50 ms
+// never calls it). Nonzero stops the call: the pool's threads leave it
+// together at the next step, and the call returns FL_INTERRUPTED. Its
+// outputs, gradients and reserve are then partly written and must not be
+// used; no training state is returned (*state_out stays NULL). fn must not
+// call into fusedlstm. One time step is the finest grain: a step of more
+// than 50 ms of work delays the stop by that much. The Python package
+// installs, on the main thread, a check that runs Python's signal handlers,
+// so Ctrl-C raises KeyboardInterrupt.
+void fl_set_interrupt_check(int (*fn)(void* ctx), void* ctx);
 
 #ifdef __cplusplus
 }

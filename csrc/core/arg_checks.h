@@ -62,6 +62,16 @@ void check_sequence_shape(const P& p, int64_t Hout, int64_t elem) {
                    Hout, elem);
 }
 
+// One step of B rows (the cell entry points): its sizes and the weights.
+inline void check_cell_sizes(int64_t elem, int64_t B, int64_t I, int64_t H) {
+  require_positive("B", B);
+  require_positive("I", I);
+  require_positive("H", H);
+  checked_bytes("w_ih 4*H*I*elem", {4, H, I, elem});
+  checked_bytes("w_hh 4*H*H*elem", {4, H, H, elem});
+  checked_bytes("B*4*H*elem", {B, 4, H, elem});
+}
+
 }  // namespace fusedlstm
 
 #endif  // FUSEDLSTM_CORE_ARG_CHECKS_H_

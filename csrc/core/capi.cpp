@@ -168,6 +168,13 @@ void check_stack(const fl_stack_params& p, bool forward) {
   check_lengths(p.lengths, p.B, p.T);
 }
 
+// The single step runs as one step of the sequence path from B rows on
+// (kCellPackedMinRows), hence the sequence workspaces with T = 1.
+void check_cpu_cell(int64_t elem, int64_t B, int64_t I, int64_t H) {
+  fusedlstm::check_cell_sizes(elem, B, I, H);
+  check_cpu_workspaces(elem, 1, B, I, H, H);
+}
+
 }  // namespace
 
 extern "C" {
@@ -229,22 +236,10 @@ fl_status fl_lstm_backward(const fl_backward_params* p) {
   });
 }
 
-// The single step runs as one step of the sequence path from B rows on
-// (kCellPackedMinRows), hence the sequence workspaces with T = 1.
-void check_cell_sizes(int64_t elem, int64_t B, int64_t I, int64_t H) {
-  require_positive("B", B);
-  require_positive("I", I);
-  require_positive("H", H);
-  checked_bytes("w_ih 4*H*I*elem", {4, H, I, elem});
-  checked_bytes("w_hh 4*H*H*elem", {4, H, H, elem});
-  checked_bytes("B*4*H*elem", {B, 4, H, elem});
-  check_cpu_workspaces(elem, 1, B, I, H, H);
-}
-
 fl_status fl_lstm_cell(const fl_cell_params* p) {
   return guarded([&] {
     require(p != nullptr, "params is NULL");
-    check_cell_sizes(checked_elem_size(p->dtype), p->B, p->I, p->H);
+    check_cpu_cell(checked_elem_size(p->dtype), p->B, p->I, p->H);
     require(p->x && p->h && p->c && p->w_ih && p->w_hh && p->h_new && p->c_new,
             "x, h, c, w_ih, w_hh, h_new and c_new are required");
     fusedlstm::cpu::cell(*p);
@@ -254,7 +249,7 @@ fl_status fl_lstm_cell(const fl_cell_params* p) {
 fl_status fl_lstm_cell_backward(const fl_cell_backward_params* p) {
   return guarded([&] {
     require(p != nullptr, "params is NULL");
-    check_cell_sizes(checked_elem_size(p->dtype), p->B, p->I, p->H);
+    check_cpu_cell(checked_elem_size(p->dtype), p->B, p->I, p->H);
     require(p->x && p->h && p->c && p->w_ih && p->w_hh && p->acts && p->c_new,
             "x, h, c, w_ih, w_hh, acts and c_new are required");
     require(p->dx && p->dh && p->dc && p->dw_ih && p->dw_hh, "dx, dh, dc, dw_ih and dw_hh are required");

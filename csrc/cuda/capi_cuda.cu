@@ -26,7 +26,7 @@ namespace {
 
 using fusedlstm::checked_bytes;
 using fusedlstm::require;
-using fusedlstm::require_positive;
+using fusedlstm::check_cell_sizes;
 
 thread_local std::string last_error;
 
@@ -42,16 +42,6 @@ fl_status guarded(Fn&& fn) {
 int64_t checked_elem_size(const fl_cuda_dtype& dtype) {
   fusedlstm::require_enum("dtype", dtype, {"FL_CUDA_FLOAT32", "FL_CUDA_FLOAT64", "FL_CUDA_FLOAT16", "FL_CUDA_BFLOAT16"});
   return dtype == FL_CUDA_FLOAT64 ? 8 : dtype == FL_CUDA_FLOAT32 ? 4 : 2;
-}
-
-// The device arrays of one step of B rows and of the weights (checked).
-void check_cell_sizes(int64_t elem, int64_t B, int64_t I, int64_t H) {
-  require_positive("B", B);
-  require_positive("I", I);
-  require_positive("H", H);
-  checked_bytes("w_ih 4*H*I*elem", {4, H, I, elem});
-  checked_bytes("w_hh 4*H*H*elem", {4, H, H, elem});
-  checked_bytes("B*4*H*elem", {B, 4, H, elem});
 }
 
 void check_path() {

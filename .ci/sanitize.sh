@@ -57,7 +57,8 @@ step "build (C API program)" "$LOGS/c-build.log" cmake --build "$BUILD" --target
 # (a) The C program, leaks checked too.
 ASAN_OPTIONS=$ASAN_COMMON:detect_leaks=1 step "C API program" "$LOGS/c-run.log" "$BUILD/fusedlstm_capi_test"
 # (Counts reworded: the only "N passed" line CI reads is the suite's own.)
-tail -n 1 "$LOGS/c-run.log" | sed -E 's/^([0-9]+) passed, ([0-9]+) failed$/sanitize.sh: C API program: \1 cases, \2 failures/'
+tail -n 1 "$LOGS/c-run.log" |
+  sed -E 's/^([0-9]+) passed, ([0-9]+) failed$/sanitize.sh: C API program: \1 cases, \2 failures/'
 
 # (b) The Python slice.
 # Python is not linked with the sanitizers: preload their runtime, and
@@ -70,7 +71,7 @@ for lib in $PRELOAD; do [ -f "$lib" ] || { echo "sanitize.sh: $lib not found" >&
 run_python() {
   cd "$ROOT" &&
     LD_PRELOAD=$PRELOAD ASAN_OPTIONS=$ASAN_COMMON:detect_leaks=0 FUSEDLSTM_CAPI_TEST_BUILD=$BUILD \
-      "$VENV/bin/python" -c 'import sys, fusedlstm; assert fusedlstm.__file__.startswith(sys.argv[1]), fusedlstm.__file__' \
+      "$VENV/bin/python" -c 'import sys, fusedlstm as f; assert f.__file__.startswith(sys.argv[1]), f.__file__' \
       "$VENV" &&
     LD_PRELOAD=$PRELOAD ASAN_OPTIONS=$ASAN_COMMON:detect_leaks=0 FUSEDLSTM_CAPI_TEST_BUILD=$BUILD \
       "$VENV/bin/python" -m pytest -q -s -p no:cacheprovider \
@@ -82,4 +83,5 @@ run_python() {
       "tests/test_layers.py::test_single_step_single_unit"
 }
 step "Python slice under ASan + UBSan" "$LOGS/py-run.log" run_python
-grep -E "^[0-9]+ passed" "$LOGS/py-run.log" | tail -n 1 | sed -E 's/^([0-9]+) passed/sanitize.sh: Python slice: \1 tests ok/'
+grep -E "^[0-9]+ passed" "$LOGS/py-run.log" | tail -n 1 |
+  sed -E 's/^([0-9]+) passed/sanitize.sh: Python slice: \1 tests ok/'

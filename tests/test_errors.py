@@ -362,3 +362,26 @@ def test_core_stack_reserve_bytes_of_impossible_shapes_is_minus_one():
     # Before: a wrapped (negative or small) number.
     assert fusedlstm._core.stack_reserve_bytes(False, 2**56, 2, 4, 0, 2, 2) == -1
     assert fusedlstm._core.stack_reserve_bytes(True, 2**32, 2**32, 4, 0, 1, 1) == -1
+
+
+def cuda_core_forward(T=3, B=2, I=4, H=5, dtype=0, mode=0, x_stride_t=8):
+    """fusedlstm._cuda.forward with NULL device pointers: the CUDA C API checks
+    its arguments before it touches a device, so this runs without a GPU."""
+    if not fusedlstm.build_info()["cuda"]["importable"]:
+        pytest.skip("the CUDA module is not built here")
+    from fusedlstm import _cuda
+    _cuda.forward(dtype, False, 0, 0, mode, 0, T, B, I, H, 0, x_stride_t, I, 0, 0, 0, 0, 0, 0, None,
+                  0, 10, 5, 0, 0, True)
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(T=2**32, B=2**32), r"T\*B\*4\*H\*elem .* overflows int64"),
+    (dict(H=2**62), r"w_ih 4\*H\*I\*elem = .* overflows int64"),
+    (dict(x_stride_t=2**62), r"x_stride_t"),
+    (dict(dtype=7), r"^dtype = 7 is not one of FL_CUDA_FLOAT32 \(0\)"),
+    (dict(mode=-1), r"^mode = -1 is not one of"),
+    (dict(I=0), r"^I = 0 must be >= 1$"),
+], ids=["T*B-wraps", "H-overflows", "x_stride_t", "dtype", "mode", "I-zero"])
+def test_cuda_core_checks_sizes_and_enums(change, match):
+    with pytest.raises(ValueError, match=match):
+        cuda_core_forward(**change)

@@ -129,7 +129,7 @@ void forward_typed(const fl_stack_params& p, void* reserve) {
   // Inference: layer outputs alternate between two host arrays.
   HostArray scratch[2];
   if (!training && sg.L > 1)
-    for (auto& s : scratch) s = HostArray(n_in * sg.elem);
+    for (auto& s : scratch) s = HostArray(n_in * sg.elem, false, "a layer output of the stack (inference)");
 
   const void* in = p.x;
   int64_t in_st = p.x_stride_t, in_sb = p.x_stride_b;
@@ -194,7 +194,7 @@ void backward_typed(const fl_stack_params& p, const void* reserve, const fl_stac
     if (l == 0) {
       dx = g.dx, dx_st = g.dx_stride_t, dx_sb = g.dx_stride_b;
     } else {
-      if (!d_in[l % 2].data()) d_in[l % 2] = HostArray(n_in * sg.elem);
+      if (!d_in[l % 2].data()) d_in[l % 2] = HostArray(n_in * sg.elem, false, "the gradient of a layer's output");
       dx = d_in[l % 2].data(), dx_st = p.B * sg.width(), dx_sb = sg.width();
     }
     auto run_direction = [&](int64_t d) {
@@ -220,7 +220,8 @@ void backward_typed(const fl_stack_params& p, const void* reserve, const fl_stac
       b.dw_hr = p.proj_size > 0 ? g.dw_hr[idx] : nullptr;
       cpu::backward(f, res + sg.cell_offset(l, d), b);
     };
-    if (sg.D == 2 && !d_other.data()) d_other = HostArray(p.T * p.B * std::max(p.I, sg.width()) * sg.elem);
+    if (sg.D == 2 && !d_other.data())
+      d_other = HostArray(p.T * p.B * std::max(p.I, sg.width()) * sg.elem, false, "the reverse direction's dx");
     if (directions_together(p, sg)) {
       cpu::run_pair([&](int d) { run_direction(d); });
     } else {

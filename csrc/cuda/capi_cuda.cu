@@ -40,7 +40,8 @@ fl_status guarded(Fn&& fn) {
 
 // Checks dtype (read as its raw integer) and returns its element size.
 int64_t checked_elem_size(const fl_cuda_dtype& dtype) {
-  fusedlstm::require_enum("dtype", dtype, {"FL_CUDA_FLOAT32", "FL_CUDA_FLOAT64", "FL_CUDA_FLOAT16", "FL_CUDA_BFLOAT16"});
+  fusedlstm::require_enum("dtype", dtype,
+                          {"FL_CUDA_FLOAT32", "FL_CUDA_FLOAT64", "FL_CUDA_FLOAT16", "FL_CUDA_BFLOAT16"});
   return dtype == FL_CUDA_FLOAT64 ? 8 : dtype == FL_CUDA_FLOAT32 ? 4 : 2;
 }
 

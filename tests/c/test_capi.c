@@ -204,8 +204,10 @@ static void forward_cases(void) {
   CASE("forward: dtype -1", p.dtype = (fl_dtype)-1, FL_INVALID_ARGUMENT, "dtype");
   CASE("forward: mode 7", p.mode = (fl_mode)7, FL_INVALID_ARGUMENT, "mode");
   CASE("forward: mode -1", p.mode = (fl_mode)-1, FL_INVALID_ARGUMENT, "mode");
-  CASE("forward: feed 7", (p.mode = FL_ONE_TO_MANY, p.lengths = NULL, p.feed = (fl_feed)7), FL_INVALID_ARGUMENT, "feed");
-  CASE("forward: feed -1", (p.mode = FL_ONE_TO_MANY, p.lengths = NULL, p.feed = (fl_feed)-1), FL_INVALID_ARGUMENT, "feed");
+  CASE("forward: feed 7", (p.mode = FL_ONE_TO_MANY, p.lengths = NULL, p.feed = (fl_feed)7), FL_INVALID_ARGUMENT,
+       "feed");
+  CASE("forward: feed -1", (p.mode = FL_ONE_TO_MANY, p.lengths = NULL, p.feed = (fl_feed)-1), FL_INVALID_ARGUMENT,
+       "feed");
   CASE("forward: feed output, I != H", (p.mode = FL_ONE_TO_MANY, p.lengths = NULL, p.feed = FL_FEED_OUTPUT),
        FL_INVALID_ARGUMENT, "I");
   CASE("forward: one_to_many with lengths", (p.mode = FL_ONE_TO_MANY), FL_INVALID_ARGUMENT, "lengths");
@@ -453,7 +455,8 @@ static void valid_runs(void) {
   expect_true("valid: stack outputs finite", all_finite(s_y, T * B * D * R) && all_finite(s_h, L * D * B * R));
   fl_stack_grads sg = valid_grads();
   expect_ok("valid: stack backward", fl_lstm_stack_backward(&sp, reserve, need, &sg));
-  expect_true("valid: stack gradients finite", all_finite(s_dx, T * B * I) && all_finite(s_dw_ih[L * D - 1], 4 * H * D * R));
+  expect_true("valid: stack gradients finite",
+              all_finite(s_dx, T * B * I) && all_finite(s_dw_ih[L * D - 1], 4 * H * D * R));
 }
 
 int main(void) {

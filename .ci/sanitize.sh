@@ -4,9 +4,9 @@
 # (-fno-sanitize-recover=undefined; CMake's FUSEDLSTM_SANITIZE), then
 #   (a) the C API test program (tests/c/test_capi.c), leaks checked too;
 #   (b) a slice of the Python suite against an ASan build of the extension,
-#       installed into its own virtual environment (build/asan-venv, seeing
-#       the interpreter's packages: numpy, pytest, torch) so the normal
-#       install is untouched; libasan is preloaded into Python.
+#       installed into its own directory (build/asan-site, first on
+#       PYTHONPATH: the same interpreter and packages, the normal install
+#       untouched); the sanitizer runtime is preloaded into Python.
 # Fails on a build error, a test failure, or any sanitizer report. Bounded:
 # about 6 minutes on 2 cores (the build most of it). Logs in build/asan-logs/.
 set -euo pipefail
@@ -40,16 +40,16 @@ step() {  # step NAME LOG CMD...: runs CMD with its output in LOG; prints the ta
   echo "sanitize.sh: $name ok ($((SECONDS - start)) s)"
 }
 
-# The Python extension, built with the sanitizers into its own venv; the C
-# program then links the same sanitized core from the same build directory.
+# The Python extension, built with the sanitizers into its own directory;
+# the C program then links the same sanitized core from the same build.
 BUILD=$ROOT/build/asan-py
-VENV=$ROOT/build/asan-venv
-[ -x "$VENV/bin/python" ] || "$PY" -m venv --system-site-packages "$VENV"
+SITE=$ROOT/build/asan-site
 ISOLATION=()  # build in the interpreter's environment when it has the build tools (faster), else isolated
-if "$VENV/bin/python" -c "import scikit_build_core, pybind11" 2>/dev/null; then ISOLATION=(--no-build-isolation); fi
+if "$PY" -c "import scikit_build_core, pybind11" 2>/dev/null; then ISOLATION=(--no-build-isolation); fi
 install_asan() {  # CMakeLists.txt's FUSEDLSTM_SANITIZE: the flags, for the extension and the C program
-  "$VENV/bin/python" -m pip install --quiet --no-deps --force-reinstall "${ISOLATION[@]}" \
-    -Cbuild-dir="$BUILD" -Ccmake.define.FUSEDLSTM_CUDA=off -Ccmake.define.FUSEDLSTM_SANITIZE=ON "$ROOT"
+  rm -rf "$SITE" &&
+    "$PY" -m pip install --quiet --no-deps "${ISOLATION[@]}" --target "$SITE" \
+      -Cbuild-dir="$BUILD" -Ccmake.define.FUSEDLSTM_CUDA=off -Ccmake.define.FUSEDLSTM_SANITIZE=ON "$ROOT"
 }
 step "build (Python extension)" "$LOGS/py-build.log" install_asan
 step "build (C API program)" "$LOGS/c-build.log" cmake --build "$BUILD" --target fusedlstm_capi_test --parallel 2
@@ -68,20 +68,19 @@ for lib in $PRELOAD; do [ -f "$lib" ] || { echo "sanitize.sh: $lib not found" >&
 # The slice: argument errors (the C API's below Python's too), the C program
 # (through the suite), forward / backward of the modes on every ISA, the layer
 # stacks (reserves, lengths, dropout). Its pytest summary stays in the log.
-run_python() {
+run_python() (  # a subshell: the preload and paths stay inside
+  export LD_PRELOAD=$PRELOAD ASAN_OPTIONS=$ASAN_COMMON:detect_leaks=0 FUSEDLSTM_CAPI_TEST_BUILD=$BUILD \
+    PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
   cd "$ROOT" &&
-    LD_PRELOAD=$PRELOAD ASAN_OPTIONS=$ASAN_COMMON:detect_leaks=0 FUSEDLSTM_CAPI_TEST_BUILD=$BUILD \
-      "$VENV/bin/python" -c 'import sys, fusedlstm as f; assert f.__file__.startswith(sys.argv[1]), f.__file__' \
-      "$VENV" &&
-    LD_PRELOAD=$PRELOAD ASAN_OPTIONS=$ASAN_COMMON:detect_leaks=0 FUSEDLSTM_CAPI_TEST_BUILD=$BUILD \
-      "$VENV/bin/python" -m pytest -q -s -p no:cacheprovider \
+    "$PY" -c 'import sys, fusedlstm as f; assert f.__file__.startswith(sys.argv[1]), f.__file__' "$SITE" &&
+    "$PY" -m pytest -q -s -p no:cacheprovider \
       tests/test_errors.py tests/test_capi_c.py \
       "tests/test_forward_backward.py::test_matches_reference" \
       "tests/test_layers.py::test_matches_reference" "tests/test_layers.py::test_reserve_formula" \
       "tests/test_layers.py::test_reserve_one_byte_short_is_refused" \
       "tests/test_layers.py::test_forward_errors" "tests/test_layers.py::test_backward_errors" \
       "tests/test_layers.py::test_single_step_single_unit"
-}
+)
 step "Python slice under ASan + UBSan" "$LOGS/py-run.log" run_python
 grep -E "^[0-9]+ passed" "$LOGS/py-run.log" | tail -n 1 |
   sed -E 's/^([0-9]+) passed/sanitize.sh: Python slice: \1 tests ok/'

@@ -310,3 +310,78 @@ def test_set_num_threads_invalid(n):
     with pytest.raises(ValueError):
         fusedlstm.set_num_threads(n)
     assert fusedlstm.get_num_threads() == previous
+
+
+# --------------------------------------------------------------------------------------
+# the C API below the Python checks (fusedlstm._core): sizes the Python layer
+# would refuse reach the core's own checks (tests/c/test_capi.c drives the rest)
+# --------------------------------------------------------------------------------------
+def core_forward(T, B=1, I=1, H=1, x_strides=(0, 0), training=True, mode=1):
+    """_core.forward on one-element arrays with zero strides: every step reads
+    the same x, so only the sizes (not the arrays) are absurd."""
+    one = lambda *shape: np.zeros(shape)  # noqa: E731
+    return fusedlstm._core.forward(one(1, 1, 1), one(4, 1), one(4, 1), None, None, None, None, mode, 0,
+                                   T, B, I, H, None, *x_strides, None, 0, 0, one(1, 1), one(1, 1), training)
+
+
+@pytest.mark.parametrize("T, B", [(2**63 - 1, 1), (2**32, 2**32)], ids=["T-int64-max", "T*B-wraps-to-0"])
+@pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
+def test_core_overflowing_sizes_are_value_errors(T, B, training):
+    # Before: many_to_one training overflowed the heap in the state copy (SIGSEGV).
+    with pytest.raises(ValueError, match=r"T\*B\*I\*elem = .* overflows int64"):
+        core_forward(T, B, training=training)
+
+
+def test_core_overflowing_stride_is_a_value_error():
+    with pytest.raises(ValueError, match="x_stride_t"):
+        core_forward(3, x_strides=(2**62, 0))
+
+
+def test_core_out_of_memory_is_a_memory_error_naming_what_and_bytes():
+    # 2^40 steps of one float64 fit int64 but not this machine's memory.
+    with pytest.raises(MemoryError, match=r"allocating 8796093022208 bytes for the training state's copy of x"):
+        core_forward(2**40)
+
+
+@pytest.mark.parametrize("arg", ["T", "B", "I", "H"])
+def test_core_size_below_one_names_the_argument(arg):
+    sizes = dict(T=3, B=1, I=1, H=1)
+    sizes[arg] = 0
+    with pytest.raises(ValueError, match=rf"^{arg} = 0 must be >= 1$"):
+        core_forward(**sizes)
+
+
+@pytest.mark.parametrize("mode", [3, -1])
+def test_core_bad_mode_is_a_value_error(mode):
+    with pytest.raises(ValueError, match=rf"^mode = {mode} is not one of"):
+        core_forward(3, mode=mode)
+
+
+def test_core_stack_reserve_bytes_of_impossible_shapes_is_minus_one():
+    assert fusedlstm._core.stack_reserve_bytes(False, 3, 2, 4, 0, 1, 1) > 0
+    # Before: a wrapped (negative or small) number.
+    assert fusedlstm._core.stack_reserve_bytes(False, 2**56, 2, 4, 0, 2, 2) == -1
+    assert fusedlstm._core.stack_reserve_bytes(True, 2**32, 2**32, 4, 0, 1, 1) == -1
+
+
+def cuda_core_forward(T=3, B=2, I=4, H=5, dtype=0, mode=0, x_stride_t=8):
+    """fusedlstm._cuda.forward with NULL device pointers: the CUDA C API checks
+    its arguments before it touches a device, so this runs without a GPU."""
+    if not fusedlstm.build_info()["cuda"]["importable"]:
+        pytest.skip("the CUDA module is not built here")
+    from fusedlstm import _cuda
+    _cuda.forward(dtype, False, 0, 0, mode, 0, T, B, I, H, 0, x_stride_t, I, 0, 0, 0, 0, 0, 0, None,
+                  0, 10, 5, 0, 0, True)
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(T=2**32, B=2**32), r"T\*B\*4\*H\*elem .* overflows int64"),
+    (dict(H=2**62), r"w_ih 4\*H\*I\*elem = .* overflows int64"),
+    (dict(x_stride_t=2**62), r"x_stride_t"),
+    (dict(dtype=7), r"^dtype = 7 is not one of FL_CUDA_FLOAT32 \(0\)"),
+    (dict(mode=-1), r"^mode = -1 is not one of"),
+    (dict(I=0), r"^I = 0 must be >= 1$"),
+], ids=["T*B-wraps", "H-overflows", "x_stride_t", "dtype", "mode", "I-zero"])
+def test_cuda_core_checks_sizes_and_enums(change, match):
+    with pytest.raises(ValueError, match=match):
+        cuda_core_forward(**change)

@@ -33,7 +33,10 @@ void check(fl_status status) {
   if (status == FL_OK) return;
   const std::string msg = fl_cuda_last_error();
   if (status == FL_INVALID_ARGUMENT) throw py::value_error(msg);
-  if (status == FL_OUT_OF_MEMORY) throw std::runtime_error("fusedlstm CUDA: out of memory: " + msg);
+  if (status == FL_OUT_OF_MEMORY) {  // MemoryError, as the CPU module's
+    PyErr_SetString(PyExc_MemoryError, ("fusedlstm CUDA: out of memory: " + msg).c_str());
+    throw py::error_already_set();
+  }
   throw std::runtime_error("fusedlstm CUDA error: " + msg);
 }
 

@@ -122,7 +122,10 @@ void check(fl_status status) {
   if (status == FL_OK) return;
   const std::string msg = fl_last_error();
   if (status == FL_INVALID_ARGUMENT) throw py::value_error(msg);
-  if (status == FL_OUT_OF_MEMORY) throw std::bad_alloc();
+  if (status == FL_OUT_OF_MEMORY) {  // MemoryError, with what was being allocated and how many bytes
+    PyErr_SetString(PyExc_MemoryError, msg.c_str());
+    throw py::error_already_set();
+  }
   throw std::runtime_error("fusedlstm internal error: " + msg);
 }
 

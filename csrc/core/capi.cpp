@@ -1,5 +1,6 @@
 // The C API: checks what the backends assume, turns exceptions into status
 // codes, and dispatches to the backend (only the CPU one so far).
+#include <algorithm>
 #include <cstring>
 #include <memory>
 #include <new>
@@ -7,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "core/arg_checks.h"
+#include "core/checked_size.h"
 #include "core/interrupt.h"
 #include "core/stack.h"
 #include "core/status.h"
@@ -29,14 +32,15 @@ struct fl_training_state {
   Bytes reserve;
   int64_t reserve_bytes = 0;
 
-  unsigned char* add_copy(int64_t bytes) {
-    copies.emplace_back(bytes);
+  // bytes: checked by the caller (check_single); what names the copy.
+  unsigned char* add_copy(int64_t bytes, const char* what) {
+    copies.emplace_back(bytes, false, what);
     copied_bytes += bytes;
     return copies.back().data();
   }
-  const void* keep(const void* src, int64_t bytes) {
+  const void* keep(const void* src, int64_t bytes, const char* what) {
     if (!src) return nullptr;
-    unsigned char* dst = add_copy(bytes);
+    unsigned char* dst = add_copy(bytes, what);
     std::memcpy(dst, src, size_t(bytes));
     return dst;
   }
@@ -46,17 +50,25 @@ namespace {
 
 thread_local std::string last_error;
 
-using fusedlstm::InvalidArgument;
+using fusedlstm::check_sequence_shape;
+using fusedlstm::checked_bytes;
+using fusedlstm::checked_extent;
+using fusedlstm::checked_product;
+using fusedlstm::checked_round_up;
 using fusedlstm::require;
+using fusedlstm::require_enum;
+using fusedlstm::require_positive;
 
 template <class Fn>
 fl_status guarded(Fn&& fn) {
   return fusedlstm::guarded(last_error, fn, [](const std::exception&) { return FL_INTERNAL_ERROR; });
 }
 
-void check_dtype(fl_dtype d) { require(d == FL_FLOAT32 || d == FL_FLOAT64, "dtype must be FL_FLOAT32 or FL_FLOAT64"); }
-
-int64_t elem_size(fl_dtype d) { return d == FL_FLOAT64 ? 8 : 4; }
+// Checks dtype (read as its raw integer) and returns its element size.
+int64_t checked_elem_size(const fl_dtype& dtype) {
+  require_enum("dtype", dtype, {"FL_FLOAT32", "FL_FLOAT64"});
+  return dtype == FL_FLOAT64 ? 8 : 4;
+}
 
 void check_lengths(const int64_t* lengths, int64_t B, int64_t T) {
   if (!lengths) return;
@@ -67,42 +79,101 @@ void check_lengths(const int64_t* lengths, int64_t B, int64_t T) {
 }
 
 void check_projection(int64_t proj_size, int64_t H) {
-  require(proj_size >= 0 && proj_size < H, "proj_size must be 0 or in [1, H)");
+  require(proj_size >= 0 && proj_size < H,
+          "proj_size = " + std::to_string(proj_size) + " must be 0 or in [1, H = " + std::to_string(H) + ")");
 }
 
-void check_single(const fl_forward_params& p) {
-  check_dtype(p.dtype);
-  require(p.mode == FL_MANY_TO_MANY || p.mode == FL_MANY_TO_ONE || p.mode == FL_ONE_TO_MANY,
-          "mode must be FL_MANY_TO_MANY, FL_MANY_TO_ONE or FL_ONE_TO_MANY");
-  require(p.T >= 1 && p.B >= 1 && p.I >= 1 && p.H >= 1, "T, B, I and H must all be >= 1");
-  require(p.x && p.w_ih && p.w_hh && p.h_n && p.c_n, "x, w_ih, w_hh, h_n and c_n are required");
+// The CPU backend's workspaces for one direction of T steps (x of width I,
+// recurrent state of width Hout), bounded here so that no product the
+// backend forms from the sizes can overflow: the per-step activations and
+// gradients of every (step, row) at the widest padded width, x transposed,
+// and the packed weight panels.
+void check_cpu_workspaces(int64_t elem, int64_t T, int64_t B, int64_t I, int64_t H, int64_t Hout) {
+  const int64_t hp = checked_round_up("H rounded up to 16", H, 16);
+  const int64_t kp = checked_round_up("max(I, Hout) rounded up to 64", std::max(I, Hout), 64);
+  checked_bytes("T*B*I*elem", {T, B, I, elem});
+  checked_bytes("T*B*4*roundup(H, 16)*elem (activations of every step)", {T, B, 4, hp, elem});
+  checked_bytes("4*roundup(H, 16)*roundup(max(I, Hout), 64)*elem (packed weights)", {4, hp, kp, elem});
+}
+
+// Byte sizes of the arrays of a single-direction forward (checked).
+struct ForwardSizes {
+  int64_t elem, Hout, x_steps;  // x_steps: T, or 1 for one_to_many's [B, I]
+  int64_t x, w_ih, w_hh, w_hr, h0, c0, lengths;
+};
+
+ForwardSizes check_single(const fl_forward_params& p) {
+  ForwardSizes s{};
+  s.elem = checked_elem_size(p.dtype);
+  require_positive("H", p.H);
   check_projection(p.proj_size, p.H);
+  s.Hout = p.proj_size > 0 ? p.proj_size : p.H;
+  check_sequence_shape(p, s.Hout, s.elem);
+  require(p.x && p.w_ih && p.w_hh && p.h_n && p.c_n, "x, w_ih, w_hh, h_n and c_n are required");
   require(p.proj_size == 0 || p.w_hr, "w_hr is required with a projection");
-  const int64_t Hout = p.proj_size > 0 ? p.proj_size : p.H;
   if (p.mode == FL_ONE_TO_MANY) {
-    require(p.feed == FL_FEED_REPEAT || p.feed == FL_FEED_FIRST || p.feed == FL_FEED_OUTPUT,
-            "feed must be FL_FEED_REPEAT, FL_FEED_FIRST or FL_FEED_OUTPUT");
-    require(p.feed != FL_FEED_OUTPUT || p.I == Hout, "feed FL_FEED_OUTPUT needs I == Hout");
+    require(p.feed != FL_FEED_OUTPUT || p.I == s.Hout, "feed FL_FEED_OUTPUT needs I == Hout");
     require(p.lengths == nullptr, "lengths is only for FL_MANY_TO_MANY and FL_MANY_TO_ONE");
     require(!p.reverse, "reverse is only for FL_MANY_TO_MANY and FL_MANY_TO_ONE");
   }
+  s.x_steps = p.mode == FL_ONE_TO_MANY ? 1 : p.T;
+  s.x = checked_bytes("T*B*I*elem", {s.x_steps, p.B, p.I, s.elem});
+  s.w_ih = checked_bytes("w_ih 4*H*I*elem", {4, p.H, p.I, s.elem});
+  s.w_hh = checked_bytes("w_hh 4*H*Hout*elem", {4, p.H, s.Hout, s.elem});
+  s.w_hr = checked_bytes("w_hr R*H*elem", {p.proj_size, p.H, s.elem});
+  s.h0 = checked_bytes("h0 B*Hout*elem", {p.B, s.Hout, s.elem});
+  s.c0 = checked_bytes("c0 B*H*elem", {p.B, p.H, s.elem});
+  s.lengths = checked_bytes("lengths B*8", {p.B, int64_t(sizeof(int64_t))});
+  check_cpu_workspaces(s.elem, p.T, p.B, p.I, p.H, s.Hout);
   check_lengths(p.lengths, p.B, p.T);
+  return s;
+}
+
+// The fields the reserve size reads (see fl_lstm_stack_reserve_bytes).
+void check_stack_shape(const fl_stack_params& p) {
+  checked_elem_size(p.dtype);
+  require_positive("T", p.T);
+  require_positive("B", p.B);
+  require_positive("H", p.H);
+  require_positive("num_layers", p.num_layers);
+  require(p.num_directions == 1 || p.num_directions == 2,
+          "num_directions = " + std::to_string(p.num_directions) + " must be 1 or 2");
+  check_projection(p.proj_size, p.H);
+  checked_product("num_layers*num_directions", {p.num_layers, p.num_directions});
 }
 
 void check_stack(const fl_stack_params& p, bool forward) {
-  check_dtype(p.dtype);
-  require(p.T >= 1 && p.B >= 1 && p.I >= 1 && p.H >= 1, "T, B, I and H must all be >= 1");
-  require(p.num_layers >= 1, "num_layers must be >= 1");
-  require(p.num_directions == 1 || p.num_directions == 2, "num_directions must be 1 or 2");
-  check_projection(p.proj_size, p.H);
+  check_stack_shape(p);
+  require_positive("I", p.I);
+  const int64_t elem = checked_elem_size(p.dtype), L = p.num_layers, D = p.num_directions;
+  const int64_t Hout = p.proj_size > 0 ? p.proj_size : p.H, width = checked_product("D*Hout", {D, Hout});
   require(p.x && p.w_ih && p.w_hh, "x, w_ih and w_hh are required");
   require(!forward || (p.h_n && p.c_n), "h_n and c_n are required");
   require(p.proj_size == 0 || p.w_hr, "w_hr is required with a projection");
-  for (int64_t i = 0; i < p.num_layers * p.num_directions; ++i) {
+  checked_extent("x extent (T-1)*|x_stride_t| + (B-1)*|x_stride_b| + I", p.T, p.x_stride_t, p.B, p.x_stride_b, p.I,
+                 elem);
+  if (p.y)
+    checked_extent("y extent (T-1)*|y_stride_t| + (B-1)*|y_stride_b| + D*Hout", p.T, p.y_stride_t, p.B, p.y_stride_b,
+                   width, elem);
+  checked_bytes("h_n num_layers*num_directions*B*Hout*elem", {L, D, p.B, Hout, elem});
+  checked_bytes("c_n num_layers*num_directions*B*H*elem", {L, D, p.B, p.H, elem});
+  checked_bytes("layer inputs and dropout_mask (num_layers-1)*T*B*D*Hout*elem", {L - 1, p.T, p.B, width, elem});
+  checked_bytes("T*B*max(I, D*Hout)*elem", {p.T, p.B, std::max(p.I, width), elem});
+  check_cpu_workspaces(elem, p.T, p.B, p.I, p.H, Hout);
+  if (L > 1) check_cpu_workspaces(elem, p.T, p.B, width, p.H, Hout);
+  fusedlstm::stack_reserve_bytes(p);  // checked: throws for shapes whose reserve overflows
+  for (int64_t i = 0; i < L * D; ++i) {  // the caller's arrays hold L*D pointers
     require(p.w_ih[i] && p.w_hh[i], "w_ih[" + std::to_string(i) + "] and w_hh[" + std::to_string(i) + "] are required");
     require(p.proj_size == 0 || p.w_hr[i], "w_hr[" + std::to_string(i) + "] is required");
   }
   check_lengths(p.lengths, p.B, p.T);
+}
+
+// The single step runs as one step of the sequence path from B rows on
+// (kCellPackedMinRows), hence the sequence workspaces with T = 1.
+void check_cpu_cell(int64_t elem, int64_t B, int64_t I, int64_t H) {
+  fusedlstm::check_cell_sizes(elem, B, I, H);
+  check_cpu_workspaces(elem, 1, B, I, H, H);
 }
 
 }  // namespace
@@ -110,10 +181,11 @@ void check_stack(const fl_stack_params& p, bool forward) {
 extern "C" {
 
 fl_status fl_lstm_forward(const fl_forward_params* p) {
+  // *state_out is NULL on every failure: cleared first, set last.
+  if (p && p->state_out) *p->state_out = nullptr;
   return guarded([&] {
     require(p != nullptr, "params is NULL");
-    check_single(*p);
-    if (p->state_out) *p->state_out = nullptr;
+    const ForwardSizes sz = check_single(*p);
     if (!p->state_out) {
       fusedlstm::cpu::forward(*p, nullptr);
       return;
@@ -123,27 +195,26 @@ fl_status fl_lstm_forward(const fl_forward_params* p) {
     f = *p;
     f.state_out = nullptr;
     f.y = f.h_n = f.c_n = nullptr;
-    const int64_t e = elem_size(p->dtype), Hout = p->proj_size > 0 ? p->proj_size : p->H;
-    // x, copied contiguous: [T, B, I], or one_to_many's [B, I].
-    const bool one_to_many = p->mode == FL_ONE_TO_MANY;
-    const int64_t steps = one_to_many ? 1 : p->T;
-    unsigned char* x = st->add_copy(steps * p->B * p->I * e);
-    for (int64_t t = 0; t < steps; ++t)
-      for (int64_t b = 0; b < p->B; ++b)
-        std::memcpy(x + (t * p->B + b) * p->I * e,
+    const int64_t e = sz.elem, B = p->B, I = p->I;
+    // x, copied contiguous: [T, B, I], or one_to_many's [B, I]. Offsets are
+    // within the extents check_single bounded.
+    unsigned char* x = st->add_copy(sz.x, "the training state's copy of x");
+    for (int64_t t = 0; t < sz.x_steps; ++t)
+      for (int64_t b = 0; b < B; ++b)
+        std::memcpy(x + (t * B + b) * I * e,
                     static_cast<const unsigned char*>(p->x) + (t * p->x_stride_t + b * p->x_stride_b) * e,
-                    size_t(p->I * e));
+                    size_t(I * e));
     f.x = x;
-    f.x_stride_t = p->B * p->I, f.x_stride_b = p->I;
-    f.w_ih = st->keep(p->w_ih, 4 * p->H * p->I * e);
-    f.w_hh = st->keep(p->w_hh, 4 * p->H * Hout * e);
-    f.w_hr = p->proj_size > 0 ? st->keep(p->w_hr, p->proj_size * p->H * e) : nullptr;
+    f.x_stride_t = B * I, f.x_stride_b = I;
+    f.w_ih = st->keep(p->w_ih, sz.w_ih, "the training state's copy of w_ih");
+    f.w_hh = st->keep(p->w_hh, sz.w_hh, "the training state's copy of w_hh");
+    f.w_hr = p->proj_size > 0 ? st->keep(p->w_hr, sz.w_hr, "the training state's copy of w_hr") : nullptr;
     f.b_ih = f.b_hh = nullptr;  // backward does not read biases
-    f.h0 = st->keep(p->h0, p->B * Hout * e);
-    f.c0 = st->keep(p->c0, p->B * p->H * e);
-    f.lengths = static_cast<const int64_t*>(st->keep(p->lengths, p->B * int64_t(sizeof(int64_t))));
-    st->reserve_bytes = fusedlstm::cpu::reserve_bytes(p->dtype, p->T, p->B, p->H, p->proj_size);
-    st->reserve = fl_training_state::Bytes(st->reserve_bytes);
+    f.h0 = st->keep(p->h0, sz.h0, "the training state's copy of h0");
+    f.c0 = st->keep(p->c0, sz.c0, "the training state's copy of c0");
+    f.lengths = static_cast<const int64_t*>(st->keep(p->lengths, sz.lengths, "the training state's copy of lengths"));
+    st->reserve_bytes = fusedlstm::cpu::reserve_bytes(p->dtype, p->T, B, p->H, p->proj_size);
+    st->reserve = fl_training_state::Bytes(st->reserve_bytes, false, "the training state's saved activations");
     fusedlstm::cpu::forward(*p, st->reserve.data());
     *p->state_out = st.release();
   });
@@ -154,16 +225,22 @@ fl_status fl_lstm_backward(const fl_backward_params* p) {
     require(p != nullptr, "params is NULL");
     require(p->state != nullptr, "state is NULL: run the forward with state_out set");
     require(p->dx && p->dh0 && p->dc0 && p->dw_ih && p->dw_hh, "dx, dh0, dc0, dw_ih and dw_hh are required");
-    require(p->state->params.proj_size == 0 || p->dw_hr, "dw_hr is required with a projection");
-    fusedlstm::cpu::backward(p->state->params, p->state->reserve.data(), *p);
+    const fl_forward_params& f = p->state->params;  // checked by the forward
+    require(f.proj_size == 0 || p->dw_hr, "dw_hr is required with a projection");
+    const int64_t elem = f.dtype == FL_FLOAT64 ? 8 : 4, Hout = f.proj_size > 0 ? f.proj_size : f.H;
+    checked_extent("dx extent (T-1)*|dx_stride_t| + (B-1)*|dx_stride_b| + I", f.mode == FL_ONE_TO_MANY ? 1 : f.T,
+                   p->dx_stride_t, f.B, p->dx_stride_b, f.I, elem);
+    if (p->dy && f.mode != FL_MANY_TO_ONE)
+      checked_extent("dy extent (T-1)*|dy_stride_t| + (B-1)*|dy_stride_b| + Hout", f.T, p->dy_stride_t, f.B,
+                     p->dy_stride_b, Hout, elem);
+    fusedlstm::cpu::backward(f, p->state->reserve.data(), *p);
   });
 }
 
 fl_status fl_lstm_cell(const fl_cell_params* p) {
   return guarded([&] {
     require(p != nullptr, "params is NULL");
-    check_dtype(p->dtype);
-    require(p->B >= 1 && p->I >= 1 && p->H >= 1, "B, I and H must all be >= 1");
+    check_cpu_cell(checked_elem_size(p->dtype), p->B, p->I, p->H);
     require(p->x && p->h && p->c && p->w_ih && p->w_hh && p->h_new && p->c_new,
             "x, h, c, w_ih, w_hh, h_new and c_new are required");
     fusedlstm::cpu::cell(*p);
@@ -173,8 +250,7 @@ fl_status fl_lstm_cell(const fl_cell_params* p) {
 fl_status fl_lstm_cell_backward(const fl_cell_backward_params* p) {
   return guarded([&] {
     require(p != nullptr, "params is NULL");
-    check_dtype(p->dtype);
-    require(p->B >= 1 && p->I >= 1 && p->H >= 1, "B, I and H must all be >= 1");
+    check_cpu_cell(checked_elem_size(p->dtype), p->B, p->I, p->H);
     require(p->x && p->h && p->c && p->w_ih && p->w_hh && p->acts && p->c_new,
             "x, h, c, w_ih, w_hh, acts and c_new are required");
     require(p->dx && p->dh && p->dc && p->dw_ih && p->dw_hh, "dx, dh, dc, dw_ih and dw_hh are required");
@@ -189,7 +265,13 @@ int64_t fl_training_state_bytes(const fl_training_state* state) {
 }
 
 int64_t fl_lstm_stack_reserve_bytes(const fl_stack_params* p) {
-  return p ? fusedlstm::stack_reserve_bytes(*p) : 0;
+  int64_t bytes = -1;
+  const fl_status status = guarded([&] {
+    require(p != nullptr, "params is NULL");
+    check_stack_shape(*p);
+    bytes = fusedlstm::stack_reserve_bytes(*p);
+  });
+  return status == FL_OK ? bytes : -1;
 }
 
 fl_status fl_lstm_stack_forward(const fl_stack_params* p, void* reserve, int64_t reserve_bytes) {
@@ -198,8 +280,8 @@ fl_status fl_lstm_stack_forward(const fl_stack_params* p, void* reserve, int64_t
     check_stack(*p, true);
     if (reserve) {
       const int64_t need = fusedlstm::stack_reserve_bytes(*p);
-      require(reserve_bytes >= need, "reserve holds " + std::to_string(reserve_bytes) + " bytes; these shapes need " +
-                                         std::to_string(need));
+      require(reserve_bytes >= need, "reserve_bytes = " + std::to_string(reserve_bytes) +
+                                         " is smaller than these shapes need (" + std::to_string(need) + ")");
     }
     fusedlstm::stack_forward(*p, reserve);
   });
@@ -211,9 +293,17 @@ fl_status fl_lstm_stack_backward(const fl_stack_params* p, const void* reserve, 
     require(p != nullptr && g != nullptr, "params or grads is NULL");
     check_stack(*p, false);
     require(reserve != nullptr, "reserve is NULL: run the forward with a reserve");
-    require(reserve_bytes >= fusedlstm::stack_reserve_bytes(*p), "reserve is smaller than these shapes need");
+    const int64_t need = fusedlstm::stack_reserve_bytes(*p);
+    require(reserve_bytes >= need, "reserve_bytes = " + std::to_string(reserve_bytes) +
+                                       " is smaller than these shapes need (" + std::to_string(need) + ")");
     require(g->dx && g->dh0 && g->dc0 && g->dw_ih && g->dw_hh, "dx, dh0, dc0, dw_ih and dw_hh are required");
     require(p->proj_size == 0 || g->dw_hr, "dw_hr is required with a projection");
+    const int64_t elem = p->dtype == FL_FLOAT64 ? 8 : 4, Hout = p->proj_size > 0 ? p->proj_size : p->H;
+    checked_extent("dx extent (T-1)*|dx_stride_t| + (B-1)*|dx_stride_b| + I", p->T, g->dx_stride_t, p->B,
+                   g->dx_stride_b, p->I, elem);
+    if (g->dy)
+      checked_extent("dy extent (T-1)*|dy_stride_t| + (B-1)*|dy_stride_b| + D*Hout", p->T, g->dy_stride_t, p->B,
+                     g->dy_stride_b, p->num_directions * Hout, elem);
     fusedlstm::stack_backward(*p, reserve, *g);
   });
 }

@@ -9,6 +9,7 @@
 #include <new>
 #include <vector>
 
+#include "core/checked_size.h"
 #include "core/interrupt.h"
 #include "cpu/buffer.h"
 #include "cpu/dispatch.h"
@@ -18,18 +19,28 @@ namespace fusedlstm {
 
 namespace {
 
-int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
-
+// Sizes checked (checked_size.h): the C API builds one to check the shapes
+// before anything runs.
 struct StackGeometry {
-  int64_t L, D, Hout, elem, cell_bytes, input_bytes;
+  int64_t L, D, Hout, elem, cell_bytes, input_bytes, total_bytes;
   explicit StackGeometry(const fl_stack_params& p)
       : L(p.num_layers),
         D(p.num_directions),
         Hout(p.proj_size > 0 ? p.proj_size : p.H),
         elem(p.dtype == FL_FLOAT64 ? 8 : 4),
         cell_bytes(cpu::reserve_bytes(p.dtype, p.T, p.B, p.H, p.proj_size)),
-        input_bytes(round_up(p.T * p.B * D * Hout * elem, 64) + 64) {}
-  int64_t total() const { return L * D * cell_bytes + (L - 1) * input_bytes; }
+        input_bytes(checked_sum("reserve layer input bytes",
+                                {checked_round_up("reserve layer input T*B*D*Hout*elem",
+                                                  checked_bytes("reserve layer input T*B*D*Hout*elem",
+                                                                {p.T, p.B, D, Hout, elem}),
+                                                  64),
+                                 64})),
+        total_bytes(checked_sum("stack reserve bytes",
+                                {checked_bytes("stack reserve of the cells num_layers*num_directions*cell bytes",
+                                               {L, D, cell_bytes}),
+                                 checked_bytes("stack reserve of the layer inputs (num_layers-1)*input bytes",
+                                               {L - 1, input_bytes})})) {}
+  int64_t total() const { return total_bytes; }
   int64_t width() const { return D * Hout; }  // input width of layers >= 1
   int64_t cell_offset(int64_t l, int64_t d) const { return (l * D + d) * cell_bytes; }
   int64_t input_offset(int64_t l) const { return L * D * cell_bytes + (l - 1) * input_bytes; }  // l >= 1
@@ -75,8 +86,8 @@ bool directions_together(const fl_stack_params& p, const StackGeometry& sg) {
     if (std::strcmp(force, "together") == 0) return true;
     if (std::strcmp(force, "sequential") == 0) return false;
   }
-  const int64_t flops_per_step = 2 * p.B * 4 * p.H * sg.Hout;
-  return flops_per_step < (int64_t(1) << 19);
+  const double flops_per_step = 8.0 * double(p.B) * double(p.H) * double(sg.Hout);  // work, not a size: never wraps
+  return flops_per_step < double(1 << 19);
 }
 
 // Runs run_direction(d) for every direction d of a layer: both at once, or
@@ -134,7 +145,7 @@ void forward_typed(const fl_stack_params& p, void* reserve) {
   // Inference: layer outputs alternate between two host arrays.
   HostArray scratch[2];
   if (!training && sg.L > 1)
-    for (auto& s : scratch) s = HostArray(n_in * sg.elem);
+    for (auto& s : scratch) s = HostArray(n_in * sg.elem, false, "a layer output of the stack (inference)");
 
   const void* in = p.x;
   int64_t in_st = p.x_stride_t, in_sb = p.x_stride_b;
@@ -195,7 +206,7 @@ void backward_typed(const fl_stack_params& p, const void* reserve, const fl_stac
     if (l == 0) {
       dx = g.dx, dx_st = g.dx_stride_t, dx_sb = g.dx_stride_b;
     } else {
-      if (!d_in[l % 2].data()) d_in[l % 2] = HostArray(n_in * sg.elem);
+      if (!d_in[l % 2].data()) d_in[l % 2] = HostArray(n_in * sg.elem, false, "the gradient of a layer's output");
       dx = d_in[l % 2].data(), dx_st = p.B * sg.width(), dx_sb = sg.width();
     }
     auto run_direction = [&](int64_t d) {
@@ -221,7 +232,8 @@ void backward_typed(const fl_stack_params& p, const void* reserve, const fl_stac
       b.dw_hr = p.proj_size > 0 ? g.dw_hr[idx] : nullptr;
       cpu::backward(f, res + sg.cell_offset(l, d), b);
     };
-    if (sg.D == 2 && !d_other.data()) d_other = HostArray(p.T * p.B * std::max(p.I, sg.width()) * sg.elem);
+    if (sg.D == 2 && !d_other.data())
+      d_other = HostArray(p.T * p.B * std::max(p.I, sg.width()) * sg.elem, false, "the reverse direction's dx");
     for_each_direction(p, sg, run_direction);
     if (sg.D == 2) add_into<T>(dx, dx_st, dx_sb, d_other.data(), p.T, p.B, in_width);
     if (l > 0) {

@@ -4,6 +4,7 @@
 #ifndef FUSEDLSTM_CORE_STATUS_H_
 #define FUSEDLSTM_CORE_STATUS_H_
 
+#include <cstdint>
 #include <exception>
 #include <new>
 #include <stdexcept>
@@ -27,6 +28,18 @@ inline void require(bool ok, const std::string& what) {
   if (!ok) throw InvalidArgument(what);
 }
 
+// A failed host allocation that says what it was for and how many bytes:
+// FL_OUT_OF_MEMORY (a MemoryError in Python). Still a std::bad_alloc.
+class OutOfMemory : public std::bad_alloc {
+ public:
+  OutOfMemory(const std::string& what, int64_t bytes)
+      : message_("out of host memory allocating " + std::to_string(bytes) + " bytes for " + what) {}
+  const char* what() const noexcept override { return message_.c_str(); }
+
+ private:
+  std::string message_;
+};
+
 // Runs fn() and returns FL_OK, or the status of what it threw with the
 // message in `error`. other_status(e) gives the status of any other
 // std::exception (a backend may recognise its own out-of-memory errors).
@@ -42,9 +55,15 @@ fl_status guarded(std::string& error, Fn&& fn, OtherStatus&& other_status) {
   } catch (const Interrupted& e) {
     error = e.what();
     return FL_INTERRUPTED;
-  } catch (const std::bad_alloc&) {
-    error = "out of host memory allocating a workspace";
+  } catch (const OutOfMemory& e) {
+    error = e.what();
     return FL_OUT_OF_MEMORY;
+  } catch (const std::bad_alloc&) {
+    error = "out of host memory allocating a host array (std::bad_alloc)";
+    return FL_OUT_OF_MEMORY;
+  } catch (const std::length_error& e) {  // a size no container can hold
+    error = std::string("a size is too large for this machine (") + e.what() + ")";
+    return FL_INVALID_ARGUMENT;
   } catch (const std::exception& e) {
     error = e.what();
     return other_status(e);

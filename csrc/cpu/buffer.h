@@ -10,6 +10,9 @@
 #include <new>
 #include <utility>
 
+#include "core/checked_size.h"
+#include "core/status.h"
+
 namespace fusedlstm {
 namespace cpu {
 
@@ -58,17 +61,18 @@ class BlockCache {
   size_t cached_ = 0;
 };
 
-// 64-byte aligned, uninitialised (or zeroed) storage.
+// 64-byte aligned, uninitialised (or zeroed) storage of n elements. `what`
+// names it in the OutOfMemory error when it cannot be allocated.
 template <class T>
 class Buffer {
  public:
   Buffer() = default;
-  explicit Buffer(int64_t n, bool zero = false) : n_(n) {
+  explicit Buffer(int64_t n, bool zero = false, const char* what = "a CPU workspace") : n_(n) {
     if (n <= 0) return;
-    const size_t bytes = (size_t(n) * sizeof(T) + 63) / 64 * 64;
-    p_ = static_cast<T*>(BlockCache::instance().take(bytes, &capacity_));
-    if (!p_) throw std::bad_alloc();
-    if (zero) std::memset(p_, 0, bytes);
+    const int64_t bytes = checked_round_up("workspace bytes", checked_bytes(what, {n, int64_t(sizeof(T))}), 64);
+    p_ = static_cast<T*>(BlockCache::instance().take(size_t(bytes), &capacity_));
+    if (!p_) throw OutOfMemory(what, bytes);
+    if (zero) std::memset(p_, 0, size_t(bytes));
   }
   Buffer(Buffer&& o) noexcept : p_(o.p_), n_(o.n_), capacity_(o.capacity_) { o.p_ = nullptr, o.n_ = 0; }
   Buffer& operator=(Buffer&& o) noexcept {

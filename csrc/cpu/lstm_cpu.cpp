@@ -28,6 +28,7 @@
 #include <numeric>
 #include <vector>
 
+#include "core/checked_size.h"
 #include "core/gate_math.h"
 #include "core/interrupt.h"
 #include "core/status.h"
@@ -321,9 +322,9 @@ int64_t projection_chunk_rows() {
 // about a microsecond with two threads; below that much work per thread one
 // thread is faster.
 int recurrent_threads(int64_t rows, int64_t cols, int64_t K, int64_t units_of_work) {
-  const int64_t flops_per_step = 2 * rows * cols * K;
+  const double flops_per_step = 2.0 * double(rows) * double(cols) * double(K);  // work, not a size: never wraps
   int n = num_threads();
-  if (flops_per_step < (int64_t(1) << 17)) n = 1;
+  if (flops_per_step < double(1 << 17)) n = 1;
   return int(std::max<int64_t>(1, std::min<int64_t>(n, units_of_work)));
 }
 
@@ -359,23 +360,26 @@ struct ReserveHeader {
   int64_t dtype, T, B, H, R;
 };
 
-inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
-
+// Checked (checked_size.h): an impossible T, B, H throws InvalidArgument
+// naming the region.
 struct ReserveLayout {
   int64_t acts, c, h, m, end;  // byte offsets from the aligned base
   ReserveLayout(int64_t elem, int64_t T, int64_t B, int64_t H, int64_t R) {
     const int64_t wb = 64 / elem;  // widest vector of this dtype, in elements
-    const int64_t slots = T * B, hp = round_up(H, wb);
+    const int64_t hp = checked_round_up("H rounded up to the vector width", H, wb);
     int64_t at = kReserveHeaderBytes;
-    auto region = [&](int64_t elems) {
+    auto region = [&](const char* what, int64_t gates, int64_t width) {
       const int64_t start = at;
-      at += round_up(elems * elem, 64);
+      const int64_t bytes = checked_round_up(what, checked_bytes(what, {T, B, gates, width, elem}), 64);
+      at = checked_sum("reserve bytes", {at, bytes});
       return start;
     };
-    acts = region(slots * 4 * hp);
-    c = region(slots * hp);
-    h = region(slots * (R > 0 ? R : hp));
-    m = R > 0 ? region(slots * round_up(H, 4 * wb)) : at;
+    acts = region("reserve activations T*B*4*Hp*elem", 4, hp);
+    c = region("reserve cell states T*B*Hp*elem", 1, hp);
+    h = region("reserve hidden states T*B*Hout*elem", 1, R > 0 ? R : hp);
+    m = R > 0 ? region("reserve projection inputs T*B*roundup(H, 4*w)*elem", 1,
+                       checked_round_up("H rounded up to 4 vectors", H, 4 * wb))
+              : at;
     end = at;
   }
 };
@@ -390,7 +394,7 @@ T* aligned_base(void* reserve) {
 
 int64_t reserve_bytes(fl_dtype dtype, int64_t T, int64_t B, int64_t H, int64_t R) {
   const int64_t elem = dtype == FL_FLOAT64 ? 8 : 4;
-  return 64 + ReserveLayout(elem, T, B, H, R).end;  // 64: room to align the base
+  return checked_sum("reserve bytes", {64, ReserveLayout(elem, T, B, H, R).end});  // 64: room to align the base
 }
 
 namespace {
@@ -957,8 +961,8 @@ void cell_typed(const fl_cell_params& p) {
   // Threads split hidden units in whole vectors; worth it once the weights
   // no longer stream from one core's cache quickly.
   const int64_t n_vec = (H + kern.width - 1) / kern.width;
-  const int64_t macs = p.B * 4 * H * (p.I + H);
-  const int nth = macs >= (int64_t(1) << 20) ? num_threads() : 1;
+  const double macs = 4.0 * double(p.B) * double(H) * (double(p.I) + double(H));
+  const int nth = macs >= double(1 << 20) ? num_threads() : 1;
   parallel_for(n_vec, nth, [&](int64_t v0, int64_t v1) {
     kern.cell(a, v0 * kern.width, std::min<int64_t>(H, v1 * kern.width));
   });
@@ -990,7 +994,7 @@ void cell_backward_typed(const fl_cell_backward_params& p) {
       T* g = dg.data() + b * G + u;
       g[0] = d.i, g[H] = d.f, g[2 * H] = d.g, g[3 * H] = d.o;
     }
-  const int threads = (G * (I + H) * B >= (int64_t(1) << 18)) ? num_threads() : 1;
+  const int threads = double(G) * (double(I) + double(H)) * double(B) >= double(1 << 18) ? num_threads() : 1;
   const T* x = static_cast<const T*>(p.x);
   const T* h = static_cast<const T*>(p.h);
   const T* w_ih = static_cast<const T*>(p.w_ih);

@@ -7,6 +7,8 @@
 #include <new>
 #include <string>
 
+#include "core/arg_checks.h"
+#include "core/checked_size.h"
 #include "core/status.h"
 #include "cuda/cuda_check.h"
 #include "cuda/lstm_cuda.h"
@@ -22,7 +24,9 @@ struct fl_cuda_training_state {
 
 namespace {
 
+using fusedlstm::checked_bytes;
 using fusedlstm::require;
+using fusedlstm::check_cell_sizes;
 
 thread_local std::string last_error;
 
@@ -34,9 +38,11 @@ fl_status guarded(Fn&& fn) {
   });
 }
 
-void check_dtype(fl_cuda_dtype d) {
-  require(d == FL_CUDA_FLOAT32 || d == FL_CUDA_FLOAT64 || d == FL_CUDA_FLOAT16 || d == FL_CUDA_BFLOAT16,
-          "dtype must be FL_CUDA_FLOAT32, FL_CUDA_FLOAT64, FL_CUDA_FLOAT16 or FL_CUDA_BFLOAT16");
+// Checks dtype (read as its raw integer) and returns its element size.
+int64_t checked_elem_size(const fl_cuda_dtype& dtype) {
+  fusedlstm::require_enum("dtype", dtype,
+                          {"FL_CUDA_FLOAT32", "FL_CUDA_FLOAT64", "FL_CUDA_FLOAT16", "FL_CUDA_BFLOAT16"});
+  return dtype == FL_CUDA_FLOAT64 ? 8 : dtype == FL_CUDA_FLOAT32 ? 4 : 2;
 }
 
 void check_path() {
@@ -52,31 +58,31 @@ void check_path() {
 extern "C" {
 
 fl_status fl_cuda_lstm_forward(const fl_cuda_forward_params* p) {
+  // *state_out is NULL on every failure: cleared first, set last.
+  if (p && p->state_out) *p->state_out = nullptr;
   return guarded([&] {
     require(p != nullptr, "params is NULL");
-    check_dtype(p->dtype);
+    const int64_t elem = checked_elem_size(p->dtype);
     check_path();
-    require(p->mode == FL_MANY_TO_MANY || p->mode == FL_MANY_TO_ONE || p->mode == FL_ONE_TO_MANY,
-            "mode must be FL_MANY_TO_MANY, FL_MANY_TO_ONE or FL_ONE_TO_MANY");
-    require(p->T >= 1 && p->B >= 1 && p->I >= 1 && p->H >= 1, "T, B, I and H must all be >= 1");
+    fusedlstm::check_sequence_shape(*p, p->H, elem);
+    check_cell_sizes(elem, p->B, p->I, p->H);
+    checked_bytes("T*B*4*H*elem (activations of every step)", {p->T, p->B, 4, p->H, elem});
+    checked_bytes("T*B*I*elem", {p->T, p->B, p->I, elem});
     require(p->x && p->w_ih && p->w_hh && p->h_n && p->c_n, "x, w_ih, w_hh, h_n and c_n are required");
-    require(p->device >= 0, "device must be a CUDA device ordinal");
+    require(p->device >= 0, "device = " + std::to_string(p->device) + " must be a CUDA device ordinal (>= 0)");
     if (p->mode == FL_ONE_TO_MANY) {
-      require(p->feed == FL_FEED_REPEAT || p->feed == FL_FEED_FIRST || p->feed == FL_FEED_OUTPUT,
-              "feed must be FL_FEED_REPEAT, FL_FEED_FIRST or FL_FEED_OUTPUT");
       require(p->feed != FL_FEED_OUTPUT || p->I == p->H, "feed FL_FEED_OUTPUT needs I == H");
       require(p->lengths == nullptr, "lengths is only for FL_MANY_TO_MANY and FL_MANY_TO_ONE");
     }
     require(p->x_stride_b >= p->I, "x_stride_b must be >= I (rows are contiguous)");
     if (p->y) require(p->y_stride_b >= p->H || p->B == 1, "y_stride_b must be >= H");
-    if (p->state_out) *p->state_out = nullptr;
     fusedlstm::cuda::SavedState* saved = nullptr;
     fusedlstm::cuda::forward(*p, p->state_out ? &saved : nullptr);
     if (p->state_out) {
       auto* st = new (std::nothrow) fl_cuda_training_state{saved};
       if (!st) {
         fusedlstm::cuda::free_saved(saved);
-        throw std::bad_alloc();
+        throw fusedlstm::OutOfMemory("the CUDA training state's handle", int64_t(sizeof(fl_cuda_training_state)));
       }
       *p->state_out = st;
     }
@@ -95,8 +101,7 @@ fl_status fl_cuda_lstm_backward(const fl_cuda_backward_params* p) {
 fl_status fl_cuda_lstm_cell(const fl_cuda_cell_params* p) {
   return guarded([&] {
     require(p != nullptr, "params is NULL");
-    check_dtype(p->dtype);
-    require(p->B >= 1 && p->I >= 1 && p->H >= 1, "B, I and H must all be >= 1");
+    check_cell_sizes(checked_elem_size(p->dtype), p->B, p->I, p->H);
     require(p->x && p->h && p->c && p->w_ih && p->w_hh && p->h_new && p->c_new,
             "x, h, c, w_ih, w_hh, h_new and c_new are required");
     fusedlstm::cuda::cell(*p);

@@ -15,6 +15,22 @@
 //
 // Threading: a call may use up to fl_get_num_threads() threads; calls from
 // several host threads at once are serialised on the shared thread pool.
+//
+// Errors: every entry point checks its arguments before it allocates or
+// reads anything and returns FL_INVALID_ARGUMENT with a message
+// (fl_last_error) naming the argument and its value, for
+//   - a NULL params struct or a required pointer that is NULL;
+//   - an enum field (dtype, mode, feed) holding any other value (the field
+//     is read as the int the caller stored, so any int is safe to pass);
+//   - a size below 1 ("I = 0 must be >= 1");
+//   - a size that cannot be represented: every product a call derives from
+//     its sizes and strides (array extents (T-1)*|stride_t| + (B-1)*|stride_b|
+//     + row in bytes, weights 4*H*I, the saved activations T*B*4*roundup(H,16),
+//     workspaces, reserve sizes) must fit in int64 and in PTRDIFF_MAX bytes;
+//     the message names the product ("T*B*I*elem = ... overflows int64").
+// Strides may be zero or negative (offsets are from the pointer given). A
+// size that fits but cannot be allocated returns FL_OUT_OF_MEMORY, the
+// message naming what was being allocated and how many bytes.
 #ifndef FUSEDLSTM_FUSEDLSTM_H_
 #define FUSEDLSTM_FUSEDLSTM_H_
 
@@ -86,7 +102,7 @@ typedef struct fl_forward_params {
   void* c_n;  // [B, H] row-major, required
 
   // Training: when non-NULL, *state_out receives the saved activations
-  // (free with fl_training_state_free).
+  // (free with fl_training_state_free); on any failure it is set to NULL.
   fl_training_state** state_out;
 } fl_forward_params;
 
@@ -225,6 +241,9 @@ typedef struct fl_stack_grads {
 //   cell = 320 + r64(S*4*hp*s) + r64(S*hp*s) + r64(S*(R ? R : hp)*s)
 //          + (R ? r64(S*roundup(H, 4*w)*s) : 0)
 //   total = L*D*cell + (L-1)*(r64(S*D*Hout*s) + 64)
+// Returns -1 (never a negative or wrapped size), with the reason in
+// fl_last_error, when params is NULL, a field it reads is invalid, or the
+// total (or any term of it) does not fit in int64.
 int64_t fl_lstm_stack_reserve_bytes(const fl_stack_params* params);
 // reserve NULL: inference. Else at least fl_lstm_stack_reserve_bytes bytes
 // (any alignment), every byte of which is written.

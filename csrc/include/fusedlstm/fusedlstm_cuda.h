@@ -16,6 +16,9 @@
 //     bits for the products); 0 = strict float32 (CUBLAS_COMPUTE_32F_PEDANTIC).
 //
 // Sizes: T*B*4H and every GEMM dimension must be < 2^31 (cuBLAS takes int).
+// Arguments are checked as in fusedlstm.h ("Errors"): NULL pointers, enum
+// values, sizes below 1 and products that overflow are FL_INVALID_ARGUMENT
+// naming the argument; *state_out is NULL after any failure.
 // Errors: a failed CUDA or cuBLAS call returns FL_INTERNAL_ERROR with a message
 // (fl_cuda_last_error) naming the call, its error string, file and line.
 #ifndef FUSEDLSTM_FUSEDLSTM_CUDA_H_

@@ -1,0 +1,77 @@
+// Argument checks shared by the CPU and CUDA C APIs: sizes, enum fields,
+// strided extents. Each failure is an InvalidArgument naming the argument
+// and its value.
+#ifndef FUSEDLSTM_CORE_ARG_CHECKS_H_
+#define FUSEDLSTM_CORE_ARG_CHECKS_H_
+
+#include <cstdint>
+#include <cstring>
+#include <initializer_list>
+#include <string>
+
+#include "core/checked_size.h"
+#include "core/status.h"
+
+namespace fusedlstm {
+
+// An enum field as the int a C caller stored there. Loading a value outside
+// the enumerators as the enum type is undefined behaviour, so a field is
+// read this way until it has been checked.
+template <class E>
+int32_t raw_enum(const E& field) {
+  static_assert(sizeof(E) == sizeof(int32_t), "fusedlstm's C enums are int-sized");
+  int32_t v;
+  std::memcpy(&v, &field, sizeof v);
+  return v;
+}
+
+// value must be one of names' enumerators, which are 0, 1, ... in order.
+template <class E>
+void require_enum(const char* argument, const E& field, std::initializer_list<const char*> names) {
+  const int32_t v = raw_enum(field);
+  if (v >= 0 && v < int32_t(names.size())) return;
+  std::string msg = std::string(argument) + " = " + std::to_string(v) + " is not one of ";
+  int32_t i = 0;
+  for (const char* n : names) {
+    msg += (i ? ", " : "") + std::string(n) + " (" + std::to_string(i) + ")";
+    ++i;
+  }
+  throw InvalidArgument(msg);
+}
+
+inline void require_positive(const char* argument, int64_t v) {
+  require(v >= 1, std::string(argument) + " = " + std::to_string(v) + " must be >= 1");
+}
+
+// x and y of a sequence forward (the fields fl_forward_params and
+// fl_cuda_forward_params share): mode, feed, T, B, I, H, and the extents of
+// x [T,B,I] ([B,I] for one_to_many) and y [T,B,Hout] from their strides.
+template <class P>
+void check_sequence_shape(const P& p, int64_t Hout, int64_t elem) {
+  require_enum("mode", p.mode, {"FL_MANY_TO_MANY", "FL_MANY_TO_ONE", "FL_ONE_TO_MANY"});
+  if (p.mode == FL_ONE_TO_MANY) require_enum("feed", p.feed, {"FL_FEED_REPEAT", "FL_FEED_FIRST", "FL_FEED_OUTPUT"});
+  require_positive("T", p.T);
+  require_positive("B", p.B);
+  require_positive("I", p.I);
+  require_positive("H", p.H);
+  const int64_t x_steps = p.mode == FL_ONE_TO_MANY ? 1 : p.T;
+  checked_extent("x extent (T-1)*|x_stride_t| + (B-1)*|x_stride_b| + I", x_steps, p.x_stride_t, p.B, p.x_stride_b,
+                 p.I, elem);
+  if (p.y && p.mode != FL_MANY_TO_ONE)
+    checked_extent("y extent (T-1)*|y_stride_t| + (B-1)*|y_stride_b| + Hout", p.T, p.y_stride_t, p.B, p.y_stride_b,
+                   Hout, elem);
+}
+
+// One step of B rows (the cell entry points): its sizes and the weights.
+inline void check_cell_sizes(int64_t elem, int64_t B, int64_t I, int64_t H) {
+  require_positive("B", B);
+  require_positive("I", I);
+  require_positive("H", H);
+  checked_bytes("w_ih 4*H*I*elem", {4, H, I, elem});
+  checked_bytes("w_hh 4*H*H*elem", {4, H, H, elem});
+  checked_bytes("B*4*H*elem", {B, 4, H, elem});
+}
+
+}  // namespace fusedlstm
+
+#endif  // FUSEDLSTM_CORE_ARG_CHECKS_H_

@@ -7,6 +7,9 @@ and the message names the offending argument as a whole word ("w_hh",
 """
 
 import re
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -316,31 +319,57 @@ def test_set_num_threads_invalid(n):
 # the C API below the Python checks (fusedlstm._core): sizes the Python layer
 # would refuse reach the core's own checks (tests/c/test_capi.c drives the rest)
 # --------------------------------------------------------------------------------------
-def core_forward(T, B=1, I=1, H=1, x_strides=(0, 0), training=True, mode=1):
-    """_core.forward on one-element arrays with zero strides: every step reads
-    the same x, so only the sizes (not the arrays) are absurd."""
-    one = lambda *shape: np.zeros(shape)  # noqa: E731
-    return fusedlstm._core.forward(one(1, 1, 1), one(4, 1), one(4, 1), None, None, None, None, mode, 0,
-                                   T, B, I, H, None, *x_strides, None, 0, 0, one(1, 1), one(1, 1), training)
+def core_forward(T, B=1, I=1, H=1, training=True, mode=1):
+    """_core.forward on arrays the binding accepts (sizes below 1 are left to
+    the core): only the values the core itself checks are wrong."""
+    arr = lambda *shape: np.zeros([max(n, 1) for n in shape])  # noqa: E731
+    x = arr(T, B, I)
+    return fusedlstm._core.forward(x, arr(4 * H, I), arr(4 * H, H), None, None, None, None, mode, 0,
+                                   T, B, I, H, None, x.strides[0] // 8, x.strides[1] // 8, None, 0, 0,
+                                   arr(B, H), arr(B, H), training)
 
 
 @pytest.mark.parametrize("T, B", [(2**63 - 1, 1), (2**32, 2**32)], ids=["T-int64-max", "T*B-wraps-to-0"])
-@pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
-def test_core_overflowing_sizes_are_value_errors(T, B, training):
-    # Before: many_to_one training overflowed the heap in the state copy (SIGSEGV).
-    with pytest.raises(ValueError, match=r"T\*B\*I\*elem = .* overflows int64"):
-        core_forward(T, B, training=training)
+def test_binding_refuses_sizes_its_arrays_do_not_have(T, B):
+    # Before: many_to_one training with zero strides and these sizes overflowed
+    # the heap in the state copy (SIGSEGV). The binding now checks each array's
+    # element count against the sizes; the core's own overflow checks on such
+    # sizes are driven through the C API by tests/c/test_capi.c.
+    one = np.zeros((1, 1, 1))
+    with pytest.raises(ValueError, match=r"^x (must have \d+ elements|: array sizes overflow)|overflow int64"):
+        fusedlstm._core.forward(one, np.zeros((4, 1)), np.zeros((4, 1)), None, None, None, None, 1, 0,
+                                T, B, 1, 1, None, 0, 0, None, 0, 0, np.zeros((1, 1)), np.zeros((1, 1)), True)
 
 
-def test_core_overflowing_stride_is_a_value_error():
-    with pytest.raises(ValueError, match="x_stride_t"):
-        core_forward(3, x_strides=(2**62, 0))
+def test_binding_refuses_strides_that_are_not_the_arrays_own():
+    x = np.zeros((3, 1, 1))
+    with pytest.raises(ValueError, match="^x: the strides passed with it are not its own"):
+        fusedlstm._core.forward(x, np.zeros((4, 1)), np.zeros((4, 1)), None, None, None, None, 1, 0,
+                                3, 1, 1, 1, None, 2**62, 0, None, 0, 0, np.zeros((1, 1)), np.zeros((1, 1)), True)
 
 
 def test_core_out_of_memory_is_a_memory_error_naming_what_and_bytes():
-    # 2^40 steps of one float64 fit int64 but not this machine's memory.
-    with pytest.raises(MemoryError, match=r"allocating 8796093022208 bytes for the training state's copy of x"):
-        core_forward(2**40)
+    # The inputs fit under the address-space limit set after they exist; the
+    # training state's saved activations (about 6x x here) do not.
+    code = textwrap.dedent("""
+        import resource, numpy as np, fusedlstm
+        fusedlstm.set_num_threads(1)
+        T, B, H = 1500, 32, 256
+        w = np.zeros((4 * H, H)); x = np.zeros((T, B, H)); h = np.zeros((B, H)); c = np.zeros((B, H))
+        fusedlstm._core.forward(x[:1], w, w, None, None, None, None, 0, 0, 1, B, H, H, None, B * H, H,
+                                None, 0, 0, h, c, True)  # the pool and workspaces exist before the limit
+        with open("/proc/self/statm") as f:
+            used = int(f.read().split()[0]) * resource.getpagesize()
+        resource.setrlimit(resource.RLIMIT_AS, (used + (x.nbytes * 3) // 2, resource.RLIM_INFINITY))
+        try:
+            fusedlstm._core.forward(x, w, w, None, None, None, None, 0, 0, T, B, H, H, None, B * H, H,
+                                    None, 0, 0, h, c, True)
+        except MemoryError as e:
+            print("MemoryError:", e)
+        """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"^MemoryError: out of host memory allocating \d+ bytes for ", out.stdout), out.stdout
 
 
 @pytest.mark.parametrize("arg", ["T", "B", "I", "H"])

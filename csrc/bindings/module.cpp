@@ -98,7 +98,9 @@ int64_t stride_of(const py::array& a, int axis) { return a.strides(axis) / a.ite
 // (shape (T, B, K) or (B, T, K)), or over B rows of a 2-D (B, K) array.
 py::array strided_rows(const py::object& obj, const std::string& name, const py::dtype& dtype, int64_t T,
                        int64_t B, int64_t K, int64_t st, int64_t sb, bool two_d) {
-  const auto a = checked(obj, name, dtype, two_d ? elements({B, K}) : elements({T, B, K}), Layout::rows);
+  const int64_t count = two_d ? elements({B, K}) : elements({T, B, K});
+  const auto a = checked(obj, name, dtype, count, Layout::rows);
+  if (count < 0) return a;  // a size below 1: the C API refuses it, naming the size
   const auto is = [&](int axis, int64_t n, int64_t s) { return a.shape(axis) == n && stride_of(a, axis) == s; };
   const bool ok = two_d ? a.ndim() == 2 && is(0, B, sb)
                         : a.ndim() == 3 && ((is(0, T, st) && is(1, B, sb)) || (is(0, B, sb) && is(1, T, st)));

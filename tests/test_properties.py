@@ -352,8 +352,6 @@ def test_bad_layer_configurations_are_refused_by_name(name, value):
 
 # ------------------------------------------ found by this suite, fixed elsewhere
 # api.py / layers.py belong to other parts of issue 10; remove each xfail once fixed.
-@pytest.mark.xfail(strict=True, reason="issue 10 defect 5: a ragged list reaches np.asarray, whose "
-                   "'inhomogeneous shape' ValueError does not name the argument (api.py)")
 @pytest.mark.parametrize("name", ["x", "w_ih", "w_hh", "b_ih", "h0", "dy", "cell:h"])
 def test_ragged_list_is_refused_by_name(name, rng):
     args, p = _valid_forward_args(rng, "many_to_many")
@@ -369,8 +367,6 @@ def test_ragged_list_is_refused_by_name(name, rng):
         assert_refused(lambda: _call_forward(args), name)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10 (PyTorch drop-in rough edges, in the numpy API too): "
-                   "batch_first is taken by truthiness; 'yes', None, [True] are not refused (api.py)")
 @pytest.mark.parametrize("value", ["yes", None, [True], 2])
 def test_non_bool_batch_first_is_refused_by_name(value, rng):
     args, _ = _valid_forward_args(rng, "one_to_many")
@@ -378,9 +374,6 @@ def test_non_bool_batch_first_is_refused_by_name(value, rng):
     assert_refused(lambda: _call_forward(args), "batch_first")
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10 defects 3/5: an impossible size surfaces as numpy's "
-                   "'array is too big' / 'Maximum allowed dimension exceeded' without the argument's name, "
-                   "or (num_layers) a loop that never ends (api.py / layers.py)")
 @pytest.mark.parametrize("call, name", [
     ("fusedlstm.lstm_forward(np.zeros((2, 4)), np.zeros((20, 4)), np.zeros((20, 5)), mode='one_to_many', "
      "steps=2**62)", "steps"),

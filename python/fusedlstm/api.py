@@ -8,6 +8,8 @@ contiguous, with strides passed in elements.
 from __future__ import annotations
 
 import operator
+import os
+import sys
 
 import numpy as np
 
@@ -103,7 +105,7 @@ def _float_array(name, a, dtype=None, *, works_in="the call"):
     (works_in says whose dtype it is, for the message)."""
     if a is None:
         raise TypeError(f"{name} must be an array, got None")
-    arr = a if isinstance(a, np.ndarray) else np.asarray(a)
+    arr = a if isinstance(a, np.ndarray) else _as_array(name, a)
     if arr.dtype.kind == "f" and not arr.dtype.isnative:  # same dtype, other byte order
         arr = arr.astype(arr.dtype.newbyteorder("="))
     if arr.dtype not in _FLOAT_DTYPES:
@@ -112,6 +114,42 @@ def _float_array(name, a, dtype=None, *, works_in="the call"):
         raise TypeError(f"{name} has dtype {arr.dtype} but {works_in} works in {dtype}: convert {name} "
                         f"(e.g. {name}.astype(np.{dtype}))")
     return arr
+
+
+def _as_array(name, a):
+    """np.asarray(a), with numpy's refusal (a ragged list, say) named."""
+    try:
+        return np.asarray(a)
+    except (ValueError, TypeError) as e:
+        raise type(e)(f"{name} must be an array or a nested sequence of one shape: {e}") from None
+
+
+def _bool_arg(name, v):
+    """A flag must be a bool (as nn.LSTM requires of batch_first and bias):
+    'False' or 2 would otherwise be read by truthiness."""
+    if not isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(v).__name__} {v!r}")
+    return bool(v)
+
+
+def _physical_memory_bytes():
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_fits(nbytes, what, **sizes):
+    """MemoryError naming the sizes (argument = value) when arrays of nbytes
+    cannot exist on this machine: more than its physical memory, or more
+    than numpy can index. Checked before anything is allocated or looped
+    over, so an absurd size is an error, not a hang or numpy's unnamed
+    'array is too big'."""
+    limit = min(sys.maxsize, _physical_memory_bytes() or sys.maxsize)
+    if nbytes > limit:
+        named = ", ".join(f"{k} = {v}" for k, v in sizes.items())
+        raise MemoryError(f"{named}: {what} would need {nbytes} bytes, more than this machine's "
+                          f"{limit} bytes of memory")
 
 
 def _same_dtype(**arrays):
@@ -195,7 +233,7 @@ def _check_lengths(lengths, B, T):
     """lengths as a contiguous int64 array of shape (B,) in [1, T], or None."""
     if lengths is None:
         return None
-    lens = np.asarray(lengths)
+    lens = _as_array("lengths", lengths)
     if lens.dtype.kind not in "iu":
         raise TypeError(f"lengths must be an integer array, got dtype {lens.dtype}")
     if lens.shape != (B,):
@@ -222,6 +260,7 @@ def _sequence_shape(x, w_ih, I, H, *, mode, steps, lengths, feed, batch_first):
         if lengths is not None:
             raise ValueError("lengths is only supported for mode='many_to_many' and 'many_to_one'")
         B = x.shape[0]
+        _check_fits(T * B * H * x.itemsize, "the output y (steps, B, H)", steps=T)
         if feed == "output" and I != H:
             raise ValueError(f"feed='output' feeds h_{{t-1}} back as the input, so it needs I == H; "
                              f"w_ih has I = {I}, w_hh has H = {H}")
@@ -272,6 +311,7 @@ def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, mode=
     one_to_many = mode == "one_to_many"
     if not one_to_many and feed != "repeat":
         raise ValueError(f"feed applies only to mode='one_to_many', got feed={feed!r} with mode={mode!r}")
+    batch_first, training = _bool_arg("batch_first", batch_first), _bool_arg("training", training)
     if _on_cuda(x):
         from . import _cuda_dispatch
         return _cuda_dispatch.lstm_forward(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _core
-from .api import _alloc, _check_lengths, _dense, _float_array, _inner_contiguous, _int_arg
+from .api import _alloc, _bool_arg, _check_fits, _check_lengths, _dense, _float_array, _inner_contiguous, _int_arg
 
 __all__ = ["LSTM", "LSTMStackResult", "stack_reserve_nbytes"]
 
@@ -85,6 +85,12 @@ def check_config(input_size, hidden_size, num_layers, dropout, proj_size):
         raise ValueError(f"proj_size must be 0 or in [1, hidden_size) = [1, {hidden_size}), got {proj_size}")
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float, np.floating)) or not 0 <= dropout <= 1:
         raise ValueError(f"dropout must be a probability in [0, 1], got {dropout!r}")
+    hout = proj_size or hidden_size
+    per_direction = 4 * hidden_size * (input_size + hout + 2) + proj_size * hidden_size
+    later_layers = 4 * hidden_size * 2 * hout  # the widest input of layers >= 1 (bidirectional)
+    _check_fits(8 * 2 * (per_direction + (num_layers - 1) * (per_direction + later_layers)),
+                "the weights (float64, bidirectional at most)", input_size=input_size, hidden_size=hidden_size,
+                num_layers=num_layers)
     return input_size, hidden_size, num_layers, float(dropout), proj_size
 
 
@@ -126,7 +132,8 @@ class LSTM:
                  bidirectional=False, proj_size=0, *, dtype=np.float32, seed=None):
         (self.input_size, self.hidden_size, self.num_layers, self.dropout,
          self.proj_size) = check_config(input_size, hidden_size, num_layers, dropout, proj_size)
-        self.bias, self.batch_first, self.bidirectional = bool(bias), bool(batch_first), bool(bidirectional)
+        self.bias, self.batch_first = _bool_arg("bias", bias), _bool_arg("batch_first", batch_first)
+        self.bidirectional = _bool_arg("bidirectional", bidirectional)
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise TypeError(f"dtype must be float32 or float64, got {self.dtype}")

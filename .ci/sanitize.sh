@@ -8,7 +8,7 @@
 #       PYTHONPATH: the same interpreter and packages, the normal install
 #       untouched); the sanitizer runtime is preloaded into Python.
 # Fails on a build error, a test failure, or any sanitizer report. Bounded:
-# about 6 minutes on 2 cores (the build most of it). Logs in build/asan-logs/.
+# about 3 minutes on 2 cores, the build most of it. Logs in build/asan-logs/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -386,11 +386,14 @@ def test_core_bad_mode_is_a_value_error(mode):
         core_forward(3, mode=mode)
 
 
-def test_core_stack_reserve_bytes_of_impossible_shapes_is_minus_one():
+def test_core_stack_reserve_bytes_of_impossible_shapes_is_a_value_error():
     assert fusedlstm._core.stack_reserve_bytes(False, 3, 2, 4, 0, 1, 1) > 0
-    # Before: a wrapped (negative or small) number.
-    assert fusedlstm._core.stack_reserve_bytes(False, 2**56, 2, 4, 0, 2, 2) == -1
-    assert fusedlstm._core.stack_reserve_bytes(True, 2**32, 2**32, 4, 0, 1, 1) == -1
+    # Before: a wrapped (negative or small) number. The C API returns -1
+    # (tests/c/test_capi.c); the binding raises with its message.
+    with pytest.raises(ValueError, match="overflows int64"):
+        fusedlstm._core.stack_reserve_bytes(False, 2**56, 2, 4, 0, 2, 2)
+    with pytest.raises(ValueError, match="overflows int64"):
+        fusedlstm._core.stack_reserve_bytes(True, 2**32, 2**32, 4, 0, 1, 1)
 
 
 def cuda_core_forward(T=3, B=2, I=4, H=5, dtype=0, mode=0, x_stride_t=8):

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "status_to_python.h"
 #include "fusedlstm/fusedlstm_cuda.h"
 
 namespace py = pybind11;
@@ -30,14 +31,7 @@ T* p(std::uintptr_t v) {
 }
 
 void check(fl_status status) {
-  if (status == FL_OK) return;
-  const std::string msg = fl_cuda_last_error();
-  if (status == FL_INVALID_ARGUMENT) throw py::value_error(msg);
-  if (status == FL_OUT_OF_MEMORY) {  // MemoryError, as the CPU module's
-    PyErr_SetString(PyExc_MemoryError, ("fusedlstm CUDA: out of memory: " + msg).c_str());
-    throw py::error_already_set();
-  }
-  throw std::runtime_error("fusedlstm CUDA error: " + msg);
+  fusedlstm_bindings::raise_for_status(status, fl_cuda_last_error(), "fusedlstm CUDA error: ");
 }
 
 std::shared_ptr<TrainingState> forward(int dtype, bool allow_tf32, int device, std::uintptr_t stream, int mode,
@@ -48,12 +42,12 @@ std::shared_ptr<TrainingState> forward(int dtype, bool allow_tf32, int device, s
                                        int64_t y_st, int64_t y_sb, std::uintptr_t h_n, std::uintptr_t c_n,
                                        bool training) {
   fl_cuda_forward_params q{};
-  q.dtype = static_cast<fl_cuda_dtype>(dtype);
+  fusedlstm_bindings::store_enum(q.dtype, dtype);
   q.allow_tf32 = allow_tf32;
   q.device = device;
   q.stream = p(stream);
-  q.mode = static_cast<fl_mode>(mode);
-  q.feed = static_cast<fl_feed>(feed);
+  fusedlstm_bindings::store_enum(q.mode, mode);
+  fusedlstm_bindings::store_enum(q.feed, feed);
   q.T = T, q.B = B, q.I = I, q.H = H;
   q.x = p(x), q.x_stride_t = x_st, q.x_stride_b = x_sb;
   q.w_ih = p(w_ih), q.w_hh = p(w_hh), q.b_ih = p(b_ih), q.b_hh = p(b_hh), q.h0 = p(h0), q.c0 = p(c0);
@@ -99,7 +93,7 @@ void cell(int dtype, bool allow_tf32, int device, std::uintptr_t stream, int64_t
           std::uintptr_t x, std::uintptr_t h, std::uintptr_t c, std::uintptr_t w_ih, std::uintptr_t w_hh,
           std::uintptr_t b_ih, std::uintptr_t b_hh, std::uintptr_t h_new, std::uintptr_t c_new) {
   fl_cuda_cell_params q{};
-  q.dtype = static_cast<fl_cuda_dtype>(dtype);
+  fusedlstm_bindings::store_enum(q.dtype, dtype);
   q.allow_tf32 = allow_tf32;
   q.device = device;
   q.stream = p(stream);

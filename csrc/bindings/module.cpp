@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "status_to_python.h"
 #include "fusedlstm/fusedlstm.h"
 
 namespace py = pybind11;
@@ -121,14 +122,7 @@ void* rows_out(const py::object& obj, const std::string& name, const py::dtype& 
 py::dtype numpy_dtype(fl_dtype d) { return d == FL_FLOAT64 ? py::dtype::of<double>() : py::dtype::of<float>(); }
 
 void check(fl_status status) {
-  if (status == FL_OK) return;
-  const std::string msg = fl_last_error();
-  if (status == FL_INVALID_ARGUMENT) throw py::value_error(msg);
-  if (status == FL_OUT_OF_MEMORY) {  // MemoryError, with what was being allocated and how many bytes
-    PyErr_SetString(PyExc_MemoryError, msg.c_str());
-    throw py::error_already_set();
-  }
-  throw std::runtime_error("fusedlstm internal error: " + msg);
+  fusedlstm_bindings::raise_for_status(status, fl_last_error(), "fusedlstm error: ");
 }
 
 // Runs a kernel call without the GIL, interruptible by Ctrl-C: on the main
@@ -195,8 +189,8 @@ std::shared_ptr<TrainingState> forward(const py::array& x, const py::array& w_ih
   fl_forward_params p{};
   p.dtype = dtype_of(x);
   const py::dtype d = numpy_dtype(p.dtype);
-  p.mode = static_cast<fl_mode>(mode);
-  p.feed = static_cast<fl_feed>(feed);
+  fusedlstm_bindings::store_enum(p.mode, mode);
+  fusedlstm_bindings::store_enum(p.feed, feed);
   p.T = T, p.B = B, p.I = I, p.H = H;
   p.x = rows_in(x, "x", d, T, B, I, x_stride_t, x_stride_b, mode == FL_ONE_TO_MANY);
   p.x_stride_t = x_stride_t, p.x_stride_b = x_stride_b;
@@ -381,7 +375,9 @@ int64_t stack_reserve_bytes(bool float64, int64_t T, int64_t B, int64_t H, int64
   p.dtype = float64 ? FL_FLOAT64 : FL_FLOAT32;
   p.T = T, p.B = B, p.H = H, p.proj_size = proj_size;
   p.num_layers = num_layers, p.num_directions = num_directions;
-  return fl_lstm_stack_reserve_bytes(&p);
+  const int64_t bytes = fl_lstm_stack_reserve_bytes(&p);
+  if (bytes < 0) throw py::value_error(fl_last_error());  // shapes no reserve can hold
+  return bytes;
 }
 
 void stack_forward(const py::array& x, const py::list& cells, const py::object& h0, const py::object& c0,

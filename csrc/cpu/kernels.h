@@ -126,6 +126,14 @@ struct TypedKernels {
   void (*combine)(const CombineArgs<T>& args, int64_t col_begin, int64_t col_end);
 };
 
+// GEMM blocking every ISA table shares: K is summed in blocks of
+// kGemmKBlock with C stored between blocks, and rows go in blocks of 40
+// register tiles (240, 120 or 160 rows by ISA), each a divisor of
+// kGemmRowPiece. A GEMM split at multiples of these (lstm_cpu.cpp does, to
+// poll for interrupts) gives the same bits as one call.
+constexpr int64_t kGemmKBlock = 256;
+constexpr int64_t kGemmRowPiece = 480;
+
 struct KernelTable {
   const char* name;
   TypedKernels<float> f32;

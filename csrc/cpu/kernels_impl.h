@@ -24,10 +24,11 @@ struct Impl {
   // Products summed in registers before joining the running total (see panel_dot).
   static constexpr int64_t KS = 32;
   // GEMM K block: C tiles are loaded and stored once per block.
-  static constexpr int64_t KC = 256;
+  static constexpr int64_t KC = kGemmKBlock;
   // Rows per GEMM row block, a multiple of RBMAX so row groups never depend
   // on how rows were split among threads.
   static constexpr int64_t MC = RBMAX * 40;
+  static_assert(kGemmRowPiece % MC == 0, "a GEMM split at kGemmRowPiece rows must keep the row blocks");
 
   // part[r][q] += sum_k a[r][k0 + k] * b[k*ldb + q*W + lane], k in [0, kn).
   template <int RB>

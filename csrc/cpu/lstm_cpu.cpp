@@ -256,12 +256,10 @@ void sum_rows(const T* src, int64_t n_rows, int64_t n_cols, int64_t col_align, T
 }
 
 // A GEMM runs as regions of about gemm_piece_flops() each, with an
-// interrupt poll after each: its rows in pieces, or its K range. Piece
-// bounds keep the kernels' blocking (kernels_impl.h: K summed in blocks of
-// KC = 256 with C stored between blocks; row blocks of MC = 240, 120 or 160
-// rows), so the pieces give the same result as one region, bit for bit.
-constexpr int64_t kGemmKPiece = 256;    // a multiple of every table's KC
-constexpr int64_t kGemmRowPiece = 480;  // a multiple of every table's MC
+// interrupt poll after each: its rows in pieces of kGemmRowPiece, or its K
+// range in pieces of kGemmKBlock. Piece bounds keep the kernels' blocking
+// (kernels.h), so the pieces give the same result as one region, bit for bit.
+constexpr int64_t kGemmKPiece = kGemmKBlock;
 
 // About 10-50 ms of work; FUSEDLSTM_GEMM_PIECE_FLOPS overrides it (tests).
 double gemm_piece_flops() {

@@ -175,6 +175,9 @@ def _same_dtype(**arrays):
 def _dense(arr):
     """arr as the core reads weights, states and masks: C-contiguous and
     aligned (a copy only when it is not)."""
+    flags = arr.flags
+    if flags.c_contiguous and flags.aligned:  # the common case, without np.require's per-call cost
+        return arr
     return np.require(arr, requirements="CA")
 
 

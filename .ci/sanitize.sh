@@ -68,7 +68,7 @@ for lib in $PRELOAD; do [ -f "$lib" ] || { echo "sanitize.sh: $lib not found" >&
 # The slice (about 1 min): argument errors (the C API's below Python's too),
 # the C program (through the suite), forward / backward of every mode, feed,
 # stride layout and ISA, the layer stacks (reserves, lengths, dropout), the
-# chunked input projection. Not the torch tests (torch.compile is slow under
+# chunked input projection, the property suite (random layouts). Not the torch tests (torch.compile is slow under
 # ASan). Its pytest summary stays in the log.
 run_python() (  # a subshell: the preload and paths stay inside
   export LD_PRELOAD=$PRELOAD ASAN_OPTIONS=$ASAN_COMMON:detect_leaks=0 FUSEDLSTM_CAPI_TEST_BUILD=$BUILD \
@@ -77,7 +77,7 @@ run_python() (  # a subshell: the preload and paths stay inside
     "$PY" -c 'import sys, fusedlstm as f; assert f.__file__.startswith(sys.argv[1]), f.__file__' "$SITE" &&
     "$PY" -m pytest -q -s -p no:cacheprovider \
       tests/test_errors.py tests/test_capi_c.py tests/test_forward_backward.py tests/test_layers.py \
-      tests/test_chunking.py
+      tests/test_chunking.py tests/test_properties.py
 )
 step "Python slice under ASan + UBSan" "$LOGS/py-run.log" run_python
 grep -E "^[0-9]+ passed" "$LOGS/py-run.log" | tail -n 1 |

@@ -18,6 +18,8 @@
 //   bf16_amx      W bf16 in the AMX B-tile layout; TDPBF16PS, tile config loaded once per T-step sequence.
 //   bf16_amx_cfgstep  same, but ldtilecfg + tilerelease around every step (what a kernel pays if it cannot
 //                 keep its tile state across steps).
+//   bf16_amx_v2   B = 64 only: 4 C tiles = 4 row groups x 1 column block (amx_4x1), so each W tile is loaded
+//                 once per step (v1's 2x2 loads it once per 32 rows).
 // h is bf16 for the bf16 variants (rounded RNE each step), float32 for fp32; accumulation is float32 in all.
 //
 // Packed bf16 W (shared by AMX and AVX512-BF16): 4H/16 column blocks nb, each H/32 tiles kb of 1 KiB:
@@ -271,8 +273,36 @@ void amx_2x2(const bf16* h, const bf16* Wp, float* G, int H, int r0, int nb) {
   _tile_stored(3, g + size_t(16) * N + 16, N * 4);
 }
 
-enum Variant { FP32_AVX512, BF16_AVX512, BF16_AMX, BF16_AMX_CFGSTEP, kNumVariants };
-const char* kVariantName[] = {"fp32_avx512", "bf16_avx512", "bf16_amx", "bf16_amx_cfgstep"};
+// AMX v2, 4 row groups (64 rows) x 1 B tile: each W tile is loaded once per step and used by 4 TDPBF16PS
+// (v1's 2x2 streams W once per 32 rows). A tiles alternate between tile registers 4 and 5.
+void amx_4x1(const bf16* h, const bf16* Wp, float* G, int H, int nb) {
+  const int KB = H / 32, N = 4 * H;
+  const size_t rs = size_t(16) * H;  // 16 rows of h
+  const bf16* w0 = Wp + size_t(nb) * KB * 512;
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  for (int kb = 0; kb < KB; ++kb) {
+    _tile_loadd(6, w0 + kb * 512, 64);
+    _tile_loadd(4, h + kb * 32, H * 2);
+    _tile_loadd(5, h + rs + kb * 32, H * 2);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 5, 6);
+    _tile_loadd(4, h + 2 * rs + kb * 32, H * 2);
+    _tile_loadd(5, h + 3 * rs + kb * 32, H * 2);
+    _tile_dpbf16ps(2, 4, 6);
+    _tile_dpbf16ps(3, 5, 6);
+  }
+  float* g = G + nb * 16;
+  _tile_stored(0, g, N * 4);
+  _tile_stored(1, g + size_t(16) * N, N * 4);
+  _tile_stored(2, g + size_t(32) * N, N * 4);
+  _tile_stored(3, g + size_t(48) * N, N * 4);
+}
+
+enum Variant { FP32_AVX512, BF16_AVX512, BF16_AMX, BF16_AMX_CFGSTEP, BF16_AMX_V2, kNumVariants };
+const char* kVariantName[] = {"fp32_avx512", "bf16_avx512", "bf16_amx", "bf16_amx_cfgstep", "bf16_amx_v2"};
 
 // GEMM for the column blocks of hidden units [j0, j1) in all four gates (j0, j1 multiples of 32).
 void gemm_part(Variant v, const Problem& p, const void* hin, int j0, int j1) {
@@ -293,7 +323,9 @@ void gemm_part(Variant v, const Problem& p, const void* hin, int j0, int j1) {
       }
     } else {
       const bf16* hb = static_cast<const bf16*>(hin);
-      if (B <= 16) {
+      if (v == BF16_AMX_V2 && B == 64) {
+        for (int nb = nb0; nb < nb1; ++nb) amx_4x1(hb, p.Wp, p.G, H, nb);
+      } else if (B <= 16) {
         for (int nb = nb0; nb < nb1; nb += 2) amx_1x2(hb, p.Wp, p.G, H, 0, nb);
       } else {  // B multiple of 32
         for (int nb = nb0; nb < nb1; nb += 2)
@@ -358,7 +390,7 @@ bool g_quick = false;
 
 RunResult run_config(Variant v, Problem& p, const Ref& ref, int nthreads) {
   const int B = p.B, H = p.H, N = 4 * H;
-  const bool amx = v == BF16_AMX || v == BF16_AMX_CFGSTEP;
+  const bool amx = v == BF16_AMX || v == BF16_AMX_CFGSTEP || v == BF16_AMX_V2;
   const bool f32 = v == FP32_AVX512;
   const TileCfg cfg = make_cfg(B < 16 ? B : 16);
   SpinBarrier bar;
@@ -404,7 +436,7 @@ RunResult run_config(Variant v, Problem& p, const Ref& ref, int nthreads) {
       bar.wait();
       if (stop.load()) break;
       const double t0 = now_s();
-      if (amx && v == BF16_AMX) _tile_loadconfig(&cfg);
+      if (v == BF16_AMX || v == BF16_AMX_V2) _tile_loadconfig(&cfg);
       for (int t = 0; t < kT; ++t) {
         if (v == BF16_AMX_CFGSTEP) _tile_loadconfig(&cfg);
         gemm_part(v, p, hin(t), j0, j1);
@@ -412,7 +444,7 @@ RunResult run_config(Variant v, Problem& p, const Ref& ref, int nthreads) {
         pointwise(v, p, hin(t + 1), j0, j1);
         bar.wait();  // h_next complete before anyone reads it; h double-buffered, so one barrier per step
       }
-      if (amx && v == BF16_AMX) _tile_release();
+      if (v == BF16_AMX || v == BF16_AMX_V2) _tile_release();
       const double dt = now_s() - t0;
       if (tid == 0) {
         times.push_back(dt);
@@ -644,7 +676,7 @@ int main(int argc, char** argv) {
   const int max_threads = std::min(2u, ncpu);
 
   std::ostringstream js;
-  char b[512];
+  char b[4096];
   std::snprintf(b, sizeof b,
                 "{\n  \"probe\": \"bench/dev/amx_probe.cpp\",\n  \"compile\": \"g++ %s\",\n  \"cpu_model\": \"%s\",\n"
                 "  \"cpu_flags\": \"%s\",\n  \"ncpu\": %u,\n  \"T\": %d,\n  \"amx_permission\": \"%s\",\n"
@@ -736,7 +768,8 @@ int main(int argc, char** argv) {
       p.G = aalloc<float>(size_t(B) * N);
       for (int vi = 0; vi < kNumVariants; ++vi) {
         const Variant v = static_cast<Variant>(vi);
-        if ((v == BF16_AMX || v == BF16_AMX_CFGSTEP) && !g_amx_ok) continue;
+        if ((v == BF16_AMX || v == BF16_AMX_CFGSTEP || v == BF16_AMX_V2) && !g_amx_ok) continue;
+        if (v == BF16_AMX_V2 && B != 64) continue;  // v2 differs from v1 only at B = 64
         Ref* rp = &ref;
         Ref ref32;  // fp32 variant: its "same operands" reference is the unrounded one
         if (v == FP32_AVX512) { ref32.same = ref.unrounded; ref32.unrounded = ref.unrounded; rp = &ref32; }

@@ -20,6 +20,8 @@
 //                 keep its tile state across steps).
 //   bf16_amx_v2   B = 64 only: 4 C tiles = 4 row groups x 1 column block (amx_4x1), so each W tile is loaded
 //                 once per step (v1's 2x2 loads it once per 32 rows).
+//   bf16_amx_v3   v1's tiles, but h is kept in the A-tile layout (the pointwise op writes it so): every A load is
+//                 one contiguous 1 KiB block (stride 64 B) instead of 16 rows 2H bytes apart.
 // h is bf16 for the bf16 variants (rounded RNE each step), float32 for fp32; accumulation is float32 in all.
 //
 // Packed bf16 W (shared by AMX and AVX512-BF16): 4H/16 column blocks nb, each H/32 tiles kb of 1 KiB:
@@ -226,15 +228,25 @@ void bf16_block(const bf16* h, const bf16* Wp, float* G, int H, int r0, int nb) 
 }
 
 // AMX, 1 A tile (m rows configured) x 2 B tiles: column blocks nb, nb+1, rows r0..r0+m-1.
-void amx_1x2(const bf16* h, const bf16* Wp, float* G, int H, int r0, int nb) {
+// A addressing: row-major h [B, H] (stride 2H bytes, K block kb at +32 elements), or, for v3, h kept in the A-tile
+// layout: 16-row group rg, K block kb at (rg * H/32 + kb) * 512 elements, rows 64 bytes apart (rows padded to 16).
+struct AAddr {
+  bool tiled;
+  int H;
+  const bf16* at(const bf16* h, int r0, int kb) const {
+    return tiled ? h + (size_t(r0 / 16) * (H / 32) + kb) * 512 : h + size_t(r0) * H + kb * 32;
+  }
+  int stride() const { return tiled ? 64 : H * 2; }
+};
+
+void amx_1x2(const bf16* h, const bf16* Wp, float* G, int H, int r0, int nb, AAddr aa) {
   const int KB = H / 32, N = 4 * H;
-  const bf16* a = h + size_t(r0) * H;
   const bf16* w0 = Wp + size_t(nb) * KB * 512;
   const bf16* w1 = w0 + size_t(KB) * 512;
   _tile_zero(0);
   _tile_zero(1);
   for (int kb = 0; kb < KB; ++kb) {
-    _tile_loadd(4, a + kb * 32, H * 2);
+    _tile_loadd(4, aa.at(h, r0, kb), aa.stride());
     _tile_loadd(6, w0 + kb * 512, 64);
     _tile_loadd(7, w1 + kb * 512, 64);
     _tile_dpbf16ps(0, 4, 6);
@@ -246,10 +258,8 @@ void amx_1x2(const bf16* h, const bf16* Wp, float* G, int H, int r0, int nb) {
 }
 
 // AMX, 2 A tiles (16 rows each) x 2 B tiles: rows r0..r0+31, column blocks nb, nb+1.
-void amx_2x2(const bf16* h, const bf16* Wp, float* G, int H, int r0, int nb) {
+void amx_2x2(const bf16* h, const bf16* Wp, float* G, int H, int r0, int nb, AAddr aa) {
   const int KB = H / 32, N = 4 * H;
-  const bf16* a0 = h + size_t(r0) * H;
-  const bf16* a1 = a0 + size_t(16) * H;
   const bf16* w0 = Wp + size_t(nb) * KB * 512;
   const bf16* w1 = w0 + size_t(KB) * 512;
   _tile_zero(0);
@@ -257,10 +267,10 @@ void amx_2x2(const bf16* h, const bf16* Wp, float* G, int H, int r0, int nb) {
   _tile_zero(2);
   _tile_zero(3);
   for (int kb = 0; kb < KB; ++kb) {
-    _tile_loadd(4, a0 + kb * 32, H * 2);
+    _tile_loadd(4, aa.at(h, r0, kb), aa.stride());
     _tile_loadd(6, w0 + kb * 512, 64);
     _tile_loadd(7, w1 + kb * 512, 64);
-    _tile_loadd(5, a1 + kb * 32, H * 2);
+    _tile_loadd(5, aa.at(h, r0 + 16, kb), aa.stride());
     _tile_dpbf16ps(0, 4, 6);
     _tile_dpbf16ps(1, 4, 7);
     _tile_dpbf16ps(2, 5, 6);
@@ -301,8 +311,8 @@ void amx_4x1(const bf16* h, const bf16* Wp, float* G, int H, int nb) {
   _tile_stored(3, g + size_t(48) * N, N * 4);
 }
 
-enum Variant { FP32_AVX512, BF16_AVX512, BF16_AMX, BF16_AMX_CFGSTEP, BF16_AMX_V2, kNumVariants };
-const char* kVariantName[] = {"fp32_avx512", "bf16_avx512", "bf16_amx", "bf16_amx_cfgstep", "bf16_amx_v2"};
+enum Variant { FP32_AVX512, BF16_AVX512, BF16_AMX, BF16_AMX_CFGSTEP, BF16_AMX_V2, BF16_AMX_V3, kNumVariants };
+const char* kVariantName[] = {"fp32_avx512", "bf16_avx512", "bf16_amx", "bf16_amx_cfgstep", "bf16_amx_v2", "bf16_amx_v3"};
 
 // GEMM for the column blocks of hidden units [j0, j1) in all four gates (j0, j1 multiples of 32).
 void gemm_part(Variant v, const Problem& p, const void* hin, int j0, int j1) {
@@ -323,13 +333,14 @@ void gemm_part(Variant v, const Problem& p, const void* hin, int j0, int j1) {
       }
     } else {
       const bf16* hb = static_cast<const bf16*>(hin);
+      const AAddr aa{v == BF16_AMX_V3, H};
       if (v == BF16_AMX_V2 && B == 64) {
         for (int nb = nb0; nb < nb1; ++nb) amx_4x1(hb, p.Wp, p.G, H, nb);
       } else if (B <= 16) {
-        for (int nb = nb0; nb < nb1; nb += 2) amx_1x2(hb, p.Wp, p.G, H, 0, nb);
+        for (int nb = nb0; nb < nb1; nb += 2) amx_1x2(hb, p.Wp, p.G, H, 0, nb, aa);
       } else {  // B multiple of 32
         for (int nb = nb0; nb < nb1; nb += 2)
-          for (int r0 = 0; r0 < B; r0 += 32) amx_2x2(hb, p.Wp, p.G, H, r0, nb);
+          for (int r0 = 0; r0 < B; r0 += 32) amx_2x2(hb, p.Wp, p.G, H, r0, nb, aa);
       }
     }
   }
@@ -349,7 +360,9 @@ void pointwise(Variant v, const Problem& p, void* hout, int j0, int j1) {
         _mm512_storeu_ps(static_cast<float*>(hout) + size_t(b) * H + j, y);
       } else {
         __m256bh yb = _mm512_cvtneps_pbh(y);
-        std::memcpy(static_cast<bf16*>(hout) + size_t(b) * H + j, &yb, 32);
+        const size_t off = v == BF16_AMX_V3 ? (size_t(b / 16) * (H / 32) + j / 32) * 512 + (b % 16) * 32 + j % 32
+                                            : size_t(b) * H + j;
+        std::memcpy(static_cast<bf16*>(hout) + off, &yb, 32);
       }
     }
   }
@@ -390,7 +403,7 @@ bool g_quick = false;
 
 RunResult run_config(Variant v, Problem& p, const Ref& ref, int nthreads) {
   const int B = p.B, H = p.H, N = 4 * H;
-  const bool amx = v == BF16_AMX || v == BF16_AMX_CFGSTEP || v == BF16_AMX_V2;
+  const bool amx = v >= BF16_AMX;
   const bool f32 = v == FP32_AVX512;
   const TileCfg cfg = make_cfg(B < 16 ? B : 16);
   SpinBarrier bar;
@@ -403,7 +416,9 @@ RunResult run_config(Variant v, Problem& p, const Ref& ref, int nthreads) {
   auto reset_h = [&] {
     for (size_t i = 0; i < size_t(B) * H; ++i) {
       p.hf[0][i] = p.h32[i];
-      p.hb[0][i] = f2bf(p.h32[i]);
+      const size_t b = i / H, k = i % H;
+      const size_t off = v == BF16_AMX_V3 ? (b / 16 * (H / 32) + k / 32) * 512 + (b % 16) * 32 + k % 32 : i;
+      p.hb[0][off] = f2bf(p.h32[i]);
     }
   };
 
@@ -436,7 +451,7 @@ RunResult run_config(Variant v, Problem& p, const Ref& ref, int nthreads) {
       bar.wait();
       if (stop.load()) break;
       const double t0 = now_s();
-      if (v == BF16_AMX || v == BF16_AMX_V2) _tile_loadconfig(&cfg);
+      if (amx && v != BF16_AMX_CFGSTEP) _tile_loadconfig(&cfg);
       for (int t = 0; t < kT; ++t) {
         if (v == BF16_AMX_CFGSTEP) _tile_loadconfig(&cfg);
         gemm_part(v, p, hin(t), j0, j1);
@@ -444,7 +459,7 @@ RunResult run_config(Variant v, Problem& p, const Ref& ref, int nthreads) {
         pointwise(v, p, hin(t + 1), j0, j1);
         bar.wait();  // h_next complete before anyone reads it; h double-buffered, so one barrier per step
       }
-      if (v == BF16_AMX || v == BF16_AMX_V2) _tile_release();
+      if (amx && v != BF16_AMX_CFGSTEP) _tile_release();
       const double dt = now_s() - t0;
       if (tid == 0) {
         times.push_back(dt);
@@ -764,11 +779,15 @@ int main(int argc, char** argv) {
       p.Wp = base.Wp;
       p.Wf = base.Wf;
       p.h32.assign(base.h32.begin(), base.h32.begin() + size_t(B) * H);
-      for (int i = 0; i < 2; ++i) { p.hb[i] = aalloc<bf16>(size_t(B) * H); p.hf[i] = aalloc<float>(size_t(B) * H); }
+      for (int i = 0; i < 2; ++i) {  // bf16 h padded to whole 16-row groups (v3's tile layout)
+        p.hb[i] = aalloc<bf16>(size_t((B + 15) / 16 * 16) * H);
+        std::memset(p.hb[i], 0, size_t((B + 15) / 16 * 16) * H * 2);
+        p.hf[i] = aalloc<float>(size_t(B) * H);
+      }
       p.G = aalloc<float>(size_t(B) * N);
       for (int vi = 0; vi < kNumVariants; ++vi) {
         const Variant v = static_cast<Variant>(vi);
-        if ((v == BF16_AMX || v == BF16_AMX_CFGSTEP || v == BF16_AMX_V2) && !g_amx_ok) continue;
+        if (v >= BF16_AMX && !g_amx_ok) continue;
         if (v == BF16_AMX_V2 && B != 64) continue;  // v2 differs from v1 only at B = 64
         Ref* rp = &ref;
         Ref ref32;  // fp32 variant: its "same operands" reference is the unrounded one

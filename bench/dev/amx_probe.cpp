@@ -595,6 +595,45 @@ double amx_tdp_ns(int m, int nthreads) {
   return s / (iters * 4.0) * 1e9;
 }
 
+// ns per K-block iteration of the 2x2 recurrence kernel's body (4 tileloadd + 4 TDPBF16PS) with every operand in
+// a small L1-resident buffer: separates the load->TDPBF16PS serialization on the tile registers from cache misses.
+// reload = false: the same loop with the loads hoisted out (pure TDPBF16PS issue, = 4 x the peak figure).
+double amx_body_ns(bool reload) {
+  const long iters = g_quick ? 100000 : 2000000;
+  alignas(64) static bf16 buf[4][16 * 32];
+  for (int t = 0; t < 4; ++t)
+    for (int i = 0; i < 16 * 32; ++i) buf[t][i] = f2bf(0.001f * ((i + t) % 7));
+  const TileCfg cfg = make_cfg(16);
+  const double s = time_threads(1, [&](int) {
+    _tile_loadconfig(&cfg);
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    _tile_loadd(4, buf[0], 64);
+    _tile_loadd(5, buf[1], 64);
+    _tile_loadd(6, buf[2], 64);
+    _tile_loadd(7, buf[3], 64);
+    for (long i = 0; i < iters; ++i) {
+      if (reload) {
+        _tile_loadd(4, buf[0], 64);
+        _tile_loadd(6, buf[2], 64);
+        _tile_loadd(7, buf[3], 64);
+        _tile_loadd(5, buf[1], 64);
+      }
+      _tile_dpbf16ps(0, 4, 6);
+      _tile_dpbf16ps(1, 4, 7);
+      _tile_dpbf16ps(2, 5, 6);
+      _tile_dpbf16ps(3, 5, 7);
+    }
+    alignas(64) float out[16 * 16];
+    _tile_stored(0, out, 64);
+    g_sink += out[0];
+    _tile_release();
+  });
+  return s / iters * 1e9;
+}
+
 // ns per ldtilecfg (alternating two configs so nothing can be skipped), and per ldtilecfg+tilerelease.
 void amx_cfg_ns(double& cfg_ns, double& cfg_rel_ns) {
   const long iters = g_quick ? 20000 : 1000000;
@@ -718,6 +757,12 @@ int main(int argc, char** argv) {
                       ns, gf);
         js << b;
       }
+    const double body_noload = amx_body_ns(false), body_load = amx_body_ns(true);
+    std::fprintf(stderr, "2x2 K-block body (4 TDPBF16PS): %.1f ns without loads, %.1f ns with 4 tileloadd from L1\n",
+                 body_noload, body_load);
+    std::snprintf(b, sizeof b, "    \"body2x2_ns_noload\": %.2f,\n    \"body2x2_ns_l1_loads\": %.2f,\n", body_noload,
+                  body_load);
+    js << b;
     double c, cr;
     amx_cfg_ns(c, cr);
     std::fprintf(stderr, "ldtilecfg %.1f ns; ldtilecfg+tilezero+tilerelease %.1f ns\n", c, cr);

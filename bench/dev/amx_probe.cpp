@@ -22,6 +22,7 @@
 //                 once per step (v1's 2x2 loads it once per 32 rows).
 //   bf16_amx_v3   v1's tiles, but h is kept in the A-tile layout (the pointwise op writes it so): every A load is
 //                 one contiguous 1 KiB block (stride 64 B) instead of 16 rows 2H bytes apart.
+//   bf16_amx_v4   v1 plus prefetcht0 of the W tiles kPfDist K blocks ahead.
 // h is bf16 for the bf16 variants (rounded RNE each step), float32 for fp32; accumulation is float32 in all.
 //
 // Packed bf16 W (shared by AMX and AVX512-BF16): 4H/16 column blocks nb, each H/32 tiles kb of 1 KiB:
@@ -239,6 +240,16 @@ struct AAddr {
   int stride() const { return tiled ? 64 : H * 2; }
 };
 
+constexpr int kPfDist = 2;
+inline void prefetch_w(const bf16* w0, const bf16* w1, int kb) {  // 16 lines per 1 KiB tile; past the end is harmless
+#pragma GCC unroll 16
+  for (int l = 0; l < 16; ++l) {
+    _mm_prefetch(reinterpret_cast<const char*>(w0 + kb * 512 + l * 32), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(w1 + kb * 512 + l * 32), _MM_HINT_T0);
+  }
+}
+
+template <bool PF>  // PF (v4): prefetcht0 the two W tiles kPfDist K blocks ahead
 void amx_1x2(const bf16* h, const bf16* Wp, float* G, int H, int r0, int nb, AAddr aa) {
   const int KB = H / 32, N = 4 * H;
   const bf16* w0 = Wp + size_t(nb) * KB * 512;
@@ -246,6 +257,7 @@ void amx_1x2(const bf16* h, const bf16* Wp, float* G, int H, int r0, int nb, AAd
   _tile_zero(0);
   _tile_zero(1);
   for (int kb = 0; kb < KB; ++kb) {
+    if (PF) prefetch_w(w0, w1, kb + kPfDist);
     _tile_loadd(4, aa.at(h, r0, kb), aa.stride());
     _tile_loadd(6, w0 + kb * 512, 64);
     _tile_loadd(7, w1 + kb * 512, 64);
@@ -258,6 +270,7 @@ void amx_1x2(const bf16* h, const bf16* Wp, float* G, int H, int r0, int nb, AAd
 }
 
 // AMX, 2 A tiles (16 rows each) x 2 B tiles: rows r0..r0+31, column blocks nb, nb+1.
+template <bool PF>
 void amx_2x2(const bf16* h, const bf16* Wp, float* G, int H, int r0, int nb, AAddr aa) {
   const int KB = H / 32, N = 4 * H;
   const bf16* w0 = Wp + size_t(nb) * KB * 512;
@@ -267,6 +280,7 @@ void amx_2x2(const bf16* h, const bf16* Wp, float* G, int H, int r0, int nb, AAd
   _tile_zero(2);
   _tile_zero(3);
   for (int kb = 0; kb < KB; ++kb) {
+    if (PF) prefetch_w(w0, w1, kb + kPfDist);
     _tile_loadd(4, aa.at(h, r0, kb), aa.stride());
     _tile_loadd(6, w0 + kb * 512, 64);
     _tile_loadd(7, w1 + kb * 512, 64);
@@ -311,8 +325,8 @@ void amx_4x1(const bf16* h, const bf16* Wp, float* G, int H, int nb) {
   _tile_stored(3, g + size_t(48) * N, N * 4);
 }
 
-enum Variant { FP32_AVX512, BF16_AVX512, BF16_AMX, BF16_AMX_CFGSTEP, BF16_AMX_V2, BF16_AMX_V3, kNumVariants };
-const char* kVariantName[] = {"fp32_avx512", "bf16_avx512", "bf16_amx", "bf16_amx_cfgstep", "bf16_amx_v2", "bf16_amx_v3"};
+enum Variant { FP32_AVX512, BF16_AVX512, BF16_AMX, BF16_AMX_CFGSTEP, BF16_AMX_V2, BF16_AMX_V3, BF16_AMX_V4, kNumVariants };
+const char* kVariantName[] = {"fp32_avx512", "bf16_avx512", "bf16_amx", "bf16_amx_cfgstep", "bf16_amx_v2", "bf16_amx_v3", "bf16_amx_v4"};
 
 // GEMM for the column blocks of hidden units [j0, j1) in all four gates (j0, j1 multiples of 32).
 void gemm_part(Variant v, const Problem& p, const void* hin, int j0, int j1) {
@@ -337,10 +351,13 @@ void gemm_part(Variant v, const Problem& p, const void* hin, int j0, int j1) {
       if (v == BF16_AMX_V2 && B == 64) {
         for (int nb = nb0; nb < nb1; ++nb) amx_4x1(hb, p.Wp, p.G, H, nb);
       } else if (B <= 16) {
-        for (int nb = nb0; nb < nb1; nb += 2) amx_1x2(hb, p.Wp, p.G, H, 0, nb, aa);
+        for (int nb = nb0; nb < nb1; nb += 2)
+          v == BF16_AMX_V4 ? amx_1x2<true>(hb, p.Wp, p.G, H, 0, nb, aa) : amx_1x2<false>(hb, p.Wp, p.G, H, 0, nb, aa);
       } else {  // B multiple of 32
         for (int nb = nb0; nb < nb1; nb += 2)
-          for (int r0 = 0; r0 < B; r0 += 32) amx_2x2(hb, p.Wp, p.G, H, r0, nb, aa);
+          for (int r0 = 0; r0 < B; r0 += 32)
+            v == BF16_AMX_V4 ? amx_2x2<true>(hb, p.Wp, p.G, H, r0, nb, aa)
+                             : amx_2x2<false>(hb, p.Wp, p.G, H, r0, nb, aa);
       }
     }
   }

@@ -1,11 +1,12 @@
 """Markdown tables from amx_probe JSON: python bench/dev/amx_table.py bench/results/amx_probe_*.json
 
-With several files, each cell is the median us/step of each run, "a / b"."""
+With several files, each cell is the median us/step of each run in the order given ("a / b / c"); GFLOP/s and
+the speed-up column come from the first file."""
 import json
 import sys
 
 runs = [json.load(open(p)) for p in sys.argv[1:]]
-VARS = ["fp32_avx512", "bf16_avx512", "bf16_amx", "bf16_amx_cfgstep", "bf16_amx_v2", "bf16_amx_v3"]
+VARS = ["fp32_avx512", "bf16_avx512", "bf16_amx", "bf16_amx_cfgstep", "bf16_amx_v2", "bf16_amx_v3", "bf16_amx_v4"]
 
 
 def cell(v, B, H, t):

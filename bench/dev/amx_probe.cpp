@@ -26,6 +26,8 @@
 //   bf16_amx_v3   v1's tiles, but h is kept in the A-tile layout (the pointwise op writes it so): every A load is
 //                 one contiguous 1 KiB block (stride 64 B) instead of 16 rows 2H bytes apart.
 //   bf16_amx_v4   v1 plus prefetcht0 of the W tiles kPfDist K blocks ahead.
+//   bf16_amx_rowsplit  v1 kernels, 2 threads split the batch rows (B >= 32) instead of the columns: the threads
+//                 share nothing, so no h exchange and no per-step barrier (each streams all of W).
 // h is bf16 for the bf16 variants (rounded RNE each step), float32 for fp32; accumulation is float32 in all.
 //
 // Packed bf16 W (shared by AMX and AVX512-BF16): 4H/16 column blocks nb, each H/32 tiles kb of 1 KiB:
@@ -332,12 +334,13 @@ void amx_4x1(const bf16* h, const bf16* Wp, float* G, int H, int nb) {
   _tile_stored(3, g + size_t(48) * N, N * 4);
 }
 
-enum Variant { FP32_AVX512, BF16_AVX512, BF16_AMX, BF16_AMX_CFGSTEP, BF16_AMX_V2, BF16_AMX_V3, BF16_AMX_V4, kNumVariants };
-const char* kVariantName[] = {"fp32_avx512", "bf16_avx512", "bf16_amx", "bf16_amx_cfgstep", "bf16_amx_v2", "bf16_amx_v3", "bf16_amx_v4"};
+enum Variant { FP32_AVX512, BF16_AVX512, BF16_AMX, BF16_AMX_CFGSTEP, BF16_AMX_V2, BF16_AMX_V3, BF16_AMX_V4, BF16_AMX_ROWSPLIT, kNumVariants };
+const char* kVariantName[] = {"fp32_avx512", "bf16_avx512", "bf16_amx", "bf16_amx_cfgstep", "bf16_amx_v2", "bf16_amx_v3", "bf16_amx_v4", "bf16_amx_rowsplit"};
 
-// GEMM for the column blocks of hidden units [j0, j1) in all four gates (j0, j1 multiples of 32).
-void gemm_part(Variant v, const Problem& p, const void* hin, int j0, int j1) {
-  const int B = p.B, H = p.H;
+// GEMM for the column blocks of hidden units [j0, j1) in all four gates (j0, j1 multiples of 32), rows
+// [rb, rb + B) where B = p.B, or for the row split (AMX only) B = nrows rows starting at rb.
+void gemm_part(Variant v, const Problem& p, const void* hin, int j0, int j1, int rb = 0, int nrows = -1) {
+  const int B = nrows < 0 ? p.B : nrows, H = p.H;
   for (int g = 0; g < 4; ++g) {
     const int nb0 = (g * H + j0) / 16, nb1 = (g * H + j1) / 16;
     if (v == FP32_AVX512 || v == BF16_AVX512) {
@@ -359,10 +362,10 @@ void gemm_part(Variant v, const Problem& p, const void* hin, int j0, int j1) {
         for (int nb = nb0; nb < nb1; ++nb) amx_4x1(hb, p.Wp, p.G, H, nb);
       } else if (B <= 16) {
         for (int nb = nb0; nb < nb1; nb += 2)
-          v == BF16_AMX_V4 ? amx_1x2<true>(hb, p.Wp, p.G, H, 0, nb, aa) : amx_1x2<false>(hb, p.Wp, p.G, H, 0, nb, aa);
+          v == BF16_AMX_V4 ? amx_1x2<true>(hb, p.Wp, p.G, H, rb, nb, aa) : amx_1x2<false>(hb, p.Wp, p.G, H, rb, nb, aa);
       } else {  // B multiple of 32
         for (int nb = nb0; nb < nb1; nb += 2)
-          for (int r0 = 0; r0 < B; r0 += 32)
+          for (int r0 = rb; r0 < rb + B; r0 += 32)
             v == BF16_AMX_V4 ? amx_2x2<true>(hb, p.Wp, p.G, H, r0, nb, aa)
                              : amx_2x2<false>(hb, p.Wp, p.G, H, r0, nb, aa);
       }
@@ -371,10 +374,10 @@ void gemm_part(Variant v, const Problem& p, const void* hin, int j0, int j1) {
 }
 
 // h_next[b, j] for j in [j0, j1): x / (1 + |x|), x = sum of the four gates.
-void pointwise(Variant v, const Problem& p, void* hout, int j0, int j1) {
+void pointwise(Variant v, const Problem& p, void* hout, int j0, int j1, int rb = 0, int re = -1) {
   const int H = p.H, N = 4 * H;
   const __m512 one = _mm512_set1_ps(1.f);
-  for (int b = 0; b < p.B; ++b) {
+  for (int b = rb; b < (re < 0 ? p.B : re); ++b) {
     const float* g = p.G + size_t(b) * N;
     for (int j = j0; j < j1; j += 16) {
       __m512 x = _mm512_add_ps(_mm512_add_ps(_mm512_loadu_ps(g + j), _mm512_loadu_ps(g + H + j)),
@@ -448,8 +451,10 @@ RunResult run_config(Variant v, Problem& p, const Ref& ref, int nthreads) {
 
   auto worker = [&](int tid) {
     pin(tid);
-    const int half = H / nthreads;  // multiple of 32 for H >= 256 and nthreads <= 2
-    const int j0 = tid * half, j1 = j0 + half;
+    const bool rows = v == BF16_AMX_ROWSPLIT;  // thread owns batch rows [rb, re), all columns
+    const int half = rows ? H : H / nthreads;  // multiple of 32 for H >= 256 and nthreads <= 2
+    const int j0 = rows ? 0 : tid * half, j1 = j0 + half;
+    const int rb = rows ? tid * B / nthreads : 0, re = rows ? rb + B / nthreads : B;
     auto hin = [&](int t) -> void* { return f32 ? (void*)p.hf[t & 1] : (void*)p.hb[t & 1]; };
     // validation step
     if (tid == 0) {
@@ -458,7 +463,7 @@ RunResult run_config(Variant v, Problem& p, const Ref& ref, int nthreads) {
     }
     bar.wait();
     if (amx) _tile_loadconfig(&cfg);
-    gemm_part(v, p, hin(0), j0, j1);
+    gemm_part(v, p, hin(0), j0, j1, rb, re - rb);
     if (amx) _tile_release();
     bar.wait();
     if (tid == 0) std::memcpy(G1.data(), p.G, G1.size() * 4);
@@ -478,11 +483,12 @@ RunResult run_config(Variant v, Problem& p, const Ref& ref, int nthreads) {
       if (amx && v != BF16_AMX_CFGSTEP) _tile_loadconfig(&cfg);
       for (int t = 0; t < kT; ++t) {
         if (v == BF16_AMX_CFGSTEP) _tile_loadconfig(&cfg);
-        gemm_part(v, p, hin(t), j0, j1);
+        gemm_part(v, p, hin(t), j0, j1, rb, re - rb);
         if (v == BF16_AMX_CFGSTEP) _tile_release();
-        pointwise(v, p, hin(t + 1), j0, j1);
-        bar.wait();  // h_next complete before anyone reads it; h double-buffered, so one barrier per step
+        pointwise(v, p, hin(t + 1), j0, j1, rb, re);
+        if (!rows) bar.wait();  // h_next complete before anyone reads it; h double-buffered: one barrier per step
       }
+      if (rows) bar.wait();  // row split: the threads share nothing; meet once at the end of the sequence
       if (amx && v != BF16_AMX_CFGSTEP) _tile_release();
       const double dt = now_s() - t0;
       if (tid == 0) {
@@ -858,10 +864,11 @@ int main(int argc, char** argv) {
         const Variant v = static_cast<Variant>(vi);
         if (v >= BF16_AMX && !g_amx_ok) continue;
         if (v == BF16_AMX_V2 && B != 64) continue;  // v2 differs from v1 only at B = 64
+        if (v == BF16_AMX_ROWSPLIT && B < 32) continue;  // 2 threads x whole 16-row tiles
         Ref* rp = &ref;
         Ref ref32;  // fp32 variant: its "same operands" reference is the unrounded one
         if (v == FP32_AVX512) { ref32.same = ref.unrounded; ref32.unrounded = ref.unrounded; rp = &ref32; }
-        for (int nt = 1; nt <= max_threads; ++nt) {
+        for (int nt = v == BF16_AMX_ROWSPLIT ? 2 : 1; nt <= max_threads; ++nt) {
           const RunResult r = run_config(v, p, *rp, nt);
           const double flop = 2.0 * B * N * H;
           const double gf = flop / (r.us_step * 1e3);

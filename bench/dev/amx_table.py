@@ -6,7 +6,7 @@ import json
 import sys
 
 runs = [json.load(open(p)) for p in sys.argv[1:]]
-VARS = ["fp32_avx512", "bf16_avx512", "bf16_amx", "bf16_amx_cfgstep", "bf16_amx_v2", "bf16_amx_v3", "bf16_amx_v4"]
+VARS = ["fp32_avx512", "bf16_avx512", "bf16_amx", "bf16_amx_cfgstep", "bf16_amx_v2", "bf16_amx_v3", "bf16_amx_v4", "bf16_amx_rowsplit"]
 
 
 def cell(v, B, H, t):

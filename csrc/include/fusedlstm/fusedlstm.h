@@ -13,7 +13,19 @@
 // and the recurrence, y, h0 and h_n use that R-wide h ("Hout" below is R
 // with a projection, else H).
 //
-// Threading: a call may use up to fl_get_num_threads() threads; calls from
+// Backends: every params struct ends with an fl_device saying where its
+// arrays live. A zero-initialised one is the CPU: host memory, the SIMD
+// kernels, fusedlstm's thread pool. FL_DEVICE_CUDA runs the same entry points
+// on one NVIDIA GPU (device memory, work enqueued on a stream); what differs
+// there is written "CUDA:" below, and fusedlstm_cuda.h adds (never mirrors)
+// the few CUDA-only functions. The CUDA backend is a separate shared library
+// (libfusedlstm_cuda.so) loaded on the first CUDA call: from the environment
+// variable FUSEDLSTM_CUDA_LIBRARY when set, else from the folder of the
+// library or program holding this C API, else by the loader's search path.
+// Without it (or without a driver or GPU) a CUDA call returns
+// FL_INVALID_ARGUMENT saying why.
+//
+// Threading: a CPU call may use up to fl_get_num_threads() threads; calls from
 // several host threads at once are serialised on the shared thread pool.
 //
 // Errors: every entry point checks its arguments before it allocates or
@@ -48,7 +60,26 @@ typedef enum fl_status {
   FL_INTERRUPTED = 4,  // stopped by the interrupt check (fl_set_interrupt_check)
 } fl_status;
 
-typedef enum fl_dtype { FL_FLOAT32 = 0, FL_FLOAT64 = 1 } fl_dtype;
+// FL_FLOAT16 (IEEE half) and FL_BFLOAT16 are CUDA only: storage types, with
+// the GEMMs accumulating and the cell state and gate math in float32.
+typedef enum fl_dtype { FL_FLOAT32 = 0, FL_FLOAT64 = 1, FL_FLOAT16 = 2, FL_BFLOAT16 = 3 } fl_dtype;
+
+typedef enum fl_device_type { FL_DEVICE_CPU = 0, FL_DEVICE_CUDA = 1 } fl_device_type;
+
+// Where a call runs. Zero-initialised: the CPU.
+typedef struct fl_device {
+  fl_device_type type;
+  int index;       // CUDA device ordinal of every pointer of the call; 0 on the CPU
+  // CUDA: the cudaStream_t (as void*) every piece of work is enqueued on,
+  // NULL = the legacy default stream. No call synchronises the host or the
+  // device; outputs are ready when the stream reaches them; workspaces are
+  // allocated and freed stream-ordered (cudaMallocAsync on this stream).
+  // CPU: must be NULL.
+  void* stream;
+  // CUDA float32: nonzero lets the GEMMs use TF32 tensor cores (about 10
+  // mantissa bits in the products); 0 = strict float32. Ignored elsewhere.
+  int allow_tf32;
+} fl_device;
 
 typedef enum fl_mode {
   FL_MANY_TO_MANY = 0,  // x [T,B,I] -> y [T,B,H]
@@ -63,8 +94,11 @@ typedef enum fl_feed {
 } fl_feed;
 
 // Saved activations of a training forward, consumed by fl_lstm_backward.
-// Opaque; owns copies of everything backward reads (x, weights, states), so
-// the caller may reuse or free its own arrays after the forward returns.
+// Opaque; owns copies of everything backward reads (x, weights, states) and
+// the reserve the forward filled (see the layer stacks below), on the
+// forward's device, so the caller may reuse or free its own arrays after the
+// forward returns. CUDA: its memory is freed stream-ordered on the stream of
+// the last call that used it (keep that stream alive while the state lives).
 typedef struct fl_training_state fl_training_state;
 
 // All pointers are to arrays of `dtype` unless stated otherwise.
@@ -91,6 +125,8 @@ typedef struct fl_forward_params {
   const void* c0;    // [B, H] row-major or NULL (zero)
   // [B] int64, 1 <= lengths[b] <= T, or NULL (all T). FL_MANY_TO_* only.
   // Sequence b ends after lengths[b] steps (pack_padded_sequence semantics).
+  // CUDA: device memory, never read by the host (no synchronisation), so not
+  // checked: a value outside [1, T] is clamped to it.
   const int64_t* lengths;
 
   // Outputs. y: [T,B,Hout] with element (t, b, u) at y[t*y_stride_t + b*y_stride_b + u];
@@ -104,6 +140,7 @@ typedef struct fl_forward_params {
   // Training: when non-NULL, *state_out receives the saved activations
   // (free with fl_training_state_free); on any failure it is set to NULL.
   fl_training_state** state_out;
+  fl_device device;
 } fl_forward_params;
 
 typedef struct fl_backward_params {
@@ -127,6 +164,9 @@ typedef struct fl_backward_params {
   void* dw_hh;  // [4H, Hout] row-major
   void* db;     // [4H] or NULL: gradient of b_ih and of b_hh (they are equal)
   void* dw_hr;  // [R, H] row-major; required when proj_size > 0
+  // The state's device (type and index must match it); CUDA: the stream of
+  // this call, which the caller orders after the forward's work.
+  fl_device device;
 } fl_backward_params;
 
 // Single step, one-to-one: (h, c) -> (h_new, c_new). No packing, no saved state.
@@ -146,6 +186,7 @@ typedef struct fl_cell_params {
   // fl_lstm_cell_backward. Given, the step always reads the weights as they
   // are (no packing), whatever B.
   void* acts;
+  fl_device device;
 } fl_cell_params;
 
 // Backward of one fl_lstm_cell step, from the activations it saved.
@@ -170,6 +211,7 @@ typedef struct fl_cell_backward_params {
   void* dw_ih;        // [4H, I]
   void* dw_hh;        // [4H, H]
   void* db;           // [4H] or NULL (gradient of b_ih and of b_hh)
+  fl_device device;
 } fl_cell_backward_params;
 
 fl_status fl_lstm_forward(const fl_forward_params* params);
@@ -198,7 +240,7 @@ typedef struct fl_stack_params {
   int64_t num_directions;  // D: 1, or 2 (bidirectional)
   const void* x;           // [T,B,I], element (t,b,k) at x[t*x_stride_t + b*x_stride_b + k]
   int64_t x_stride_t, x_stride_b;
-  const int64_t* lengths;  // [B] host int64 in [1, T], or NULL (all T)
+  const int64_t* lengths;  // [B] int64 in [1, T], or NULL (all T); CUDA: device memory, as fl_forward_params
   // Arrays of L*D pointers, one per cell (nn.LSTM's weight_ih_l{l}[_reverse] ...):
   const void* const* w_ih;  // each [4H, I] (l = 0) or [4H, D*Hout]
   const void* const* w_hh;  // each [4H, Hout]
@@ -216,6 +258,7 @@ typedef struct fl_stack_params {
   int64_t y_stride_t, y_stride_b;
   void* h_n;
   void* c_n;
+  fl_device device;
 } fl_stack_params;
 
 typedef struct fl_stack_grads {
@@ -234,19 +277,23 @@ typedef struct fl_stack_grads {
 } fl_stack_grads;
 
 // Reserve size in bytes for a training forward of these shapes (reads dtype,
-// T, B, H, proj_size, num_layers, num_directions). Closed form, for frameworks
-// that allocate from shapes alone:
-//   s = 4 (float32) or 8 (float64); w = 64 / s; hp = roundup(H, w)
-//   r64(n) = roundup(n, 64);  S = T*B
-//   cell = 320 + r64(S*4*hp*s) + r64(S*hp*s) + r64(S*(R ? R : hp)*s)
-//          + (R ? r64(S*roundup(H, 4*w)*s) : 0)
+// T, B, H, proj_size, num_layers, num_directions, device.type). Closed form,
+// for frameworks that allocate from shapes alone:
+//   s = element size of dtype; S = T*B; r64(n) = roundup(n, 64)
+//   CPU:  w = 64 / s; hp = roundup(H, w)
+//         cell = 320 + r64(S*4*hp*s) + r64(S*hp*s) + r64(S*(R ? R : hp)*s)
+//                + (R ? r64(S*roundup(H, 4*w)*s) : 0)
+//   CUDA: a = 8 (float64) or 4 (the math type); r256(n) = roundup(n, 256)
+//         cell = r256(S*4*H*a) + r256((S+B)*H*a) + r256((S+B)*Hout*s)
+//                + (R ? r256(S*H*s) : 0)
 //   total = L*D*cell + (L-1)*(r64(S*D*Hout*s) + 64)
 // Returns -1 (never a negative or wrapped size), with the reason in
 // fl_last_error, when params is NULL, a field it reads is invalid, or the
 // total (or any term of it) does not fit in int64.
 int64_t fl_lstm_stack_reserve_bytes(const fl_stack_params* params);
 // reserve NULL: inference. Else at least fl_lstm_stack_reserve_bytes bytes
-// (any alignment), every byte of which is written.
+// (any alignment on the CPU, 256-byte aligned on CUDA), every byte of which
+// is written; CUDA: device memory.
 fl_status fl_lstm_stack_forward(const fl_stack_params* params, void* reserve, int64_t reserve_bytes);
 // params: the same inputs as the forward that filled the reserve (its
 // outputs y, h_n, c_n are not read).

@@ -1,8 +1,9 @@
 // Error checking for the CUDA backend: every CUDA and cuBLAS call and every
 // kernel launch goes through one of these macros. A failure throws
-// CudaError with the call's text, the error string, file and line; the C API
-// (capi_cuda.cu) turns it into FL_INTERNAL_ERROR + fl_cuda_last_error(), the
-// binding into a Python RuntimeError. Nothing here exits the process.
+// CudaError with the call's text, the error string, file and line; the
+// backend table (backend_cuda.cu) turns it into FL_INTERNAL_ERROR and its
+// last_error() message, the binding into a Python RuntimeError. Nothing here
+// exits the process.
 #ifndef FUSEDLSTM_CUDA_CUDA_CHECK_H_
 #define FUSEDLSTM_CUDA_CUDA_CHECK_H_
 

@@ -1,19 +1,47 @@
-// CUDA backend, fallback path (works for every size): cuBLAS GEMMs for the
-// input projection and per step for h_{t-1} W_hh^T, then one fused pointwise
-// kernel per step that applies the gate math of core/gate_math.h. Backward is
-// the same in reverse time (pointwise cell backward, then a per-step GEMM for
-// the gradient reaching h_{t-1}), then dW_ih, dW_hh and dx as whole-sequence
-// GEMMs and db by a column reduction: deterministic, no floating-point atomics.
+// CUDA backend (fl_backend_ops for FL_DEVICE_CUDA, see core/backend.h):
+// forward and backward of one LSTM direction over the caller's reserve, the
+// single cell and its backward, and the row helpers of the layer stack.
+//
+// Fallback path (every size, every feature): cuBLAS GEMMs for the input
+// projection of all steps and per step for h W_hh^T (and m W_hr^T with a
+// projection), one fused pointwise kernel per step that applies the gate
+// math of core/gate_math.h. Backward runs the steps in reverse order (the
+// pointwise cell backward, then a per-step GEMM for the gradient reaching the
+// previous h), then dW_ih, dW_hh, dW_hr and dx as whole-sequence GEMMs and db
+// by a compensated column sum: deterministic, no floating-point atomics.
+//
+// Steps and times: step s of row b runs time t = s (forward direction) or
+// t = len[b] - 1 - s (reverse). Rows with s >= len[b] are inactive at step s:
+// they keep their state and write zeros at TIME s (y, and every reserve
+// slot), so each padded (t, b) is zeroed exactly once in both directions.
+// Everything indexed by time (x, y, dy, dx, the reserve, dG) is stored in
+// time order, so the whole-sequence GEMMs pair rows by time whatever the
+// direction. lengths is device memory, read only by kernels (clamped there
+// to [1, T]); nothing here reads device memory from the host or waits for
+// the device.
+//
+// Reserve of one direction (fusedlstm.h "CUDA:"), regions rounded up to 256
+// bytes, in this order: acts [T,B,4H] A (i|f|g|o at time t; the training
+// forward first writes the input projection there and each step replaces
+// its row by the activations); c_hist [T+1,B,H] A (slot t < T: c at time t;
+// slot T: c0); h_hist [T+1,B,Hout] S (slot t < T: the h that entered time t;
+// slot T: scratch, the persistent kernel's last h); with a projection m
+// [T,B,H] S (o * tanh(c), the input of W_hr, for dW_hr).
+//
+// Persistent path: one cooperative kernel runs all steps with W_hh held in
+// shared memory (forward and backward). It covers the forward direction
+// without a projection only; reverse and proj_size > 0 always run the
+// fallback (FUSEDLSTM_CUDA_PATH=persistent included).
 //
 // Storage type S (float, double, __half, __nv_bfloat16), math type A (double
 // for double, float otherwise): gate pre-activations, the cell state and the
 // saved activations are kept in A; h (the GEMM operand) in S.
 //
-// FUSEDLSTM_CUDA_EMULATE (bench/dev/emu/ only, never in the package): this
-// file is compiled by a host C++ compiler against a CPU stand-in for the CUDA
-// runtime and cuBLAS, each launch becomes a loop over blocks and threads, and
-// the persistent kernel is left out; it lets the driver and the fallback
-// kernels run on a machine without a GPU.
+// FUSEDLSTM_CUDA_EMULATE (tests/emu/, never in the package): this file is
+// compiled by a host C++ compiler against a CPU stand-in for the CUDA runtime
+// and cuBLAS; each launch becomes a loop over blocks and threads, and the
+// persistent kernels run as fibers. It lets everything here run on a machine
+// without a GPU.
 #ifndef FUSEDLSTM_CUDA_EMULATE
 #include <cooperative_groups.h>
 #endif
@@ -26,10 +54,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
-#include <memory>
 #include <string>
-#include <vector>
+#include <type_traits>
 
+#include "core/checked_size.h"
 #include "core/gate_math.h"
 #include "cuda/cuda_check.h"
 #include "cuda/lstm_cuda.h"
@@ -67,11 +95,6 @@ constexpr cudaDataType_t a_type() {
   return sizeof(A) == 8 ? CUDA_R_64F : CUDA_R_32F;
 }
 
-template <class S>
-size_t s_bytes() {
-  return sizeof(S);
-}
-
 int as_int(int64_t v, const char* what) {
   if (v < 0 || v > INT_MAX)
     throw InvalidArgument(std::string(what) + " = " + std::to_string(v) +
@@ -87,7 +110,7 @@ unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1)
 class DevBuf {
  public:
   DevBuf() = default;
-  DevBuf(size_t bytes, cudaStream_t s) : stream_(s), bytes_(bytes) {
+  DevBuf(size_t bytes, cudaStream_t s) : stream_(s) {
     if (bytes) FL_CUDA_CHECK(cudaMallocAsync(&ptr_, bytes, s));
   }
   DevBuf(const DevBuf&) = delete;
@@ -95,7 +118,7 @@ class DevBuf {
   DevBuf(DevBuf&& o) noexcept { *this = std::move(o); }
   DevBuf& operator=(DevBuf&& o) noexcept {
     release();
-    ptr_ = o.ptr_, stream_ = o.stream_, bytes_ = o.bytes_;
+    ptr_ = o.ptr_, stream_ = o.stream_;
     o.ptr_ = nullptr;
     return *this;
   }
@@ -104,9 +127,6 @@ class DevBuf {
   T* as() const {
     return static_cast<T*>(ptr_);
   }
-  size_t bytes() const { return bytes_; }
-  // Later frees go on this stream (the training state's last user).
-  void set_stream(cudaStream_t s) { stream_ = s; }
 
  private:
   void release() noexcept {
@@ -115,22 +135,6 @@ class DevBuf {
   }
   void* ptr_ = nullptr;
   cudaStream_t stream_ = nullptr;
-  size_t bytes_ = 0;
-};
-
-class DeviceGuard {
- public:
-  explicit DeviceGuard(int device) {
-    FL_CUDA_CHECK(cudaGetDevice(&prev_));
-    if (prev_ != device) FL_CUDA_CHECK(cudaSetDevice(device));
-  }
-  ~DeviceGuard() {
-    int now = -1;
-    if (cudaGetDevice(&now) == cudaSuccess && now != prev_) cudaSetDevice(prev_);
-  }
-
- private:
-  int prev_ = 0;
 };
 
 // One cuBLAS handle per (host thread, device), made on first use and kept.
@@ -167,30 +171,43 @@ struct Gemm {
     const cublasOperation_t op_b = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
     const cublasOperation_t op_a = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
     if (batch == 1) {
-      FL_CUBLAS_CHECK(cublasGemmEx(handle, op_b, op_a, m, n, k, pa, B, b_dt, as_int(ldb, "ldb"), A, a_dt,
-                                   as_int(lda, "lda"), pb, C, c_dt, as_int(ldc, "ldc"), compute,
+      FL_CUBLAS_CHECK(cublasGemmEx(handle, op_b, op_a, m, n, k, pa, B, b_dt, as_int(ldb, "GEMM ldb"), A, a_dt,
+                                   as_int(lda, "GEMM lda"), pb, C, c_dt, as_int(ldc, "GEMM ldc"), compute,
                                    CUBLAS_GEMM_DEFAULT));
     } else {
       FL_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
-          handle, op_b, op_a, m, n, k, pa, B, b_dt, as_int(ldb, "ldb"), stride_b, A, a_dt, as_int(lda, "lda"),
-          stride_a, pb, C, c_dt, as_int(ldc, "ldc"), stride_c, as_int(batch, "GEMM batch"), compute,
-          CUBLAS_GEMM_DEFAULT));
+          handle, op_b, op_a, m, n, k, pa, B, b_dt, as_int(ldb, "GEMM ldb"), stride_b, A, a_dt,
+          as_int(lda, "GEMM lda"), stride_a, pb, C, c_dt, as_int(ldc, "GEMM ldc"), stride_c,
+          as_int(batch, "GEMM batch"), compute, CUBLAS_GEMM_DEFAULT));
     }
   }
 };
 
 template <class S>
-Gemm make_gemm(int device, cudaStream_t stream, bool allow_tf32) {
-  Gemm g{handle_for(device, stream), CUBLAS_COMPUTE_32F, false};
+Gemm make_gemm(const fl_device& device, cudaStream_t stream) {
+  Gemm g{handle_for(device.index, stream), CUBLAS_COMPUTE_32F, false};
   if constexpr (sizeof(S) == 8) {
     g.compute = CUBLAS_COMPUTE_64F, g.f64 = true;
   } else if constexpr (sizeof(S) == 4) {
-    g.compute = allow_tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F_PEDANTIC;
+    g.compute = device.allow_tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F_PEDANTIC;
   }
   return g;
 }
 
 // ---------------------------------------------------------------- kernels
+template <class S>
+__device__ __forceinline__ typename Traits<S>::A to_math(S v) {
+  return static_cast<typename Traits<S>::A>(v);
+}
+
+// Sequence length of row b, clamped to [1, T] (lengths are never checked on
+// the host); T when there are no lengths.
+__device__ __forceinline__ int64_t seq_len(const int64_t* len, int64_t b, int64_t T) {
+  if (!len) return T;
+  const int64_t v = len[b];
+  return v < 1 ? 1 : v > T ? T : v;
+}
+
 // bsum[j] = b_ih[j] + b_hh[j] (either may be NULL).
 template <class S, class A>
 __global__ void bias_sum_kernel(int64_t n, const S* __restrict__ b_ih, const S* __restrict__ b_hh,
@@ -198,140 +215,264 @@ __global__ void bias_sum_kernel(int64_t n, const S* __restrict__ b_ih, const S* 
   const int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (j >= n) return;
   A v = A(0);
-  if (b_ih) v += A(b_ih[j]);
-  if (b_hh) v += A(b_hh[j]);
+  if (b_ih) v += A(to_math(b_ih[j]));
+  if (b_hh) v += A(to_math(b_hh[j]));
   bsum[j] = v;
 }
 
-// dst[r*ld_dst + k] = convert(src[r*ld_src + k]) for r < rows, k < cols; src NULL writes zero.
+// dst[r*ld_dst + k] = convert(src[r*ld_src + k] (+ src2[r*ld_src + k])) for
+// r < rows, k < cols; a NULL source reads as zero.
 template <class D, class Src>
 __global__ void convert_rows_kernel(int64_t rows, int64_t cols, const Src* __restrict__ src, int64_t ld_src,
-                                    D* __restrict__ dst, int64_t ld_dst) {
+                                    D* __restrict__ dst, int64_t ld_dst, const Src* __restrict__ src2 = nullptr) {
   const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (idx >= rows * cols) return;
   const int64_t r = idx / cols, k = idx % cols;
-  dst[r * ld_dst + k] = src ? D(static_cast<typename Traits<Src>::A>(src[r * ld_src + k])) : D(0.0f);
+  using M = typename Traits<Src>::A;
+  M v = src ? static_cast<M>(src[r * ld_src + k]) : M(0);
+  if (src2) v += static_cast<M>(src2[r * ld_src + k]);
+  dst[r * ld_dst + k] = D(v);
 }
 
-// Same, over (t, b) rows with two strides: dst is contiguous [T, B, cols].
+// Contiguous copy dst [T, B, cols] of a strided src; rows (t, b) with
+// t >= len[b] are zero (len NULL: none), so a NaN in the caller's padding
+// never reaches a GEMM.
 template <class S>
 __global__ void gather_steps_kernel(int64_t T, int64_t B, int64_t cols, const S* __restrict__ src, int64_t st,
-                                    int64_t sb, S* __restrict__ dst) {
+                                    int64_t sb, S* __restrict__ dst, const int64_t* __restrict__ len) {
   const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (idx >= T * B * cols) return;
   const int64_t k = idx % cols, r = idx / cols, b = r % B, t = r / B;
-  dst[idx] = src[t * st + b * sb + k];
+  dst[idx] = t < seq_len(len, b, T) ? src[t * st + b * sb + k] : S(0.0f);
+}
+
+// Row (t, b) of a [T, B, cols] array set to zero where t >= len[b].
+template <class E>
+__global__ void zero_padding_kernel(int64_t T, int64_t B, int64_t cols, E* __restrict__ a,
+                                    const int64_t* __restrict__ len) {
+  const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (idx >= T * B * cols) return;
+  const int64_t b = (idx / cols) % B, t = idx / cols / B;
+  if (t >= seq_len(len, b, T)) a[idx] = E(0.0f);
+}
+
+// The row helper of the layer stack (fl_backend_ops.rows).
+template <class S>
+__global__ void rows_kernel(int op, S* dst, int64_t dst_st, int64_t dst_sb, const S* src, int64_t src_st,
+                            int64_t src_sb, int64_t T, int64_t B, int64_t n) {
+  const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (idx >= T * B * n) return;
+  const int64_t k = idx % n, b = (idx / n) % B, t = idx / n / B;
+  S* d = dst + t * dst_st + b * dst_sb + k;
+  const S v = src[t * src_st + b * src_sb + k];
+  if (op == FL_ROWS_COPY) *d = v;
+  else if (op == FL_ROWS_ADD) *d = S(to_math(*d) + to_math(v));
+  else *d = S(to_math(*d) * to_math(v));
 }
 
 template <class S, class A>
 struct FwdStepArgs {
-  int64_t B, H;
-  int t;
-  const A* rec;    // [B, 4H] h_{t-1} W_hh^T (+ feed-output term), or NULL (zero)
-  const A* xproj;  // [B, 4H] x_t W_ih^T of this step, or NULL (zero input)
-  const A* bsum;   // [4H] b_ih + b_hh, or NULL
-  const S* h_prev;  // [B, H]
-  S* h_next;        // [B, H]; may equal h_prev (each thread reads its element first)
-  const A* c_prev;  // [B, H]
-  A* c_next;        // [B, H]; may equal c_prev
-  S* y;             // row b of this step at y + b*y_sb, or NULL
-  int64_t y_sb;
-  A* acts;          // [B, 4H] saved i|f|g|o of this step, or NULL
-  const int* len;   // [B] or NULL (all T)
+  int64_t T, B, H, s;
+  bool reverse;
+  const A* rec;      // [B, 4H] recurrent term (h W_hh^T (+ h W_ih^T for feed output)), or NULL (zero)
+  const A* xproj;    // input term of (t, b) at xproj + (t - t0)*x_step + b*4H, or NULL (zero input)
+  int64_t t0, x_step;
+  const A* bsum;     // [4H] b_ih + b_hh, or NULL
+  const int64_t* len;  // [B] device, or NULL
+  A* c_cur;          // [B, H] the running cell state, updated in place
+  // Without a projection: the running h [B, H] (updated in place), y, and
+  // h_hist (receives the h that entered time t).
+  S* h_cur;
+  S* y;              // (t, b, u) at y + t*y_st + b*y_sb + u, or NULL
+  int64_t y_st, y_sb;
+  S* h_hist;         // [T+1, B, H] or NULL
+  // Training: acts [T, B, 4H] (may alias xproj), c_hist [T+1, B, H], or NULL.
+  A* acts;
+  A* c_hist;
+  // With a projection: m = o * tanh(c) [B, H] for the W_hr GEMM (0 on
+  // inactive rows), and its history [T, B, H] (training) or NULL.
+  S* m_step;
+  S* m_hist;
 };
 
 // One thread per (b, u): sums the pre-activations of the four gates of
-// hidden unit u, applies cell_forward, writes h, c, y and the saved acts.
-// Rows past their length keep their state and write y = 0.
+// hidden unit u, applies cell_forward, writes the states and what training keeps.
 template <class S, class A>
 __global__ void fwd_step_kernel(FwdStepArgs<S, A> p) {
   const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (idx >= p.B * p.H) return;
-  const int64_t b = idx / p.H, u = idx % p.H, H = p.H;
-  const bool active = !p.len || p.t < p.len[b];
-  const int64_t g0 = b * 4 * H + u;
-  if (!active) {
-    if (p.h_next != p.h_prev) p.h_next[idx] = p.h_prev[idx];
-    if (p.c_next != p.c_prev) p.c_next[idx] = p.c_prev[idx];
-    if (p.y) p.y[b * p.y_sb + u] = S(0.0f);
+  const int64_t H = p.H, G = 4 * H, B = p.B;
+  if (idx >= B * H) return;
+  const int64_t b = idx / H, u = idx % H;
+  const int64_t L = seq_len(p.len, b, p.T);
+  if (p.s >= L) {  // inactive: zeros at time s, state kept
+    const int64_t row = p.s * B + b;
     if (p.acts)
-      for (int k = 0; k < 4; ++k) p.acts[g0 + k * H] = A(0);
+      for (int k = 0; k < 4; ++k) p.acts[row * G + k * H + u] = A(0);
+    if (p.c_hist) p.c_hist[row * H + u] = A(0);
+    if (p.m_step) {
+      p.m_step[idx] = S(0.0f);
+      if (p.m_hist) p.m_hist[row * H + u] = S(0.0f);
+    } else {
+      if (p.h_hist) p.h_hist[row * H + u] = S(0.0f);
+      if (p.y) p.y[p.s * p.y_st + b * p.y_sb + u] = S(0.0f);
+    }
     return;
   }
+  const int64_t t = p.reverse ? L - 1 - p.s : p.s, row = t * B + b;
   A pre[4];
+  const A* xp = p.xproj ? p.xproj + (t - p.t0) * p.x_step + b * G : nullptr;
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
-    A v = p.rec ? p.rec[g0 + k * H] : A(0);
-    if (p.xproj) v += p.xproj[g0 + k * H];
+    A v = p.rec ? p.rec[b * G + k * H + u] : A(0);
+    if (xp) v += xp[k * H + u];
     if (p.bsum) v += p.bsum[k * H + u];
     pre[k] = v;
   }
   A c_new, h_new;
-  const GateActs<A> a = cell_forward<A>(pre[0], pre[1], pre[2], pre[3], p.c_prev[idx], c_new, h_new);
-  p.c_next[idx] = c_new;
-  const S h_s = S(h_new);
-  p.h_next[idx] = h_s;
-  if (p.y) p.y[b * p.y_sb + u] = h_s;
+  const GateActs<A> a = cell_forward<A>(pre[0], pre[1], pre[2], pre[3], p.c_cur[idx], c_new, h_new);
+  p.c_cur[idx] = c_new;
+  if (p.c_hist) p.c_hist[row * H + u] = c_new;
   if (p.acts) {
-    p.acts[g0] = a.i;
-    p.acts[g0 + H] = a.f;
-    p.acts[g0 + 2 * H] = a.g;
-    p.acts[g0 + 3 * H] = a.o;
+    A* ap = p.acts + row * G + u;
+    ap[0] = a.i, ap[H] = a.f, ap[2 * H] = a.g, ap[3 * H] = a.o;
   }
+  const S h_s = S(h_new);
+  if (p.m_step) {  // h_new is m; the projection kernel makes h
+    p.m_step[idx] = h_s;
+    if (p.m_hist) p.m_hist[row * H + u] = h_s;
+  } else {
+    if (p.h_hist) p.h_hist[row * H + u] = p.h_cur[idx];
+    p.h_cur[idx] = h_s;
+    if (p.y) p.y[t * p.y_st + b * p.y_sb + u] = h_s;
+  }
+}
+
+// With a projection, after hp = m W_hr^T: one thread per (b, r) updates the
+// running h [B, R], y and h_hist like fwd_step_kernel does without one.
+template <class S, class A>
+struct ProjStepArgs {
+  int64_t T, B, R, s;
+  bool reverse;
+  const int64_t* len;
+  const A* hp;  // [B, R]
+  S* h_cur;     // [B, R]
+  S* y;
+  int64_t y_st, y_sb;
+  S* h_hist;    // [T+1, B, R] or NULL
+};
+
+template <class S, class A>
+__global__ void proj_step_kernel(ProjStepArgs<S, A> p) {
+  const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  const int64_t R = p.R, B = p.B;
+  if (idx >= B * R) return;
+  const int64_t b = idx / R, r = idx % R;
+  const int64_t L = seq_len(p.len, b, p.T);
+  if (p.s >= L) {
+    if (p.h_hist) p.h_hist[(p.s * B + b) * R + r] = S(0.0f);
+    if (p.y) p.y[p.s * p.y_st + b * p.y_sb + r] = S(0.0f);
+    return;
+  }
+  const int64_t t = p.reverse ? L - 1 - p.s : p.s;
+  if (p.h_hist) p.h_hist[(t * B + b) * R + r] = p.h_cur[idx];
+  const S h_s = S(p.hp[idx]);
+  p.h_cur[idx] = h_s;
+  if (p.y) p.y[t * p.y_st + b * p.y_sb + r] = h_s;
+}
+
+// Gradient reaching the h of step s of row b: from step s+1 (dh_rec) where
+// row b ran it, else the carried dh_n (+ dy of many_to_one); plus dy at time t.
+template <class S, class A>
+__device__ __forceinline__ A step_dh(const A* dh_rec, const A* dh_carry, const S* dy, int64_t dy_st,
+                                     int64_t dy_sb, int64_t s, int64_t L, int64_t t, int64_t b, int64_t e,
+                                     int64_t k) {
+  A dh = s + 1 < L ? dh_rec[e] : dh_carry[e];
+  if (dy) dh += A(to_math(dy[t * dy_st + b * dy_sb + k]));
+  return dh;
 }
 
 template <class S, class A>
 struct BwdStepArgs {
-  int64_t B, H;
-  int t;
-  const A* acts;    // [B, 4H] of step t
-  const A* c;       // [B, H] c_t
-  const A* c_prev;  // [B, H] c_{t-1}
-  const S* dy;      // row b of step t at dy + b*dy_sb, or NULL
-  int64_t dy_sb;
-  const A* dh_rec;  // [B, H] gradient reaching h_t from step t+1 (valid where t+1 < len[b])
-  const A* dh_carry;  // [B, H] dh_n (+ dy of many_to_one): used where step t+1 was padding
-  A* dc;            // [B, H] in: reaching c_t; out: reaching c_{t-1} (rows active at t)
-  S* dg;            // [B, 4H] gradients of the gate pre-activations at step t (zero if padded)
-  const int* len;
-  int64_t T;
+  int64_t T, B, H, s;
+  bool reverse;
+  const int64_t* len;
+  const A* acts;    // [T, B, 4H]
+  const A* c_hist;  // [T+1, B, H]
+  // Without a projection: the gradient reaching h (step_dh); with one, dm [B, H].
+  const A* dh_rec;
+  const A* dh_carry;
+  const S* dy;      // NULL, or (t, b, u) at dy + t*dy_st + b*dy_sb + u (not many_to_one)
+  int64_t dy_st, dy_sb;
+  const A* dm;      // [B, H] (dh W_hr) with a projection, else NULL
+  A* dc;            // [B, H] in: reaching c of step s; out: reaching c of step s-1 (active rows)
+  S* dg_hist;       // [T, B, 4H] gate gradients by time (zero where padded)
+  S* dg_step;       // [B, 4H] the same rows for this step's GEMM (may be dg_hist + s*B*4H)
 };
 
 template <class S, class A>
 __global__ void bwd_step_kernel(BwdStepArgs<S, A> p) {
   const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (idx >= p.B * p.H) return;
-  const int64_t b = idx / p.H, u = idx % p.H, H = p.H;
-  const int64_t L = p.len ? p.len[b] : p.T;
-  const int64_t g0 = b * 4 * H + u;
-  if (p.t >= L) {
-    for (int k = 0; k < 4; ++k) p.dg[g0 + k * H] = S(0.0f);
+  const int64_t H = p.H, G = 4 * H, B = p.B, T = p.T;
+  if (idx >= B * H) return;
+  const int64_t b = idx / H, u = idx % H;
+  const int64_t L = seq_len(p.len, b, T);
+  if (p.s >= L) {
+    for (int k = 0; k < 4; ++k) {
+      p.dg_hist[(p.s * B + b) * G + k * H + u] = S(0.0f);
+      p.dg_step[b * G + k * H + u] = S(0.0f);
+    }
     return;
   }
-  A dh = (p.t + 1 < L) ? p.dh_rec[idx] : p.dh_carry[idx];
-  if (p.dy) dh += A(static_cast<typename Traits<S>::A>(p.dy[b * p.dy_sb + u]));
+  const int64_t t = p.reverse ? L - 1 - p.s : p.s, row = t * B + b;
+  // The time before t in this direction; its cell state, or c0 (slot T).
+  const int64_t t_prev = p.reverse ? (t + 1 < L ? t + 1 : T) : (t > 0 ? t - 1 : T);
+  const A dh = p.dm ? p.dm[idx] : step_dh(p.dh_rec, p.dh_carry, p.dy, p.dy_st, p.dy_sb, p.s, L, t, b, idx, u);
+  const A* ap = p.acts + row * G + u;
   GateActs<A> a;
-  a.i = p.acts[g0], a.f = p.acts[g0 + H], a.g = p.acts[g0 + 2 * H], a.o = p.acts[g0 + 3 * H];
+  a.i = ap[0], a.f = ap[H], a.g = ap[2 * H], a.o = ap[3 * H];
   A dc_prev;
-  const GateGrads<A> d = cell_backward<A>(a, p.c[idx], p.c_prev[idx], dh, p.dc[idx], dc_prev);
+  const GateGrads<A> d = cell_backward<A>(a, p.c_hist[row * H + u], p.c_hist[(t_prev * B + b) * H + u], dh,
+                                          p.dc[idx], dc_prev);
   p.dc[idx] = dc_prev;
-  p.dg[g0] = S(d.i);
-  p.dg[g0 + H] = S(d.f);
-  p.dg[g0 + 2 * H] = S(d.g);
-  p.dg[g0 + 3 * H] = S(d.o);
+  const S g[4] = {S(d.i), S(d.f), S(d.g), S(d.o)};
+  for (int k = 0; k < 4; ++k) {
+    p.dg_hist[row * G + k * H + u] = g[k];
+    p.dg_step[b * G + k * H + u] = g[k];
+  }
 }
 
-// dh = dh_n + dy_last (either NULL = 0), dc = dc_n, in A.
+// With a projection: the gradient reaching h [B, R] of step s (step_dh), in
+// S for the W_hr GEMMs, at dh_step and at its time in dh_hist (zeros where
+// inactive).
 template <class S, class A>
-__global__ void bwd_init_kernel(int64_t n, const S* __restrict__ dh_n, const S* __restrict__ dy_last,
-                                const S* __restrict__ dc_n, A* __restrict__ dh, A* __restrict__ dc) {
-  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (i >= n) return;
-  using SA = typename Traits<S>::A;
-  A v = dh_n ? A(static_cast<SA>(dh_n[i])) : A(0);
-  if (dy_last) v += A(static_cast<SA>(dy_last[i]));
-  dh[i] = v;
-  dc[i] = dc_n ? A(static_cast<SA>(dc_n[i])) : A(0);
+struct BwdDhArgs {
+  int64_t T, B, R, s;
+  bool reverse;
+  const int64_t* len;
+  const A* dh_rec;
+  const A* dh_carry;
+  const S* dy;
+  int64_t dy_st, dy_sb;
+  S* dh_step;  // [B, R]
+  S* dh_hist;  // [T, B, R]
+};
+
+template <class S, class A>
+__global__ void bwd_dh_kernel(BwdDhArgs<S, A> p) {
+  const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  const int64_t R = p.R, B = p.B;
+  if (idx >= B * R) return;
+  const int64_t b = idx / R, r = idx % R;
+  const int64_t L = seq_len(p.len, b, p.T);
+  if (p.s >= L) {
+    p.dh_step[idx] = S(0.0f);
+    p.dh_hist[(p.s * B + b) * R + r] = S(0.0f);
+    return;
+  }
+  const int64_t t = p.reverse ? L - 1 - p.s : p.s;
+  const S v = S(step_dh(p.dh_rec, p.dh_carry, p.dy, p.dy_st, p.dy_sb, p.s, L, t, b, idx, r));
+  p.dh_step[idx] = v;
+  p.dh_hist[(t * B + b) * R + r] = v;
 }
 
 // db[j] = sum over rows r of dg[r, j], one thread per column, fixed order,
@@ -344,12 +485,51 @@ __global__ void column_sum_kernel(int64_t rows, int64_t cols, const S* __restric
   if (j >= cols) return;
   A sum = A(0), carry = A(0);
   for (int64_t r = 0; r < rows; ++r) {
-    const A v = A(static_cast<typename Traits<S>::A>(dg[r * cols + j]));
+    const A v = A(to_math(dg[r * cols + j]));
     const A t = sum + v;
     carry += fabs(sum) >= fabs(v) ? (sum - t) + v : (v - t) + sum;
     sum = t;
   }
   db[j] = S(sum + carry);
+}
+
+// The single cell: rec [B, 4H] = x W_ih^T + h W_hh^T; c, h_new, c_new, acts in S.
+template <class S, class A>
+__global__ void cell_kernel(int64_t B, int64_t H, const A* __restrict__ rec, const A* __restrict__ bsum,
+                            const S* __restrict__ c, S* __restrict__ h_new, S* __restrict__ c_new,
+                            S* __restrict__ acts) {
+  const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (idx >= B * H) return;
+  const int64_t b = idx / H, u = idx % H, G = 4 * H;
+  A pre[4];
+  for (int k = 0; k < 4; ++k) pre[k] = rec[b * G + k * H + u] + (bsum ? bsum[k * H + u] : A(0));
+  A cn, hn;
+  const GateActs<A> a = cell_forward<A>(pre[0], pre[1], pre[2], pre[3], A(to_math(c[idx])), cn, hn);
+  c_new[idx] = S(cn);
+  h_new[idx] = S(hn);
+  if (acts) {
+    S* ap = acts + b * G + u;
+    ap[0] = S(a.i), ap[H] = S(a.f), ap[2 * H] = S(a.g), ap[3 * H] = S(a.o);
+  }
+}
+
+template <class S, class A>
+__global__ void cell_backward_kernel(int64_t B, int64_t H, const S* __restrict__ acts, const S* __restrict__ c,
+                                     const S* __restrict__ c_new, const S* __restrict__ dh_new,
+                                     const S* __restrict__ dc_new, S* __restrict__ dc, S* __restrict__ dg) {
+  const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (idx >= B * H) return;
+  const int64_t b = idx / H, u = idx % H, G = 4 * H;
+  const S* ap = acts + b * G + u;
+  GateActs<A> a;
+  a.i = to_math(ap[0]), a.f = to_math(ap[H]), a.g = to_math(ap[2 * H]), a.o = to_math(ap[3 * H]);
+  A dc_prev;
+  const GateGrads<A> d = cell_backward<A>(a, A(to_math(c_new[idx])), A(to_math(c[idx])),
+                                          dh_new ? A(to_math(dh_new[idx])) : A(0),
+                                          dc_new ? A(to_math(dc_new[idx])) : A(0), dc_prev);
+  dc[idx] = S(dc_prev);
+  S* g = dg + b * G + u;
+  g[0] = S(d.i), g[H] = S(d.f), g[2 * H] = S(d.g), g[3 * H] = S(d.o);
 }
 
 // ------------------------------------------------------ persistent kernels
@@ -366,7 +546,11 @@ __global__ void column_sum_kernel(int64_t rows, int64_t cols, const S* __restric
 // gate_math.h to its units, publishes its part of h_t / dG_t, and meets the
 // other CTAs at one grid barrier. No CTA overwrites what another may still
 // read: h lives in two slots (inference) or in h_hist (training), dG in the
-// [T, B, 4H] gradient buffer.
+// [T, B, 4H] gradient buffer. They run the forward direction without a
+// projection only (time t = step t), on the reserve layout of the top of
+// this file: c at time t in c_hist slot t, c0 in slot T; h_hist slot t + 1
+// carries the state into step t + 1 (rows past their length carry theirs;
+// the driver zeroes those padded slots after the kernel).
 #ifdef FUSEDLSTM_CUDA_EMULATE
 #define FL_DYNAMIC_SMEM(name) unsigned char* name = ::fl_emu::dynamic_smem()
 #define FL_GRID_SYNC() ::fl_emu::sync_grid()
@@ -383,10 +567,6 @@ constexpr int kNB = 8;  // batch rows per warp work unit
 
 FL_HOST_DEVICE FL_INLINE int imin(int a, int b) { return a < b ? a : b; }
 
-template <class S>
-__device__ __forceinline__ typename Traits<S>::A to_math(S v) {
-  return static_cast<typename Traits<S>::A>(v);
-}
 
 // Sums v[i] over the 32 lanes for every i < N (N = 32, 16 or 8) in
 // 16 + 8 + ... shuffles instead of 5 per value: at each halving a lane keeps
@@ -540,14 +720,15 @@ struct PersistArgs {
   int64_t xproj_step;  // B*4H, or 0 (one_to_many: the same projection every step)
   int xproj_first_only;  // one_to_many feed first: projection at t == 0 only
   const A* bsum;       // [4H] or NULL
+  int T;
   S* h;                // h slot s at h + s*B*H
   int h_mod;           // slot(t) = h_mod ? t % h_mod : t  (inference 2, training 0 = h_hist)
-  A* c;                // same scheme for c
-  int c_mod;           // inference 1 (in place), training 0 (c_hist)
+  A* c;                // inference: one slot, updated in place; training: c_hist
+  int c_in_place;      // (c of time t in slot t, c0 in slot T)
   S* y;                // or NULL; step t row b at y + t*y_st + b*y_sb
   int64_t y_st, y_sb;
   A* acts;             // [T, B, 4H] or NULL
-  const int* len;      // [B] or NULL
+  const int64_t* len;  // [B] device, or NULL
 };
 
 // Shared memory of both kernels: out [B, R] (A) | w [R, K] (S) | stage [B, kc] (S).
@@ -586,7 +767,7 @@ template <class S, class A>
 __device__ __forceinline__ FwdLocal<A> load_fwd_local(const PersistArgs<S, A>& p, int t, int b, int u,
                                                       const A* c_prev) {
   FwdLocal<A> l;
-  l.active = !p.len || t < p.len[b];
+  l.active = t < seq_len(p.len, b, p.T);
   const int64_t G = 4 * int64_t(p.H);
   const A* xp = nullptr;
   if (p.xproj && (!p.xproj_first_only || t == 0)) xp = p.xproj + int64_t(t - p.t0) * p.xproj_step + b * G;
@@ -619,7 +800,7 @@ __global__ void __launch_bounds__(kPersistThreads, 1) persistent_fwd_kernel(Pers
 
   for (int t = p.t0; t < p.t0 + p.nt; ++t) {
     const int hs_prev = p.h_mod ? t % p.h_mod : t, hs_next = p.h_mod ? (t + 1) % p.h_mod : t + 1;
-    const int cs_prev = p.c_mod ? t % p.c_mod : t, cs_next = p.c_mod ? (t + 1) % p.c_mod : t + 1;
+    const int cs_prev = p.c_in_place ? 0 : (t > 0 ? t - 1 : p.T), cs_next = p.c_in_place ? 0 : t;
     const S* h_prev = p.h + int64_t(hs_prev) * B * H;
     S* h_next = p.h + int64_t(hs_next) * B * H;
     const A* c_prev = p.c + int64_t(cs_prev) * B * H;
@@ -669,14 +850,14 @@ struct PersistBwdArgs {
   int B, H, HB, kc, T;
   const S* w_hh;      // [4H, H] global
   const A* acts;      // [T, B, 4H]
-  const A* c_hist;    // [T+1, B, H]: c_{t-1} at t, c_t at t + 1
+  const A* c_hist;    // [T+1, B, H]: c_t at t, c0 at T
   const S* dy;        // step t row b at dy + t*dy_st + b*dy_sb, or NULL
   int64_t dy_st, dy_sb;
   const A* dh_carry;  // [B, H] dh_n (+ dy of many_to_one): used where step t+1 is padding
   A* dc;              // [B, H] in: dc_n; out: dc0
   S* dg;              // [T, B, 4H] out: gate gradients (zero where padded)
   A* dh0;             // [B, H] out: gradient reaching h0
-  const int* len;     // [B] or NULL
+  const int64_t* len;  // [B] device, or NULL
 };
 
 // What one (b, u) element of a backward step needs besides the dot products
@@ -691,12 +872,12 @@ struct BwdLocal {
 template <class S, class A>
 __device__ __forceinline__ BwdLocal<A> load_bwd_local(const PersistBwdArgs<S, A>& p, int t, int b, int u) {
   BwdLocal<A> l;
-  l.len = p.len ? p.len[b] : p.T;
+  l.len = static_cast<int>(seq_len(p.len, b, p.T));
   const int H = p.H;
   const int64_t e = int64_t(b) * H + u, g0 = (int64_t(t) * p.B + b) * 4 * H + u;
   l.acts.i = p.acts[g0], l.acts.f = p.acts[g0 + H], l.acts.g = p.acts[g0 + 2 * H], l.acts.o = p.acts[g0 + 3 * H];
-  l.c_t = p.c_hist[int64_t(t + 1) * p.B * H + e];
-  l.c_prev = p.c_hist[int64_t(t) * p.B * H + e];
+  l.c_t = p.c_hist[int64_t(t) * p.B * H + e];
+  l.c_prev = p.c_hist[int64_t(t > 0 ? t - 1 : p.T) * p.B * H + e];
   l.dc = p.dc[e];
   l.dy = p.dy ? A(to_math(p.dy[t * p.dy_st + b * p.dy_sb + u])) : A(0);
   return l;
@@ -868,93 +1049,32 @@ void launch_persistent(Kernel kernel, const PersistPlan& plan, Args args, cudaSt
 #else
 #define FL_LAUNCH(kernel, n, stream, ...)                                                  \
   do {                                                                                     \
+    (void)(stream);                                                                        \
     if ((n) > 0) ::fl_emu::launch(blocks_for(n), kThreads, [&] { kernel(__VA_ARGS__); }); \
   } while (0)
 #endif
 
-}  // namespace
-
-// ----------------------------------------------------------- saved state
-struct SavedState {
-  fl_cuda_dtype dtype;
-  fl_mode mode;
-  fl_feed feed;
-  int64_t T, B, I, H;
-  int device;
-  bool allow_tf32;
-  DevBuf x;       // many_to_*: [T, B, I] contiguous; one_to_many: [B, I]
-  DevBuf w_ih;    // [4H, I]
-  DevBuf w_hh;    // [4H, H]
-  DevBuf h_hist;  // [T+1, B, H] S: h0, h_0 .. h_{T-1} (padded rows carry their last state)
-  DevBuf c_hist;  // [T+1, B, H] A
-  DevBuf acts;    // [T, B, 4H] A: i|f|g|o
-  DevBuf len;     // [B] int32 or empty
-  cudaEvent_t last_use = nullptr;  // recorded after each call that used the state
-  cudaStream_t last_stream = nullptr;
-
-  int64_t bytes() const {
-    return int64_t(x.bytes() + w_ih.bytes() + w_hh.bytes() + h_hist.bytes() + c_hist.bytes() + acts.bytes() +
-                   len.bytes());
-  }
-  // Orders the work of `s` after every earlier use of the state.
-  void begin_use(cudaStream_t s) {
-    if (last_use) FL_CUDA_CHECK(cudaStreamWaitEvent(s, last_use, 0));
-  }
-  void end_use(cudaStream_t s) {
-    if (!last_use) FL_CUDA_CHECK(cudaEventCreateWithFlags(&last_use, cudaEventDisableTiming));
-    FL_CUDA_CHECK(cudaEventRecord(last_use, s));
-    last_stream = s;
-    for (DevBuf* b : {&x, &w_ih, &w_hh, &h_hist, &c_hist, &acts, &len}) b->set_stream(s);
-  }
-  ~SavedState() {
-    // The buffers free themselves on last_stream, after the last use in stream order.
-    if (last_use) cudaEventDestroy(last_use);
-  }
-};
-
-void free_saved(SavedState* s) noexcept {
-  if (!s) return;
-  const int device = s->device;
-  int prev = 0;
-  const bool switch_device = cudaGetDevice(&prev) == cudaSuccess && prev != device;
-  if (switch_device) cudaSetDevice(device);
-  delete s;
-  if (switch_device) cudaSetDevice(prev);
-}
-
-int64_t saved_bytes(const SavedState* s) { return s ? s->bytes() : 0; }
-
-// ---------------------------------------------------------------- forward
-namespace {
-
-std::vector<int> checked_lengths(const fl_cuda_forward_params& p, bool* all_full) {
-  std::vector<int> len;
-  *all_full = true;
-  if (!p.lengths) return len;
-  len.resize(p.B);
-  for (int64_t b = 0; b < p.B; ++b) {
-    const int64_t v = p.lengths[b];
-    if (v < 1 || v > p.T)
-      throw InvalidArgument("lengths[" + std::to_string(b) + "] = " + std::to_string(v) +
-                            " is outside [1, T = " + std::to_string(p.T) + "]");
-    len[b] = static_cast<int>(v);
-    if (v != p.T) *all_full = false;
-  }
-  return len;
-}
-
 thread_local const char* last_fwd_path = "none";
 thread_local const char* last_bwd_path = "none";
 
-// FUSEDLSTM_CUDA_PATH (validated by the C API): "fallback" never runs the
-// persistent kernels; "persistent" runs them wherever they fit; unset or
-// "auto" runs them where they fit and each CTA's share of a step is small:
-// B * HB * H multiply-adds per gate row block, HB = ceil(H / #SMs), at most
+// FUSEDLSTM_CUDA_PATH: "fallback" never runs the persistent kernels;
+// "persistent" runs them wherever they fit and apply; unset, "" or "auto"
+// runs them where they fit and each CTA's share of a step is small: B * HB *
+// H multiply-adds per gate row block, HB = ceil(H / #SMs), at most
 // kAutoPersistentMaxWork. Above it the FMA dot products lose to cuBLAS's
 // per-step GEMMs. The bound is where the H100 runs put the crossover
 // (bench/NOTES_CUDA.md): B = 16 at H = 512 and B = 64 at H = 256 (32768) still
 // won, B = 16 at H = 1024 and B = 64 at H = 512 (131072) lost.
 constexpr int64_t kAutoPersistentMaxWork = 32768;
+
+void check_path_env() {
+  const char* env = std::getenv("FUSEDLSTM_CUDA_PATH");
+  if (env && *env && std::strcmp(env, "fallback") != 0 && std::strcmp(env, "persistent") != 0 &&
+      std::strcmp(env, "auto") != 0)
+    throw InvalidArgument(std::string("FUSEDLSTM_CUDA_PATH must be 'fallback', 'persistent' or 'auto', got '") +
+                          env + "'");
+}
+
 bool want_persistent(int64_t B, int64_t H, const DeviceLimits& d) {
   const char* env = std::getenv("FUSEDLSTM_CUDA_PATH");
   if (env && std::strcmp(env, "fallback") == 0) return false;
@@ -965,41 +1085,153 @@ bool want_persistent(int64_t B, int64_t H, const DeviceLimits& d) {
 }
 
 // Whether a call runs the persistent kernel (then *plan is its launch plan):
-// wanted by the path policy and fitting the device. one_to_many with
-// feed='output' adds h_{t-1} W_ih every step, which only the fallback does.
+// the kernels cover the forward direction without a projection, and not
+// one_to_many with feed='output' (which adds h_{t-1} W_ih every step); then
+// the path policy and the device decide.
 template <class S, class A, class Kernel>
-bool choose_persistent(Kernel kernel, int device, int64_t B, int64_t H, int rows_per_unit, int64_t K,
-                       bool feeds_output, PersistPlan* plan) {
-  if (feeds_output) return false;
-  const DeviceLimits d = device_limits(device);
-  return want_persistent(B, H, d) && plan_persistent<S, A>(kernel, d, B, H, rows_per_unit, K, plan);
+bool choose_persistent(Kernel kernel, const fl_forward_params& p, int rows_per_unit, int64_t K, PersistPlan* plan) {
+  const bool reverse = p.reverse && p.mode != FL_ONE_TO_MANY;
+  if (reverse || p.proj_size > 0 || (p.mode == FL_ONE_TO_MANY && p.feed == FL_FEED_OUTPUT)) return false;
+  if (p.T > INT_MAX) return false;
+  const DeviceLimits d = device_limits(p.device.index);
+  return want_persistent(p.B, p.H, d) && plan_persistent<S, A>(kernel, d, p.B, p.H, rows_per_unit, K, plan);
 }
 
+// ----------------------------------------------------------------- reserve
+int64_t r256(const char* what, int64_t n) { return checked_round_up(what, n, 256); }
+
+// Byte offsets of the regions of one direction's reserve (top of this file).
+struct ReserveLayout {
+  int64_t acts = 0, c_hist = 0, h_hist = 0, m = 0, end = 0;
+  // Bytes each region's data fills (the rest of its 256-byte rounding is padding).
+  int64_t acts_used = 0, c_used = 0, h_used = 0, m_used = 0;
+  ReserveLayout(int64_t s, int64_t a, int64_t T, int64_t B, int64_t H, int64_t R) {
+    const int64_t steps = checked_product("T*B", {T, B});
+    const int64_t slots = checked_sum("T*B + B", {steps, B});
+    const int64_t Hout = R > 0 ? R : H;
+    acts_used = checked_bytes("reserve activations T*B*4*H*a", {steps, 4, H, a});
+    c_used = checked_bytes("reserve cell states (T*B+B)*H*a", {slots, H, a});
+    h_used = checked_bytes("reserve hidden states (T*B+B)*Hout*s", {slots, Hout, s});
+    m_used = R > 0 ? checked_bytes("reserve projection inputs T*B*H*s", {steps, H, s}) : 0;
+    c_hist = r256("reserve activations", acts_used);
+    h_hist = checked_sum("reserve bytes", {c_hist, r256("reserve cell states", c_used)});
+    m = checked_sum("reserve bytes", {h_hist, r256("reserve hidden states", h_used)});
+    end = checked_sum("reserve bytes", {m, R > 0 ? r256("reserve projection inputs", m_used) : 0});
+  }
+};
+
+int64_t storage_bytes(fl_dtype dtype) { return dtype == FL_FLOAT64 ? 8 : dtype == FL_FLOAT32 ? 4 : 2; }
+int64_t math_bytes(fl_dtype dtype) { return dtype == FL_FLOAT64 ? 8 : 4; }
+
+// Zeroes [used, rounded up to 256) of the region at base + offset.
+void zero_tail(unsigned char* base, int64_t offset, int64_t used, cudaStream_t stream) {
+  const int64_t pad = (used + 255) / 256 * 256 - used;
+  if (pad > 0) FL_CUDA_CHECK(cudaMemsetAsync(base + offset + used, 0, size_t(pad), stream));
+}
+
+template <class S, class A>
+struct ReserveViews {
+  A* acts;
+  A* c_hist;
+  S* h_hist;
+  S* m;  // NULL without a projection
+  ReserveViews(const void* reserve, const ReserveLayout& l, bool proj) {
+    unsigned char* base = static_cast<unsigned char*>(const_cast<void*>(reserve));
+    acts = reinterpret_cast<A*>(base + l.acts);
+    c_hist = reinterpret_cast<A*>(base + l.c_hist);
+    h_hist = reinterpret_cast<S*>(base + l.h_hist);
+    m = proj ? reinterpret_cast<S*>(base + l.m) : nullptr;
+  }
+};
+
+// ------------------------------------------------------ operand layouts
+// A [rows, n] GEMM operand read with a leading dimension: the caller's array
+// where its strides allow (ld >= n, the batch stride >= 0), else a contiguous
+// copy (also when padded rows must read as zero).
 template <class S>
-void forward_impl(const fl_cuda_forward_params& p, SavedState** saved_out) {
+struct Operand {
+  const S* ptr;
+  int64_t st, ld;  // step stride (batched GEMMs) and row stride
+  DevBuf copy;
+};
+
+// [T, B, n] rows of src with strides (st, sb); len non-NULL zeroes padded rows.
+template <class S>
+Operand<S> steps_operand(const S* src, int64_t st, int64_t sb, int64_t T, int64_t B, int64_t n,
+                         const int64_t* len, bool need_dense, cudaStream_t stream) {
+  Operand<S> o;
+  const int64_t ld = B == 1 ? std::max(sb, n) : sb;
+  const bool usable = !len && ld >= n && (T == 1 || st >= 0) && (!need_dense || T == 1 || st == B * ld);
+  if (usable) {
+    o.ptr = src, o.st = st, o.ld = ld;
+    return o;
+  }
+  o.copy = DevBuf(size_t(T * B * n) * sizeof(S), stream);
+  S* copy = o.copy.template as<S>();
+  FL_LAUNCH((gather_steps_kernel<S>), T * B * n, stream, T, B, n, src, st, sb, copy, len);
+  o.ptr = copy, o.st = B * n, o.ld = n;
+  return o;
+}
+
+// An output [T, B, n] with strides (st, sb) that a (batched) GEMM writes:
+// directly where its strides allow, else into a contiguous buffer that
+// finish() copies to the rows.
+template <class S>
+struct OutRows {
+  S* dst;
+  int64_t st, sb, T, B, n;
+  S* ptr;
+  int64_t out_st, ld;
+  DevBuf tmp;
+  OutRows(S* d, int64_t st_, int64_t sb_, int64_t T_, int64_t B_, int64_t n_, cudaStream_t stream)
+      : dst(d), st(st_), sb(sb_), T(T_), B(B_), n(n_) {
+    const int64_t l = B == 1 ? std::max(sb, n) : sb;
+    if (l >= n && (T == 1 || st > 0)) {
+      ptr = dst, out_st = st, ld = l;
+    } else {
+      tmp = DevBuf(size_t(T * B * n) * sizeof(S), stream);
+      ptr = tmp.as<S>(), out_st = B * n, ld = n;
+    }
+  }
+  void finish(cudaStream_t stream) {
+    if (ptr == dst) return;
+    FL_LAUNCH((rows_kernel<S>), T * B * n, stream, int(FL_ROWS_COPY), dst, st, sb, ptr, B * n, n, T, B, n);
+  }
+};
+
+// ----------------------------------------------------------------- forward
+template <class S>
+void forward_impl(const fl_forward_params& p, void* reserve) {
   using A = typename Traits<S>::A;
   constexpr cudaDataType_t sdt = Traits<S>::s_type, adt = a_type<A>();
-  const cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
-  const Gemm gemm = make_gemm<S>(p.device, stream, p.allow_tf32 != 0);
-  const int64_t T = p.T, B = p.B, I = p.I, H = p.H, G = 4 * H;
+  const cudaStream_t stream = static_cast<cudaStream_t>(p.device.stream);
+  check_path_env();
+  const Gemm gemm = make_gemm<S>(p.device, stream);
+  const int64_t T = p.T, B = p.B, I = p.I, H = p.H, G = 4 * H, R = p.proj_size, Hout = R > 0 ? R : H;
   as_int(T * B * G, "T*B*4H");
-  const bool one_to_many = p.mode == FL_ONE_TO_MANY;
-  const bool training = saved_out != nullptr;
-
-  bool all_full = true;
-  const std::vector<int> len_host = checked_lengths(p, &all_full);
-  DevBuf len_dev;
-  if (!len_host.empty() && !all_full) {
-    len_dev = DevBuf(B * sizeof(int), stream);
-    // Pageable source: staged before the call returns, so len_host may go.
-    FL_CUDA_CHECK(cudaMemcpyAsync(len_dev.as<int>(), len_host.data(), B * sizeof(int), cudaMemcpyHostToDevice,
-                                  stream));
-  }
-  const int* len = len_dev.as<int>();
-
-  const S* x = static_cast<const S*>(p.x);
+  const bool o2m = p.mode == FL_ONE_TO_MANY, reverse = p.reverse && !o2m;
+  const bool training = reserve != nullptr;
+  const int64_t* len = o2m ? nullptr : p.lengths;
   const S* w_ih = static_cast<const S*>(p.w_ih);
   const S* w_hh = static_cast<const S*>(p.w_hh);
+  const S* w_hr = static_cast<const S*>(p.w_hr);
+  S* y = p.mode == FL_MANY_TO_ONE ? nullptr : static_cast<S*>(p.y);
+
+  A *acts = nullptr, *c_hist = nullptr;
+  S *h_hist = nullptr, *m_hist = nullptr;
+  if (training) {
+    const ReserveLayout l(sizeof(S), sizeof(A), T, B, H, R);
+    const ReserveViews<S, A> v(reserve, l, R > 0);
+    acts = v.acts, c_hist = v.c_hist, h_hist = v.h_hist, m_hist = v.m;
+    unsigned char* base = static_cast<unsigned char*>(reserve);
+    zero_tail(base, l.acts, l.acts_used, stream);
+    zero_tail(base, l.c_hist, l.c_used, stream);
+    zero_tail(base, l.h_hist, l.h_used, stream);
+    if (R > 0) zero_tail(base, l.m, l.m_used, stream);
+    FL_CUDA_CHECK(cudaMemsetAsync(h_hist + T * B * Hout, 0, size_t(B * Hout) * sizeof(S), stream));  // scratch
+    FL_LAUNCH((convert_rows_kernel<A, S>), B * H, stream, B, H, static_cast<const S*>(p.c0), H,
+              c_hist + T * B * H, H);
+  }
 
   DevBuf bsum_buf;
   const A* bsum = nullptr;
@@ -1010,238 +1242,257 @@ void forward_impl(const fl_cuda_forward_params& p, SavedState** saved_out) {
     bsum = bsum_buf.as<A>();
   }
 
-  // States. Training: h_hist / c_hist [T+1, B, H] hold every step; inference:
-  // h lives in h_n and c in one [B, H] buffer, updated in place.
-  SavedState* st = nullptr;
-  std::unique_ptr<SavedState> st_owner;
+  // Running states: h in h_n (S), c in c_n where S is the math type, else in A.
+  S* h_cur = static_cast<S*>(p.h_n);
   DevBuf c_buf;
-  S* h_state = static_cast<S*>(p.h_n);
-  A* c_state = nullptr;
-  if (training) {
-    st_owner.reset(new SavedState());
-    st = st_owner.get();
-    st->dtype = p.dtype, st->mode = p.mode, st->feed = p.feed;
-    st->T = T, st->B = B, st->I = I, st->H = H, st->device = p.device, st->allow_tf32 = p.allow_tf32 != 0;
-    st->h_hist = DevBuf((T + 1) * B * H * sizeof(S), stream);
-    st->c_hist = DevBuf((T + 1) * B * H * sizeof(A), stream);
-    st->acts = DevBuf(T * B * G * sizeof(A), stream);
-    st->w_ih = DevBuf(G * I * sizeof(S), stream);
-    st->w_hh = DevBuf(G * H * sizeof(S), stream);
-    FL_CUDA_CHECK(cudaMemcpyAsync(st->w_ih.as<S>(), w_ih, G * I * sizeof(S), cudaMemcpyDeviceToDevice, stream));
-    FL_CUDA_CHECK(cudaMemcpyAsync(st->w_hh.as<S>(), w_hh, G * H * sizeof(S), cudaMemcpyDeviceToDevice, stream));
-    if (one_to_many) {
-      st->x = DevBuf(B * I * sizeof(S), stream);
-      FL_LAUNCH((convert_rows_kernel<S, S>), B * I, stream, B, I, x, p.x_stride_b, st->x.as<S>(), I);
-    } else {
-      st->x = DevBuf(T * B * I * sizeof(S), stream);
-      FL_LAUNCH((gather_steps_kernel<S>), T * B * I, stream, T, B, I, x, p.x_stride_t, p.x_stride_b, st->x.as<S>());
-    }
-    st->len = std::move(len_dev);
-    len = st->len.as<int>();
-    h_state = st->h_hist.as<S>();
-    c_state = st->c_hist.as<A>();
+  A* c_cur = nullptr;
+  if constexpr (std::is_same_v<S, A>) {
+    c_cur = static_cast<A*>(p.c_n);
   } else {
     c_buf = DevBuf(B * H * sizeof(A), stream);
-    c_state = c_buf.as<A>();
+    c_cur = c_buf.as<A>();
   }
-  // The persistent kernel needs h in two slots in inference (CTAs read h_{t-1}
-  // while others write h_t); training already has h_hist.
-  PersistPlan plan;
-  const bool persistent = choose_persistent<S, A>(persistent_fwd_kernel<S, A>, p.device, B, H, 4, H,
-                                                  one_to_many && p.feed == FL_FEED_OUTPUT, &plan);
-  last_fwd_path = persistent ? "persistent" : "fallback";
-  DevBuf h_slots;
-  if (persistent && !training) {
-    h_slots = DevBuf(2 * B * H * sizeof(S), stream);
-    h_state = h_slots.as<S>();
-  }
-  // Initial states (h in S, c in A).
-  FL_LAUNCH((convert_rows_kernel<S, S>), B * H, stream, B, H, static_cast<const S*>(p.h0), H, h_state, H);
-  FL_LAUNCH((convert_rows_kernel<A, S>), B * H, stream, B, H, static_cast<const S*>(p.c0), H, c_state, H);
+  FL_LAUNCH((convert_rows_kernel<A, S>), B * H, stream, B, H, static_cast<const S*>(p.c0), H, c_cur, H);
 
-  // Input projection xproj = x_t W_ih^T for a chunk of steps at a time (memory
-  // stays bounded for long sequences); one_to_many needs only step 0's.
-  const int64_t chunk = one_to_many ? (persistent ? T : 1)
-                                    : std::max<int64_t>(1, std::min<int64_t>(T, (int64_t(1) << 25) / (B * G)));
-  DevBuf xproj_buf(chunk * B * G * sizeof(A), stream);
-  A* xproj = xproj_buf.as<A>();
-  if (one_to_many)
-    gemm.run(false, true, B, G, I, 1.0, x, sdt, p.x_stride_b, w_ih, sdt, I, 0.0, xproj, adt, G);
-  DevBuf rec_buf(B * G * sizeof(A), stream);
+  PersistPlan plan;
+  const bool persistent = choose_persistent<S, A>(persistent_fwd_kernel<S, A>, p, 4, H, &plan);
+  last_fwd_path = persistent ? "persistent" : "fallback";
+  // The persistent kernel keeps h in h_hist (training) or two slots
+  // (inference: CTAs read h_{t-1} while others write h_t).
+  DevBuf h_slots;
+  S* h_state = h_cur;
+  if (persistent) {
+    if (training) {
+      h_state = h_hist;
+    } else {
+      h_slots = DevBuf(2 * B * H * sizeof(S), stream);
+      h_state = h_slots.as<S>();
+    }
+  }
+  FL_LAUNCH((convert_rows_kernel<S, S>), B * Hout, stream, B, Hout, static_cast<const S*>(p.h0), Hout, h_state,
+            Hout);
+
+  // Input projection x_t W_ih^T: training writes every step's into acts
+  // (each step then replaces its row by the activations); inference takes a
+  // chunk of steps at a time (bounded memory) in the forward direction and
+  // all of them in reverse (a step spans many times); one_to_many needs one.
+  DevBuf xproj_buf;
+  A* xproj = nullptr;
+  int64_t chunk = T, x_step = B * G;
+  Operand<S> x = o2m ? steps_operand(static_cast<const S*>(p.x), 0, p.x_stride_b, 1, B, I, nullptr, false, stream)
+                     : steps_operand(static_cast<const S*>(p.x), p.x_stride_t, p.x_stride_b, T, B, I, nullptr,
+                                     false, stream);
+  if (o2m) {
+    xproj_buf = DevBuf(B * G * sizeof(A), stream);
+    xproj = xproj_buf.as<A>(), x_step = 0;
+    gemm.run(false, true, B, G, I, 1.0, x.ptr, sdt, x.ld, w_ih, sdt, I, 0.0, xproj, adt, G);
+  } else if (training) {
+    xproj = acts;
+  } else {
+    if (!reverse) chunk = std::max<int64_t>(1, std::min<int64_t>(T, (int64_t(1) << 25) / (B * G)));
+    xproj_buf = DevBuf(chunk * B * G * sizeof(A), stream);
+    xproj = xproj_buf.as<A>();
+  }
+  DevBuf rec_buf(B * G * sizeof(A), stream), m_step_buf, hp_buf;
   A* rec = rec_buf.as<A>();
-  const bool h0_zero = p.h0 == nullptr;
+  if (R > 0) {
+    m_step_buf = DevBuf(B * H * sizeof(S), stream);
+    hp_buf = DevBuf(B * R * sizeof(A), stream);
+  }
 
   for (int64_t t0 = 0; t0 < T; t0 += chunk) {
     const int64_t nt = std::min(chunk, T - t0);
-    if (!one_to_many)
-      gemm.run(false, true, B, G, I, 1.0, x + t0 * p.x_stride_t, sdt, p.x_stride_b, w_ih, sdt, I, 0.0, xproj, adt,
-               G, nt, p.x_stride_t, 0, B * G);
+    if (!o2m)
+      gemm.run(false, true, B, G, I, 1.0, x.ptr + t0 * x.st, sdt, x.ld, w_ih, sdt, I, 0.0, xproj, adt, G, nt, x.st,
+               0, B * G);
     if (persistent) {
       PersistArgs<S, A> a{};
       a.B = static_cast<int>(B), a.H = static_cast<int>(H), a.HB = plan.HB, a.kc = plan.kc;
-      a.t0 = static_cast<int>(t0), a.nt = static_cast<int>(nt);
+      a.t0 = static_cast<int>(t0), a.nt = static_cast<int>(nt), a.T = static_cast<int>(T);
       a.w_hh = w_hh;
       a.xproj = xproj;
-      a.xproj_step = one_to_many ? 0 : B * G;
-      a.xproj_first_only = one_to_many && p.feed == FL_FEED_FIRST;
+      a.xproj_step = x_step;
+      a.xproj_first_only = o2m && p.feed == FL_FEED_FIRST;
       a.bsum = bsum;
       a.h = h_state, a.h_mod = training ? 0 : 2;
-      a.c = c_state, a.c_mod = training ? 0 : 1;
-      a.y = static_cast<S*>(p.y), a.y_st = p.y_stride_t, a.y_sb = p.y_stride_b;
-      a.acts = training ? st->acts.as<A>() : nullptr;
+      a.c = training ? c_hist : c_cur, a.c_in_place = training ? 0 : 1;
+      a.y = y, a.y_st = p.y_stride_t, a.y_sb = p.y_stride_b;
+      a.acts = acts;
       a.len = len;
       launch_persistent(persistent_fwd_kernel<S, A>, plan, a, stream);
       continue;
     }
-    for (int64_t t = t0; t < t0 + nt; ++t) {
-      const S* h_prev = training ? h_state + t * B * H : h_state;
-      S* h_next = training ? h_state + (t + 1) * B * H : h_state;
-      const A* c_prev = training ? c_state + t * B * H : c_state;
-      A* c_next = training ? c_state + (t + 1) * B * H : c_state;
+    for (int64_t s = t0; s < t0 + nt; ++s) {
       FwdStepArgs<S, A> a{};
-      a.B = B, a.H = H, a.t = static_cast<int>(t);
+      a.T = T, a.B = B, a.H = H, a.s = s, a.reverse = reverse;
       a.rec = nullptr;
-      if (t > 0 || !h0_zero) {
-        gemm.run(false, true, B, G, H, 1.0, h_prev, sdt, H, w_hh, sdt, H, 0.0, rec, adt, G);
+      if (s > 0 || p.h0) {
+        gemm.run(false, true, B, G, Hout, 1.0, h_cur, sdt, Hout, w_hh, sdt, Hout, 0.0, rec, adt, G);
         a.rec = rec;
       }
-      if (one_to_many) {
-        if (t == 0 || p.feed == FL_FEED_REPEAT) {
-          a.xproj = xproj;
-        } else if (p.feed == FL_FEED_OUTPUT) {  // x_t = h_{t-1}
-          gemm.run(false, true, B, G, H, 1.0, h_prev, sdt, H, w_ih, sdt, I, 1.0, rec, adt, G);
-          a.rec = rec;
-        }
-      } else {
-        a.xproj = xproj + (t - t0) * B * G;
+      a.xproj = xproj, a.t0 = o2m ? 0 : t0, a.x_step = x_step;
+      if (o2m && s > 0 && p.feed != FL_FEED_REPEAT) {
+        a.xproj = nullptr;
+        if (p.feed == FL_FEED_OUTPUT)  // x_t = h_{t-1}
+          gemm.run(false, true, B, G, Hout, 1.0, h_cur, sdt, Hout, w_ih, sdt, I, 1.0, rec, adt, G);
       }
-      a.bsum = bsum;
-      a.h_prev = h_prev, a.h_next = h_next, a.c_prev = c_prev, a.c_next = c_next;
-      a.y = p.y ? static_cast<S*>(p.y) + t * p.y_stride_t : nullptr;
-      a.y_sb = p.y_stride_b;
-      a.acts = training ? st->acts.as<A>() + t * B * G : nullptr;
-      a.len = len;
+      a.bsum = bsum, a.len = len, a.c_cur = c_cur;
+      a.h_cur = h_cur, a.y = y, a.y_st = p.y_stride_t, a.y_sb = p.y_stride_b, a.h_hist = h_hist;
+      a.acts = acts, a.c_hist = c_hist;
+      a.m_step = R > 0 ? m_step_buf.as<S>() : nullptr, a.m_hist = m_hist;
       FL_LAUNCH((fwd_step_kernel<S, A>), B * H, stream, a);
+      if (R > 0) {
+        gemm.run(false, true, B, R, H, 1.0, m_step_buf.as<S>(), sdt, H, w_hr, sdt, H, 0.0, hp_buf.as<A>(), adt, R);
+        ProjStepArgs<S, A> q{};
+        q.T = T, q.B = B, q.R = R, q.s = s, q.reverse = reverse, q.len = len, q.hp = hp_buf.as<A>();
+        q.h_cur = h_cur, q.y = y, q.y_st = p.y_stride_t, q.y_sb = p.y_stride_b, q.h_hist = h_hist;
+        FL_LAUNCH((proj_step_kernel<S, A>), B * R, stream, q);
+      }
     }
   }
-  // Final states (padded rows carried theirs through).
-  if (training) {
-    FL_CUDA_CHECK(cudaMemcpyAsync(p.h_n, h_state + T * B * H, B * H * sizeof(S), cudaMemcpyDeviceToDevice, stream));
-    FL_LAUNCH((convert_rows_kernel<S, A>), B * H, stream, B, H, c_state + T * B * H, H, static_cast<S*>(p.c_n), H);
-    st->end_use(stream);
-    *saved_out = st_owner.release();
-  } else {
-    if (persistent)  // h_T is in slot T % 2
-      FL_CUDA_CHECK(cudaMemcpyAsync(p.h_n, h_state + (T % 2) * B * H, B * H * sizeof(S), cudaMemcpyDeviceToDevice,
-                                    stream));
-    FL_LAUNCH((convert_rows_kernel<S, A>), B * H, stream, B, H, c_state, H, static_cast<S*>(p.c_n), H);
+  if (persistent) {
+    // h after each row's last step: slot T (training, carried) or T % 2.
+    const S* h_last = training ? h_hist + T * B * H : h_state + (T % 2) * B * H;
+    FL_CUDA_CHECK(cudaMemcpyAsync(p.h_n, h_last, B * H * sizeof(S), cudaMemcpyDeviceToDevice, stream));
+    if (training) {
+      FL_LAUNCH((convert_rows_kernel<A, A>), B * H, stream, B, H, c_hist + (T - 1) * B * H, H, c_cur, H);
+      if (len) {  // the kernel carried states through padded slots
+        FL_LAUNCH((zero_padding_kernel<S>), T * B * H, stream, T, B, H, h_hist, len);
+        FL_LAUNCH((zero_padding_kernel<A>), T * B * H, stream, T, B, H, c_hist, len);
+      }
+    }
   }
+  if (!std::is_same_v<S, A>)
+    FL_LAUNCH((convert_rows_kernel<S, A>), B * H, stream, B, H, c_cur, H, static_cast<S*>(p.c_n), H);
 }
 
 // --------------------------------------------------------------- backward
 template <class S>
-void backward_impl(const fl_cuda_backward_params& p, SavedState& st) {
+void backward_impl(const fl_forward_params& p, const void* reserve, const fl_backward_params& g) {
   using A = typename Traits<S>::A;
   constexpr cudaDataType_t sdt = Traits<S>::s_type, adt = a_type<A>();
-  const cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
-  st.begin_use(stream);
-  const Gemm gemm = make_gemm<S>(st.device, stream, st.allow_tf32);
-  const int64_t T = st.T, B = st.B, I = st.I, H = st.H, G = 4 * H;
-  const bool one_to_many = st.mode == FL_ONE_TO_MANY, m2o = st.mode == FL_MANY_TO_ONE;
-  const S* w_ih = st.w_ih.as<S>();
-  const S* w_hh = st.w_hh.as<S>();
-  const S* h_hist = st.h_hist.as<S>();
-  const A* c_hist = st.c_hist.as<A>();
-  const A* acts = st.acts.as<A>();
-  const int* len = st.len.as<int>();
+  const cudaStream_t stream = static_cast<cudaStream_t>(g.device.stream);
+  check_path_env();
+  // The forward's arithmetic (allow_tf32 of its device) for its backward.
+  const Gemm gemm = make_gemm<S>(p.device, stream);
+  const int64_t T = p.T, B = p.B, I = p.I, H = p.H, G = 4 * H, R = p.proj_size, Hout = R > 0 ? R : H;
+  as_int(T * B * G, "T*B*4H");
+  const bool o2m = p.mode == FL_ONE_TO_MANY, m2o = p.mode == FL_MANY_TO_ONE, reverse = p.reverse && !o2m;
+  const int64_t* len = o2m ? nullptr : p.lengths;
+  const S* w_ih = static_cast<const S*>(p.w_ih);
+  const S* w_hh = static_cast<const S*>(p.w_hh);
+  const S* w_hr = static_cast<const S*>(p.w_hr);
+  const ReserveLayout l(sizeof(S), sizeof(A), T, B, H, R);
+  const ReserveViews<S, A> rv(reserve, l, R > 0);
+  const S* dy = m2o ? nullptr : static_cast<const S*>(g.dy);
 
-  DevBuf dg_buf(T * B * G * sizeof(S), stream);  // [T, B, 4H]
-  DevBuf dh_carry(B * H * sizeof(A), stream), dh_rec(B * H * sizeof(A), stream), dc(B * H * sizeof(A), stream);
+  DevBuf dg_buf(T * B * G * sizeof(S), stream);  // [T, B, 4H] by time
+  DevBuf dh_carry(B * Hout * sizeof(A), stream), dh_rec(B * Hout * sizeof(A), stream), dc(B * H * sizeof(A), stream);
   S* dg = dg_buf.as<S>();
-  FL_LAUNCH((bwd_init_kernel<S, A>), B * H, stream, B * H, static_cast<const S*>(p.dh_n),
-            m2o ? static_cast<const S*>(p.dy) : nullptr, static_cast<const S*>(p.dc_n), dh_carry.as<A>(),
-            dc.as<A>());
+  FL_LAUNCH((convert_rows_kernel<A, S>), B * Hout, stream, B, Hout, static_cast<const S*>(g.dh_n), Hout,
+            dh_carry.as<A>(), Hout, m2o ? static_cast<const S*>(g.dy) : nullptr);
+  FL_LAUNCH((convert_rows_kernel<A, S>), B * H, stream, B, H, static_cast<const S*>(g.dc_n), H, dc.as<A>(), H);
 
   PersistPlan plan;
-  const bool persistent = choose_persistent<S, A>(persistent_bwd_kernel<S, A>, st.device, B, H, 1, G,
-                                                  one_to_many && st.feed == FL_FEED_OUTPUT, &plan);
+  const bool persistent = choose_persistent<S, A>(persistent_bwd_kernel<S, A>, p, 1, G, &plan);
   last_bwd_path = persistent ? "persistent" : "fallback";
+  DevBuf dg_step_buf, dh_hist_buf, dh_step_buf, dm_buf;
+  if (reverse) dg_step_buf = DevBuf(B * G * sizeof(S), stream);
+  if (R > 0) {
+    dh_hist_buf = DevBuf(T * B * R * sizeof(S), stream);
+    if (reverse) dh_step_buf = DevBuf(B * R * sizeof(S), stream);
+    dm_buf = DevBuf(B * H * sizeof(A), stream);
+  }
   if (persistent) {
     PersistBwdArgs<S, A> a{};
     a.B = static_cast<int>(B), a.H = static_cast<int>(H), a.HB = plan.HB, a.kc = plan.kc, a.T = static_cast<int>(T);
-    a.w_hh = w_hh, a.acts = acts, a.c_hist = c_hist;
-    a.dy = (!m2o && p.dy) ? static_cast<const S*>(p.dy) : nullptr;
-    a.dy_st = p.dy_stride_t, a.dy_sb = p.dy_stride_b;
+    a.w_hh = w_hh, a.acts = rv.acts, a.c_hist = rv.c_hist;
+    a.dy = dy, a.dy_st = g.dy_stride_t, a.dy_sb = g.dy_stride_b;
     a.dh_carry = dh_carry.as<A>(), a.dc = dc.as<A>(), a.dg = dg, a.dh0 = dh_rec.as<A>(), a.len = len;
     launch_persistent(persistent_bwd_kernel<S, A>, plan, a, stream);
   }
-  for (int64_t t = persistent ? -1 : T - 1; t >= 0; --t) {
+  for (int64_t s = persistent ? -1 : T - 1; s >= 0; --s) {
+    S* dg_step = reverse ? dg_step_buf.as<S>() : dg + s * B * G;
+    const A* dm = nullptr;
+    if (R > 0) {
+      S* dh_step = reverse ? dh_step_buf.as<S>() : dh_hist_buf.as<S>() + s * B * R;
+      BwdDhArgs<S, A> q{};
+      q.T = T, q.B = B, q.R = R, q.s = s, q.reverse = reverse, q.len = len;
+      q.dh_rec = dh_rec.as<A>(), q.dh_carry = dh_carry.as<A>(), q.dy = dy, q.dy_st = g.dy_stride_t;
+      q.dy_sb = g.dy_stride_b, q.dh_step = dh_step, q.dh_hist = dh_hist_buf.as<S>();
+      FL_LAUNCH((bwd_dh_kernel<S, A>), B * R, stream, q);
+      gemm.run(false, false, B, H, R, 1.0, dh_step, sdt, R, w_hr, sdt, H, 0.0, dm_buf.as<A>(), adt, H);
+      dm = dm_buf.as<A>();
+    }
     BwdStepArgs<S, A> a{};
-    a.B = B, a.H = H, a.t = static_cast<int>(t), a.T = T;
-    a.acts = acts + t * B * G;
-    a.c = c_hist + (t + 1) * B * H;
-    a.c_prev = c_hist + t * B * H;
-    a.dy = (!m2o && p.dy) ? static_cast<const S*>(p.dy) + t * p.dy_stride_t : nullptr;
-    a.dy_sb = p.dy_stride_b;
-    a.dh_rec = dh_rec.as<A>();
-    a.dh_carry = dh_carry.as<A>();
-    a.dc = dc.as<A>();
-    a.dg = dg + t * B * G;
-    a.len = len;
+    a.T = T, a.B = B, a.H = H, a.s = s, a.reverse = reverse, a.len = len;
+    a.acts = rv.acts, a.c_hist = rv.c_hist;
+    a.dh_rec = dh_rec.as<A>(), a.dh_carry = dh_carry.as<A>(), a.dy = dy, a.dy_st = g.dy_stride_t;
+    a.dy_sb = g.dy_stride_b, a.dm = dm, a.dc = dc.as<A>(), a.dg_hist = dg, a.dg_step = dg_step;
     FL_LAUNCH((bwd_step_kernel<S, A>), B * H, stream, a);
-    // Gradient reaching h_{t-1}: dG_t W_hh (+ dG_t W_ih where x_t = h_{t-1}).
-    gemm.run(false, false, B, H, G, 1.0, a.dg, sdt, G, w_hh, sdt, H, 0.0, dh_rec.as<A>(), adt, H);
-    if (one_to_many && st.feed == FL_FEED_OUTPUT && t > 0)
-      gemm.run(false, false, B, H, G, 1.0, a.dg, sdt, G, w_ih, sdt, I, 1.0, dh_rec.as<A>(), adt, H);
+    // Gradient reaching the h that entered step s: dG W_hh (+ dG W_ih where x_t = h_{t-1}).
+    gemm.run(false, false, B, Hout, G, 1.0, dg_step, sdt, G, w_hh, sdt, Hout, 0.0, dh_rec.as<A>(), adt, Hout);
+    if (o2m && p.feed == FL_FEED_OUTPUT && s > 0)
+      gemm.run(false, false, B, Hout, G, 1.0, dg_step, sdt, G, w_ih, sdt, I, 1.0, dh_rec.as<A>(), adt, Hout);
   }
-  // dh0 = gradient reaching h_{-1} (every row is active at step 0); dc0 = dc.
-  FL_LAUNCH((convert_rows_kernel<S, A>), B * H, stream, B, H, dh_rec.as<A>(), H, static_cast<S*>(p.dh0), H);
-  FL_LAUNCH((convert_rows_kernel<S, A>), B * H, stream, B, H, dc.as<A>(), H, static_cast<S*>(p.dc0), H);
+  // dh0: the gradient reaching the h before step 0 (every row runs step 0).
+  FL_LAUNCH((convert_rows_kernel<S, A>), B * Hout, stream, B, Hout, dh_rec.as<A>(), Hout, static_cast<S*>(g.dh0),
+            Hout);
+  FL_LAUNCH((convert_rows_kernel<S, A>), B * H, stream, B, H, dc.as<A>(), H, static_cast<S*>(g.dc0), H);
 
-  // Whole-sequence GEMMs. dW_hh = sum_t dG_t^T h_{t-1}.
-  gemm.run(true, false, G, H, T * B, 1.0, dg, sdt, G, h_hist, sdt, H, 0.0, p.dw_hh, sdt, H);
-  S* dx = static_cast<S*>(p.dx);
-  const S* x = st.x.as<S>();
-  if (!one_to_many) {
-    gemm.run(true, false, G, I, T * B, 1.0, dg, sdt, G, x, sdt, I, 0.0, p.dw_ih, sdt, I);
-    gemm.run(false, false, B, I, G, 1.0, dg, sdt, G, w_ih, sdt, I, 0.0, dx, sdt, p.dx_stride_b, T, B * G, 0,
-             p.dx_stride_t);
-  } else if (st.feed == FL_FEED_REPEAT) {
-    // x is every step's input: dW_ih = sum_t dG_t^T x, dx = sum_t dG_t W_ih, accumulated in A.
-    DevBuf dw_acc(G * I * sizeof(A), stream), dx_acc(B * I * sizeof(A), stream);
-    for (int64_t t = 0; t < T; ++t) {
-      const double beta = t == 0 ? 0.0 : 1.0;
-      gemm.run(true, false, G, I, B, 1.0, dg + t * B * G, sdt, G, x, sdt, I, beta, dw_acc.as<A>(), adt, I);
-      gemm.run(false, false, B, I, G, 1.0, dg + t * B * G, sdt, G, w_ih, sdt, I, beta, dx_acc.as<A>(), adt, I);
-    }
-    FL_LAUNCH((convert_rows_kernel<S, A>), G * I, stream, G, I, dw_acc.as<A>(), I, static_cast<S*>(p.dw_ih), I);
-    FL_LAUNCH((convert_rows_kernel<S, A>), B * I, stream, B, I, dx_acc.as<A>(), I, dx, p.dx_stride_b);
+  // Whole-sequence GEMMs, rows paired by time. dW_hh = sum_t dG_t^T h_hist[t].
+  gemm.run(true, false, G, Hout, T * B, 1.0, dg, sdt, G, rv.h_hist, sdt, Hout, 0.0, g.dw_hh, sdt, Hout);
+  if (R > 0)  // dW_hr = sum_t dh_t^T m_t
+    gemm.run(true, false, R, H, T * B, 1.0, dh_hist_buf.as<S>(), sdt, R, rv.m, sdt, H, 0.0, g.dw_hr, sdt, H);
+  S* dw_ih = static_cast<S*>(g.dw_ih);
+  if (!o2m) {
+    const Operand<S> x = steps_operand(static_cast<const S*>(p.x), p.x_stride_t, p.x_stride_b, T, B, I, len, true,
+                                       stream);
+    gemm.run(true, false, G, I, T * B, 1.0, dg, sdt, G, x.ptr, sdt, x.ld, 0.0, dw_ih, sdt, I);
+    OutRows<S> dx(static_cast<S*>(g.dx), g.dx_stride_t, g.dx_stride_b, T, B, I, stream);
+    gemm.run(false, false, B, I, G, 1.0, dg, sdt, G, w_ih, sdt, I, 0.0, dx.ptr, sdt, dx.ld, T, B * G, 0,
+             dx.out_st);
+    dx.finish(stream);
   } else {
-    // x only at step 0; with feed output x_t = h_{t-1} = h_hist[t] for t >= 1.
-    gemm.run(false, false, B, I, G, 1.0, dg, sdt, G, w_ih, sdt, I, 0.0, dx, sdt, p.dx_stride_b);
-    if (st.feed == FL_FEED_OUTPUT && T > 1) {
-      DevBuf dw_acc(G * I * sizeof(A), stream);
-      gemm.run(true, false, G, I, B, 1.0, dg, sdt, G, x, sdt, I, 0.0, dw_acc.as<A>(), adt, I);
-      gemm.run(true, false, G, I, (T - 1) * B, 1.0, dg + B * G, sdt, G, h_hist + B * H, sdt, H, 1.0,
-               dw_acc.as<A>(), adt, I);
-      FL_LAUNCH((convert_rows_kernel<S, A>), G * I, stream, G, I, dw_acc.as<A>(), I, static_cast<S*>(p.dw_ih), I);
+    const Operand<S> x = steps_operand(static_cast<const S*>(p.x), 0, p.x_stride_b, 1, B, I, nullptr, false, stream);
+    OutRows<S> dx(static_cast<S*>(g.dx), 0, g.dx_stride_b, 1, B, I, stream);
+    if (p.feed == FL_FEED_REPEAT) {
+      // x is every step's input: dW_ih = sum_t dG_t^T x, dx = sum_t dG_t W_ih, accumulated in A.
+      DevBuf dw_acc(G * I * sizeof(A), stream), dx_acc(B * I * sizeof(A), stream);
+      for (int64_t t = 0; t < T; ++t) {
+        const double beta = t == 0 ? 0.0 : 1.0;
+        gemm.run(true, false, G, I, B, 1.0, dg + t * B * G, sdt, G, x.ptr, sdt, x.ld, beta, dw_acc.as<A>(), adt, I);
+        gemm.run(false, false, B, I, G, 1.0, dg + t * B * G, sdt, G, w_ih, sdt, I, beta, dx_acc.as<A>(), adt, I);
+      }
+      FL_LAUNCH((convert_rows_kernel<S, A>), G * I, stream, G, I, dw_acc.as<A>(), I, dw_ih, I);
+      FL_LAUNCH((convert_rows_kernel<S, A>), B * I, stream, B, I, dx_acc.as<A>(), I, dx.ptr, dx.ld);
     } else {
-      gemm.run(true, false, G, I, B, 1.0, dg, sdt, G, x, sdt, I, 0.0, p.dw_ih, sdt, I);
+      // x only at step 0; with feed output x_t = h_{t-1} = h_hist[t] for t >= 1.
+      gemm.run(false, false, B, I, G, 1.0, dg, sdt, G, w_ih, sdt, I, 0.0, dx.ptr, sdt, dx.ld);
+      if (p.feed == FL_FEED_OUTPUT && T > 1) {
+        DevBuf dw_acc(G * I * sizeof(A), stream);
+        gemm.run(true, false, G, I, B, 1.0, dg, sdt, G, x.ptr, sdt, x.ld, 0.0, dw_acc.as<A>(), adt, I);
+        gemm.run(true, false, G, I, (T - 1) * B, 1.0, dg + B * G, sdt, G, rv.h_hist + B * Hout, sdt, Hout, 1.0,
+                 dw_acc.as<A>(), adt, I);
+        FL_LAUNCH((convert_rows_kernel<S, A>), G * I, stream, G, I, dw_acc.as<A>(), I, dw_ih, I);
+      } else {
+        gemm.run(true, false, G, I, B, 1.0, dg, sdt, G, x.ptr, sdt, x.ld, 0.0, dw_ih, sdt, I);
+      }
     }
+    dx.finish(stream);
   }
-  if (p.db) FL_LAUNCH((column_sum_kernel<S, A>), G, stream, T * B, G, dg, static_cast<S*>(p.db));
-  st.end_use(stream);
+  if (g.db) FL_LAUNCH((column_sum_kernel<S, A>), G, stream, T * B, G, dg, static_cast<S*>(g.db));
 }
 
 // ------------------------------------------------------------------- cell
 template <class S>
-void cell_impl(const fl_cuda_cell_params& p) {
+void cell_impl(const fl_cell_params& p) {
   using A = typename Traits<S>::A;
   constexpr cudaDataType_t sdt = Traits<S>::s_type, adt = a_type<A>();
-  const cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
-  const Gemm gemm = make_gemm<S>(p.device, stream, p.allow_tf32 != 0);
+  const cudaStream_t stream = static_cast<cudaStream_t>(p.device.stream);
+  const Gemm gemm = make_gemm<S>(p.device, stream);
   const int64_t B = p.B, I = p.I, H = p.H, G = 4 * H;
-  DevBuf rec(B * G * sizeof(A), stream), c_a(B * H * sizeof(A), stream), bsum_buf;
+  DevBuf rec(B * G * sizeof(A), stream), bsum_buf;
   gemm.run(false, true, B, G, I, 1.0, p.x, sdt, I, p.w_ih, sdt, I, 0.0, rec.as<A>(), adt, G);
   gemm.run(false, true, B, G, H, 1.0, p.h, sdt, H, p.w_hh, sdt, H, 1.0, rec.as<A>(), adt, G);
   const A* bsum = nullptr;
@@ -1251,57 +1502,86 @@ void cell_impl(const fl_cuda_cell_params& p) {
               bsum_buf.as<A>());
     bsum = bsum_buf.as<A>();
   }
-  FL_LAUNCH((convert_rows_kernel<A, S>), B * H, stream, B, H, static_cast<const S*>(p.c), H, c_a.as<A>(), H);
-  FwdStepArgs<S, A> a{};
-  a.B = B, a.H = H, a.t = 0;
-  a.rec = rec.as<A>(), a.xproj = nullptr, a.bsum = bsum;
-  a.h_prev = static_cast<const S*>(p.h), a.h_next = static_cast<S*>(p.h_new);
-  a.c_prev = c_a.as<A>(), a.c_next = c_a.as<A>();
-  FL_LAUNCH((fwd_step_kernel<S, A>), B * H, stream, a);
-  FL_LAUNCH((convert_rows_kernel<S, A>), B * H, stream, B, H, c_a.as<A>(), H, static_cast<S*>(p.c_new), H);
+  FL_LAUNCH((cell_kernel<S, A>), B * H, stream, B, H, rec.as<A>(), bsum, static_cast<const S*>(p.c),
+            static_cast<S*>(p.h_new), static_cast<S*>(p.c_new), static_cast<S*>(p.acts));
 }
 
-template <template <class> class Fn, class... Args>
-void by_dtype(fl_cuda_dtype dt, Args&&... args) {
-  switch (dt) {
-    case FL_CUDA_FLOAT32: return Fn<float>::run(args...);
-    case FL_CUDA_FLOAT64: return Fn<double>::run(args...);
-    case FL_CUDA_FLOAT16: return Fn<__half>::run(args...);
-    case FL_CUDA_BFLOAT16: return Fn<__nv_bfloat16>::run(args...);
-  }
-  throw InvalidArgument("dtype must be FL_CUDA_FLOAT32, FL_CUDA_FLOAT64, FL_CUDA_FLOAT16 or FL_CUDA_BFLOAT16");
+template <class S>
+void cell_backward_impl(const fl_cell_backward_params& p) {
+  using A = typename Traits<S>::A;
+  constexpr cudaDataType_t sdt = Traits<S>::s_type;
+  const cudaStream_t stream = static_cast<cudaStream_t>(p.device.stream);
+  const Gemm gemm = make_gemm<S>(p.device, stream);
+  const int64_t B = p.B, I = p.I, H = p.H, G = 4 * H;
+  as_int(B * G, "B*4H");
+  DevBuf dg_buf(B * G * sizeof(S), stream);
+  S* dg = dg_buf.as<S>();
+  FL_LAUNCH((cell_backward_kernel<S, A>), B * H, stream, B, H, static_cast<const S*>(p.acts),
+            static_cast<const S*>(p.c), static_cast<const S*>(p.c_new), static_cast<const S*>(p.dh_new),
+            static_cast<const S*>(p.dc_new), static_cast<S*>(p.dc), dg);
+  gemm.run(false, false, B, I, G, 1.0, dg, sdt, G, p.w_ih, sdt, I, 0.0, p.dx, sdt, I);
+  gemm.run(false, false, B, H, G, 1.0, dg, sdt, G, p.w_hh, sdt, H, 0.0, p.dh, sdt, H);
+  gemm.run(true, false, G, I, B, 1.0, dg, sdt, G, p.x, sdt, I, 0.0, p.dw_ih, sdt, I);
+  gemm.run(true, false, G, H, B, 1.0, dg, sdt, G, p.h, sdt, H, 0.0, p.dw_hh, sdt, H);
+  if (p.db) FL_LAUNCH((column_sum_kernel<S, A>), G, stream, B, G, dg, static_cast<S*>(p.db));
 }
+
 template <class S>
-struct ForwardFn {
-  static void run(const fl_cuda_forward_params& p, SavedState** out) { forward_impl<S>(p, out); }
-};
-template <class S>
-struct BackwardFn {
-  static void run(const fl_cuda_backward_params& p, SavedState& st) { backward_impl<S>(p, st); }
-};
-template <class S>
-struct CellFn {
-  static void run(const fl_cuda_cell_params& p) { cell_impl<S>(p); }
-};
+void rows_impl(const fl_device& device, fl_rows_op op, void* dst, int64_t dst_st, int64_t dst_sb, const void* src,
+               int64_t src_st, int64_t src_sb, int64_t T, int64_t B, int64_t n) {
+  const cudaStream_t stream = static_cast<cudaStream_t>(device.stream);
+  FL_LAUNCH((rows_kernel<S>), T * B * n, stream, int(op), static_cast<S*>(dst), dst_st, dst_sb,
+            static_cast<const S*>(src), src_st, src_sb, T, B, n);
+}
+
+// Calls fn.template operator()<S>() for the storage type of dtype.
+template <class Fn>
+void by_dtype(fl_dtype dtype, Fn&& fn) {
+  switch (dtype) {
+    case FL_FLOAT32: return fn.template operator()<float>();
+    case FL_FLOAT64: return fn.template operator()<double>();
+    case FL_FLOAT16: return fn.template operator()<__half>();
+    case FL_BFLOAT16: return fn.template operator()<__nv_bfloat16>();
+  }
+  throw InvalidArgument("dtype = " + std::to_string(int(dtype)) +
+                        " must be FL_FLOAT32, FL_FLOAT64, FL_FLOAT16 or FL_BFLOAT16");
+}
 
 }  // namespace
+
+int64_t reserve_bytes(fl_dtype dtype, int64_t T, int64_t B, int64_t H, int64_t proj_size) {
+  return ReserveLayout(storage_bytes(dtype), math_bytes(dtype), T, B, H, proj_size).end;
+}
+
+void forward(const fl_forward_params& p, void* reserve) {
+  by_dtype(p.dtype, [&]<class S>() { forward_impl<S>(p, reserve); });
+}
+
+void backward(const fl_forward_params& p, const void* reserve, const fl_backward_params& grads) {
+  by_dtype(p.dtype, [&]<class S>() { backward_impl<S>(p, reserve, grads); });
+}
+
+void cell(const fl_cell_params& p) {
+  by_dtype(p.dtype, [&]<class S>() { cell_impl<S>(p); });
+}
+
+void cell_backward(const fl_cell_backward_params& p) {
+  by_dtype(p.dtype, [&]<class S>() { cell_backward_impl<S>(p); });
+}
+
+void rows(const fl_device& device, fl_dtype dtype, fl_rows_op op, void* dst, int64_t dst_st, int64_t dst_sb,
+          const void* src, int64_t src_st, int64_t src_sb, int64_t T, int64_t B, int64_t n) {
+  by_dtype(dtype, [&]<class S>() { rows_impl<S>(device, op, dst, dst_st, dst_sb, src, src_st, src_sb, T, B, n); });
+}
 
 const char* last_forward_path() { return last_fwd_path; }
 const char* last_backward_path() { return last_bwd_path; }
 
-void forward(const fl_cuda_forward_params& p, SavedState** saved_out) {
-  DeviceGuard guard(p.device);
-  by_dtype<ForwardFn>(p.dtype, p, saved_out);
-}
-
-void backward(const fl_cuda_backward_params& p, SavedState& st) {
-  DeviceGuard guard(st.device);
-  by_dtype<BackwardFn>(st.dtype, p, st);
-}
-
-void cell(const fl_cuda_cell_params& p) {
-  DeviceGuard guard(p.device);
-  by_dtype<CellFn>(p.dtype, p);
+const char* path_setting() {
+  const char* env = std::getenv("FUSEDLSTM_CUDA_PATH");
+  if (env && std::strcmp(env, "persistent") == 0) return "persistent";
+  if (env && std::strcmp(env, "fallback") == 0) return "fallback";
+  return "auto";
 }
 
 }  // namespace fusedlstm::cuda

@@ -1,25 +1,33 @@
-// Internal interface of the CUDA backend (csrc/cuda/), used by capi_cuda.cu.
+// Internal interface of the CUDA backend (csrc/cuda/): the kernels and
+// drivers of lstm_cuda.cu, called by the backend table (backend_cuda.cu)
+// after the C API checked the arguments. Everything throws (CudaError,
+// InvalidArgument); the table turns that into a status and a message.
 #ifndef FUSEDLSTM_CUDA_LSTM_CUDA_H_
 #define FUSEDLSTM_CUDA_LSTM_CUDA_H_
 
 #include <cstdint>
 
-#include "fusedlstm/fusedlstm_cuda.h"
+#include "core/backend.h"
+#include "fusedlstm/fusedlstm.h"
 
 namespace fusedlstm::cuda {
 
-struct SavedState;  // device buffers of a training forward (lstm_cuda.cu)
-
-// Arguments are already checked by the C API (capi_cuda.cu) except lengths.
-// forward: saved_out non-NULL = training (receives a new SavedState).
-void forward(const fl_cuda_forward_params& p, SavedState** saved_out);
-void backward(const fl_cuda_backward_params& p, SavedState& state);
-void cell(const fl_cuda_cell_params& p);
-void free_saved(SavedState* state) noexcept;
-int64_t saved_bytes(const SavedState* state);
-// "persistent" or "fallback": the recurrence the last forward on this thread ran.
+// Bytes of one direction's reserve (the "CUDA:" closed form of fusedlstm.h);
+// InvalidArgument naming the term that overflows.
+int64_t reserve_bytes(fl_dtype dtype, int64_t T, int64_t B, int64_t H, int64_t proj_size);
+// reserve: NULL (inference) or reserve_bytes(...) bytes, 256-byte aligned.
+void forward(const fl_forward_params& params, void* reserve);
+void backward(const fl_forward_params& params, const void* reserve, const fl_backward_params& grads);
+void cell(const fl_cell_params& params);
+void cell_backward(const fl_cell_backward_params& params);
+void rows(const fl_device& device, fl_dtype dtype, fl_rows_op op, void* dst, int64_t dst_st, int64_t dst_sb,
+          const void* src, int64_t src_st, int64_t src_sb, int64_t T, int64_t B, int64_t n);
+// "persistent" or "fallback": the recurrence the last forward / backward on
+// this thread ran ("none" before the first).
 const char* last_forward_path();
 const char* last_backward_path();
+// FUSEDLSTM_CUDA_PATH as the calls read it: "auto", "fallback" or "persistent".
+const char* path_setting();
 
 }  // namespace fusedlstm::cuda
 

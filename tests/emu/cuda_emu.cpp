@@ -1,5 +1,5 @@
 // CPU stand-ins for the CUDA runtime and cuBLAS calls that csrc/cuda/ makes,
-// for bench/dev/emu (FUSEDLSTM_CUDA_EMULATE). "Device" memory is host memory,
+// for tests/emu (FUSEDLSTM_CUDA_EMULATE). "Device" memory is host memory,
 // filled with 0xFF bytes (NaN in every float type) when allocated so that a
 // read of an unwritten element shows. cublasGemmEx / cublasGemmStridedBatchedEx
 // follow cuBLAS's column-major definition: C = alpha op(A) op(B) + beta C,
@@ -232,6 +232,10 @@ cudaError_t cudaMallocAsync(void** p, size_t bytes, cudaStream_t) {
 }
 cudaError_t cudaFreeAsync(void* p, cudaStream_t) {
   std::free(p);
+  return cudaSuccess;
+}
+cudaError_t cudaMemsetAsync(void* p, int value, size_t n, cudaStream_t) {
+  std::memset(p, value, n);
   return cudaSuccess;
 }
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t n, cudaMemcpyKind, cudaStream_t) {

@@ -407,6 +407,7 @@ struct BwdStepArgs {
   A* dc;            // [B, H] in: reaching c of step s; out: reaching c of step s-1 (active rows)
   S* dg_hist;       // [T, B, 4H] gate gradients by time (zero where padded)
   S* dg_step;       // [B, 4H] the same rows for this step's GEMM (may be dg_hist + s*B*4H)
+  A* db_rows;       // [B, 4H] per-row sums of the gate gradients over the steps (for db), or NULL
 };
 
 template <class S, class A>
@@ -438,6 +439,10 @@ __global__ void bwd_step_kernel(BwdStepArgs<S, A> p) {
   for (int k = 0; k < 4; ++k) {
     p.dg_hist[row * G + k * H + u] = g[k];
     p.dg_step[b * G + k * H + u] = g[k];
+  }
+  if (p.db_rows) {  // this thread owns these four sums at every step: no atomics, a fixed order
+    A* r = p.db_rows + b * G + u;
+    r[0] += d.i, r[H] += d.f, r[2 * H] += d.g, r[3 * H] += d.o;
   }
 }
 
@@ -478,14 +483,16 @@ __global__ void bwd_dh_kernel(BwdDhArgs<S, A> p) {
 // db[j] = sum over rows r of dg[r, j], one thread per column, fixed order,
 // compensated (Neumaier): a plain float32 running sum over T*B rows loses
 // about T*B/2 ulps, which the first H100 runs measured above the suite's
-// float32 bound at T*B = 3200 (numpy's reference sums pairwise).
+// float32 bound at T*B = 3200 (numpy's reference sums pairwise). dg is in
+// the math type A (summing gradients rounded to float16 / bfloat16 measured
+// up to 2.5x the plain implementation's error under emulation).
 template <class S, class A>
-__global__ void column_sum_kernel(int64_t rows, int64_t cols, const S* __restrict__ dg, S* __restrict__ db) {
+__global__ void column_sum_kernel(int64_t rows, int64_t cols, const A* __restrict__ dg, S* __restrict__ db) {
   const int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (j >= cols) return;
   A sum = A(0), carry = A(0);
   for (int64_t r = 0; r < rows; ++r) {
-    const A v = A(to_math(dg[r * cols + j]));
+    const A v = dg[r * cols + j];
     const A t = sum + v;
     carry += fabs(sum) >= fabs(v) ? (sum - t) + v : (v - t) + sum;
     sum = t;
@@ -516,7 +523,8 @@ __global__ void cell_kernel(int64_t B, int64_t H, const A* __restrict__ rec, con
 template <class S, class A>
 __global__ void cell_backward_kernel(int64_t B, int64_t H, const S* __restrict__ acts, const S* __restrict__ c,
                                      const S* __restrict__ c_new, const S* __restrict__ dh_new,
-                                     const S* __restrict__ dc_new, S* __restrict__ dc, S* __restrict__ dg) {
+                                     const S* __restrict__ dc_new, S* __restrict__ dc, S* __restrict__ dg,
+                                     A* __restrict__ dg_a) {
   const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (idx >= B * H) return;
   const int64_t b = idx / H, u = idx % H, G = 4 * H;
@@ -530,6 +538,10 @@ __global__ void cell_backward_kernel(int64_t B, int64_t H, const S* __restrict__
   dc[idx] = S(dc_prev);
   S* g = dg + b * G + u;
   g[0] = S(d.i), g[H] = S(d.f), g[2 * H] = S(d.g), g[3 * H] = S(d.o);
+  if (dg_a) {
+    A* ga = dg_a + b * G + u;
+    ga[0] = d.i, ga[H] = d.f, ga[2 * H] = d.g, ga[3 * H] = d.o;
+  }
 }
 
 // ------------------------------------------------------ persistent kernels
@@ -856,6 +868,7 @@ struct PersistBwdArgs {
   const A* dh_carry;  // [B, H] dh_n (+ dy of many_to_one): used where step t+1 is padding
   A* dc;              // [B, H] in: dc_n; out: dc0
   S* dg;              // [T, B, 4H] out: gate gradients (zero where padded)
+  A* db_rows;         // [B, 4H] per-row sums of the gate gradients (for db), or NULL
   A* dh0;             // [B, H] out: gradient reaching h0
   const int64_t* len;  // [B] device, or NULL
 };
@@ -949,6 +962,10 @@ __global__ void __launch_bounds__(kPersistThreads, 1) persistent_bwd_kernel(Pers
       __stcg(dg + H, S(d.f));
       __stcg(dg + 2 * int64_t(H), S(d.g));
       __stcg(dg + 3 * int64_t(H), S(d.o));
+      if (p.db_rows) {  // (b, u) has one owner thread at every step
+        A* r = p.db_rows + int64_t(b) * G + u;
+        r[0] += d.i, r[H] += d.f, r[2 * H] += d.g, r[3 * H] += d.o;
+      }
     }
     FL_GRID_SYNC();  // dG_t published to every CTA
   }
@@ -1393,6 +1410,12 @@ void backward_impl(const fl_forward_params& p, const void* reserve, const fl_bac
             dh_carry.as<A>(), Hout, m2o ? static_cast<const S*>(g.dy) : nullptr);
   FL_LAUNCH((convert_rows_kernel<A, S>), B * H, stream, B, H, static_cast<const S*>(g.dc_n), H, dc.as<A>(), H);
 
+  DevBuf db_rows;  // per-row sums in A, then a compensated sum over the rows
+  if (g.db) {
+    db_rows = DevBuf(B * G * sizeof(A), stream);
+    FL_CUDA_CHECK(cudaMemsetAsync(db_rows.as<A>(), 0, B * G * sizeof(A), stream));
+  }
+
   PersistPlan plan;
   const bool persistent = choose_persistent<S, A>(persistent_bwd_kernel<S, A>, p, 1, G, &plan);
   last_bwd_path = persistent ? "persistent" : "fallback";
@@ -1409,6 +1432,7 @@ void backward_impl(const fl_forward_params& p, const void* reserve, const fl_bac
     a.w_hh = w_hh, a.acts = rv.acts, a.c_hist = rv.c_hist;
     a.dy = dy, a.dy_st = g.dy_stride_t, a.dy_sb = g.dy_stride_b;
     a.dh_carry = dh_carry.as<A>(), a.dc = dc.as<A>(), a.dg = dg, a.dh0 = dh_rec.as<A>(), a.len = len;
+    a.db_rows = db_rows.as<A>();
     launch_persistent(persistent_bwd_kernel<S, A>, plan, a, stream);
   }
   for (int64_t s = persistent ? -1 : T - 1; s >= 0; --s) {
@@ -1429,6 +1453,7 @@ void backward_impl(const fl_forward_params& p, const void* reserve, const fl_bac
     a.acts = rv.acts, a.c_hist = rv.c_hist;
     a.dh_rec = dh_rec.as<A>(), a.dh_carry = dh_carry.as<A>(), a.dy = dy, a.dy_st = g.dy_stride_t;
     a.dy_sb = g.dy_stride_b, a.dm = dm, a.dc = dc.as<A>(), a.dg_hist = dg, a.dg_step = dg_step;
+    a.db_rows = db_rows.as<A>();
     FL_LAUNCH((bwd_step_kernel<S, A>), B * H, stream, a);
     // Gradient reaching the h that entered step s: dG W_hh (+ dG W_ih where x_t = h_{t-1}).
     gemm.run(false, false, B, Hout, G, 1.0, dg_step, sdt, G, w_hh, sdt, Hout, 0.0, dh_rec.as<A>(), adt, Hout);
@@ -1481,7 +1506,7 @@ void backward_impl(const fl_forward_params& p, const void* reserve, const fl_bac
     }
     dx.finish(stream);
   }
-  if (g.db) FL_LAUNCH((column_sum_kernel<S, A>), G, stream, T * B, G, dg, static_cast<S*>(g.db));
+  if (g.db) FL_LAUNCH((column_sum_kernel<S, A>), G, stream, B, G, db_rows.as<A>(), static_cast<S*>(g.db));
 }
 
 // ------------------------------------------------------------------- cell
@@ -1514,16 +1539,17 @@ void cell_backward_impl(const fl_cell_backward_params& p) {
   const Gemm gemm = make_gemm<S>(p.device, stream);
   const int64_t B = p.B, I = p.I, H = p.H, G = 4 * H;
   as_int(B * G, "B*4H");
-  DevBuf dg_buf(B * G * sizeof(S), stream);
+  DevBuf dg_buf(B * G * sizeof(S), stream), dg_a;
   S* dg = dg_buf.as<S>();
+  if (p.db) dg_a = DevBuf(B * G * sizeof(A), stream);
   FL_LAUNCH((cell_backward_kernel<S, A>), B * H, stream, B, H, static_cast<const S*>(p.acts),
             static_cast<const S*>(p.c), static_cast<const S*>(p.c_new), static_cast<const S*>(p.dh_new),
-            static_cast<const S*>(p.dc_new), static_cast<S*>(p.dc), dg);
+            static_cast<const S*>(p.dc_new), static_cast<S*>(p.dc), dg, dg_a.as<A>());
   gemm.run(false, false, B, I, G, 1.0, dg, sdt, G, p.w_ih, sdt, I, 0.0, p.dx, sdt, I);
   gemm.run(false, false, B, H, G, 1.0, dg, sdt, G, p.w_hh, sdt, H, 0.0, p.dh, sdt, H);
   gemm.run(true, false, G, I, B, 1.0, dg, sdt, G, p.x, sdt, I, 0.0, p.dw_ih, sdt, I);
   gemm.run(true, false, G, H, B, 1.0, dg, sdt, G, p.h, sdt, H, 0.0, p.dw_hh, sdt, H);
-  if (p.db) FL_LAUNCH((column_sum_kernel<S, A>), G, stream, B, G, dg, static_cast<S*>(p.db));
+  if (p.db) FL_LAUNCH((column_sum_kernel<S, A>), G, stream, B, G, dg_a.as<A>(), static_cast<S*>(p.db));
 }
 
 template <class S>

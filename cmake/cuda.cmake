@@ -1,6 +1,9 @@
-# The CUDA backend: a separate Python module fusedlstm._cuda, so that the CPU
-# module _core never depends on a CUDA library and `import fusedlstm` works on
-# any machine.
+# The CUDA backend: a separate shared library libfusedlstm_cuda.so that the C
+# API (csrc/capi/) loads with dlopen on the first FL_DEVICE_CUDA call, so that
+# the CPU library and the Python module _core never depend on a CUDA library
+# and `import fusedlstm` works on any machine. It exports one symbol,
+# fusedlstm_cuda_backend_ops (core/backend.h); it links no part of
+# fusedlstm_core (only header-only pieces of csrc/core/).
 #
 #   FUSEDLSTM_CUDA=auto (default): build it when check_language(CUDA) finds nvcc
 #                                  and cuBLAS is found; otherwise skip with a message.
@@ -11,8 +14,9 @@
 # cuBLAS comes from the CUDA toolkit when it has it, else from the pip wheel
 # nvidia-cublas (site-packages/nvidia/cu13 for CUDA 13, nvidia/cublas for CUDA 12),
 # or from FUSEDLSTM_CUBLAS_ROOT (a folder with include/cublas_v2.h and lib/).
-# The CUDA runtime is linked statically; the module's RPATH points at the
-# wheel's lib folder relative to the installed module.
+# The CUDA runtime is linked statically; the library's RPATH points at the
+# wheel's lib folder relative to the installed library (the fusedlstm package
+# folder, next to _core).
 
 set(FUSEDLSTM_CUDA "auto" CACHE STRING "Build the CUDA backend: auto, on or off")
 set_property(CACHE FUSEDLSTM_CUDA PROPERTY STRINGS auto on off)
@@ -55,7 +59,7 @@ if(NOT _fl_cuda STREQUAL "off")
       set(CMAKE_CUDA_ARCHITECTURES "80-real;90-real;90-virtual")
     endif()
     enable_language(CUDA)
-    set(CMAKE_CUDA_STANDARD 17)
+    set(CMAKE_CUDA_STANDARD 20)
     set(CMAKE_CUDA_STANDARD_REQUIRED ON)
     find_package(CUDAToolkit REQUIRED)
 
@@ -102,7 +106,7 @@ if(NOT _fl_cuda STREQUAL "off")
             list(GET _fl_libs 0 _fl_cublas_lib)
             set(_fl_cublas_inc "${_root}/include")
             get_filename_component(_fl_leaf "${_root}" NAME)
-            # Installed module first, then the folder it was built against.
+            # Installed library first, then the folder it was built against.
             set(_fl_cublas_rpath "$ORIGIN/../nvidia/${_fl_leaf}/lib;${_root}/lib")
             set(_fl_cublas_from "pip wheel ${_root}")
             break()
@@ -129,11 +133,18 @@ if(NOT _fl_cuda STREQUAL "off")
 
       file(GLOB _fl_cuda_sources CONFIGURE_DEPENDS "${CMAKE_CURRENT_SOURCE_DIR}/csrc/cuda/*.cu"
            "${CMAKE_CURRENT_SOURCE_DIR}/csrc/cuda/*.cpp")
-      add_library(fusedlstm_cuda STATIC ${_fl_cuda_sources})
-      target_include_directories(fusedlstm_cuda PUBLIC csrc/include PRIVATE csrc)
-      target_link_libraries(fusedlstm_cuda PUBLIC CUDA::cudart_static ${_fl_cublas_target})
-      set_target_properties(fusedlstm_cuda PROPERTIES POSITION_INDEPENDENT_CODE ON
-                            CUDA_SEPARABLE_COMPILATION OFF)
+      add_library(fusedlstm_cuda SHARED ${_fl_cuda_sources})
+      target_include_directories(fusedlstm_cuda PRIVATE csrc/include csrc)
+      target_link_libraries(fusedlstm_cuda PRIVATE CUDA::cudart_static ${_fl_cublas_target})
+      # Every symbol hidden but the entry point (backend_cuda.cu marks it), so
+      # the static CUDA runtime inside never interposes on another library's.
+      set_target_properties(fusedlstm_cuda PROPERTIES OUTPUT_NAME fusedlstm_cuda POSITION_INDEPENDENT_CODE ON
+                            CUDA_SEPARABLE_COMPILATION OFF CXX_VISIBILITY_PRESET hidden
+                            CUDA_VISIBILITY_PRESET hidden VISIBILITY_INLINES_HIDDEN ON)
+      target_link_options(fusedlstm_cuda PRIVATE "LINKER:--exclude-libs,ALL" "LINKER:-Bsymbolic"
+                          "LINKER:--version-script=${CMAKE_CURRENT_SOURCE_DIR}/cmake/cuda_exports.map")
+      set_property(TARGET fusedlstm_cuda APPEND PROPERTY LINK_DEPENDS
+                   "${CMAKE_CURRENT_SOURCE_DIR}/cmake/cuda_exports.map")
       # -Xptxas -v prints each kernel's registers, shared memory and spills into
       # the build log (FUSEDLSTM_CUDA_VERBOSE_PTXAS=ON).
       option(FUSEDLSTM_CUDA_VERBOSE_PTXAS "print ptxas resource usage" OFF)
@@ -154,15 +165,16 @@ if(NOT _fl_cuda STREQUAL "off")
   endif()
 endif()
 
-if(SKBUILD AND FUSEDLSTM_CUDA_BUILT)
-  pybind11_add_module(_cuda MODULE csrc/bindings/cuda_module.cpp)
-  target_link_libraries(_cuda PRIVATE fusedlstm_cuda)
-  set_target_properties(_cuda PROPERTIES INSTALL_RPATH "${FUSEDLSTM_CUDA_RPATH}"
+if(FUSEDLSTM_CUDA_BUILT)
+  set_target_properties(fusedlstm_cuda PROPERTIES INSTALL_RPATH "${FUSEDLSTM_CUDA_RPATH}"
                         BUILD_WITH_INSTALL_RPATH OFF)
-  install(TARGETS _cuda DESTINATION fusedlstm)
+  if(SKBUILD)
+    # Next to _core: the C API looks there first (the folder of the library holding it).
+    install(TARGETS fusedlstm_cuda LIBRARY DESTINATION fusedlstm)
+  endif()
 endif()
 if(SKBUILD)
-  # What the build had, for fusedlstm.build_info() (read by _cuda_dispatch.py).
+  # What the build had, for fusedlstm.build_info().
   if(FUSEDLSTM_CUDA_BUILT)
     set(_fl_py_built True)
     set(FUSEDLSTM_CUDA_SKIP_REASON "")

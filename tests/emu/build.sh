@@ -33,6 +33,6 @@ done
 g++ "${FLAGS[@]}" -c "$ROOT/tests/emu/cuda_emu.cpp" -o "$OUT/cuda_emu.o" &
 pids+=($!)
 for p in "${pids[@]}"; do wait "$p"; done
-g++ -shared -Wl,-Bsymbolic -Wl,--no-undefined "${objs[@]}" "$OUT/cuda_emu.o" -lpthread \
+g++ -shared -Wl,-Bsymbolic -Wl,--no-undefined -Wl,--version-script="$ROOT/cmake/cuda_exports.map" "${objs[@]}" "$OUT/cuda_emu.o" -lpthread \
   -o "$OUT/libfusedlstm_cuda_emu.so"
 echo "$OUT/libfusedlstm_cuda_emu.so"

@@ -1,6 +1,30 @@
 // fusedlstm CUDA addendum: the few functions only the CUDA backend has. The
 // LSTM entry points themselves are those of fusedlstm.h, with
 // params.device.type = FL_DEVICE_CUDA.
+//
+// What is particular to CUDA (beyond the "CUDA:" notes of fusedlstm.h):
+//   - every array is device memory of device.index, lengths included (int64,
+//     read only by kernels, clamped to [1, T]: no host synchronisation);
+//   - all work goes on device.stream; no call synchronises the host or the
+//     device (no copy to the host, no cudaStreamSynchronize), workspaces are
+//     allocated and freed stream-ordered on that stream;
+//   - sizes: every GEMM dimension and leading dimension, and T*B*4H, must be
+//     < 2^31 (cuBLAS takes int): FL_INVALID_ARGUMENT naming the size;
+//   - float16 / bfloat16 store h, the weights and the gradients in that
+//     format; gate math, the cell state and the GEMM accumulation are float32
+//     (float64 for FL_FLOAT64); float32 uses TF32 only with allow_tf32;
+//   - a failed CUDA or cuBLAS call returns FL_INTERNAL_ERROR (FL_OUT_OF_MEMORY
+//     when device memory runs out) with fl_last_error naming the call, its
+//     error string, file and line.
+//
+// Recurrence paths (FUSEDLSTM_CUDA_PATH, read at every call): "fallback"
+// (cuBLAS GEMMs per step and a fused pointwise kernel; every size and
+// feature), "persistent" (one cooperative kernel for all steps, W_hh held in
+// shared memory, wherever it fits), or "auto" / unset (persistent where it
+// fits and each SM's share of a step is small). The persistent kernels cover
+// the forward direction without a projection and not one_to_many with
+// FL_FEED_OUTPUT; reverse, proj_size > 0 and feed output always run the
+// fallback. Any other value: FL_INVALID_ARGUMENT.
 #ifndef FUSEDLSTM_FUSEDLSTM_CUDA_H_
 #define FUSEDLSTM_FUSEDLSTM_CUDA_H_
 

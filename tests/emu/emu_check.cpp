@@ -640,6 +640,15 @@ StackOut run_stack(const StackCase& c, const StackData& in, fl_dtype dt, fl_devi
   std::vector<unsigned char> reserve_mem(size_t(rb) + 256, 0xFF);
   void* reserve = reserve_mem.data() + (256 - reinterpret_cast<uintptr_t>(reserve_mem.data()) % 256) % 256;
   if (fl_lstm_stack_forward(&p, reserve, rb) != FL_OK) return o.error = std::string("forward: ") + fl_last_error(), o;
+  if (device == FL_DEVICE_CUDA) {
+    // Every byte of the reserve is written: no word is still all 0xFF (a NaN
+    // no finite input produces; words of 8 bytes for float64, else 4).
+    const size_t word = dt == FL_FLOAT64 ? 8 : 4;
+    const unsigned char* r = static_cast<const unsigned char*>(reserve);
+    for (size_t at = 0; at + word <= size_t(rb); at += word)
+      if (std::all_of(r + at, r + at + word, [](unsigned char v) { return v == 0xFF; }))
+        return o.error = "reserve byte " + std::to_string(at) + " of " + std::to_string(rb) + " not written", o;
+  }
   o.y = values_of(y, dt), o.h_n = values_of(hn, dt), o.c_n = values_of(cn, dt);
   auto dx = poisoned(T * B * (I + 2), dt), dh0 = poisoned(n_cells * B * Ho, dt), dc0 = poisoned(n_cells * B * H, dt);
   std::vector<std::vector<unsigned char>> dwih, dwhh, db, dwhr;

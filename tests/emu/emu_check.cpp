@@ -818,6 +818,44 @@ void stack_case(const StackCase& c, const Precision& pr, Failures* f) {
   }
 }
 
+// ------------------------------------------------------- reserve sizes
+// fl_lstm_stack_reserve_bytes on CUDA is the closed form fusedlstm.h gives,
+// and -1 with a message naming the overflow when a term does not fit.
+int reserve_size_checks(int* n_cases) {
+  Failures f;
+  auto r256 = [](int64_t n) { return (n + 255) / 256 * 256; };
+  auto r64 = [](int64_t n) { return (n + 63) / 64 * 64; };
+  int n = 0;
+  for (const Precision& pr : kPrecisions)
+    for (int64_t R : {0, 3})
+      for (int64_t L : {1, 3})
+        for (int64_t D : {1, 2}) {
+          const int64_t T = 7, B = 5, H = 9, s = int64_t(elem_size(pr.dtype)), a = pr.dtype == FL_FLOAT64 ? 8 : 4;
+          const int64_t S = T * B, Ho = R ? R : H;
+          const int64_t cell = r256(S * 4 * H * a) + r256((S + B) * H * a) + r256((S + B) * Ho * s) +
+                               (R ? r256(S * H * s) : 0);
+          const int64_t want = L * D * cell + (L - 1) * (r64(S * D * Ho * s) + 64);
+          fl_stack_params p{};
+          p.dtype = pr.dtype, p.T = T, p.B = B, p.I = 4, p.H = H, p.proj_size = R, p.num_layers = L;
+          p.num_directions = D, p.device.type = FL_DEVICE_CUDA;
+          const int64_t got = fl_lstm_stack_reserve_bytes(&p);
+          ++n;
+          if (got != want)
+            f.add(std::string("reserve bytes ") + pr.name + " R" + std::to_string(R) + " L" + std::to_string(L) +
+                  " D" + std::to_string(D) + ": " + std::to_string(got) + " != " + std::to_string(want));
+        }
+  fl_stack_params p{};
+  p.dtype = FL_FLOAT32, p.T = int64_t(1) << 40, p.B = int64_t(1) << 20, p.I = 4, p.H = 1024, p.num_layers = 1;
+  p.num_directions = 1, p.device.type = FL_DEVICE_CUDA;
+  const int64_t got = fl_lstm_stack_reserve_bytes(&p);
+  ++n;
+  if (got != -1 || !std::strstr(fl_last_error(), "overflows"))
+    f.add("reserve bytes of T = 2^40, B = 2^20: " + std::to_string(got) + " (" + fl_last_error() + ")");
+  std::printf("reserve sizes %d cases, %d failures\n", n, f.count);
+  *n_cases += n;
+  return f.count;
+}
+
 // ------------------------------------------------------------------ runs
 // all_cases: every combination of the options; else a subset for the slower
 // fiber-emulated persistent kernels. large: more batch rows and units (H =
@@ -898,7 +936,7 @@ int main(int argc, char** argv) {
   const Config configs[] = {{"fallback", "4", "0", "256", false, true},
                             {"persistent", "4", "0", "128", false, false},
                             {"persistent", "3", "32", "64", true, false}};
-  int bad = 0, n = 0;
+  int n = 0, bad = reserve_size_checks(&n);
   for (const Config& cfg : configs) {
     setenv("FUSEDLSTM_CUDA_PATH", cfg.path, 1);
     setenv("FUSEDLSTM_EMU_SMS", cfg.sms, 1);

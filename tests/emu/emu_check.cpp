@@ -206,6 +206,7 @@ struct SeqSpec {
   int64_t T, B, I, H, R = 0;
   bool reverse = false;
   int64_t x_st, x_sb, y_st, y_sb, dy_st, dy_sb, dx_st, dx_sb;
+  int64_t x_off = 0, y_off = 0, dy_off = 0, dx_off = 0;  // of element (0, 0, 0), for negative strides
   size_t x_n, y_n, dx_n;  // element counts of the strided arrays
 };
 
@@ -241,8 +242,8 @@ SeqResult plain_seq(const SeqSpec& sp, const SeqData& in, Rounding op_round, Rou
       const int64_t t = sp.reverse ? L - 1 - s : s;
       std::vector<Tm> x(I, 0);
       for (int64_t k = 0; k < I; ++k) {
-        if (!o2m) x[k] = Tm(in.x[t * sp.x_st + b * sp.x_sb + k]);
-        else if (s == 0 || sp.feed == FL_FEED_REPEAT) x[k] = Tm(in.x[b * sp.x_sb + k]);
+        if (!o2m) x[k] = Tm(in.x[sp.x_off + t * sp.x_st + b * sp.x_sb + k]);
+        else if (s == 0 || sp.feed == FL_FEED_REPEAT) x[k] = Tm(in.x[sp.x_off + b * sp.x_sb + k]);
         else if (sp.feed == FL_FEED_OUTPUT) x[k] = h[k];
       }
       std::vector<Tm> a(G), cn(H), m(H), hn(Ho);
@@ -266,7 +267,7 @@ SeqResult plain_seq(const SeqSpec& sp, const SeqData& in, Rounding op_round, Rou
         } else {
           hn[k] = m[k];
         }
-        if (!m2o) r.y[t * sp.y_st + b * sp.y_sb + k] = double(hn[k]);
+        if (!m2o) r.y[sp.y_off + t * sp.y_st + b * sp.y_sb + k] = double(hn[k]);
       }
       xin[s] = x, hprev[s] = h, cprev[s] = c, ms[s] = m;
       acts[s] = a, cnew[s] = cn;
@@ -288,7 +289,7 @@ SeqResult plain_seq(const SeqSpec& sp, const SeqData& in, Rounding op_round, Rou
       const int64_t t = sp.reverse ? L - 1 - s : s;
       std::vector<Tm> dht(dh), dm(H), dg(G), dxs(I, 0), dhp(Ho, 0);
       if (!m2o && !in.dy.empty())
-        for (int64_t k = 0; k < Ho; ++k) dht[k] += Tm(in.dy[t * sp.dy_st + b * sp.dy_sb + k]);
+        for (int64_t k = 0; k < Ho; ++k) dht[k] += Tm(in.dy[sp.dy_off + t * sp.dy_st + b * sp.dy_sb + k]);
       if (R > 0) {
         for (int64_t k = 0; k < R; ++k)
           for (int64_t u = 0; u < H; ++u) dwhr[k * H + u] += op(dht[k]) * op(ms[s][u]);
@@ -328,14 +329,14 @@ SeqResult plain_seq(const SeqSpec& sp, const SeqData& in, Rounding op_round, Rou
       if (o2m && sp.feed == FL_FEED_OUTPUT && s > 0)
         for (int64_t k = 0; k < Ho; ++k) dhp[k] += dxs[k];
       if (!o2m) {
-        for (int64_t k = 0; k < I; ++k) r.dx[t * sp.dx_st + b * sp.dx_sb + k] = double(dxs[k]);
+        for (int64_t k = 0; k < I; ++k) r.dx[sp.dx_off + t * sp.dx_st + b * sp.dx_sb + k] = double(dxs[k]);
       } else if (sp.feed == FL_FEED_REPEAT || s == 0) {
         for (int64_t k = 0; k < I; ++k) dx_acc[k] += dxs[k];
       }
       dh = dhp;
     }
     if (o2m)
-      for (int64_t k = 0; k < I; ++k) r.dx[b * sp.dx_sb + k] = double(dx_acc[k]);
+      for (int64_t k = 0; k < I; ++k) r.dx[sp.dx_off + b * sp.dx_sb + k] = double(dx_acc[k]);
     for (int64_t k = 0; k < Ho; ++k) r.dh0[b * Ho + k] = double(dh[k]);
     for (int64_t k = 0; k < H; ++k) r.dc0[b * H + k] = double(dc[k]);
   }
@@ -381,13 +382,15 @@ SeqRun run_seq(const SeqSpec& sp, const SeqData& in, fl_dtype dt, fl_device_type
   fl_forward_params p{};
   p.dtype = dt, p.mode = sp.mode, p.feed = sp.feed, p.T = sp.T, p.B = B, p.I = I, p.H = H, p.proj_size = R;
   p.reverse = sp.reverse;
-  p.x = x.p(), p.x_stride_t = sp.x_st, p.x_stride_b = sp.x_sb, p.w_ih = w_ih.p(), p.w_hh = w_hh.p();
+  const size_t e = elem_size(dt);
+  auto at = [&](std::vector<unsigned char>& v, int64_t off) -> void* { return v.empty() ? nullptr : v.data() + off * e; };
+  p.x = at(x.buf, sp.x_off), p.x_stride_t = sp.x_st, p.x_stride_b = sp.x_sb, p.w_ih = w_ih.p(), p.w_hh = w_hh.p();
   p.w_hr = w_hr.p(), p.b_ih = b_ih.p(), p.b_hh = b_hh.p(), p.h0 = h0.p(), p.c0 = c0.p();
   p.lengths = len.empty() ? nullptr : len.data();
   p.device.type = device;
   const bool m2o = sp.mode == FL_MANY_TO_ONE;
   auto y = poisoned(sp.y_n, dt), hn = poisoned(B * Ho, dt), cn = poisoned(B * H, dt);
-  p.y = m2o ? nullptr : y.data(), p.y_stride_t = sp.y_st, p.y_stride_b = sp.y_sb;
+  p.y = m2o ? nullptr : at(y, sp.y_off), p.y_stride_t = sp.y_st, p.y_stride_b = sp.y_sb;
   p.h_n = hn.data(), p.c_n = cn.data();
   fl_training_state* st = nullptr;
   p.state_out = &st;
@@ -397,8 +400,8 @@ SeqRun run_seq(const SeqSpec& sp, const SeqData& in, fl_dtype dt, fl_device_type
   auto dx = poisoned(sp.dx_n, dt), dh0 = poisoned(B * Ho, dt), dc0 = poisoned(B * H, dt);
   auto dwih = poisoned(G * I, dt), dwhh = poisoned(G * Ho, dt), db = poisoned(G, dt), dwhr = poisoned(R * H, dt);
   fl_backward_params q{};
-  q.state = st, q.dy = dy.p(), q.dy_stride_t = sp.dy_st, q.dy_stride_b = sp.dy_sb, q.dh_n = dh_n.p();
-  q.dc_n = dc_n.p(), q.dx = dx.data(), q.dx_stride_t = sp.dx_st, q.dx_stride_b = sp.dx_sb, q.dh0 = dh0.data();
+  q.state = st, q.dy = at(dy.buf, sp.dy_off), q.dy_stride_t = sp.dy_st, q.dy_stride_b = sp.dy_sb, q.dh_n = dh_n.p();
+  q.dc_n = dc_n.p(), q.dx = at(dx, sp.dx_off), q.dx_stride_t = sp.dx_st, q.dx_stride_b = sp.dx_sb, q.dh0 = dh0.data();
   q.dc0 = dc0.data(), q.dw_ih = dwih.data(), q.dw_hh = dwhh.data(), q.db = want_db ? db.data() : nullptr;
   q.dw_hr = R > 0 ? dwhr.data() : nullptr;
   q.device.type = device;
@@ -411,7 +414,7 @@ SeqRun run_seq(const SeqSpec& sp, const SeqData& in, fl_dtype dt, fl_device_type
   run.out.dw_hr = values_of(dwhr, dt);
   // Inference: other buffers, no state.
   auto y2 = poisoned(sp.y_n, dt), hn2 = poisoned(B * Ho, dt), cn2 = poisoned(B * H, dt);
-  p.y = m2o ? nullptr : y2.data(), p.h_n = hn2.data(), p.c_n = cn2.data(), p.state_out = nullptr;
+  p.y = m2o ? nullptr : at(y2, sp.y_off), p.h_n = hn2.data(), p.c_n = cn2.data(), p.state_out = nullptr;
   if (fl_lstm_forward(&p) != FL_OK) return run.error = std::string("inference forward: ") + fl_last_error(), run;
   run.y_inf = values_of(y2, dt), run.h_n_inf = values_of(hn2, dt), run.c_n_inf = values_of(cn2, dt);
   return run;
@@ -423,13 +426,18 @@ struct SeqCase {
   int64_t T, B, I, H, R;
   bool reverse, lengths, batch_first, init;
   int bias;  // 0 none, 1 ih only, 2 both
+  // Derived variants: batch_first without biases runs with negative time
+  // strides (x, y, dy, dx stored last step first); bias == 1 passes dh_n and
+  // dc_n as NULL; no bias and no initial state passes dy as NULL.
+  bool negative() const { return batch_first && bias == 0; }
 };
 
 std::string describe(const SeqCase& c) {
   char buf[200];
-  std::snprintf(buf, sizeof buf, "mode %d feed %d T%lld B%lld I%lld H%lld R%lld reverse %d lengths %d bf %d init %d bias %d",
+  std::snprintf(buf, sizeof buf,
+                "mode %d feed %d T%lld B%lld I%lld H%lld R%lld reverse %d lengths %d bf %d init %d bias %d neg %d",
                 c.mode, c.feed, (long long)c.T, (long long)c.B, (long long)c.I, (long long)c.H, (long long)c.R,
-                c.reverse, c.lengths, c.batch_first, c.init, c.bias);
+                c.reverse, c.lengths, c.batch_first, c.init, c.bias, c.negative());
   return buf;
 }
 
@@ -454,6 +462,12 @@ void seq_case(const SeqCase& c, const Precision& pr, Failures* f) {
   else sp.y_st = B * yw, sp.y_sb = yw;
   sp.dy_st = m2o ? 0 : sp.y_st, sp.dy_sb = m2o ? Ho : sp.y_sb;
   sp.x_n = o2m ? B * xw : T * B * xw, sp.y_n = T * B * yw, sp.dx_n = o2m ? B * dxw : T * B * dxw;
+  if (c.negative()) {
+    auto flip = [&](int64_t& st, int64_t& off) { off = (T - 1) * st, st = -st; };
+    if (!o2m) flip(sp.x_st, sp.x_off), flip(sp.dx_st, sp.dx_off);
+    flip(sp.y_st, sp.y_off);
+    if (!m2o) flip(sp.dy_st, sp.dy_off);
+  }
   const double s = 1.5 / std::sqrt(double(H));
   SeqData in;
   in.x = random_arr(sp.x_n, 0, 0, true, pr.storage).d;
@@ -473,17 +487,19 @@ void seq_case(const SeqCase& c, const Precision& pr, Failures* f) {
   in.dc_n = random_arr(B * H, 0, 0, true, pr.storage).d;
   // NaN in what is never read: between the rows of x and dy, and at padded
   // steps (t >= lengths[b]).
-  auto poison_unused = [&](std::vector<double>& a, int64_t st, int64_t sb, int64_t steps, int64_t w) {
+  if (c.bias == 1) in.dh_n.clear(), in.dc_n.clear();
+  if (c.bias == 0 && !c.init && !m2o) in.dy.clear();
+  auto poison_unused = [&](std::vector<double>& a, int64_t off, int64_t st, int64_t sb, int64_t steps, int64_t w) {
     std::vector<bool> used(a.size(), false);
     for (int64_t t = 0; t < steps; ++t)
       for (int64_t b = 0; b < B; ++b)
         if (in.len.empty() || t < in.len[b])
-          for (int64_t k = 0; k < w; ++k) used[size_t(t * st + b * sb + k)] = true;
+          for (int64_t k = 0; k < w; ++k) used[size_t(off + t * st + b * sb + k)] = true;
     for (size_t i = 0; i < a.size(); ++i)
       if (!used[i]) a[i] = std::nan("");
   };
-  poison_unused(in.x, sp.x_st, sp.x_sb, o2m ? 1 : T, I);
-  if (!m2o) poison_unused(in.dy, sp.dy_st, sp.dy_sb, T, Ho);
+  poison_unused(in.x, sp.x_off, sp.x_st, sp.x_sb, o2m ? 1 : T, I);
+  if (!m2o && !in.dy.empty()) poison_unused(in.dy, sp.dy_off, sp.dy_st, sp.dy_sb, T, Ho);
   const std::string what = describe(c);
   const SeqRun ref = run_seq(sp, in, FL_FLOAT64, FL_DEVICE_CPU, c.bias > 0);
   if (!ref.error.empty()) return f->add(what + ": CPU " + ref.error);
@@ -496,7 +512,12 @@ void seq_case(const SeqCase& c, const Precision& pr, Failures* f) {
   SeqResult plain;
   if (pr.dtype != FL_FLOAT64) plain = plain_for(pr, sp, in);
   auto P = [&](const std::vector<double>& v) { return pr.dtype == FL_FLOAT64 ? nullptr : &v; };
-  const auto yi = strided(T, B, Ho, sp.y_st, sp.y_sb);
+  auto shifted = [](std::vector<size_t> v, int64_t off) {
+    for (auto& i : v) i = size_t(int64_t(i) + off);
+    return v;
+  };
+  const auto yi = shifted(strided(T, B, Ho, sp.y_st, sp.y_sb), sp.y_off);
+  const auto dxi = shifted(o2m ? strided(1, B, I, 0, sp.dx_sb) : strided(T, B, I, sp.dx_st, sp.dx_sb), sp.dx_off);
   const std::string n = what + " ";
   if (!m2o) {
     check(f, n + "y", pr, got.out.y, ref.out.y, P(plain.y), yi);
@@ -506,8 +527,7 @@ void seq_case(const SeqCase& c, const Precision& pr, Failures* f) {
   check(f, n + "c_n", pr, got.out.c_n, ref.out.c_n, P(plain.c_n), all(B * H));
   check(f, n + "h_n(inference)", pr, got.h_n_inf, ref.out.h_n, P(plain.h_n), all(B * Ho));
   check(f, n + "c_n(inference)", pr, got.c_n_inf, ref.out.c_n, P(plain.c_n), all(B * H));
-  check(f, n + "dx", pr, got.out.dx, ref.out.dx, P(plain.dx),
-        o2m ? strided(1, B, I, 0, sp.dx_sb) : strided(T, B, I, sp.dx_st, sp.dx_sb));
+  check(f, n + "dx", pr, got.out.dx, ref.out.dx, P(plain.dx), dxi);
   check(f, n + "dh0", pr, got.out.dh0, ref.out.dh0, P(plain.dh0), all(B * Ho));
   check(f, n + "dc0", pr, got.out.dc0, ref.out.dc0, P(plain.dc0), all(B * H));
   check(f, n + "dw_ih", pr, got.out.dw_ih, ref.out.dw_ih, P(plain.dw_ih), all(G * I));
@@ -520,8 +540,7 @@ void seq_case(const SeqCase& c, const Precision& pr, Failures* f) {
     const Precision& p64 = kPrecisions[0];
     const SeqResult self = plain_seq<double>(sp, in, round_none);
     check(f, n + "plain64 h_n", p64, self.h_n, ref.out.h_n, nullptr, all(B * Ho));
-    check(f, n + "plain64 dx", p64, self.dx, ref.out.dx, nullptr,
-          o2m ? strided(1, B, I, 0, sp.dx_sb) : strided(T, B, I, sp.dx_st, sp.dx_sb));
+    check(f, n + "plain64 dx", p64, self.dx, ref.out.dx, nullptr, dxi);
     check(f, n + "plain64 dw_hh", p64, self.dw_hh, ref.out.dw_hh, nullptr, all(G * Ho));
     if (R > 0) check(f, n + "plain64 dw_hr", p64, self.dw_hr, ref.out.dw_hr, nullptr, all(R * H));
   }

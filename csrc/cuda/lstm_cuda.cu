@@ -29,8 +29,8 @@
 // [T,B,H] S (o * tanh(c), the input of W_hr, for dW_hr).
 //
 // Persistent path: one cooperative kernel runs all steps with W_hh held in
-// shared memory (forward and backward). It covers the forward direction
-// without a projection only; reverse and proj_size > 0 always run the
+// shared memory (forward and backward), in either direction. It does not
+// cover proj_size > 0 nor one_to_many with feed output: those always run the
 // fallback (FUSEDLSTM_CUDA_PATH=persistent included).
 //
 // Storage type S (float, double, __half, __nv_bfloat16), math type A (double
@@ -558,11 +558,11 @@ __global__ void cell_backward_kernel(int64_t B, int64_t H, const S* __restrict__
 // gate_math.h to its units, publishes its part of h_t / dG_t, and meets the
 // other CTAs at one grid barrier. No CTA overwrites what another may still
 // read: h lives in two slots (inference) or in h_hist (training), dG in the
-// [T, B, 4H] gradient buffer. They run the forward direction without a
-// projection only (time t = step t), on the reserve layout of the top of
-// this file: c at time t in c_hist slot t, c0 in slot T; h_hist slot t + 1
-// carries the state into step t + 1 (rows past their length carry theirs;
-// the driver zeroes those padded slots after the kernel).
+// [B, 4H] gradient slots. They run either direction without a projection:
+// the running state is step-ordered (h in two slots, c in place, dG in two
+// slots), and each active row also writes what training keeps at its time
+// (acts, c_hist, h_hist, dG by time: the reserve layout of the top of this
+// file); the driver zeroes the padded slots of c_hist and h_hist afterwards.
 #ifdef FUSEDLSTM_CUDA_EMULATE
 #define FL_DYNAMIC_SMEM(name) unsigned char* name = ::fl_emu::dynamic_smem()
 #define FL_GRID_SYNC() ::fl_emu::sync_grid()
@@ -726,21 +726,24 @@ __device__ void dot_rows_global(const S* w, int R, int hb, int hb_valid, int K, 
 template <class S, class A>
 struct PersistArgs {
   int B, H, HB, kc;
-  int t0, nt;
-  const S* w_hh;       // [4H, H] global
-  const A* xproj;      // chunk buffer: step t at xproj + (t - t0) * xproj_step; NULL = none
-  int64_t xproj_step;  // B*4H, or 0 (one_to_many: the same projection every step)
-  int xproj_first_only;  // one_to_many feed first: projection at t == 0 only
-  const A* bsum;       // [4H] or NULL
+  int t0, nt;           // this launch runs steps [t0, t0 + nt)
   int T;
-  S* h;                // h slot s at h + s*B*H
-  int h_mod;           // slot(t) = h_mod ? t % h_mod : t  (inference 2, training 0 = h_hist)
-  A* c;                // inference: one slot, updated in place; training: c_hist
-  int c_in_place;      // (c of time t in slot t, c0 in slot T)
-  S* y;                // or NULL; step t row b at y + t*y_st + b*y_sb
+  int reverse;          // step s of row b runs time len[b] - 1 - s
+  const S* w_hh;        // [4H, H] global
+  const A* xproj;       // time t at xproj + (t - t0) * xproj_step; NULL = none
+  int64_t xproj_step;   // B*4H, or 0 (one_to_many: the same projection every step)
+  int xproj_first_only;  // one_to_many feed first: projection at step 0 only
+  const A* bsum;        // [4H] or NULL
+  S* h;                 // two slots [2, B, H]: the h of step s in slot s % 2
+  A* c;                 // [B, H] the running cell state, updated in place
+  S* y;                 // or NULL; time t row b at y + t*y_st + b*y_sb
   int64_t y_st, y_sb;
-  A* acts;             // [T, B, 4H] or NULL
-  const int64_t* len;  // [B] device, or NULL
+  // Training (else NULL), by time: acts [T, B, 4H], c_hist (c of time t),
+  // h_hist (the h that entered time t); padded slots are the driver's to zero.
+  A* acts;
+  A* c_hist;
+  S* h_hist;
+  const int64_t* len;   // [B] device, or NULL
 };
 
 // Shared memory of both kernels: out [B, R] (A) | w [R, K] (S) | stage [B, kc] (S).
@@ -772,17 +775,18 @@ template <class A>
 struct FwdLocal {
   A pre[4];  // x projection + biases of gates i, f, g, o
   A c_prev;
-  bool active;  // t < lengths[b]
+  int t;     // the time step s runs for this row; -1: inactive (s >= lengths[b])
 };
 
 template <class S, class A>
-__device__ __forceinline__ FwdLocal<A> load_fwd_local(const PersistArgs<S, A>& p, int t, int b, int u,
-                                                      const A* c_prev) {
+__device__ __forceinline__ FwdLocal<A> load_fwd_local(const PersistArgs<S, A>& p, int s, int b, int u) {
   FwdLocal<A> l;
-  l.active = t < seq_len(p.len, b, p.T);
+  const int L = static_cast<int>(seq_len(p.len, b, p.T));
+  l.t = s < L ? (p.reverse ? L - 1 - s : s) : -1;
   const int64_t G = 4 * int64_t(p.H);
   const A* xp = nullptr;
-  if (p.xproj && (!p.xproj_first_only || t == 0)) xp = p.xproj + int64_t(t - p.t0) * p.xproj_step + b * G;
+  if (l.t >= 0 && p.xproj && (!p.xproj_first_only || s == 0))
+    xp = p.xproj + int64_t(l.t - p.t0) * p.xproj_step + b * G;
 #pragma unroll
   for (int g = 0; g < 4; ++g) {
     A v = A(0);
@@ -790,7 +794,7 @@ __device__ __forceinline__ FwdLocal<A> load_fwd_local(const PersistArgs<S, A>& p
     if (p.bsum) v += p.bsum[g * int64_t(p.H) + u];
     l.pre[g] = v;
   }
-  l.c_prev = c_prev[int64_t(b) * p.H + u];
+  l.c_prev = p.c[int64_t(b) * p.H + u];
   return l;
 }
 
@@ -810,96 +814,102 @@ __global__ void __launch_bounds__(kPersistThreads, 1) persistent_fwd_kernel(Pers
     sm.w[g * HB * H + hb_valid * H + (i - g * per_gate)] = S(0.0f);
   }
 
-  for (int t = p.t0; t < p.t0 + p.nt; ++t) {
-    const int hs_prev = p.h_mod ? t % p.h_mod : t, hs_next = p.h_mod ? (t + 1) % p.h_mod : t + 1;
-    const int cs_prev = p.c_in_place ? 0 : (t > 0 ? t - 1 : p.T), cs_next = p.c_in_place ? 0 : t;
-    const S* h_prev = p.h + int64_t(hs_prev) * B * H;
-    S* h_next = p.h + int64_t(hs_next) * B * H;
-    const A* c_prev = p.c + int64_t(cs_prev) * B * H;
-    A* c_next = p.c + int64_t(cs_next) * B * H;
+  for (int s = p.t0; s < p.t0 + p.nt; ++s) {
+    const S* h_prev = p.h + int64_t(s % 2) * B * H;
+    S* h_next = p.h + int64_t((s + 1) % 2) * B * H;
 
     FwdLocal<A> first{};
-    if (threadIdx.x < B * hb_valid)
-      first = load_fwd_local(p, t, threadIdx.x / hb_valid, u0 + threadIdx.x % hb_valid, c_prev);
+    if (threadIdx.x < B * hb_valid) first = load_fwd_local(p, s, threadIdx.x / hb_valid, u0 + threadIdx.x % hb_valid);
 
     dot_rows_global(sm.w, R, HB, hb_valid, H, h_prev, H, B, sm.stage, p.kc, sm.out);
 
     for (int i = threadIdx.x; i < B * hb_valid; i += blockDim.x) {
       const int b = i / hb_valid, uu = i % hb_valid, u = u0 + uu;
       const int64_t e = int64_t(b) * H + u;  // element (b, u) of a [B, H] state
-      const FwdLocal<A> l = i == static_cast<int>(threadIdx.x) ? first : load_fwd_local(p, t, b, u, c_prev);
-      A* acts = p.acts ? p.acts + (int64_t(t) * B + b) * G + u : nullptr;
-      if (!l.active) {
-        h_next[e] = __ldcg(h_prev + e);
-        c_next[e] = l.c_prev;
-        if (p.y) p.y[t * p.y_st + b * p.y_sb + u] = S(0.0f);
-        if (acts)
-          for (int g = 0; g < 4; ++g) acts[g * int64_t(H)] = A(0);
+      const FwdLocal<A> l = i == static_cast<int>(threadIdx.x) ? first : load_fwd_local(p, s, b, u);
+      const S h_old = __ldcg(h_prev + e);
+      if (l.t < 0) {  // inactive: state kept, zeros at time s
+        h_next[e] = h_old;
+        if (p.y) p.y[s * p.y_st + b * p.y_sb + u] = S(0.0f);
+        if (p.acts)
+          for (int g = 0; g < 4; ++g) p.acts[(int64_t(s) * B + b) * G + g * int64_t(H) + u] = A(0);
         continue;
       }
+      const int t = l.t;
       A pre[4];
 #pragma unroll
       for (int g = 0; g < 4; ++g) pre[g] = l.pre[g] + sm.out[size_t(b) * R + g * HB + uu];
       A c_new, h_new;
       const GateActs<A> a = cell_forward<A>(pre[0], pre[1], pre[2], pre[3], l.c_prev, c_new, h_new);
-      c_next[e] = c_new;
+      p.c[e] = c_new;
       const S h_val = S(h_new);
       __stcg(h_next + e, h_val);
       if (p.y) p.y[t * p.y_st + b * p.y_sb + u] = h_val;
-      if (acts) {
+      if (p.acts) {
+        A* acts = p.acts + (int64_t(t) * B + b) * G + u;
         acts[0] = a.i;
         acts[H] = a.f;
         acts[2 * int64_t(H)] = a.g;
         acts[3 * int64_t(H)] = a.o;
+        p.c_hist[int64_t(t) * B * H + e] = c_new;
+        p.h_hist[int64_t(t) * B * H + e] = h_old;
       }
     }
-    if (t + 1 < p.t0 + p.nt) FL_GRID_SYNC();  // h_t published to every CTA
+    if (s + 1 < p.t0 + p.nt) FL_GRID_SYNC();  // h of step s published to every CTA
   }
 }
 
 template <class S, class A>
 struct PersistBwdArgs {
   int B, H, HB, kc, T;
+  int reverse;        // step s of row b ran time len[b] - 1 - s
   const S* w_hh;      // [4H, H] global
-  const A* acts;      // [T, B, 4H]
-  const A* c_hist;    // [T+1, B, H]: c_t at t, c0 at T
-  const S* dy;        // step t row b at dy + t*dy_st + b*dy_sb, or NULL
+  const A* acts;      // [T, B, 4H] by time
+  const A* c_hist;    // [T+1, B, H]: c of time t at t, c0 at T
+  const S* dy;        // time t row b at dy + t*dy_st + b*dy_sb, or NULL
   int64_t dy_st, dy_sb;
-  const A* dh_carry;  // [B, H] dh_n (+ dy of many_to_one): used where step t+1 is padding
+  const A* dh_carry;  // [B, H] dh_n (+ dy of many_to_one): used where step s+1 is padding
   A* dc;              // [B, H] in: dc_n; out: dc0
-  S* dg;              // [T, B, 4H] out: gate gradients (zero where padded)
+  S* dg;              // [T, B, 4H] out: gate gradients by time (zero where padded)
+  S* dg_slots;        // [2, B, 4H]: the gate gradients of step s in slot s % 2 (the shared operand)
   A* db_rows;         // [B, 4H] per-row sums of the gate gradients (for db), or NULL
   A* dh0;             // [B, H] out: gradient reaching h0
   const int64_t* len;  // [B] device, or NULL
 };
 
 // What one (b, u) element of a backward step needs besides the dot products
-// with dG_{t+1} (CTA-local, so loaded ahead like FwdLocal).
+// with the gate gradients of step s+1 (CTA-local, so loaded ahead like FwdLocal).
 template <class A>
 struct BwdLocal {
-  int len;
+  int len, t;  // t: the time of step s; -1 inactive
   GateActs<A> acts;
   A c_t, c_prev, dc, dy;
 };
 
 template <class S, class A>
-__device__ __forceinline__ BwdLocal<A> load_bwd_local(const PersistBwdArgs<S, A>& p, int t, int b, int u) {
-  BwdLocal<A> l;
-  l.len = static_cast<int>(seq_len(p.len, b, p.T));
-  const int H = p.H;
+__device__ __forceinline__ BwdLocal<A> load_bwd_local(const PersistBwdArgs<S, A>& p, int s, int b, int u) {
+  BwdLocal<A> l{};
+  const int L = static_cast<int>(seq_len(p.len, b, p.T));
+  l.len = L;
+  l.t = s < L ? (p.reverse ? L - 1 - s : s) : -1;
+  if (l.t < 0) return l;
+  const int t = l.t, H = p.H;
+  // The time before t in this direction (its cell state), or c0 in slot T.
+  const int t_prev = p.reverse ? (t + 1 < L ? t + 1 : p.T) : (t > 0 ? t - 1 : p.T);
   const int64_t e = int64_t(b) * H + u, g0 = (int64_t(t) * p.B + b) * 4 * H + u;
   l.acts.i = p.acts[g0], l.acts.f = p.acts[g0 + H], l.acts.g = p.acts[g0 + 2 * H], l.acts.o = p.acts[g0 + 3 * H];
   l.c_t = p.c_hist[int64_t(t) * p.B * H + e];
-  l.c_prev = p.c_hist[int64_t(t > 0 ? t - 1 : p.T) * p.B * H + e];
+  l.c_prev = p.c_hist[int64_t(t_prev) * p.B * H + e];
   l.dc = p.dc[e];
   l.dy = p.dy ? A(to_math(p.dy[t * p.dy_st + b * p.dy_sb + u])) : A(0);
   return l;
 }
 
-// Reverse time, one grid barrier per step. At step t each CTA computes the
-// gradient reaching h_t of its units from dG_{t+1} (all CTAs' output of the
-// previous iteration), adds dy_t, applies cell_backward and writes its part of
-// dG_t. A last pass turns dG_0 into dh0.
+// Steps in reverse order, one grid barrier per step. At step s each CTA
+// computes the gradient reaching the h of step s of its units from the gate
+// gradients of step s+1 (all CTAs' output of the previous iteration), adds
+// dy, applies cell_backward and writes its part of step s's gate gradients
+// (by time, and in the step slots). A last pass turns step 0's into dh0.
 template <class S, class A>
 __global__ void __launch_bounds__(kPersistThreads, 1) persistent_bwd_kernel(PersistBwdArgs<S, A> p) {
   FL_DYNAMIC_SMEM(smem_raw);
@@ -929,45 +939,47 @@ __global__ void __launch_bounds__(kPersistThreads, 1) persistent_bwd_kernel(Pers
     }
   }
 
-  for (int t = T - 1; t >= -1; --t) {
+  for (int s = T - 1; s >= -1; --s) {
     BwdLocal<A> first{};
-    if (t >= 0 && threadIdx.x < B * hb_valid)
-      first = load_bwd_local(p, t, threadIdx.x / hb_valid, u0 + threadIdx.x % hb_valid);
-    if (t + 1 < T)  // gradient reaching h_t through step t+1: dG_{t+1} W_hh
-      dot_rows_global(sm.w, HB, HB, hb_valid, G, p.dg + int64_t(t + 1) * B * G, int64_t(G), B, sm.stage, p.kc,
-                      sm.out);
+    if (s >= 0 && threadIdx.x < B * hb_valid)
+      first = load_bwd_local(p, s, threadIdx.x / hb_valid, u0 + threadIdx.x % hb_valid);
+    if (s + 1 < T)  // gradient reaching the h of step s through step s+1: dG W_hh
+      dot_rows_global(sm.w, HB, HB, hb_valid, G, p.dg_slots + int64_t((s + 1) % 2) * B * G, int64_t(G), B,
+                      sm.stage, p.kc, sm.out);
     else
       __syncthreads();  // W slice loaded (no dot product at the last step)
-    if (t < 0) {
+    if (s < 0) {
       for (int i = threadIdx.x; i < B * hb_valid; i += blockDim.x) {
         const int b = i / hb_valid, uu = i % hb_valid;
         p.dh0[int64_t(b) * H + u0 + uu] = sm.out[size_t(b) * HB + uu];
       }
       break;
     }
+    S* slot = p.dg_slots + int64_t(s % 2) * B * G;
     for (int i = threadIdx.x; i < B * hb_valid; i += blockDim.x) {
       const int b = i / hb_valid, uu = i % hb_valid, u = u0 + uu;
-      const BwdLocal<A> l = i == static_cast<int>(threadIdx.x) ? first : load_bwd_local(p, t, b, u);
+      const BwdLocal<A> l = i == static_cast<int>(threadIdx.x) ? first : load_bwd_local(p, s, b, u);
       const int64_t e = int64_t(b) * H + u;
-      S* dg = p.dg + (int64_t(t) * B + b) * G + u;
-      if (t >= l.len) {
-        for (int g = 0; g < 4; ++g) __stcg(dg + g * int64_t(H), S(0.0f));
+      S* dg_step = slot + int64_t(b) * G + u;
+      if (l.t < 0) {  // inactive: zero gradients, at time s
+        S* dg = p.dg + (int64_t(s) * B + b) * G + u;
+        for (int g = 0; g < 4; ++g) dg[g * int64_t(H)] = S(0.0f), __stcg(dg_step + g * int64_t(H), S(0.0f));
         continue;
       }
-      const A dh = (t + 1 < l.len ? sm.out[size_t(b) * HB + uu] : p.dh_carry[e]) + l.dy;
+      S* dg = p.dg + (int64_t(l.t) * B + b) * G + u;
+      const A dh = (s + 1 < l.len ? sm.out[size_t(b) * HB + uu] : p.dh_carry[e]) + l.dy;
       A dc_prev;
       const GateGrads<A> d = cell_backward<A>(l.acts, l.c_t, l.c_prev, dh, l.dc, dc_prev);
       p.dc[e] = dc_prev;
-      __stcg(dg, S(d.i));
-      __stcg(dg + H, S(d.f));
-      __stcg(dg + 2 * int64_t(H), S(d.g));
-      __stcg(dg + 3 * int64_t(H), S(d.o));
+      const S gs[4] = {S(d.i), S(d.f), S(d.g), S(d.o)};
+#pragma unroll
+      for (int g = 0; g < 4; ++g) dg[g * int64_t(H)] = gs[g], __stcg(dg_step + g * int64_t(H), gs[g]);
       if (p.db_rows) {  // (b, u) has one owner thread at every step
         A* r = p.db_rows + int64_t(b) * G + u;
         r[0] += d.i, r[H] += d.f, r[2 * H] += d.g, r[3 * H] += d.o;
       }
     }
-    FL_GRID_SYNC();  // dG_t published to every CTA
+    FL_GRID_SYNC();  // step s's gate gradients published to every CTA
   }
 }
 
@@ -1102,13 +1114,12 @@ bool want_persistent(int64_t B, int64_t H, const DeviceLimits& d) {
 }
 
 // Whether a call runs the persistent kernel (then *plan is its launch plan):
-// the kernels cover the forward direction without a projection, and not
-// one_to_many with feed='output' (which adds h_{t-1} W_ih every step); then
-// the path policy and the device decide.
+// the kernels cover no projection, and not one_to_many with feed='output'
+// (which adds h_{t-1} W_ih every step); then the path policy and the device
+// decide.
 template <class S, class A, class Kernel>
 bool choose_persistent(Kernel kernel, const fl_forward_params& p, int rows_per_unit, int64_t K, PersistPlan* plan) {
-  const bool reverse = p.reverse && p.mode != FL_ONE_TO_MANY;
-  if (reverse || p.proj_size > 0 || (p.mode == FL_ONE_TO_MANY && p.feed == FL_FEED_OUTPUT)) return false;
+  if (p.proj_size > 0 || (p.mode == FL_ONE_TO_MANY && p.feed == FL_FEED_OUTPUT)) return false;
   if (p.T > INT_MAX) return false;
   const DeviceLimits d = device_limits(p.device.index);
   return want_persistent(p.B, p.H, d) && plan_persistent<S, A>(kernel, d, p.B, p.H, rows_per_unit, K, plan);
@@ -1274,17 +1285,13 @@ void forward_impl(const fl_forward_params& p, void* reserve) {
   PersistPlan plan;
   const bool persistent = choose_persistent<S, A>(persistent_fwd_kernel<S, A>, p, 4, H, &plan);
   last_fwd_path = persistent ? "persistent" : "fallback";
-  // The persistent kernel keeps h in h_hist (training) or two slots
-  // (inference: CTAs read h_{t-1} while others write h_t).
+  // The persistent kernel keeps h in two slots (CTAs read the h of step s
+  // while others write that of step s + 1).
   DevBuf h_slots;
   S* h_state = h_cur;
   if (persistent) {
-    if (training) {
-      h_state = h_hist;
-    } else {
-      h_slots = DevBuf(2 * B * H * sizeof(S), stream);
-      h_state = h_slots.as<S>();
-    }
+    h_slots = DevBuf(2 * B * H * sizeof(S), stream);
+    h_state = h_slots.as<S>();
   }
   FL_LAUNCH((convert_rows_kernel<S, S>), B * Hout, stream, B, Hout, static_cast<const S*>(p.h0), Hout, h_state,
             Hout);
@@ -1326,15 +1333,15 @@ void forward_impl(const fl_forward_params& p, void* reserve) {
       PersistArgs<S, A> a{};
       a.B = static_cast<int>(B), a.H = static_cast<int>(H), a.HB = plan.HB, a.kc = plan.kc;
       a.t0 = static_cast<int>(t0), a.nt = static_cast<int>(nt), a.T = static_cast<int>(T);
+      a.reverse = reverse;
       a.w_hh = w_hh;
       a.xproj = xproj;
       a.xproj_step = x_step;
       a.xproj_first_only = o2m && p.feed == FL_FEED_FIRST;
       a.bsum = bsum;
-      a.h = h_state, a.h_mod = training ? 0 : 2;
-      a.c = training ? c_hist : c_cur, a.c_in_place = training ? 0 : 1;
+      a.h = h_state, a.c = c_cur;
       a.y = y, a.y_st = p.y_stride_t, a.y_sb = p.y_stride_b;
-      a.acts = acts;
+      a.acts = acts, a.c_hist = c_hist, a.h_hist = h_hist;
       a.len = len;
       launch_persistent(persistent_fwd_kernel<S, A>, plan, a, stream);
       continue;
@@ -1368,15 +1375,12 @@ void forward_impl(const fl_forward_params& p, void* reserve) {
     }
   }
   if (persistent) {
-    // h after each row's last step: slot T (training, carried) or T % 2.
-    const S* h_last = training ? h_hist + T * B * H : h_state + (T % 2) * B * H;
-    FL_CUDA_CHECK(cudaMemcpyAsync(p.h_n, h_last, B * H * sizeof(S), cudaMemcpyDeviceToDevice, stream));
-    if (training) {
-      FL_LAUNCH((convert_rows_kernel<A, A>), B * H, stream, B, H, c_hist + (T - 1) * B * H, H, c_cur, H);
-      if (len) {  // the kernel carried states through padded slots
-        FL_LAUNCH((zero_padding_kernel<S>), T * B * H, stream, T, B, H, h_hist, len);
-        FL_LAUNCH((zero_padding_kernel<A>), T * B * H, stream, T, B, H, c_hist, len);
-      }
+    // h after each row's last step (carried through its padded steps): slot T % 2.
+    FL_CUDA_CHECK(cudaMemcpyAsync(p.h_n, h_state + (T % 2) * B * H, B * H * sizeof(S), cudaMemcpyDeviceToDevice,
+                                  stream));
+    if (training && len) {  // the kernel wrote active times only
+      FL_LAUNCH((zero_padding_kernel<S>), T * B * H, stream, T, B, H, h_hist, len);
+      FL_LAUNCH((zero_padding_kernel<A>), T * B * H, stream, T, B, H, c_hist, len);
     }
   }
   if (!std::is_same_v<S, A>)
@@ -1426,9 +1430,12 @@ void backward_impl(const fl_forward_params& p, const void* reserve, const fl_bac
     if (reverse) dh_step_buf = DevBuf(B * R * sizeof(S), stream);
     dm_buf = DevBuf(B * H * sizeof(A), stream);
   }
+  DevBuf dg_slots;
   if (persistent) {
+    dg_slots = DevBuf(2 * B * G * sizeof(S), stream);
     PersistBwdArgs<S, A> a{};
     a.B = static_cast<int>(B), a.H = static_cast<int>(H), a.HB = plan.HB, a.kc = plan.kc, a.T = static_cast<int>(T);
+    a.reverse = reverse, a.dg_slots = dg_slots.as<S>();
     a.w_hh = w_hh, a.acts = rv.acts, a.c_hist = rv.c_hist;
     a.dy = dy, a.dy_st = g.dy_stride_t, a.dy_sb = g.dy_stride_b;
     a.dh_carry = dh_carry.as<A>(), a.dc = dc.as<A>(), a.dg = dg, a.dh0 = dh_rec.as<A>(), a.len = len;

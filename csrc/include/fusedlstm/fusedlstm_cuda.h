@@ -22,9 +22,9 @@
 // feature), "persistent" (one cooperative kernel for all steps, W_hh held in
 // shared memory, wherever it fits), or "auto" / unset (persistent where it
 // fits and each SM's share of a step is small). The persistent kernels cover
-// the forward direction without a projection and not one_to_many with
-// FL_FEED_OUTPUT; reverse, proj_size > 0 and feed output always run the
-// fallback. Any other value: FL_INVALID_ARGUMENT.
+// both directions without a projection, not one_to_many with FL_FEED_OUTPUT:
+// proj_size > 0 and feed output always run the fallback. Any other value:
+// FL_INVALID_ARGUMENT (at the next forward or backward).
 #ifndef FUSEDLSTM_FUSEDLSTM_CUDA_H_
 #define FUSEDLSTM_FUSEDLSTM_CUDA_H_
 

@@ -17,7 +17,7 @@ block and grid barriers and warp shuffles really wait), checking which path ran.
 Not covered: the GPU itself (real cuBLAS, TF32, timing, the memory model,
 occupancy): tests/test_cuda.py on a GPU.
 
-About a minute with the compile, so it runs only with FUSEDLSTM_CUDA_EMU=1 (CI
+About two minutes with the compile, so it runs only with FUSEDLSTM_CUDA_EMU=1 (CI
 sets it).
 """
 
@@ -32,7 +32,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.skipif(os.environ.get("FUSEDLSTM_CUDA_EMU") != "1",
-                    reason="set FUSEDLSTM_CUDA_EMU=1 to compile and run the CUDA emulation (about a minute)")
+                    reason="set FUSEDLSTM_CUDA_EMU=1 to compile and run the CUDA emulation (about two minutes)")
 def test_cuda_backend_under_cpu_emulation(seed, tmp_path_factory):
     cuda_home = os.environ.get("CUDA_HOME", "/usr/local/cuda")
     for tool in ("g++", "cmake", "ninja"):

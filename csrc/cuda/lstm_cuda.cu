@@ -25,7 +25,7 @@
 // forward first writes the input projection there and each step replaces
 // its row by the activations); c_hist [T+1,B,H] A (slot t < T: c at time t;
 // slot T: c0); h_hist [T+1,B,Hout] S (slot t < T: the h that entered time t;
-// slot T: scratch, the persistent kernel's last h); with a projection m
+// slot T: scratch, zero); with a projection m
 // [T,B,H] S (o * tanh(c), the input of W_hr, for dW_hr).
 //
 // Persistent path: one cooperative kernel runs all steps with W_hh held in

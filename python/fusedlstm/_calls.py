@@ -14,6 +14,7 @@ from ._checks import LSTMGrads, LSTMResult, check_shape
 
 def forward(arrays, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr, *, mode, lengths, steps, feed, batch_first,
             training, reverse):
+    _checks.required(x=x, w_ih=w_ih, w_hh=w_hh)
     a = arrays.adopt(x=x, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, h0=h0, c0=c0, w_hr=w_hr)
     shape = arrays.shape
     H, I, R = _checks.weight_sizes(shape(a["w_ih"]), shape(a["w_hh"]),
@@ -101,6 +102,7 @@ def backward(result, dy, dh_n, dc_n, *, stream):
 
 
 def cell(arrays, x, h, c, w_ih, w_hh, b_ih, b_hh):
+    _checks.required(x=x, h=h, c=c, w_ih=w_ih, w_hh=w_hh)
     a = arrays.adopt(x=x, h=h, c=c, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh)
     shape = arrays.shape
     H, I, _ = _checks.weight_sizes(shape(a["w_ih"]), shape(a["w_hh"]), None,

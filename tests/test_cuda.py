@@ -2,10 +2,11 @@
 
 Two parts:
 
-* Build tests that run everywhere: the CUDA module's presence is reported by
-  build_info(), cuda_available() answers without raising, host arrays reject
-  stream=. With FUSEDLSTM_EXPECT_CUDA=1 (CI sets it) the CUDA module must
-  have been compiled and must import.
+* Tests that run everywhere: the CUDA backend library's presence is reported
+  by build_info(), cuda_available() answers without raising (no driver, a
+  library that does not load, a broken install), host arrays reject stream=.
+  With FUSEDLSTM_EXPECT_CUDA=1 (CI sets it) the CUDA backend library must
+  have been built and must load.
 * GPU tests (skipped unless cuda_available() and torch with CUDA): the CPU
   suite's cases on torch CUDA tensors against the float64 reference, with the
   per-dtype tolerance below, outputs poisoned with NaN (conftest's autouse
@@ -20,7 +21,9 @@ outputs stored in it; see tolerance.PRECISIONS).
 """
 
 import os
+import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -42,57 +45,60 @@ def _assert_cpu_package_works(make_problem, reference_outputs, policy):
     policy.check_all(out, ref64, dtype=np.float64)
 
 
-def test_unimportable_cuda_dispatch_is_reported_not_raised(monkeypatch, make_problem, reference_outputs,
-                                                            policy):
-    """Even the dispatch module failing to import (a broken install) leaves
+def test_unimportable_device_path_is_reported_not_raised(monkeypatch, make_problem, reference_outputs, policy):
+    """Even the device path failing to import (a broken install) leaves
     cuda_available() False, build_info() naming the error, the CPU package working."""
-    monkeypatch.setitem(sys.modules, "fusedlstm._cuda_dispatch", None)  # its import now raises ImportError
+    monkeypatch.setitem(sys.modules, "fusedlstm._device", None)  # its import now raises ImportError
     assert fusedlstm.cuda_available() is False
     info = fusedlstm.build_info()
     assert info["backends"] == ["cpu"]
-    assert info["cuda"]["devices"] == 0 and "fusedlstm._cuda_dispatch" in info["cuda"]["reason"], info["cuda"]
+    assert info["cuda"]["devices"] == 0 and "fusedlstm._device" in info["cuda"]["reason"], info["cuda"]
     _assert_cpu_package_works(make_problem, reference_outputs, policy)
-
-
-class _BuiltCuda:
-    """Stands in for fusedlstm._cuda_build of a build with the CUDA module."""
-    CUDA_BUILT, CUDA_ARCHS, NVCC_VERSION, SKIP_REASON = True, "80-real;90-real;90-virtual", "13.0", ""
-
-
-class _NoDriver:
-    """Stands in for a fusedlstm._cuda whose device probe finds no driver, either
-    by reporting it (the binding's (0, why)) or by raising."""
-    def __init__(self, raise_it):
-        self.raise_it = raise_it
-
-    def device_count(self):
-        why = "CUDA driver version is insufficient for CUDA runtime version (libcuda.so.1 not found)"
-        if self.raise_it:
-            raise RuntimeError(why)
-        return 0, why
-
-    def path(self):
-        return "auto"
 
 
 @pytest.mark.parametrize("raise_it", [False, True], ids=["reported", "raised"])
 def test_missing_driver_is_reported_not_raised(monkeypatch, raise_it, make_problem, reference_outputs, policy):
-    """A CUDA build on a machine without a usable driver: cuda_available() is
-    False, build_info() gives the driver's message, CUDA arrays are refused with
-    it, and the CPU package works."""
-    import fusedlstm._cuda_dispatch as d
-    monkeypatch.setattr(d, "_cuda", _NoDriver(raise_it))
-    monkeypatch.setattr(d, "_build", _BuiltCuda)
+    """A machine without a usable driver (the C API's probe reports it, or a
+    broken one raises): cuda_available() is False, build_info() gives the
+    driver's message, CUDA arrays are refused with it, and the CPU package works."""
+    from fusedlstm import _core, _device
+    why = "CUDA driver version is insufficient for CUDA runtime version (libcuda.so.1 not found)"
+
+    def no_driver():
+        if raise_it:
+            raise RuntimeError(why)
+        return 0, why
+
+    monkeypatch.setattr(_core, "cuda_device_count", no_driver)
     assert fusedlstm.cuda_available() is False
     info = fusedlstm.build_info()
-    assert info["cuda"]["compiled"] and info["cuda"]["devices"] == 0
+    assert info["cuda"]["devices"] == 0 and info["backends"] == ["cpu"]
     reason = info["cuda"]["reason"]
     assert reason.startswith("no usable CUDA device") and "libcuda.so.1 not found" in reason, reason
     if raise_it:
         assert "RuntimeError" in reason
     with pytest.raises(RuntimeError, match="libcuda.so.1 not found"):
-        d._require_backend()
+        _device._require_backend()
     _assert_cpu_package_works(make_problem, reference_outputs, policy)
+
+
+def test_backend_library_that_does_not_load_is_reported(tmp_path):
+    """FUSEDLSTM_CUDA_LIBRARY naming a file that is not there: no CUDA, the
+    reason names the path, the CPU works (a fresh process: the C API loads the
+    backend once)."""
+    code = textwrap.dedent("""
+        import numpy as np, fusedlstm
+        info = fusedlstm.build_info()["cuda"]
+        print(fusedlstm.cuda_available(), repr(info["backend"]), "|", info["reason"].replace(chr(10), " "))
+        print(fusedlstm.lstm_forward(np.ones((2, 1, 3)), np.ones((8, 3)), np.ones((8, 2))).y.shape)
+        """)
+    missing = tmp_path / "libfusedlstm_cuda.so"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, FUSEDLSTM_CUDA_LIBRARY=str(missing)))
+    assert out.returncode == 0, out.stderr
+    first, second = out.stdout.splitlines()
+    assert first.startswith("False '' | no usable CUDA device") and str(missing) in first, first
+    assert second == "(2, 1, 2)"
 
 
 def test_reduced_precision_baselines(make_problem, reference_outputs, rng):
@@ -133,7 +139,7 @@ def test_build_info_reports_cuda():
     info = fusedlstm.build_info()
     cuda = info["cuda"]
     assert "cpu" in info["backends"]
-    if cuda["compiled"]:
+    if cuda["backend"] == "cuda":
         assert cuda["archs"], "a CUDA build must list its GPU archs"
         assert any(a.startswith("80") for a in cuda["archs"]) and any(a.startswith("90") for a in cuda["archs"])
         assert any(a.endswith("virtual") for a in cuda["archs"]), "PTX must be embedded"
@@ -144,63 +150,28 @@ def test_build_info_reports_cuda():
 
 
 @pytest.mark.skipif(os.environ.get("FUSEDLSTM_EXPECT_CUDA") != "1",
-                    reason="FUSEDLSTM_EXPECT_CUDA=1 not set (CI sets it: the CUDA module must be built)")
-def test_cuda_module_built_and_importable():
-    cuda = fusedlstm.build_info()["cuda"]
-    assert cuda["compiled"], cuda.get("reason")
-    assert cuda["importable"], cuda.get("reason")
-    from fusedlstm import _cuda
-    n, why = _cuda.device_count()
+                    reason="FUSEDLSTM_EXPECT_CUDA=1 not set (CI sets it: the CUDA backend must be built)")
+def test_cuda_backend_built_and_loadable():
+    from fusedlstm import _core
+    n, why = _core.cuda_device_count()
     assert n >= 0 and isinstance(why, str)
-    assert _cuda.build_archs() == ",".join(cuda["archs"])
-
-
-def test_cuda_binding_takes_host_lengths_as_a_list():
-    """The binding converts a Python list of lengths (the first GPU run found
-    this cast missing): a list of the wrong size is refused by the binding
-    itself, before any device is touched, so this runs without a GPU."""
-    if not fusedlstm.build_info()["cuda"]["importable"]:
-        pytest.skip("the CUDA module is not built here")
-    from fusedlstm import _cuda
-    with pytest.raises(ValueError, match="lengths must have B entries"):
-        _cuda.forward(0, False, 0, 0, 0, 0, 3, 2, 4, 5, 0, 8, 4, 0, 0, 0, 0, 0, 0, [3], 0, 10, 5, 0, 0, False)
+    assert _core.cuda_info("backend") == "cuda", why
+    assert fusedlstm.build_info()["cuda"]["archs"], "the backend library lists no GPU archs"
 
 
 def test_cuda_path_setting_is_validated(monkeypatch):
     """A FUSEDLSTM_CUDA_PATH other than auto / persistent / fallback is a
-    ValueError naming the variable, raised by the C API before any device is
-    touched (so this runs without a GPU)."""
-    if not fusedlstm.build_info()["cuda"]["importable"]:
-        pytest.skip("the CUDA module is not built here")
-    from fusedlstm import _cuda
+    ValueError naming the variable, raised before any device memory is touched
+    (pointers to nowhere; so this runs on the emulated backend too)."""
+    from fusedlstm import _core
+    if not _core.cuda_device_count()[0]:
+        pytest.skip("no CUDA backend loads here")
     monkeypatch.setenv("FUSEDLSTM_CUDA_PATH", "fastest")
+    nowhere = 1 << 40
     with pytest.raises(ValueError, match="FUSEDLSTM_CUDA_PATH must be 'fallback', 'persistent' or 'auto'"):
-        _cuda.forward(0, False, 0, 0, 0, 0, 3, 2, 4, 5, 0, 8, 4, 0, 0, 0, 0, 0, 0, None, 0, 10, 5, 0, 0, False)
-    monkeypatch.setenv("FUSEDLSTM_CUDA_PATH", "auto")
-    assert _cuda.path() == "auto"
-
-
-def test_unimportable_cuda_module_is_reported_not_raised(monkeypatch, make_problem, reference_outputs, policy):
-    """A _cuda that fails to import (no libcublas, no driver...) leaves the
-    package working: cuda_available() is False and build_info() says why."""
-    import importlib
-    import sys
-
-    import fusedlstm._cuda_dispatch as d
-    monkeypatch.setitem(sys.modules, "fusedlstm._cuda", None)  # import now raises ImportError
-    monkeypatch.delattr(fusedlstm, "_cuda", raising=False)
-    try:
-        d = importlib.reload(d)
-        assert d._cuda is None and "import of fusedlstm._cuda" in d._IMPORT_ERROR
-        assert fusedlstm.cuda_available() is False
-        info = fusedlstm.build_info()["cuda"]
-        assert info["devices"] == 0 and info.get("reason")
-        if info["compiled"]:
-            assert "failed to import" in info["reason"]
-        _assert_cpu_package_works(make_problem, reference_outputs, policy)
-    finally:
-        monkeypatch.undo()
-        importlib.reload(d)
+        _core.forward(x=nowhere, x_strides=(8, 4), w_ih=nowhere, w_hh=nowhere, y=nowhere, y_strides=(10, 5),
+                      h_n=nowhere, c_n=nowhere, mode=0, T=3, B=2, I=4, H=5, dtype=_core.FLOAT32,
+                      device_type=_core.DEVICE_CUDA)
 
 
 def test_host_arrays_reject_stream(rng):
@@ -218,7 +189,7 @@ def test_host_arrays_reject_stream(rng):
 
 
 def test_host_arrays_are_not_cuda_arrays():
-    from fusedlstm._cuda_dispatch import is_cuda_array
+    from fusedlstm._checks import is_cuda_array
     assert not is_cuda_array(np.zeros(3))
     assert not is_cuda_array([1.0])
     torch = pytest.importorskip("torch")
@@ -227,8 +198,8 @@ def test_host_arrays_are_not_cuda_arrays():
 
 # ------------------------------------------------------------------ GPU
 def _torch_cuda():
-    if not fusedlstm.cuda_available():
-        pytest.skip(f"CUDA unusable here: {fusedlstm.build_info()['cuda'].get('reason')}")
+    if not fusedlstm.cuda_available() or fusedlstm.build_info()["cuda"]["backend"] != "cuda":
+        pytest.skip(f"no GPU here: {fusedlstm.build_info()['cuda'].get('reason', 'the emulated backend')}")
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("torch has no CUDA")
@@ -274,10 +245,10 @@ def cuda_path(request, monkeypatch):
 
 def _assert_path(forward, backward=None):
     """The path the last forward (and backward, where given) call took."""
-    from fusedlstm import _cuda
-    assert _cuda.last_forward_path() == forward
+    from fusedlstm import _core
+    assert _core.cuda_info("last_forward_path") == forward
     if backward is not None:
-        assert _cuda.last_backward_path() == backward
+        assert _core.cuda_info("last_backward_path") == backward
 
 
 def _run_case(torch, prob, dtname, reference_outputs, *, backward=True, batch_first=False):
@@ -369,8 +340,8 @@ def test_cuda_persistent_large(make_problem, reference_outputs, dtname, shape, m
     T, B, I, H = shape
     prob = make_problem(T=T, B=B, I=I, H=H, lengths=True)
     _run_case(torch, prob, dtname, reference_outputs)
-    from fusedlstm import _cuda
-    print("paths: forward", _cuda.last_forward_path(), "backward", _cuda.last_backward_path())
+    from fusedlstm import _core
+    print("paths: forward", _core.cuda_info("last_forward_path"), "backward", _core.cuda_info("last_backward_path"))
 
 
 @pytest.mark.parametrize("B, H, expected", [(4, 24, "persistent"), (200, 200, "fallback")])

@@ -91,8 +91,13 @@ def pytest_report_header(config):
     return lines
 
 
+def _parametrized_by_marker(metafunc, name):
+    return any(name in [n.strip() for n in (m.args[0].split(",") if isinstance(m.args[0], str) else m.args[0])]
+               for m in metafunc.definition.iter_markers("parametrize"))
+
+
 def pytest_generate_tests(metafunc):
-    names = metafunc.fixturenames
+    names = [n for n in metafunc.fixturenames if n != "backend" or not _parametrized_by_marker(metafunc, n)]
     if "backend" in names and "isa" in names:
         isas = list(_require_fl().available_isas())
         combos = [("cpu", n) for n in isas] + [(b, isas[0]) for b in BACKENDS[1:]]

@@ -233,10 +233,15 @@ def debug_poison():
 #                  memory, so the tests hand numpy arrays to the numpy API, which
 #                  passes them to _core with device_type=DEVICE_CUDA
 #                  (fusedlstm._host.set_host_device).
+#   cuda-emulated-torch  the same emulated backend, driven through the device path
+#                  (fusedlstm/_device.py: pointers, strides, lengths, allocation)
+#                  with torch CPU tensors standing for CUDA tensors; what only a GPU
+#                  has (the CUDA-ness of a tensor, device index, streams, pinned
+#                  copies) is replaced for the test (emulated_device_path below).
 #   cuda           a GPU: torch CUDA tensors (or CuPy arrays without torch) through
 #                  the device path (fusedlstm/_device.py).
 # --------------------------------------------------------------------------------------
-BACKENDS = ("cpu", "cuda-emulated", "cuda")
+BACKENDS = ("cpu", "cuda-emulated", "cuda-emulated-torch", "cuda")
 
 
 class Backend:
@@ -263,10 +268,11 @@ class Backend:
             import cupy
             return cupy.asarray(a)
         import torch
-        dense = torch.from_numpy(np.ascontiguousarray(a)).to("cuda")
+        device = "cpu" if self.name == "cuda-emulated-torch" else "cuda"
+        dense = torch.from_numpy(np.ascontiguousarray(a)).to(device)
         strides = [s // a.itemsize for s in a.strides]
         if a.size > 1 and min(strides) > 0 and all(s * a.itemsize == b for s, b in zip(strides, a.strides)):
-            out = torch.empty_strided(a.shape, strides, dtype=dense.dtype, device="cuda")
+            out = torch.empty_strided(a.shape, strides, dtype=dense.dtype, device=device)
             out.copy_(dense)
             return out
         return dense
@@ -307,14 +313,53 @@ def _gpu_array_library():
     return None
 
 
+@contextlib.contextmanager
+def emulated_device_path(monkeypatch):
+    """fusedlstm/_device.py on torch CPU tensors over the emulated backend (whose
+    device memory is host memory): a CPU tensor counts as a tensor of CUDA
+    device 0, the current stream is the default one (0), and what the device
+    path allocates or copies to the device is a CPU tensor (the reserve 256-byte
+    aligned, as on a GPU). Everything else of the device path runs as it is."""
+    import torch
+    from fusedlstm import _checks, _device
+
+    is_cuda = _checks.is_cuda_array
+    monkeypatch.setattr(_checks, "is_cuda_array", lambda a: isinstance(a, torch.Tensor) or is_cuda(a))
+    lib = _device._Lib
+    monkeypatch.setattr(lib, "device", lambda self, a: 0)
+    monkeypatch.setattr(lib, "stream", lambda self, device, stream: (0, None))
+
+    def empty(self, shape, dtype, device, poison):
+        return torch.full(shape, float("nan"), dtype=dtype) if poison else torch.empty(shape, dtype=dtype)
+
+    def empty_bytes(self, nbytes, device):
+        raw = torch.empty(nbytes + 256, dtype=torch.uint8)
+        skip = -raw.data_ptr() % 256
+        return raw[skip:skip + nbytes]
+
+    monkeypatch.setattr(lib, "empty", empty)
+    monkeypatch.setattr(lib, "empty_bytes", empty_bytes)
+    monkeypatch.setattr(lib, "from_host", lambda self, a, dtype, device: torch.from_numpy(np.array(a)).to(dtype))
+    monkeypatch.setattr(lib, "host_lengths", lambda self, lens, device: torch.from_numpy(lens.copy()))
+    yield
+
+
 @pytest.fixture
-def backend(request):
+def backend(request, monkeypatch):
     name = request.param
     lib = _require_fl()
     if name == "cpu":
         yield Backend(name)
         return
     loaded, why = _cuda_backend_name()
+    if name == "cuda-emulated-torch":
+        if loaded != "cuda-emulated":
+            pytest.skip(f"cuda-emulated-torch: FUSEDLSTM_CUDA_LIBRARY does not point at the emulated backend "
+                        f"(bash tests/emu/build.sh OUTDIR); loaded: {loaded or why!r}")
+        pytest.importorskip("torch")
+        with emulated_device_path(monkeypatch):
+            yield Backend(name, "torch")
+        return
     if name == "cuda-emulated":
         if loaded != "cuda-emulated":
             pytest.skip(f"cuda-emulated: FUSEDLSTM_CUDA_LIBRARY does not point at the emulated backend "

@@ -319,7 +319,7 @@ class DeviceArrays:
         return tuple(a.shape)
 
     def dense(self, a):
-        return None if a is None or self.lib.is_dense(a) else self.lib.contiguous(a)
+        return a if a is None or self.lib.is_dense(a) else self.lib.contiguous(a)
 
     def rows(self, a):
         """a readable through its strides (else a dense copy), and those strides in

@@ -79,6 +79,7 @@ GRAD_NAMES = ("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih", "db_hh")
 # --------------------------------------------------------------------------------------
 def pytest_configure(config):
     config.addinivalue_line("markers", "torch: compares against PyTorch (skipped without torch)")
+    config.addinivalue_line("markers", "backends(*names): run the test on these of BACKENDS only")
 
 
 def pytest_report_header(config):
@@ -98,13 +99,15 @@ def _parametrized_by_marker(metafunc, name):
 
 def pytest_generate_tests(metafunc):
     names = [n for n in metafunc.fixturenames if n != "backend" or not _parametrized_by_marker(metafunc, n)]
+    only = metafunc.definition.get_closest_marker("backends")
+    backends = [b for b in BACKENDS if only is None or b in only.args]
     if "backend" in names and "isa" in names:
         isas = list(_require_fl().available_isas())
-        combos = [("cpu", n) for n in isas] + [(b, isas[0]) for b in BACKENDS[1:]]
+        combos = [("cpu", n) for n in isas if "cpu" in backends] + [(b, isas[0]) for b in backends if b != "cpu"]
         metafunc.parametrize(("backend", "isa"), combos, indirect=True,
                              ids=[f"cpu-isa={n}" if b == "cpu" else b for b, n in combos])
     elif "backend" in names:
-        metafunc.parametrize("backend", BACKENDS, indirect=True)
+        metafunc.parametrize("backend", backends, indirect=True)
     elif "isa" in names:
         isas = list(_require_fl().available_isas())
         metafunc.parametrize("isa", isas, indirect=True, ids=[f"isa={n}" for n in isas])
@@ -253,6 +256,16 @@ class Backend:
     @property
     def is_cuda(self):
         return self.name != "cpu"
+
+    @property
+    def device(self):
+        """Where the backend's torch tensors live."""
+        return "cpu" if self.name in ("cpu", "cuda-emulated-torch") else "cuda"
+
+    def synchronize(self):
+        if self.device == "cuda":
+            import torch
+            torch.cuda.synchronize()
 
     def to(self, a):
         """a (a numpy array, or a tuple / list / dict of them; other values as

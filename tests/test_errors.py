@@ -498,3 +498,28 @@ def test_cuda_device_lengths_are_clamped_not_checked(rng):
     with pytest.raises(ValueError, match="lengths"):
         cpu = dict(p, device_type=fusedlstm._core.DEVICE_CPU)
         fusedlstm._core.forward(**cpu, **_outputs(p), lengths=np.array([T + 5, 0, 2], np.int64))
+
+
+@pytest.mark.backends("cuda-emulated-torch", "cuda")
+def test_device_path_checks_host_lengths_and_clamps_device_ones(backend):
+    """Through the numpy API's device path: host lengths are checked as on the
+    CPU; device lengths are not read by the host (no sync), so out-of-range
+    values are clamped to [1, T] by the kernels (same results as the clamped
+    values), while their dtype and shape are still checked."""
+    inputs, options = base(M2M)
+    x, w_ih, w_hh = backend.to((inputs["x"], inputs["w_ih"], inputs["w_hh"]))
+
+    def run(lengths):
+        res = fusedlstm.lstm_forward(x, w_ih, w_hh, lengths=lengths)
+        return backend.numpy((res.y, res.h_n, res.c_n))
+
+    expected = run(backend.to(np.array([T, 1, 2])))
+    got = run(backend.to(np.array([T + 5, 0, 2])))
+    for name, e, g in zip(("y", "h_n", "c_n"), expected, got):
+        assert np.array_equal(e, g), name
+    with pytest.raises(ValueError, match=r"^lengths must lie in \[1, T\]"):
+        run(np.array([T + 5, 0, 2]))
+    with pytest.raises(TypeError, match="^lengths must be an integer array"):
+        run(backend.to(np.array([1.0, 2.0, 3.0])))
+    with pytest.raises(ValueError, match=r"^lengths must have shape \(B,\)"):
+        run(backend.to(np.array([1, 2])))

@@ -239,7 +239,8 @@ def lengths_header(dtype, shape, B):
         is_int = kind in "iu"
     if not is_int:
         raise TypeError(f"lengths must be an integer array, got dtype {dtype}")
-    check_shape("lengths", shape, (B,), f"(B,) = ({B},)")
+    if tuple(shape) != (B,):
+        raise ValueError(f"lengths must have shape (B,) = ({B},), got {tuple(shape)}")
 
 
 def lengths_values(lens, B, T):

@@ -1,14 +1,16 @@
 """fusedlstm (the compiled library) against the numpy reference.
 
 Every case runs on every backend (conftest.py's ``backend``: the CPU on every
-ISA path of fusedlstm.available_isas(), the CPU emulation of the CUDA backend,
-a GPU) and in float32 and float64; forward outputs and every gradient are
-compared with the tolerance policy of conftest.py, and each case is run with 1
-and 2 threads, whose results must be bitwise identical (on the GPU: once).  The cases are a hand-picked sample (not a cartesian
-product) covering every mode / feed, lengths, h0/c0 given or not, batch_first,
+ISA path of fusedlstm.available_isas(), the CPU emulation of the CUDA backend
+with numpy arrays and through the CUDA array path, a GPU) and in float32 and
+float64; forward outputs and every gradient are compared with the tolerance
+policy of conftest.py, and each case is run with 1 and 2 threads, whose
+results must be bitwise identical (on the GPU: once). The cases are a
+hand-picked sample (not a cartesian product) covering every mode / feed, lengths, h0/c0 given or not, batch_first,
 missing biases, partial upstream gradients and odd sizes.  Also: padded
 positions are exactly zero, non-contiguous inputs give the same results as
-contiguous ones, inputs are not modified, and the thread / ISA controls.
+contiguous ones, inputs are not modified, and the thread / ISA controls;
+the projection (w_hr) and the reverse direction against the stack reference.
 """
 
 import os

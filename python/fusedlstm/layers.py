@@ -15,7 +15,7 @@ import numpy as np
 
 from . import _checks, _core
 from ._checks import bool_arg as _bool_arg, check_fits as _check_fits, int_arg as _int_arg
-from ._host import dense as _dense, float_array as _float_array
+from ._host import dense as _dense
 from .api import arrays_for
 
 __all__ = ["LSTM", "LSTMStackResult", "stack_reserve_nbytes"]
@@ -332,10 +332,11 @@ class LSTM:
                                         ("weight_ih", "weight_hh", "bias_ih", "weight_hr")))
         core = arrays.core
         reserve = ctx["saved"][5]
+        dx_strides = _checks.sequence_layout(T, B, I, self.batch_first)[1]
         _core.stack_backward(**ctx["inputs"], reserve=core(reserve), reserve_bytes=_nbytes(reserve), dy=core(dy),
-                             dy_strides=dy_strides, dh_n=core(dh_n),
-                             dc_n=core(dc_n), dx=core(dx), dx_strides=_checks.sequence_layout(T, B, I, self.batch_first)[1], dh0=core(dh0),
-                             dc0=core(dc0), cell_grads=cell_grads, **ctx["shapes"], **arrays.call())
+                             dy_strides=dy_strides, dh_n=core(dh_n), dc_n=core(dc_n), dx=core(dx),
+                             dx_strides=dx_strides, dh0=core(dh0), dc0=core(dc0), cell_grads=cell_grads,
+                             **ctx["shapes"], **arrays.call())
         arrays.done(dy, dh_n, dc_n, dx, dh0, dc0, *grads.values(), *ctx["saved"])
         out = {"x": dx, "h0": dh0, "c0": dc0}
         for name in names:  # b_ih and b_hh enter the gates alike: equal gradients

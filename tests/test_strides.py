@@ -521,3 +521,28 @@ def test_binding_stack_needs_one_cell_per_layer_and_direction(seed):
         _core.stack_forward(cells=bad, **call)
     with pytest.raises(TypeError, match="cells: each cell must be a tuple"):
         _core.stack_forward(cells=[cells[0], list(cells[1])], **call)
+
+
+@pytest.mark.parametrize("device, match", [
+    (dict(stream=5), r"^device.stream must be NULL on the CPU"),
+    (dict(device_index=3), r"^device.index = 3 must be 0 on the CPU"),
+    (dict(device_type=7), r"^device.type = 7 is not one of"),
+], ids=["stream", "index", "type"])
+@pytest.mark.parametrize("call", ["forward", "cell", "stack_forward"])
+def test_binding_fills_the_device_of_every_call(call, device, match):
+    """device_type / device_index / stream reach fl_device of each params
+    struct: the C API refuses what the CPU cannot have, naming the field."""
+    ins, outs = _cell_arrays()
+    if call == "cell":
+        with pytest.raises(ValueError, match=match):
+            _cell_call(ins + outs, **device)
+        return
+    T_, B_, I_, H_ = 3, 2, 3, 4
+    x = np.zeros((T_, B_, I_))
+    common = dict(x=x, x_strides=(B_ * I_, I_), T=T_, B=B_, I=I_, H=H_, dtype=_core.FLOAT64, **device)
+    with pytest.raises(ValueError, match=match):
+        if call == "forward":
+            _core.forward(**common, w_ih=ins[3], w_hh=ins[4], h_n=outs[0], c_n=outs[1], mode=_core.MANY_TO_ONE)
+        else:
+            _core.stack_forward(**common, cells=[(ins[3], ins[4], None, None, None)], h_n=outs[0][None],
+                                c_n=outs[1][None])

@@ -89,6 +89,9 @@ def pytest_report_header(config):
     with contextlib.suppress(Exception):
         lines.append(f"fusedlstm ISA paths: {list(_fl.available_isas())} (default {_fl.get_isa()}),"
                      f" threads: {_fl.get_num_threads()}")
+    with contextlib.suppress(Exception):
+        loaded, why = _cuda_backend_name()
+        lines.append(f"fusedlstm CUDA backend: {loaded or 'none'}" + ("" if loaded else f" ({why.splitlines()[0]})"))
     return lines
 
 

@@ -11,6 +11,9 @@ fl               the fusedlstm package (library tests only).
 isa              parametrizes a test over fusedlstm.available_isas(); selects the
                  path for the test and restores the previous one afterwards.
 num_threads      parametrizes a test over THREAD_COUNTS; sets/restores the count.
+backend          parametrizes a test over the backends "cpu", "cuda-emulated" and
+                 "cuda" (see BACKENDS below; an unavailable one skips, saying why);
+                 with isa, the cpu backend runs on every ISA path, the others once.
 threads          a context manager factory: ``with threads(2): ...`` sets the
                  thread count for the block and restores it.
 thread_runtime   autouse: own thread pool for numpy tests, torch's OpenMP team for
@@ -76,6 +79,7 @@ GRAD_NAMES = ("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih", "db_hh")
 # --------------------------------------------------------------------------------------
 def pytest_configure(config):
     config.addinivalue_line("markers", "torch: compares against PyTorch (skipped without torch)")
+    config.addinivalue_line("markers", "backends(*names): run the test on these of BACKENDS only")
 
 
 def pytest_report_header(config):
@@ -85,14 +89,32 @@ def pytest_report_header(config):
     with contextlib.suppress(Exception):
         lines.append(f"fusedlstm ISA paths: {list(_fl.available_isas())} (default {_fl.get_isa()}),"
                      f" threads: {_fl.get_num_threads()}")
+    with contextlib.suppress(Exception):
+        loaded, why = _cuda_backend_name()
+        lines.append(f"fusedlstm CUDA backend: {loaded or 'none'}" + ("" if loaded else f" ({why.splitlines()[0]})"))
     return lines
 
 
+def _parametrized_by_marker(metafunc, name):
+    return any(name in [n.strip() for n in (m.args[0].split(",") if isinstance(m.args[0], str) else m.args[0])]
+               for m in metafunc.definition.iter_markers("parametrize"))
+
+
 def pytest_generate_tests(metafunc):
-    if "isa" in metafunc.fixturenames:
+    names = [n for n in metafunc.fixturenames if n != "backend" or not _parametrized_by_marker(metafunc, n)]
+    only = metafunc.definition.get_closest_marker("backends")
+    backends = [b for b in BACKENDS if only is None or b in only.args]
+    if "backend" in names and "isa" in names:
+        isas = list(_require_fl().available_isas())
+        combos = [("cpu", n) for n in isas if "cpu" in backends] + [(b, isas[0]) for b in backends if b != "cpu"]
+        metafunc.parametrize(("backend", "isa"), combos, indirect=True,
+                             ids=[f"cpu-isa={n}" if b == "cpu" else b for b, n in combos])
+    elif "backend" in names:
+        metafunc.parametrize("backend", backends, indirect=True)
+    elif "isa" in names:
         isas = list(_require_fl().available_isas())
         metafunc.parametrize("isa", isas, indirect=True, ids=[f"isa={n}" for n in isas])
-    if "num_threads" in metafunc.fixturenames:
+    if "num_threads" in names:
         metafunc.parametrize("num_threads", THREAD_COUNTS, indirect=True,
                              ids=[f"threads={n}" for n in THREAD_COUNTS])
 
@@ -206,6 +228,170 @@ def debug_poison():
         yield True
     finally:
         _fl._set_debug_poison(previous)
+
+
+# --------------------------------------------------------------------------------------
+# backends: the same test bodies on the CPU and on CUDA
+#   cpu            the CPU backend, numpy arrays.
+#   cuda-emulated  the CPU emulation of the CUDA backend (tests/emu/): runs when
+#                  FUSEDLSTM_CUDA_LIBRARY points at libfusedlstm_cuda_emu.so
+#                  (bash tests/emu/build.sh OUTDIR). Its "device" memory is host
+#                  memory, so the tests hand numpy arrays to the numpy API, which
+#                  passes them to _core with device_type=DEVICE_CUDA
+#                  (fusedlstm._host.set_host_device).
+#   cuda-emulated-torch  the same emulated backend, driven through the device path
+#                  (fusedlstm/_device.py: pointers, strides, lengths, allocation)
+#                  with torch CPU tensors standing for CUDA tensors; what only a GPU
+#                  has (the CUDA-ness of a tensor, device index, streams, pinned
+#                  copies) is replaced for the test (emulated_device_path below).
+#   cuda           a GPU: torch CUDA tensors (or CuPy arrays without torch) through
+#                  the device path (fusedlstm/_device.py).
+# --------------------------------------------------------------------------------------
+BACKENDS = ("cpu", "cuda-emulated", "cuda-emulated-torch", "cuda")
+
+
+class Backend:
+    """Moves a test's numpy inputs to the backend and its outputs back."""
+
+    def __init__(self, name, lib=None):
+        self.name, self.lib = name, lib
+
+    @property
+    def is_cuda(self):
+        return self.name != "cpu"
+
+    @property
+    def device(self):
+        """Where the backend's torch tensors live."""
+        return "cpu" if self.name in ("cpu", "cuda-emulated-torch") else "cuda"
+
+    def synchronize(self):
+        if self.device == "cuda":
+            import torch
+            torch.cuda.synchronize()
+
+    def to(self, a):
+        """a (a numpy array, or a tuple / list / dict of them; other values as
+        they are) as arrays of the backend; a view keeps its strides where the
+        backend's library can have them."""
+        if isinstance(a, dict):
+            return {k: self.to(v) for k, v in a.items()}
+        if isinstance(a, (tuple, list)):
+            return type(a)(self.to(v) for v in a)
+        if self.lib is None or not isinstance(a, np.ndarray):
+            return a
+        if self.lib == "cupy":
+            import cupy
+            return cupy.asarray(a)
+        import torch
+        device = "cpu" if self.name == "cuda-emulated-torch" else "cuda"
+        dense = torch.from_numpy(np.ascontiguousarray(a)).to(device)
+        strides = [s // a.itemsize for s in a.strides]
+        if a.size > 1 and min(strides) > 0 and all(s * a.itemsize == b for s, b in zip(strides, a.strides)):
+            out = torch.empty_strided(a.shape, strides, dtype=dense.dtype, device=device)
+            out.copy_(dense)
+            return out
+        return dense
+
+    def numpy(self, a):
+        """a (a backend array, a dict or tuple of them, or None) as numpy."""
+        if isinstance(a, dict):
+            return {k: self.numpy(v) for k, v in a.items()}
+        if isinstance(a, (tuple, list)):
+            return type(a)(self.numpy(v) for v in a)
+        if a is None or isinstance(a, np.ndarray) or self.lib is None:
+            return a
+        if self.lib == "cupy":
+            import cupy
+            return cupy.asnumpy(a)
+        return a.detach().cpu().numpy()
+
+
+def _cuda_backend_name():
+    """The loaded CUDA backend ("cuda", "cuda-emulated", or "" and why not)."""
+    n, why = _fl._core.cuda_device_count()
+    return (_fl._core.cuda_info("backend") if n else ""), why
+
+
+def _gpu_array_library():
+    try:
+        import torch
+        if torch.cuda.is_available():
+            return "torch"
+    except ImportError:
+        pass
+    try:
+        import cupy
+        if cupy.cuda.runtime.getDeviceCount() > 0:
+            return "cupy"
+    except Exception:
+        pass
+    return None
+
+
+@contextlib.contextmanager
+def emulated_device_path(monkeypatch):
+    """fusedlstm/_device.py on torch CPU tensors over the emulated backend (whose
+    device memory is host memory): a CPU tensor counts as a tensor of CUDA
+    device 0, the current stream is the default one (0), and what the device
+    path allocates or copies to the device is a CPU tensor (the reserve 256-byte
+    aligned, as on a GPU). Everything else of the device path runs as it is."""
+    import torch
+    from fusedlstm import _checks, _device
+
+    is_cuda = _checks.is_cuda_array
+    monkeypatch.setattr(_checks, "is_cuda_array", lambda a: isinstance(a, torch.Tensor) or is_cuda(a))
+    lib = _device._Lib
+    monkeypatch.setattr(lib, "device", lambda self, a: 0)
+    monkeypatch.setattr(lib, "stream", lambda self, device, stream: (0, None))
+
+    def empty(self, shape, dtype, device, poison):
+        return torch.full(shape, float("nan"), dtype=dtype) if poison else torch.empty(shape, dtype=dtype)
+
+    def empty_bytes(self, nbytes, device):
+        raw = torch.empty(nbytes + 256, dtype=torch.uint8)
+        skip = -raw.data_ptr() % 256
+        return raw[skip:skip + nbytes]
+
+    monkeypatch.setattr(lib, "empty", empty)
+    monkeypatch.setattr(lib, "empty_bytes", empty_bytes)
+    monkeypatch.setattr(lib, "from_host", lambda self, a, dtype, device: torch.from_numpy(np.array(a)).to(dtype))
+    monkeypatch.setattr(lib, "host_lengths", lambda self, lens, device: torch.from_numpy(lens.copy()))
+    yield
+
+
+@pytest.fixture
+def backend(request, monkeypatch):
+    name = request.param
+    lib = _require_fl()
+    if name == "cpu":
+        yield Backend(name)
+        return
+    loaded, why = _cuda_backend_name()
+    if name == "cuda-emulated-torch":
+        if loaded != "cuda-emulated":
+            pytest.skip(f"cuda-emulated-torch: FUSEDLSTM_CUDA_LIBRARY does not point at the emulated backend "
+                        f"(bash tests/emu/build.sh OUTDIR); loaded: {loaded or why!r}")
+        pytest.importorskip("torch")
+        with emulated_device_path(monkeypatch):
+            yield Backend(name, "torch")
+        return
+    if name == "cuda-emulated":
+        if loaded != "cuda-emulated":
+            pytest.skip(f"cuda-emulated: FUSEDLSTM_CUDA_LIBRARY does not point at the emulated backend "
+                        f"(bash tests/emu/build.sh OUTDIR; then FUSEDLSTM_CUDA_LIBRARY=OUTDIR/"
+                        f"libfusedlstm_cuda_emu.so); loaded: {loaded or why!r}")
+        from fusedlstm import _host
+        previous = _host.set_host_device(lib._core.DEVICE_CUDA)
+        try:
+            yield Backend(name)
+        finally:
+            _host.set_host_device(previous)
+        return
+    array_lib = _gpu_array_library()
+    if loaded != "cuda" or array_lib is None:
+        pytest.skip(f"cuda: no GPU backend ({loaded or why!r}) or no torch/CuPy with CUDA")
+    yield Backend(name, array_lib)
 
 
 # --------------------------------------------------------------------------------------

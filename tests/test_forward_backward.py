@@ -1,13 +1,16 @@
 """fusedlstm (the compiled library) against the numpy reference.
 
-Every case runs on every ISA path of fusedlstm.available_isas() and in float32
-and float64; forward outputs and every gradient are compared with the tolerance
-policy of conftest.py, and each case is run with 1 and 2 threads, whose results
-must be bitwise identical.  The cases are a hand-picked sample (not a cartesian
-product) covering every mode / feed, lengths, h0/c0 given or not, batch_first,
+Every case runs on every backend (conftest.py's ``backend``: the CPU on every
+ISA path of fusedlstm.available_isas(), the CPU emulation of the CUDA backend
+with numpy arrays and through the CUDA array path, a GPU) and in float32 and
+float64; forward outputs and every gradient are compared with the tolerance
+policy of conftest.py, and each case is run with 1 and 2 threads, whose
+results must be bitwise identical (on the GPU: once). The cases are a
+hand-picked sample (not a cartesian product) covering every mode / feed, lengths, h0/c0 given or not, batch_first,
 missing biases, partial upstream gradients and odd sizes.  Also: padded
 positions are exactly zero, non-contiguous inputs give the same results as
-contiguous ones, inputs are not modified, and the thread / ISA controls.
+contiguous ones, inputs are not modified, and the thread / ISA controls;
+the projection (w_hr) and the reverse direction against the stack reference.
 """
 
 import os
@@ -75,21 +78,25 @@ def case_id(case):
     return "-".join(str(p) for p in parts)
 
 
-def run_library(p, training=True):
-    """fusedlstm forward (+ backward when p.upstream is given) -> dict of arrays."""
-    res = fusedlstm.lstm_forward(*p.args, **p.kwargs, training=training)
+def run_library(p, training=True, backend=None):
+    """fusedlstm forward (+ backward when p.upstream is given) on `backend`
+    (None: the CPU) -> dict of numpy arrays."""
+    to = backend.to if backend else (lambda a: a)
+    res = fusedlstm.lstm_forward(*to(p.args), **to(p.kwargs), training=training)
     out = {k: getattr(res, k) for k in OUTPUTS}
     if p.upstream is not None:
-        grads = fusedlstm.lstm_backward(res, **p.upstream)
+        grads = fusedlstm.lstm_backward(res, **to(p.upstream))
         out.update({k: getattr(grads, k) for k in GRADS})
-    return out
+    return backend.numpy(out) if backend else out
 
 
-def run_cell(p):
+def run_cell(p, backend=None):
+    to = backend.to if backend else (lambda a: a)
     x, w_ih, w_hh = p.args
-    h_new, c_new = fusedlstm.lstm_cell(x[0], p.kwargs["h0"], p.kwargs["c0"], w_ih, w_hh,
-                                       p.kwargs["b_ih"], p.kwargs["b_hh"])
-    return {"h_n": h_new, "c_n": c_new}
+    h_new, c_new = fusedlstm.lstm_cell(*to((x[0], p.kwargs["h0"], p.kwargs["c0"], w_ih, w_hh,
+                                            p.kwargs["b_ih"], p.kwargs["b_hh"])))
+    out = {"h_n": h_new, "c_n": c_new}
+    return backend.numpy(out) if backend else out
 
 
 def assert_bitwise_equal(a, b, what):
@@ -116,7 +123,7 @@ def time_major(a, batch_first):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", CASES, ids=case_id)
-def test_matches_reference(case, dtype, isa, make_problem, reference_outputs, policy, threads):
+def test_matches_reference(case, dtype, backend, isa, make_problem, reference_outputs, policy, threads):
     case = dict(case)
     is_cell = case["mode"] == CELL
     if is_cell:
@@ -126,13 +133,14 @@ def test_matches_reference(case, dtype, isa, make_problem, reference_outputs, po
     before = snapshot(p)
 
     results = {}
-    for n in (1, 2):
+    for n in (1, 2) if backend.name != "cuda" else (1,):
         with threads(n):
-            results[n] = run_cell(p) if is_cell else run_library(p, training=p.upstream is not None)
+            results[n] = run_cell(p, backend) if is_cell else run_library(p, p.upstream is not None, backend)
 
     names = ("h_n", "c_n") if is_cell else None  # None: every output of the reference
     policy.check_all(results[1], ref64, plain32, dtype=dtype, names=names)
-    assert_bitwise_equal(results[1], results[2], "1 and 2 threads")
+    if 2 in results:
+        assert_bitwise_equal(results[1], results[2], "1 and 2 threads")
     for original, copy in before:
         assert np.array_equal(original, copy), "the library modified an input array"
 
@@ -164,11 +172,11 @@ INFERENCE_CASES = [
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", INFERENCE_CASES, ids=case_id)
-def test_inference_forward_matches_reference(case, dtype, isa, num_threads, make_problem,
+def test_inference_forward_matches_reference(case, dtype, backend, isa, num_threads, make_problem,
                                              reference_outputs, policy):
     p = make_problem(**case, dtype=dtype, upstream="none")
     ref64, plain32 = reference_outputs(p.args, p.kwargs, dtype=dtype)
-    policy.check_all(run_library(p, training=False), ref64, plain32, dtype=dtype)
+    policy.check_all(run_library(p, False, backend), ref64, plain32, dtype=dtype)
 
 
 # --------------------------------------------------------------------------------------
@@ -217,7 +225,7 @@ NONCONTIG_CASES = [
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", NONCONTIG_CASES, ids=case_id)
-def test_noncontiguous_inputs(case, dtype, isa, make_problem, reference_outputs, policy):
+def test_noncontiguous_inputs(case, dtype, backend, isa, make_problem, reference_outputs, policy):
     case = dict(case)
     is_cell = case["mode"] == CELL
     if is_cell:
@@ -237,21 +245,23 @@ def test_noncontiguous_inputs(case, dtype, isa, make_problem, reference_outputs,
     nc_kwargs = {k: convert(k, v) if k in NONCONTIG else v for k, v in p.kwargs.items()}
     nc_up = None if p.upstream is None else {k: convert(k, v) for k, v in p.upstream.items()}
 
+    to = backend.to
     if is_cell:
-        ref = run_cell(p)
+        ref = run_cell(p, backend)
         _, w_ih, w_hh = nc_args
         # for the cell x is (B, I): a non-contiguous 2-D view
-        h_new, c_new = fusedlstm.lstm_cell(convert("x", p.args[0][0]),
-                                           nc_kwargs["h0"], nc_kwargs["c0"], w_ih, w_hh,
-                                           nc_kwargs["b_ih"], nc_kwargs["b_hh"])
-        got = {"h_n": h_new, "c_n": c_new}
+        h_new, c_new = fusedlstm.lstm_cell(*to((convert("x", p.args[0][0]), nc_kwargs["h0"], nc_kwargs["c0"],
+                                                w_ih, w_hh, nc_kwargs["b_ih"], nc_kwargs["b_hh"])))
+        got = backend.numpy({"h_n": h_new, "c_n": c_new})
     else:
-        ref = run_library(p)
-        res = fusedlstm.lstm_forward(*nc_args, **nc_kwargs, training=True)
-        grads = fusedlstm.lstm_backward(res, **nc_up)
+        ref = run_library(p, True, backend)
+        res = fusedlstm.lstm_forward(*to(nc_args), **to(nc_kwargs), training=True)
+        grads = fusedlstm.lstm_backward(res, **to(nc_up))
         got = {k: getattr(res, k) for k in OUTPUTS}
         got.update({k: getattr(grads, k) for k in GRADS})
-    assert_bitwise_equal(got, ref, "non-contiguous and contiguous inputs")
+        got = backend.numpy(got)
+    if backend.name != "cuda":  # a GPU may sum in another order for another layout
+        assert_bitwise_equal(got, ref, "non-contiguous and contiguous inputs")
     # and (in case both are wrong the same way) against the reference
     ref64, plain32 = reference_outputs(p.args, p.kwargs, p.upstream, dtype=dtype)
     policy.check_all(got, ref64, plain32, dtype=dtype, names=list(got))
@@ -317,7 +327,7 @@ def test_non_native_byte_order_matches_native(rng):
 
 
 @pytest.mark.parametrize("mode", ["many_to_many", "one_to_many"])
-def test_backward_unaffected_by_inputs_changed_after_forward(mode, rng):
+def test_backward_unaffected_by_inputs_changed_after_forward(mode, backend, rng):
     """The training result keeps its own copies: changing the caller's arrays
     between forward and backward must not change the gradients."""
     T, B, I, H = 5, 3, 7, 6
@@ -326,15 +336,17 @@ def test_backward_unaffected_by_inputs_changed_after_forward(mode, rng):
     w_hh = 0.3 * rng.standard_normal((4 * H, H))
     h0 = rng.standard_normal((B, H))
     kw = dict(mode=mode, steps=T) if mode == "one_to_many" else {}
+    x, w_ih, w_hh, h0 = backend.to((x, w_ih, w_hh, h0))
     res = fusedlstm.lstm_forward(x, w_ih, w_hh, h0=h0, training=True, **kw)
-    dy = rng.standard_normal(res.y.shape)
-    expected = fusedlstm.lstm_backward(res, dy=dy)
+    dy = backend.to(rng.standard_normal(tuple(res.y.shape)))
+    grads = fusedlstm.lstm_backward(res, dy=dy)
+    expected = {k: backend.numpy(getattr(grads, k)) for k in ("dx", "dh0", "dc0", "dw_ih", "dw_hh")}
     res2 = fusedlstm.lstm_forward(x, w_ih, w_hh, h0=h0, training=True, **kw)
     for a in (x, w_ih, w_hh, h0):
         a *= -3.0
     got = fusedlstm.lstm_backward(res2, dy=dy)
-    for name in ("dx", "dh0", "dc0", "dw_ih", "dw_hh"):
-        assert np.array_equal(getattr(got, name), getattr(expected, name)), name
+    for name in expected:
+        assert np.array_equal(backend.numpy(getattr(got, name)), expected[name]), name
 
 
 # Hidden sizes below, at and above every SIMD width (4 generic, 4/8 AVX2, 8/16 AVX-512),
@@ -342,11 +354,12 @@ def test_backward_unaffected_by_inputs_changed_after_forward(mode, rng):
 NONFINITE_HIDDEN = [1, 3, 5, 8, 13, 16, 17]
 
 
+@pytest.mark.backends("cpu", "cuda-emulated", "cuda")  # the kernels' NaN / Inf handling, not the array path's
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("H", NONFINITE_HIDDEN)
 @pytest.mark.parametrize("where", ["x", "w_ih", "w_hh", "b_ih", "h0", "c0"])
 @pytest.mark.parametrize("mode", [M2M, M2O, CELL])
-def test_nonfinite_inputs_match_reference(mode, where, H, dtype, isa, make_problem, reference_outputs,
+def test_nonfinite_inputs_match_reference(mode, where, H, dtype, backend, isa, make_problem, reference_outputs,
                                           policy):
     """An Inf / NaN in one input spreads exactly as in the reference, whatever
     the SIMD width: the padded lanes of the last hidden block (H not a multiple
@@ -359,7 +372,7 @@ def test_nonfinite_inputs_match_reference(mode, where, H, dtype, isa, make_probl
                 p.inputs[where].flat[p.inputs[where].size // 2] = value
                 with np.errstate(all="ignore"):
                     ref64, plain32 = reference_outputs(p.args, p.kwargs, dtype=dtype)
-                policy.check_all(run_cell(p), ref64, plain32, dtype=dtype, names=("h_n", "c_n"),
+                policy.check_all(run_cell(p, backend), ref64, plain32, dtype=dtype, names=("h_n", "c_n"),
                                  prefix=f"B={B}, {where}[...]={value}: ")
             continue
         # No lengths: at padded steps the reference multiplies zero gate
@@ -369,4 +382,97 @@ def test_nonfinite_inputs_match_reference(mode, where, H, dtype, isa, make_probl
         p.inputs[where].flat[p.inputs[where].size // 2] = value
         with np.errstate(all="ignore"):
             ref64, plain32 = reference_outputs(p.args, p.kwargs, p.upstream, dtype=dtype)
-        policy.check_all(run_library(p), ref64, plain32, dtype=dtype, prefix=f"{where}[...]={value}: ")
+        policy.check_all(run_library(p, True, backend), ref64, plain32, dtype=dtype,
+                         prefix=f"{where}[...]={value}: ")
+
+
+def test_backend_runs_where_it_says(backend, rng):
+    """The backend fixture's calls reach the device it names: the training
+    state lives there (a cuda-emulated run that silently ran on the CPU would
+    make every parity test above a second CPU test)."""
+    x, w_ih, w_hh = backend.to((rng.standard_normal((3, 2, 4)), rng.standard_normal((20, 4)),
+                                rng.standard_normal((20, 5))))
+    res = fusedlstm.lstm_forward(x, w_ih, w_hh, training=True)
+    expected = fusedlstm._core.DEVICE_CUDA if backend.is_cuda else fusedlstm._core.DEVICE_CPU
+    assert res._state.device_type == expected
+    if backend.is_cuda:
+        assert fusedlstm._core.cuda_info("last_forward_path") in ("persistent", "fallback")
+
+
+# --------------------------------------------------------------------------------------
+# projection (w_hr) and the reverse direction of the single-sequence API
+# --------------------------------------------------------------------------------------
+def _stack_reference(x_tm, w, h0, c0, lengths, reverse, upstream, dtype):
+    """The stack reference (fusedlstm.reference) run as one direction: the
+    reverse one is direction 1 of a bidirectional layer whose forward
+    direction gets no upstream gradient (so it adds nothing to dx)."""
+    from fusedlstm import reference as R
+    D = 2 if reverse else 1
+    d = D - 1
+    R_ = w["w_hh"].shape[1]
+    H = w["w_hh"].shape[0] // 4
+    T, B, _ = x_tm.shape
+    zeros = lambda *s: np.zeros(s)  # noqa: E731
+    h0s, c0s = zeros(D, B, R_), zeros(D, B, H)
+    h0s[d], c0s[d] = h0, c0
+    res = R.stack_forward(x_tm, [w] * D, h0s, c0s, bidirectional=reverse, lengths=lengths, dtype=dtype)
+    out = dict(y=res.y[:, :, d * R_:], h_n=res.h_n[d], c_n=res.c_n[d])
+    dy, dh, dc = zeros(T, B, D * R_), zeros(D, B, R_), zeros(D, B, H)
+    dy[:, :, d * R_:] = upstream["dy"]
+    dh[d], dc[d] = upstream["dh_n"], upstream["dc_n"]
+    g = R.stack_backward(res, dy=dy, dh_n=dh, dc_n=dc)
+    cell = g["cells"][d]
+    out.update(dx=g["dx"], dh0=g["dh0"][d], dc0=g["dc0"][d], dw_ih=cell["w_ih"], dw_hh=cell["w_hh"],
+               db_ih=cell["b"], db_hh=cell["b"])
+    if "w_hr" in cell:
+        out["dw_hr"] = cell["w_hr"]
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode", [M2M, M2O])
+@pytest.mark.parametrize("proj, reverse, lengths, batch_first", [
+    (True, False, False, False), (True, False, True, True), (False, True, True, False),
+    (True, True, True, True), (True, True, False, False), (False, True, False, True),
+], ids=["proj", "proj-lengths-bf", "reverse-lengths", "proj-reverse-lengths-bf", "proj-reverse", "reverse-bf"])
+def test_projection_and_reverse_match_reference(proj, reverse, lengths, batch_first, mode, dtype, backend,
+                                                rng, policy):
+    T, B, I, H = 5, 4, 3, 9
+    R_ = 4 if proj else H
+    s = 1.2 / np.sqrt(H)
+    w = dict(w_ih=rng.uniform(-s, s, (4 * H, I)), w_hh=rng.uniform(-s, s, (4 * H, R_)),
+             b_ih=rng.uniform(-0.5, 0.5, 4 * H), b_hh=rng.uniform(-0.5, 0.5, 4 * H))
+    if proj:
+        w["w_hr"] = rng.uniform(-s, s, (R_, H))
+    x_tm = rng.standard_normal((T, B, I))
+    h0, c0 = 0.5 * rng.standard_normal((B, R_)), rng.standard_normal((B, H))
+    lens = None
+    if lengths:
+        lens = rng.integers(1, T + 1, B)
+        lens[1] = 1
+    ups = dict(dy=rng.standard_normal((T, B, R_)), dh_n=rng.standard_normal((B, R_)),
+               dc_n=rng.standard_normal((B, H)))
+    if mode == M2O:  # the gradient of y (= h_n) is added to dh_n's
+        ups_ref = dict(ups, dy=np.zeros((T, B, R_)), dh_n=2 * ups["dh_n"])
+    else:
+        ups_ref = ups
+    cast = lambda a: None if a is None else np.asarray(a, dtype)  # noqa: E731
+    w, x_tm, h0, c0 = {k: cast(v) for k, v in w.items()}, cast(x_tm), cast(h0), cast(c0)
+    ref64 = _stack_reference(x_tm, w, h0, c0, lens, reverse, ups_ref, np.float64)
+    plain = None if dtype == np.float64 else _stack_reference(x_tm, w, h0, c0, lens, reverse, ups_ref, np.float32)
+    bf = (lambda a: a.swapaxes(0, 1)) if batch_first else (lambda a: a)
+    for table in (ref64, plain):
+        if table is not None:
+            table["y"] = table["h_n"] if mode == M2O else bf(table["y"])
+            table["dx"] = bf(table["dx"])
+
+    to = backend.to
+    res = fusedlstm.lstm_forward(*to((bf(x_tm), w["w_ih"], w["w_hh"], w["b_ih"], w["b_hh"], h0, c0)),
+                                 w_hr=to(w.get("w_hr")), reverse=reverse, lengths=to(lens), mode=mode,
+                                 batch_first=batch_first, training=True)
+    up = dict(ups, dy=ups["dh_n"] if mode == M2O else bf(ups["dy"]))
+    grads = fusedlstm.lstm_backward(res, **to({k: cast(v) for k, v in up.items()}))
+    got = {k: getattr(res, k) for k in OUTPUTS}
+    got.update({k: getattr(grads, k) for k in GRADS + (("dw_hr",) if proj else ())})
+    assert (grads.dw_hr is None) == (not proj)
+    policy.check_all(backend.numpy(got), ref64, plain, dtype=dtype)

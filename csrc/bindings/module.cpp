@@ -1,35 +1,79 @@
-// pybind11 module fusedlstm._core: thin. The Python layer (fusedlstm/api.py,
-// layers.py, torch.py) checks arguments and lays arrays out; this file fills
-// the C params, releases the GIL around the kernels, and turns a failed status
-// into a Python exception. It still refuses any array whose dtype, layout or
-// size is not what fusedlstm.h documents for it (see the accessors below):
-// the C API reads raw pointers and cannot tell.
+// pybind11 module fusedlstm._core: the one C API of fusedlstm.h, thin. The
+// Python layer (fusedlstm/_host.py, _device.py, layers.py, torch.py) checks
+// arguments and lays arrays out; this file fills the C params (the device of
+// every call included), releases the GIL around the kernels, and turns a
+// failed status into a Python exception. Every kernel call takes keyword-only
+// arguments (BINDING_SPEC.md).
+//
+// An array argument is None (NULL), a numpy array (host memory), or an int (a
+// device pointer, CUDA only). The binding still refuses any numpy array whose
+// dtype, layout or size is not what fusedlstm.h documents for it (see the
+// accessors below): the C API reads raw pointers and cannot tell. Device
+// pointers carry no shape: the Python layer checked them.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cstdint>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "status_to_python.h"
 #include "fusedlstm/fusedlstm.h"
+#include "fusedlstm/fusedlstm_cuda.h"
+
+// The CUDA addendum's entry points the C API defines (declared here as well:
+// the two below are newer than some fusedlstm_cuda.h).
+extern "C" {
+const char* fl_cuda_backend_name(void);
+int fl_cuda_backend_host_memory(void);
+}
+
+// TEMPORARY (until the C API of csrc/capi/ defines them): weak stand-ins, so
+// that the binding links against a C API without CUDA dispatch.
+extern "C" {
+__attribute__((weak)) int fl_cuda_device_count(const char** why) {
+  if (why) *why = "this build's C API has no CUDA dispatch";
+  return 0;
+}
+__attribute__((weak)) const char* fl_cuda_build_archs(void) { return ""; }
+__attribute__((weak)) const char* fl_cuda_path(void) { return ""; }
+__attribute__((weak)) const char* fl_cuda_last_forward_path(void) { return ""; }
+__attribute__((weak)) const char* fl_cuda_last_backward_path(void) { return ""; }
+__attribute__((weak)) const char* fl_cuda_backend_name(void) { return ""; }
+__attribute__((weak)) int fl_cuda_backend_host_memory(void) { return 0; }
+}
 
 namespace py = pybind11;
 
 namespace {
 
-// Owns the saved activations of a training forward, and remembers the
-// forward's sizes so that backward can check the arrays it is given.
-struct TrainingState {
-  fl_training_state* state = nullptr;
-  fl_dtype dtype = FL_FLOAT32;
-  int mode = 0;
-  int64_t T = 0, B = 0, I = 0, H = 0;
-  ~TrainingState() { fl_training_state_free(state); }
-};
+using Strides = std::tuple<int64_t, int64_t>;  // (stride_t, stride_b) in elements
 
-// ---- arrays. Every array reaches the C API as a bare pointer, read in the
+// ---- the device of a call
+fl_device device_of(int device_type, int device_index, std::uintptr_t stream, bool allow_tf32) {
+  fl_device d{};
+  fusedlstm_bindings::store_enum(d.type, device_type);
+  d.index = device_index;
+  d.stream = reinterpret_cast<void*>(stream);
+  d.allow_tf32 = allow_tf32 ? 1 : 0;
+  return d;
+}
+
+// Whether the loaded CUDA backend's "device" memory is host memory (the CPU
+// emulation). Loads the backend first when no call has yet.
+bool cuda_backend_host_memory() {
+  if (*fl_cuda_backend_name() == '\0') {
+    const char* why = nullptr;
+    fl_cuda_device_count(&why);
+  }
+  return fl_cuda_backend_host_memory() != 0;
+}
+
+// ---- arrays. A numpy array reaches the C API as a bare pointer, read in the
 // layout fusedlstm.h documents: "dense" (C-contiguous) for weights, biases,
 // states, masks, lengths, reserves and cell arrays; "rows" (last axis
 // contiguous, the other strides passed) for x, y, dy and dx. An array with
@@ -51,75 +95,153 @@ int64_t elements(std::initializer_list<int64_t> dims) {
   return n;
 }
 
-py::array checked(const py::object& obj, const std::string& name, const py::dtype& dtype, int64_t count,
-                  Layout layout) {
-  if (!py::isinstance<py::array>(obj))  // no conversion: a temporary's pointer would dangle
-    throw py::type_error(name + " must be a numpy array, got " + describe(py::type::of(obj)));
-  const auto a = py::reinterpret_borrow<py::array>(obj);
-  if (!a.dtype().equal(dtype))
-    throw py::type_error(name + " has dtype " + describe(a.dtype()) + " but the call works in " + describe(dtype));
-  if (count >= 0 && a.size() != count)
-    throw py::value_error(name + " must have " + std::to_string(count) + " elements, got " +
-                          std::to_string(a.size()));
-  if (!(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
-    throw py::value_error(name + " is not aligned to its dtype");
-  if (layout == Layout::dense) {
-    if (!(a.flags() & py::array::c_style))
-      throw py::value_error(name + " must be C-contiguous (row-major, no gaps); make it so first "
-                                   "(numpy.ascontiguousarray)");
-  } else {
-    const auto item = a.itemsize();
-    bool ok = a.ndim() >= 1 && (a.strides(a.ndim() - 1) == item || a.shape(a.ndim() - 1) <= 1);
-    for (py::ssize_t k = 0; k < a.ndim(); ++k) ok = ok && a.strides(k) % item == 0;
-    if (!ok)
-      throw py::value_error(name + " must have a contiguous last axis and strides that are whole elements");
-  }
-  return a;
-}
-
-const void* in(const py::object& obj, const std::string& name, const py::dtype& dtype, int64_t count,
-               Layout layout = Layout::dense) {
-  return obj.is_none() ? nullptr : checked(obj, name, dtype, count, layout).data();
-}
-
-void* writable(py::array a, const std::string& name) {
-  if (!a.writeable()) throw py::value_error(name + " (an output) is read-only");
-  return a.mutable_data();
-}
-
-void* out(const py::object& obj, const std::string& name, const py::dtype& dtype, int64_t count,
-          Layout layout = Layout::dense) {
-  return obj.is_none() ? nullptr : writable(checked(obj, name, dtype, count, layout), name);
-}
-
 int64_t stride_of(const py::array& a, int axis) { return a.strides(axis) / a.itemsize(); }
 
-// A "rows" array of the single-layer calls, which pass its strides in
-// elements: they must be the array's own, over T x B rows of K elements
-// (shape (T, B, K) or (B, T, K)), or over B rows of a 2-D (B, K) array.
-py::array strided_rows(const py::object& obj, const std::string& name, const py::dtype& dtype, int64_t T,
-                       int64_t B, int64_t K, int64_t st, int64_t sb, bool two_d) {
-  const int64_t count = two_d ? elements({B, K}) : elements({T, B, K});
-  const auto a = checked(obj, name, dtype, count, Layout::rows);
-  if (count < 0) return a;  // a size below 1: the C API refuses it, naming the size
-  const auto is = [&](int axis, int64_t n, int64_t s) { return a.shape(axis) == n && stride_of(a, axis) == s; };
-  const bool ok = two_d ? a.ndim() == 2 && is(0, B, sb)
-                        : a.ndim() == 3 && ((is(0, T, st) && is(1, B, sb)) || (is(0, B, sb) && is(1, T, st)));
-  if (!ok) throw py::value_error(name + ": the strides passed with it are not its own");
-  return a;
+std::string dtype_name(fl_dtype d) {
+  switch (d) {
+    case FL_FLOAT32: return "FLOAT32";
+    case FL_FLOAT64: return "FLOAT64";
+    case FL_FLOAT16: return "FLOAT16";
+    case FL_BFLOAT16: return "BFLOAT16";
+  }
+  return std::to_string(int(d));
 }
 
-const void* rows_in(const py::object& obj, const std::string& name, const py::dtype& dtype, int64_t T,
-                    int64_t B, int64_t K, int64_t st, int64_t sb, bool two_d) {
-  return obj.is_none() ? nullptr : strided_rows(obj, name, dtype, T, B, K, st, sb, two_d).data();
-}
+// What the arrays of one call may be, and how each is checked.
+class Arrays {
+ public:
+  Arrays(fl_dtype dtype, const fl_device& device) : dtype_(dtype), device_(device) {}
 
-void* rows_out(const py::object& obj, const std::string& name, const py::dtype& dtype, int64_t T, int64_t B,
-               int64_t K, int64_t st, int64_t sb, bool two_d) {
-  return obj.is_none() ? nullptr : writable(strided_rows(obj, name, dtype, T, B, K, st, sb, two_d), name);
-}
+  fl_dtype dtype() const { return dtype_; }
 
-py::dtype numpy_dtype(fl_dtype d) { return d == FL_FLOAT64 ? py::dtype::of<double>() : py::dtype::of<float>(); }
+  // A numpy array of the call's dtype, or of `element` (int64 lengths, uint8 reserves).
+  const void* in(const py::object& obj, const std::string& name, int64_t count, Layout layout = Layout::dense,
+                 const std::optional<py::dtype>& element = std::nullopt) const {
+    if (const auto ptr = pointer(obj, name)) return *ptr;
+    return checked(obj, name, count, layout, element).data();
+  }
+  void* out(const py::object& obj, const std::string& name, int64_t count, Layout layout = Layout::dense,
+            const std::optional<py::dtype>& element = std::nullopt) const {
+    if (const auto ptr = pointer(obj, name)) return *ptr;
+    return writable(checked(obj, name, count, layout, element), name);
+  }
+  const int64_t* lengths(const py::object& obj, int64_t B) const {
+    return static_cast<const int64_t*>(in(obj, "lengths", elements({B}), Layout::dense, py::dtype::of<int64_t>()));
+  }
+
+  // A "rows" array whose strides are passed in elements: they must be the
+  // array's own, over T x B rows of K elements (shape (T, B, K) or (B, T, K)),
+  // or over B rows of a 2-D (B, K) array.
+  const void* rows_in(const py::object& obj, const std::string& name, int64_t T, int64_t B, int64_t K,
+                      const Strides& s, bool two_d) const {
+    if (const auto ptr = pointer(obj, name)) return *ptr;
+    return strided_rows(obj, name, T, B, K, s, two_d).data();
+  }
+  void* rows_out(const py::object& obj, const std::string& name, int64_t T, int64_t B, int64_t K,
+                 const Strides& s, bool two_d) const {
+    if (const auto ptr = pointer(obj, name)) return *ptr;
+    return writable(strided_rows(obj, name, T, B, K, s, two_d), name);
+  }
+
+ private:
+  // nullptr for None, the address for an int (a device pointer), nothing for
+  // an array to check.
+  std::optional<void*> pointer(const py::object& obj, const std::string& name) const {
+    if (obj.is_none()) return nullptr;
+    if (!py::isinstance<py::int_>(obj) || py::isinstance<py::bool_>(obj)) {
+      if (!py::isinstance<py::array>(obj))  // no conversion: a temporary's pointer would dangle
+        throw py::type_error(name + " must be a numpy array, a device pointer (int) or None, got " +
+                             describe(py::type::of(obj)));
+      if (device_.type == FL_DEVICE_CUDA && !host_memory())
+        throw py::type_error(name + " is a numpy array (host memory) but the call runs on CUDA device " +
+                             std::to_string(device_.index) + ": pass a device pointer");
+      return std::nullopt;
+    }
+    if (device_.type != FL_DEVICE_CUDA)
+      throw py::type_error(name + " is an int (a device pointer) but the call runs on the CPU "
+                                  "(device_type=DEVICE_CPU): pass a numpy array");
+    const unsigned long long v = PyLong_AsUnsignedLongLong(obj.ptr());
+    if (PyErr_Occurred()) {
+      PyErr_Clear();
+      throw py::value_error(name + " = " + describe(obj) + " is not a device pointer (an int in [0, 2**64))");
+    }
+    return reinterpret_cast<void*>(static_cast<std::uintptr_t>(v));
+  }
+
+  bool host_memory() const {
+    if (!host_memory_) host_memory_ = cuda_backend_host_memory();
+    return *host_memory_;
+  }
+
+  py::dtype numpy_dtype(const std::string& name) const {
+    switch (dtype_) {
+      case FL_FLOAT32: return py::dtype::of<float>();
+      case FL_FLOAT64: return py::dtype::of<double>();
+      case FL_FLOAT16: return py::dtype("float16");
+      case FL_BFLOAT16:
+        throw py::type_error(name + ": bfloat16 has no numpy dtype; pass bfloat16 arrays as device pointers");
+    }
+    throw py::value_error("dtype = " + std::to_string(int(dtype_)) +
+                          " is not one of FLOAT32 (0), FLOAT64 (1), FLOAT16 (2), BFLOAT16 (3)");
+  }
+
+  py::array checked(const py::object& obj, const std::string& name, int64_t count, Layout layout,
+                    const std::optional<py::dtype>& element) const {
+    const auto a = py::reinterpret_borrow<py::array>(obj);
+    const py::dtype dtype = element ? *element : numpy_dtype(name);
+    // equal(), not is(): an unpickled array carries its own dtype instance.
+    if (!a.dtype().equal(dtype))
+      throw py::type_error(name + " has dtype " + describe(a.dtype()) + " but the call works in " +
+                           (element ? describe(dtype) : describe(dtype) + " (dtype=" + dtype_name(dtype_) + ")"));
+    if (count >= 0 && a.size() != count)
+      throw py::value_error(name + " must have " + std::to_string(count) + " elements, got " +
+                            std::to_string(a.size()));
+    if (!(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
+      throw py::value_error(name + " is not aligned to its dtype");
+    if (layout == Layout::dense) {
+      if (!(a.flags() & py::array::c_style))
+        throw py::value_error(name + " must be C-contiguous (row-major, no gaps); make it so first "
+                                     "(numpy.ascontiguousarray)");
+    } else {
+      const auto item = a.itemsize();
+      bool ok = a.ndim() >= 1 && (a.strides(a.ndim() - 1) == item || a.shape(a.ndim() - 1) <= 1);
+      for (py::ssize_t k = 0; k < a.ndim(); ++k) ok = ok && a.strides(k) % item == 0;
+      if (!ok)
+        throw py::value_error(name + " must have a contiguous last axis and strides that are whole elements");
+    }
+    return a;
+  }
+
+  py::array strided_rows(const py::object& obj, const std::string& name, int64_t T, int64_t B, int64_t K,
+                         const Strides& s, bool two_d) const {
+    const auto [st, sb] = s;
+    const int64_t count = two_d ? elements({B, K}) : elements({T, B, K});
+    const auto a = checked(obj, name, count, Layout::rows, std::nullopt);
+    if (count < 0) return a;  // a size below 1: the C API refuses it, naming the size
+    const auto is = [&](int axis, int64_t n, int64_t stride) {
+      return a.shape(axis) == n && stride_of(a, axis) == stride;
+    };
+    const bool ok = two_d ? a.ndim() == 2 && is(0, B, sb)
+                          : a.ndim() == 3 && ((is(0, T, st) && is(1, B, sb)) || (is(0, B, sb) && is(1, T, st)));
+    if (!ok) throw py::value_error(name + ": the strides passed with it are not its own");
+    return a;
+  }
+
+  static void* writable(py::array a, const std::string& name) {
+    if (!a.writeable()) throw py::value_error(name + " (an output) is read-only");
+    return a.mutable_data();
+  }
+
+  fl_dtype dtype_;
+  fl_device device_;
+  mutable std::optional<bool> host_memory_;
+};
+
+fl_dtype dtype_code(int code) {
+  fl_dtype d;
+  fusedlstm_bindings::store_enum(d, code);
+  return d;
+}
 
 void check(fl_status status) {
   fusedlstm_bindings::raise_for_status(status, fl_last_error(), "fusedlstm error: ");
@@ -157,7 +279,7 @@ class InterruptibleCall {
 };
 
 template <class Call>
-fl_status without_gil(Call&& call) {
+void run(Call&& call) {
   fl_status status;
   {
     const InterruptibleCall interruptible;
@@ -169,133 +291,136 @@ fl_status without_gil(Call&& call) {
     PyErr_SetString(PyExc_KeyboardInterrupt, fl_last_error());
     throw py::error_already_set();
   }
-  return status;
+  check(status);
 }
 
-fl_dtype dtype_of(const py::array& a) {
-  // equal(), not is(): an unpickled array carries its own dtype instance.
-  if (a.dtype().equal(py::dtype::of<float>())) return FL_FLOAT32;
-  if (a.dtype().equal(py::dtype::of<double>())) return FL_FLOAT64;
-  throw py::type_error("internal: unsupported dtype reached the core");
-}
+// ---- single sequence
 
-std::shared_ptr<TrainingState> forward(const py::array& x, const py::array& w_ih, const py::array& w_hh,
-                                       const py::object& b_ih, const py::object& b_hh, const py::object& h0,
-                                       const py::object& c0, int mode, int feed, int64_t T, int64_t B,
-                                       int64_t I, int64_t H, const py::object& lengths, int64_t x_stride_t,
-                                       int64_t x_stride_b, const py::object& y, int64_t y_stride_t,
-                                       int64_t y_stride_b, const py::array& h_n, const py::array& c_n,
-                                       bool training) {
+// Owns the saved activations of a training forward, and remembers the
+// forward's sizes and device so that backward can check the arrays it is
+// given and run where the forward ran.
+struct TrainingState {
+  fl_training_state* state = nullptr;
+  fl_dtype dtype = FL_FLOAT32;
+  fl_device device{};
+  int mode = 0;
+  int64_t T = 0, B = 0, I = 0, H = 0, proj_size = 0;
+  int64_t hout() const { return proj_size > 0 ? proj_size : H; }
+  ~TrainingState() { fl_training_state_free(state); }
+};
+
+std::shared_ptr<TrainingState> forward(const py::object& x, const Strides& x_strides, const py::object& w_ih,
+                                       const py::object& w_hh, const py::object& w_hr, const py::object& b_ih,
+                                       const py::object& b_hh, const py::object& h0, const py::object& c0,
+                                       const py::object& lengths, const py::object& y, const Strides& y_strides,
+                                       const py::object& h_n, const py::object& c_n, int mode, int feed,
+                                       int64_t T, int64_t B, int64_t I, int64_t H, int64_t proj_size,
+                                       bool reverse, bool training, int dtype, int device_type,
+                                       int device_index, std::uintptr_t stream, bool allow_tf32) {
   fl_forward_params p{};
-  p.dtype = dtype_of(x);
-  const py::dtype d = numpy_dtype(p.dtype);
+  p.dtype = dtype_code(dtype);
+  p.device = device_of(device_type, device_index, stream, allow_tf32);
+  const Arrays a(p.dtype, p.device);
   fusedlstm_bindings::store_enum(p.mode, mode);
   fusedlstm_bindings::store_enum(p.feed, feed);
-  p.T = T, p.B = B, p.I = I, p.H = H;
-  p.x = rows_in(x, "x", d, T, B, I, x_stride_t, x_stride_b, mode == FL_ONE_TO_MANY);
-  p.x_stride_t = x_stride_t, p.x_stride_b = x_stride_b;
-  p.w_ih = in(w_ih, "w_ih", d, elements({4, H, I})), p.w_hh = in(w_hh, "w_hh", d, elements({4, H, H}));
-  p.b_ih = in(b_ih, "b_ih", d, elements({4, H})), p.b_hh = in(b_hh, "b_hh", d, elements({4, H}));
-  p.h0 = in(h0, "h0", d, elements({B, H})), p.c0 = in(c0, "c0", d, elements({B, H}));
-  p.lengths = static_cast<const int64_t*>(in(lengths, "lengths", py::dtype::of<int64_t>(), elements({B})));
-  p.y = rows_out(y, "y", d, T, B, H, y_stride_t, y_stride_b, false);
-  p.y_stride_t = y_stride_t, p.y_stride_b = y_stride_b;
-  p.h_n = out(h_n, "h_n", d, elements({B, H})), p.c_n = out(c_n, "c_n", d, elements({B, H}));
+  p.T = T, p.B = B, p.I = I, p.H = H, p.proj_size = proj_size;
+  p.reverse = reverse ? 1 : 0;
+  const int64_t hout = proj_size > 0 ? proj_size : H;
+  p.x = a.rows_in(x, "x", T, B, I, x_strides, mode == FL_ONE_TO_MANY);
+  std::tie(p.x_stride_t, p.x_stride_b) = x_strides;
+  p.w_ih = a.in(w_ih, "w_ih", elements({4, H, I})), p.w_hh = a.in(w_hh, "w_hh", elements({4, H, hout}));
+  p.w_hr = proj_size > 0 ? a.in(w_hr, "w_hr", elements({proj_size, H})) : nullptr;
+  p.b_ih = a.in(b_ih, "b_ih", elements({4, H})), p.b_hh = a.in(b_hh, "b_hh", elements({4, H}));
+  p.h0 = a.in(h0, "h0", elements({B, hout})), p.c0 = a.in(c0, "c0", elements({B, H}));
+  p.lengths = a.lengths(lengths, B);
+  p.y = a.rows_out(y, "y", T, B, hout, y_strides, false);
+  std::tie(p.y_stride_t, p.y_stride_b) = y_strides;
+  p.h_n = a.out(h_n, "h_n", elements({B, hout})), p.c_n = a.out(c_n, "c_n", elements({B, H}));
   auto state = training ? std::make_shared<TrainingState>() : nullptr;
-  if (state) state->dtype = p.dtype, state->mode = mode, state->T = T, state->B = B, state->I = I, state->H = H;
+  if (state) {
+    state->dtype = p.dtype, state->device = p.device, state->mode = mode;
+    state->T = T, state->B = B, state->I = I, state->H = H, state->proj_size = proj_size;
+  }
   p.state_out = training ? &state->state : nullptr;
-  check(without_gil([&] { return fl_lstm_forward(&p); }));
+  run([&] { return fl_lstm_forward(&p); });
   return state;
 }
 
-void backward(const TrainingState& state, const py::object& dy, int64_t dy_stride_t, int64_t dy_stride_b,
-              const py::object& dh_n, const py::object& dc_n, const py::array& dx, int64_t dx_stride_t,
-              int64_t dx_stride_b, const py::array& dh0, const py::array& dc0, const py::array& dw_ih,
-              const py::array& dw_hh, const py::object& db) {
+void backward(const TrainingState& state, const py::object& dy, const Strides& dy_strides, const py::object& dh_n,
+              const py::object& dc_n, const py::object& dx, const Strides& dx_strides, const py::object& dh0,
+              const py::object& dc0, const py::object& dw_ih, const py::object& dw_hh, const py::object& db,
+              const py::object& dw_hr, std::uintptr_t stream) {
   fl_backward_params p{};
   p.state = state.state;
-  const py::dtype d = numpy_dtype(state.dtype);
-  const int64_t T = state.T, B = state.B, I = state.I, H = state.H;
-  p.dy = state.mode == FL_MANY_TO_ONE ? in(dy, "dy", d, elements({B, H}))
-                                      : rows_in(dy, "dy", d, T, B, H, dy_stride_t, dy_stride_b, false);
-  p.dy_stride_t = dy_stride_t, p.dy_stride_b = dy_stride_b;
-  p.dh_n = in(dh_n, "dh_n", d, elements({B, H})), p.dc_n = in(dc_n, "dc_n", d, elements({B, H}));
-  p.dx = rows_out(dx, "dx", d, T, B, I, dx_stride_t, dx_stride_b, state.mode == FL_ONE_TO_MANY);
-  p.dx_stride_t = dx_stride_t, p.dx_stride_b = dx_stride_b;
-  p.dh0 = out(dh0, "dh0", d, elements({B, H})), p.dc0 = out(dc0, "dc0", d, elements({B, H}));
-  p.dw_ih = out(dw_ih, "dw_ih", d, elements({4, H, I})), p.dw_hh = out(dw_hh, "dw_hh", d, elements({4, H, H}));
-  p.db = out(db, "db", d, elements({4, H}));
-  check(without_gil([&] { return fl_lstm_backward(&p); }));
+  p.device = state.device;
+  p.device.stream = reinterpret_cast<void*>(stream);
+  const Arrays a(state.dtype, p.device);
+  const int64_t T = state.T, B = state.B, I = state.I, H = state.H, R = state.proj_size, hout = state.hout();
+  p.dy = state.mode == FL_MANY_TO_ONE ? a.in(dy, "dy", elements({B, hout}))
+                                      : a.rows_in(dy, "dy", T, B, hout, dy_strides, false);
+  std::tie(p.dy_stride_t, p.dy_stride_b) = dy_strides;
+  p.dh_n = a.in(dh_n, "dh_n", elements({B, hout})), p.dc_n = a.in(dc_n, "dc_n", elements({B, H}));
+  p.dx = a.rows_out(dx, "dx", T, B, I, dx_strides, state.mode == FL_ONE_TO_MANY);
+  std::tie(p.dx_stride_t, p.dx_stride_b) = dx_strides;
+  p.dh0 = a.out(dh0, "dh0", elements({B, hout})), p.dc0 = a.out(dc0, "dc0", elements({B, H}));
+  p.dw_ih = a.out(dw_ih, "dw_ih", elements({4, H, I}));
+  p.dw_hh = a.out(dw_hh, "dw_hh", elements({4, H, hout}));
+  p.db = a.out(db, "db", elements({4, H}));
+  p.dw_hr = R > 0 ? a.out(dw_hr, "dw_hr", elements({R, H})) : nullptr;
+  run([&] { return fl_lstm_backward(&p); });
 }
 
-// The sizes of a single step, from x [B, I] and h [B, H].
-struct CellShape {
-  int64_t B, I, H;
-  CellShape(const py::array& x, const py::array& h) {
-    if (x.ndim() != 2 || h.ndim() != 2) throw py::value_error("x and h must be 2-D: [B, I] and [B, H]");
-    B = x.shape(0), I = x.shape(1), H = h.shape(1);
-  }
-  int64_t x() const { return elements({B, I}); }
-  int64_t state() const { return elements({B, H}); }
-  int64_t gates() const { return elements({B, 4, H}); }
-  int64_t w_ih() const { return elements({4, H, I}); }
-  int64_t w_hh() const { return elements({4, H, H}); }
-  int64_t bias() const { return elements({4, H}); }
-};
-
-// What both cell calls read alike: dtype, sizes, x, h, c and the weights.
+// ---- single step. What both cell calls read alike: dtype, device, sizes, x,
+// h, c and the weights.
 template <class Params>
-CellShape cell_inputs(Params& p, const py::array& x, const py::array& h, const py::array& c,
-                      const py::array& w_ih, const py::array& w_hh) {
-  p.dtype = dtype_of(x);
-  const py::dtype d = numpy_dtype(p.dtype);
-  const CellShape n(x, h);
-  p.B = n.B, p.I = n.I, p.H = n.H;
-  p.x = in(x, "x", d, n.x()), p.h = in(h, "h", d, n.state()), p.c = in(c, "c", d, n.state());
-  p.w_ih = in(w_ih, "w_ih", d, n.w_ih()), p.w_hh = in(w_hh, "w_hh", d, n.w_hh());
-  return n;
+Arrays cell_inputs(Params& p, const py::object& x, const py::object& h, const py::object& c,
+                   const py::object& w_ih, const py::object& w_hh, int64_t B, int64_t I, int64_t H, int dtype,
+                   int device_type, int device_index, std::uintptr_t stream, bool allow_tf32) {
+  p.dtype = dtype_code(dtype);
+  p.device = device_of(device_type, device_index, stream, allow_tf32);
+  const Arrays a(p.dtype, p.device);
+  p.B = B, p.I = I, p.H = H;
+  p.x = a.in(x, "x", elements({B, I})), p.h = a.in(h, "h", elements({B, H})), p.c = a.in(c, "c", elements({B, H}));
+  p.w_ih = a.in(w_ih, "w_ih", elements({4, H, I})), p.w_hh = a.in(w_hh, "w_hh", elements({4, H, H}));
+  return a;
 }
 
-void cell(const py::array& x, const py::array& h, const py::array& c, const py::array& w_ih,
-          const py::array& w_hh, const py::object& b_ih, const py::object& b_hh, const py::array& h_new,
-          const py::array& c_new, const py::object& acts) {
+void cell(const py::object& x, const py::object& h, const py::object& c, const py::object& w_ih,
+          const py::object& w_hh, const py::object& b_ih, const py::object& b_hh, const py::object& h_new,
+          const py::object& c_new, const py::object& acts, int64_t B, int64_t I, int64_t H, int dtype,
+          int device_type, int device_index, std::uintptr_t stream, bool allow_tf32) {
   fl_cell_params p{};
-  const CellShape n = cell_inputs(p, x, h, c, w_ih, w_hh);
-  const py::dtype d = numpy_dtype(p.dtype);
-  p.b_ih = in(b_ih, "b_ih", d, n.bias()), p.b_hh = in(b_hh, "b_hh", d, n.bias());
-  p.h_new = out(h_new, "h_new", d, n.state()), p.c_new = out(c_new, "c_new", d, n.state());
-  p.acts = out(acts, "acts", d, n.gates());
-  check(without_gil([&] { return fl_lstm_cell(&p); }));
+  const Arrays a = cell_inputs(p, x, h, c, w_ih, w_hh, B, I, H, dtype, device_type, device_index, stream,
+                               allow_tf32);
+  p.b_ih = a.in(b_ih, "b_ih", elements({4, H})), p.b_hh = a.in(b_hh, "b_hh", elements({4, H}));
+  p.h_new = a.out(h_new, "h_new", elements({B, H})), p.c_new = a.out(c_new, "c_new", elements({B, H}));
+  p.acts = a.out(acts, "acts", elements({B, 4, H}));
+  run([&] { return fl_lstm_cell(&p); });
 }
 
-void cell_backward(const py::array& x, const py::array& h, const py::array& c, const py::array& w_ih,
-                   const py::array& w_hh, const py::array& acts, const py::array& c_new, const py::object& dh_new,
-                   const py::object& dc_new, const py::array& dx, const py::array& dh, const py::array& dc,
-                   const py::array& dw_ih, const py::array& dw_hh, const py::object& db) {
+void cell_backward(const py::object& x, const py::object& h, const py::object& c, const py::object& w_ih,
+                   const py::object& w_hh, const py::object& acts, const py::object& c_new,
+                   const py::object& dh_new, const py::object& dc_new, const py::object& dx, const py::object& dh,
+                   const py::object& dc, const py::object& dw_ih, const py::object& dw_hh, const py::object& db,
+                   int64_t B, int64_t I, int64_t H, int dtype, int device_type, int device_index,
+                   std::uintptr_t stream, bool allow_tf32) {
   fl_cell_backward_params p{};
-  const CellShape n = cell_inputs(p, x, h, c, w_ih, w_hh);
-  const py::dtype d = numpy_dtype(p.dtype);
-  p.acts = in(acts, "acts", d, n.gates()), p.c_new = in(c_new, "c_new", d, n.state());
-  p.dh_new = in(dh_new, "dh_new", d, n.state()), p.dc_new = in(dc_new, "dc_new", d, n.state());
-  p.dx = out(dx, "dx", d, n.x()), p.dh = out(dh, "dh", d, n.state()), p.dc = out(dc, "dc", d, n.state());
-  p.dw_ih = out(dw_ih, "dw_ih", d, n.w_ih()), p.dw_hh = out(dw_hh, "dw_hh", d, n.w_hh());
-  p.db = out(db, "db", d, n.bias());
-  check(without_gil([&] { return fl_lstm_cell_backward(&p); }));
+  const Arrays a = cell_inputs(p, x, h, c, w_ih, w_hh, B, I, H, dtype, device_type, device_index, stream,
+                               allow_tf32);
+  p.acts = a.in(acts, "acts", elements({B, 4, H})), p.c_new = a.in(c_new, "c_new", elements({B, H}));
+  p.dh_new = a.in(dh_new, "dh_new", elements({B, H})), p.dc_new = a.in(dc_new, "dc_new", elements({B, H}));
+  p.dx = a.out(dx, "dx", elements({B, I}));
+  p.dh = a.out(dh, "dh", elements({B, H})), p.dc = a.out(dc, "dc", elements({B, H}));
+  p.dw_ih = a.out(dw_ih, "dw_ih", elements({4, H, I})), p.dw_hh = a.out(dw_hh, "dw_hh", elements({4, H, H}));
+  p.db = a.out(db, "db", elements({4, H}));
+  run([&] { return fl_lstm_cell_backward(&p); });
 }
 
-// ---- layer stacks. Arrays are laid out as fl_stack_params documents; the
-// 3-D ones ([T, B, K], last axis contiguous) give their strides here.
+// ---- layer stacks, laid out as fl_stack_params documents.
 
-// The sizes of a stack call (x [T, B, I] gives T, B and I) and the element
-// count of each of its arrays.
+// The sizes of a stack call and the element count of each of its arrays.
 struct StackShape {
-  py::dtype dtype;
   int64_t T, B, I, H, R, L, D;
-  StackShape(const py::array& x, int64_t H_, int64_t R_, int64_t L_, int64_t D_)
-      : dtype(numpy_dtype(dtype_of(x))), H(H_), R(R_), L(L_), D(D_) {
-    if (x.ndim() != 3) throw py::value_error("x must be 3-D: [T, B, I]");
-    T = x.shape(0), B = x.shape(1), I = x.shape(2);
-  }
   int64_t hout() const { return R > 0 ? R : H; }
   int64_t w_ih(int64_t cell) const { return cell < D ? elements({4, H, I}) : elements({4, H, D, hout()}); }
   int64_t w_hh() const { return elements({4, H, hout()}); }
@@ -312,7 +437,9 @@ struct StackShape {
                             " cells, got " + std::to_string(py::len(list)));
     std::vector<py::tuple> out;
     for (const auto& item : list) {
-      auto t = py::cast<py::tuple>(item);
+      if (!py::isinstance<py::tuple>(item))
+        throw py::type_error(std::string(name) + ": each cell must be a tuple, got " + describe(py::type::of(item)));
+      auto t = py::reinterpret_borrow<py::tuple>(item);
       if (t.size() != fields)
         throw py::value_error(std::string(name) + ": each cell must be a tuple of " + std::to_string(fields));
       out.push_back(std::move(t));
@@ -321,15 +448,6 @@ struct StackShape {
   }
 };
 
-// x, y, dy or dx of a stack call: [T, B, K] (any strides but the last axis's).
-py::array stack_rows(const py::object& obj, const char* name, const StackShape& n, int64_t K) {
-  const auto a = checked(obj, name, n.dtype, elements({n.T, n.B, K}), Layout::rows);
-  if (a.ndim() != 3 || a.shape(0) != n.T || a.shape(1) != n.B)
-    throw py::value_error(std::string(name) + " must have shape [T, B, " + std::to_string(K) + "] = [" +
-                          std::to_string(n.T) + ", " + std::to_string(n.B) + ", " + std::to_string(K) + "]");
-  return a;
-}
-
 std::string cell_name(const char* list, size_t k, const char* field) {
   return std::string(list) + "[" + std::to_string(k) + "]." + field;
 }
@@ -337,42 +455,63 @@ std::string cell_name(const char* list, size_t k, const char* field) {
 // The weights of every cell, each (w_ih, w_hh, b_ih | None, b_hh | None, w_hr | None).
 struct CellPointers {
   std::vector<const void*> w_ih, w_hh, b_ih, b_hh, w_hr;
-  CellPointers(const py::list& cells, const StackShape& n) {
+  CellPointers(const py::list& cells, const StackShape& n, const Arrays& a) {
     const auto list = n.cells(cells, "cells", 5);
     for (size_t k = 0; k < list.size(); ++k) {
       const auto& c = list[k];
-      w_ih.push_back(in(c[0], cell_name("cells", k, "w_ih"), n.dtype, n.w_ih(int64_t(k))));
-      w_hh.push_back(in(c[1], cell_name("cells", k, "w_hh"), n.dtype, n.w_hh()));
-      b_ih.push_back(in(c[2], cell_name("cells", k, "b_ih"), n.dtype, n.bias()));
-      b_hh.push_back(in(c[3], cell_name("cells", k, "b_hh"), n.dtype, n.bias()));
-      w_hr.push_back(in(c[4], cell_name("cells", k, "w_hr"), n.dtype, n.w_hr()));
+      w_ih.push_back(a.in(c[0], cell_name("cells", k, "w_ih"), n.w_ih(int64_t(k))));
+      w_hh.push_back(a.in(c[1], cell_name("cells", k, "w_hh"), n.w_hh()));
+      b_ih.push_back(a.in(c[2], cell_name("cells", k, "b_ih"), n.bias()));
+      b_hh.push_back(a.in(c[3], cell_name("cells", k, "b_hh"), n.bias()));
+      w_hr.push_back(n.R > 0 ? a.in(c[4], cell_name("cells", k, "w_hr"), n.w_hr()) : nullptr);
     }
   }
 };
 
-fl_stack_params stack_params(const py::array& x, const StackShape& n, const CellPointers& cells,
-                             const py::object& h0, const py::object& c0, const py::object& lengths,
-                             const py::object& mask) {
+// The inputs both stack calls read alike.
+struct StackInputs {
+  StackShape n;
+  Arrays a;
+  CellPointers w;
   fl_stack_params p{};
-  p.dtype = dtype_of(x);
-  p.T = n.T, p.B = n.B, p.I = n.I, p.H = n.H;
-  p.proj_size = n.R;
-  p.num_layers = n.L, p.num_directions = n.D;
-  const auto xa = stack_rows(x, "x", n, n.I);
-  p.x = xa.data();
-  p.x_stride_t = stride_of(xa, 0), p.x_stride_b = stride_of(xa, 1);
-  p.lengths = static_cast<const int64_t*>(in(lengths, "lengths", py::dtype::of<int64_t>(), elements({n.B})));
-  p.w_ih = cells.w_ih.data(), p.w_hh = cells.w_hh.data();
-  p.b_ih = cells.b_ih.data(), p.b_hh = cells.b_hh.data(), p.w_hr = cells.w_hr.data();
-  p.h0 = in(h0, "h0", n.dtype, n.states(n.hout())), p.c0 = in(c0, "c0", n.dtype, n.states(n.H));
-  p.dropout_mask = in(mask, "dropout_mask", n.dtype, n.mask());
-  return p;
+  StackInputs(const py::object& x, const Strides& x_strides, const py::list& cells, const py::object& h0,
+              const py::object& c0, const py::object& lengths, const py::object& mask, int64_t T, int64_t B,
+              int64_t I, int64_t H, int64_t proj_size, int64_t num_layers, int64_t num_directions, int dtype,
+              int device_type, int device_index, std::uintptr_t stream, bool allow_tf32)
+      : n{T, B, I, H, proj_size, num_layers, num_directions},
+        a(dtype_code(dtype), device_of(device_type, device_index, stream, allow_tf32)),
+        w(cells, n, a) {
+    p.dtype = a.dtype();
+    p.device = device_of(device_type, device_index, stream, allow_tf32);
+    p.T = T, p.B = B, p.I = I, p.H = H, p.proj_size = proj_size;
+    p.num_layers = num_layers, p.num_directions = num_directions;
+    p.x = a.rows_in(x, "x", T, B, I, x_strides, false);
+    std::tie(p.x_stride_t, p.x_stride_b) = x_strides;
+    p.lengths = a.lengths(lengths, B);
+    p.w_ih = w.w_ih.data(), p.w_hh = w.w_hh.data();
+    p.b_ih = w.b_ih.data(), p.b_hh = w.b_hh.data(), p.w_hr = w.w_hr.data();
+    p.h0 = a.in(h0, "h0", n.states(n.hout())), p.c0 = a.in(c0, "c0", n.states(H));
+    p.dropout_mask = a.in(mask, "dropout_mask", n.mask());
+  }
+  StackInputs(const StackInputs&) = delete;
+};
+
+// The reserve: None, a numpy uint8 array (its nbytes), or a device pointer with reserve_bytes.
+std::pair<void*, int64_t> reserve_of(const StackInputs& s, const py::object& reserve, int64_t reserve_bytes,
+                                     bool output) {
+  if (reserve.is_none()) return {nullptr, 0};
+  const auto u8 = py::dtype::of<uint8_t>();
+  void* ptr = output ? s.a.out(reserve, "reserve", -1, Layout::dense, u8)
+                     : const_cast<void*>(s.a.in(reserve, "reserve", -1, Layout::dense, u8));
+  if (py::isinstance<py::array>(reserve)) reserve_bytes = int64_t(py::reinterpret_borrow<py::array>(reserve).nbytes());
+  return {ptr, reserve_bytes};
 }
 
-int64_t stack_reserve_bytes(bool float64, int64_t T, int64_t B, int64_t H, int64_t proj_size,
-                            int64_t num_layers, int64_t num_directions) {
+int64_t stack_reserve_bytes(int dtype, int64_t T, int64_t B, int64_t H, int64_t proj_size, int64_t num_layers,
+                            int64_t num_directions, int device_type) {
   fl_stack_params p{};
-  p.dtype = float64 ? FL_FLOAT64 : FL_FLOAT32;
+  p.dtype = dtype_code(dtype);
+  fusedlstm_bindings::store_enum(p.device.type, device_type);
   p.T = T, p.B = B, p.H = H, p.proj_size = proj_size;
   p.num_layers = num_layers, p.num_directions = num_directions;
   const int64_t bytes = fl_lstm_stack_reserve_bytes(&p);
@@ -380,56 +519,68 @@ int64_t stack_reserve_bytes(bool float64, int64_t T, int64_t B, int64_t H, int64
   return bytes;
 }
 
-void stack_forward(const py::array& x, const py::list& cells, const py::object& h0, const py::object& c0,
-                   const py::object& lengths, const py::object& mask, int64_t num_layers,
-                   int64_t num_directions, int64_t proj_size, int64_t H, const py::object& y,
-                   const py::array& h_n, const py::array& c_n, const py::object& reserve) {
-  const StackShape n(x, H, proj_size, num_layers, num_directions);
-  const CellPointers w(cells, n);
-  fl_stack_params p = stack_params(x, n, w, h0, c0, lengths, mask);
-  if (!y.is_none()) {
-    const auto ya = stack_rows(y, "y", n, n.D * n.hout());
-    p.y = writable(ya, "y");
-    p.y_stride_t = stride_of(ya, 0), p.y_stride_b = stride_of(ya, 1);
-  }
-  p.h_n = out(h_n, "h_n", n.dtype, n.states(n.hout())), p.c_n = out(c_n, "c_n", n.dtype, n.states(n.H));
-  void* res = out(reserve, "reserve", py::dtype::of<uint8_t>(), -1);
-  const int64_t res_bytes = reserve.is_none() ? 0 : int64_t(py::cast<py::array>(reserve).nbytes());
-  check(without_gil([&] { return fl_lstm_stack_forward(&p, res, res_bytes); }));
+void stack_forward(const py::object& x, const Strides& x_strides, const py::list& cells, const py::object& h0,
+                   const py::object& c0, const py::object& lengths, const py::object& dropout_mask,
+                   const py::object& y, const Strides& y_strides, const py::object& h_n, const py::object& c_n,
+                   const py::object& reserve, int64_t reserve_bytes, int64_t T, int64_t B, int64_t I, int64_t H,
+                   int64_t proj_size, int64_t num_layers, int64_t num_directions, int dtype, int device_type,
+                   int device_index, std::uintptr_t stream, bool allow_tf32) {
+  StackInputs s(x, x_strides, cells, h0, c0, lengths, dropout_mask, T, B, I, H, proj_size, num_layers,
+                num_directions, dtype, device_type, device_index, stream, allow_tf32);
+  const StackShape& n = s.n;
+  fl_stack_params& p = s.p;
+  p.y = s.a.rows_out(y, "y", T, B, n.D * n.hout(), y_strides, false);
+  std::tie(p.y_stride_t, p.y_stride_b) = y_strides;
+  p.h_n = s.a.out(h_n, "h_n", n.states(n.hout())), p.c_n = s.a.out(c_n, "c_n", n.states(H));
+  const auto [res, res_bytes] = reserve_of(s, reserve, reserve_bytes, true);
+  run([&] { return fl_lstm_stack_forward(&p, res, res_bytes); });
 }
 
-void stack_backward(const py::array& x, const py::list& cells, const py::object& h0, const py::object& c0,
-                    const py::object& lengths, const py::object& mask, int64_t num_layers,
-                    int64_t num_directions, int64_t proj_size, int64_t H, const py::array& reserve,
-                    const py::object& dy, const py::object& dh_n, const py::object& dc_n, const py::array& dx,
-                    const py::array& dh0, const py::array& dc0, const py::list& cell_grads) {
-  const StackShape n(x, H, proj_size, num_layers, num_directions);
-  const CellPointers w(cells, n);
-  const fl_stack_params p = stack_params(x, n, w, h0, c0, lengths, mask);
+void stack_backward(const py::object& x, const Strides& x_strides, const py::list& cells, const py::object& h0,
+                    const py::object& c0, const py::object& lengths, const py::object& dropout_mask,
+                    const py::object& reserve, int64_t reserve_bytes, const py::object& dy,
+                    const Strides& dy_strides, const py::object& dh_n, const py::object& dc_n, const py::object& dx,
+                    const Strides& dx_strides, const py::object& dh0, const py::object& dc0,
+                    const py::list& cell_grads, int64_t T, int64_t B, int64_t I, int64_t H, int64_t proj_size,
+                    int64_t num_layers, int64_t num_directions, int dtype, int device_type, int device_index,
+                    std::uintptr_t stream, bool allow_tf32) {
+  const StackInputs s(x, x_strides, cells, h0, c0, lengths, dropout_mask, T, B, I, H, proj_size, num_layers,
+                      num_directions, dtype, device_type, device_index, stream, allow_tf32);
+  const StackShape& n = s.n;
+  const Arrays& a = s.a;
   std::vector<void*> dw_ih, dw_hh, db, dw_hr;
   const auto grads = n.cells(cell_grads, "cell_grads", 4);  // (dw_ih, dw_hh, db | None, dw_hr | None)
   for (size_t k = 0; k < grads.size(); ++k) {
     const auto& c = grads[k];
-    dw_ih.push_back(out(c[0], cell_name("cell_grads", k, "dw_ih"), n.dtype, n.w_ih(int64_t(k))));
-    dw_hh.push_back(out(c[1], cell_name("cell_grads", k, "dw_hh"), n.dtype, n.w_hh()));
-    db.push_back(out(c[2], cell_name("cell_grads", k, "db"), n.dtype, n.bias()));
-    dw_hr.push_back(out(c[3], cell_name("cell_grads", k, "dw_hr"), n.dtype, n.w_hr()));
+    dw_ih.push_back(a.out(c[0], cell_name("cell_grads", k, "dw_ih"), n.w_ih(int64_t(k))));
+    dw_hh.push_back(a.out(c[1], cell_name("cell_grads", k, "dw_hh"), n.w_hh()));
+    db.push_back(a.out(c[2], cell_name("cell_grads", k, "db"), n.bias()));
+    dw_hr.push_back(n.R > 0 ? a.out(c[3], cell_name("cell_grads", k, "dw_hr"), n.w_hr()) : nullptr);
   }
   fl_stack_grads g{};
-  if (!dy.is_none()) {
-    const auto a = stack_rows(dy, "dy", n, n.D * n.hout());
-    g.dy = a.data();
-    g.dy_stride_t = stride_of(a, 0), g.dy_stride_b = stride_of(a, 1);
-  }
-  g.dh_n = in(dh_n, "dh_n", n.dtype, n.states(n.hout())), g.dc_n = in(dc_n, "dc_n", n.dtype, n.states(n.H));
-  const auto dxa = stack_rows(dx, "dx", n, n.I);
-  g.dx = writable(dxa, "dx");
-  g.dx_stride_t = stride_of(dxa, 0), g.dx_stride_b = stride_of(dxa, 1);
-  g.dh0 = out(dh0, "dh0", n.dtype, n.states(n.hout())), g.dc0 = out(dc0, "dc0", n.dtype, n.states(n.H));
+  g.dy = a.rows_in(dy, "dy", T, B, n.D * n.hout(), dy_strides, false);
+  std::tie(g.dy_stride_t, g.dy_stride_b) = dy_strides;
+  g.dh_n = a.in(dh_n, "dh_n", n.states(n.hout())), g.dc_n = a.in(dc_n, "dc_n", n.states(H));
+  g.dx = a.rows_out(dx, "dx", T, B, I, dx_strides, false);
+  std::tie(g.dx_stride_t, g.dx_stride_b) = dx_strides;
+  g.dh0 = a.out(dh0, "dh0", n.states(n.hout())), g.dc0 = a.out(dc0, "dc0", n.states(H));
   g.dw_ih = dw_ih.data(), g.dw_hh = dw_hh.data(), g.db = db.data(), g.dw_hr = dw_hr.data();
-  const void* res = in(reserve, "reserve", py::dtype::of<uint8_t>(), -1);
-  const int64_t res_bytes = int64_t(reserve.nbytes());  // touches Python objects: before releasing the GIL
-  check(without_gil([&] { return fl_lstm_stack_backward(&p, res, res_bytes, &g); }));
+  const auto [res, res_bytes] = reserve_of(s, reserve, reserve_bytes, false);
+  run([&] { return fl_lstm_stack_backward(&s.p, res, res_bytes, &g); });
+}
+
+std::string cuda_info(const std::string& key) {
+  if (key == "backend") return fl_cuda_backend_name();
+  const char* (*get)(void) = key == "build_archs"          ? &fl_cuda_build_archs
+                             : key == "path"               ? &fl_cuda_path
+                             : key == "last_forward_path"  ? &fl_cuda_last_forward_path
+                             : key == "last_backward_path" ? &fl_cuda_last_backward_path
+                                                           : nullptr;
+  if (!get)
+    throw py::value_error("key = '" + key + "' is not one of 'build_archs', 'path', 'last_forward_path', "
+                          "'last_backward_path', 'backend'");
+  const char* s = get();
+  return s ? s : "";
 }
 
 }  // namespace
@@ -438,16 +589,62 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "fusedlstm compiled core (internal; use the fusedlstm package)";
   InterruptibleCall::main_thread_id() =
       py::cast<unsigned long>(py::module_::import("threading").attr("main_thread")().attr("ident"));
+  using py::arg;
+  const auto none = py::none();
+  const auto zero = Strides{0, 0};
   py::class_<TrainingState, std::shared_ptr<TrainingState>>(m, "TrainingState")
-      .def_property_readonly("nbytes", [](const TrainingState& s) { return fl_training_state_bytes(s.state); });
-  m.def("forward", &forward);
-  m.def("backward", &backward);
-  m.def("cell", &cell, py::arg("x"), py::arg("h"), py::arg("c"), py::arg("w_ih"), py::arg("w_hh"),
-        py::arg("b_ih"), py::arg("b_hh"), py::arg("h_new"), py::arg("c_new"), py::arg("acts") = py::none());
-  m.def("cell_backward", &cell_backward);
-  m.def("stack_reserve_bytes", &stack_reserve_bytes);
-  m.def("stack_forward", &stack_forward);
-  m.def("stack_backward", &stack_backward);
+      .def_property_readonly("nbytes", [](const TrainingState& s) { return fl_training_state_bytes(s.state); })
+      .def_property_readonly("device_type", [](const TrainingState& s) { return int(s.device.type); })
+      .def_property_readonly("device_index", [](const TrainingState& s) { return s.device.index; })
+      .def_property_readonly("dtype", [](const TrainingState& s) { return int(s.dtype); })
+      .def_readonly("mode", &TrainingState::mode)
+      .def_readonly("T", &TrainingState::T)
+      .def_readonly("B", &TrainingState::B)
+      .def_readonly("I", &TrainingState::I)
+      .def_readonly("H", &TrainingState::H)
+      .def_readonly("proj_size", &TrainingState::proj_size);
+
+// The keyword arguments every kernel call ends with.
+#define FL_COMMON_ARGS \
+  arg("dtype"), arg("device_type") = int(FL_DEVICE_CPU), arg("device_index") = 0, arg("stream") = 0, \
+      arg("allow_tf32") = false
+  m.def("forward", &forward, py::kw_only(), arg("x"), arg("x_strides"), arg("w_ih"), arg("w_hh"),
+        arg("w_hr") = none, arg("b_ih") = none, arg("b_hh") = none, arg("h0") = none, arg("c0") = none,
+        arg("lengths") = none, arg("y") = none, arg("y_strides") = zero, arg("h_n"), arg("c_n"), arg("mode"),
+        arg("feed") = int(FL_FEED_REPEAT), arg("T"), arg("B"), arg("I"), arg("H"), arg("proj_size") = 0,
+        arg("reverse") = false, arg("training") = false, FL_COMMON_ARGS);
+  m.def("backward", &backward, arg("state"), py::kw_only(), arg("dy") = none, arg("dy_strides") = zero,
+        arg("dh_n") = none, arg("dc_n") = none, arg("dx"), arg("dx_strides"), arg("dh0"), arg("dc0"),
+        arg("dw_ih"), arg("dw_hh"), arg("db") = none, arg("dw_hr") = none, arg("stream") = 0);
+  m.def("cell", &cell, py::kw_only(), arg("x"), arg("h"), arg("c"), arg("w_ih"), arg("w_hh"), arg("b_ih") = none,
+        arg("b_hh") = none, arg("h_new"), arg("c_new"), arg("acts") = none, arg("B"), arg("I"), arg("H"),
+        FL_COMMON_ARGS);
+  m.def("cell_backward", &cell_backward, py::kw_only(), arg("x"), arg("h"), arg("c"), arg("w_ih"), arg("w_hh"),
+        arg("acts"), arg("c_new"), arg("dh_new") = none, arg("dc_new") = none, arg("dx"), arg("dh"), arg("dc"),
+        arg("dw_ih"), arg("dw_hh"), arg("db") = none, arg("B"), arg("I"), arg("H"), FL_COMMON_ARGS);
+  m.def("stack_reserve_bytes", &stack_reserve_bytes, py::kw_only(), arg("dtype"), arg("T"), arg("B"), arg("H"),
+        arg("proj_size"), arg("num_layers"), arg("num_directions"), arg("device_type") = int(FL_DEVICE_CPU));
+  m.def("stack_forward", &stack_forward, py::kw_only(), arg("x"), arg("x_strides"), arg("cells"),
+        arg("h0") = none, arg("c0") = none, arg("lengths") = none, arg("dropout_mask") = none, arg("y") = none,
+        arg("y_strides") = zero, arg("h_n"), arg("c_n"), arg("reserve") = none, arg("reserve_bytes") = 0,
+        arg("T"), arg("B"), arg("I"), arg("H"), arg("proj_size") = 0, arg("num_layers") = 1,
+        arg("num_directions") = 1, FL_COMMON_ARGS);
+  m.def("stack_backward", &stack_backward, py::kw_only(), arg("x"), arg("x_strides"), arg("cells"),
+        arg("h0") = none, arg("c0") = none, arg("lengths") = none, arg("dropout_mask") = none, arg("reserve"),
+        arg("reserve_bytes") = 0, arg("dy") = none, arg("dy_strides") = zero, arg("dh_n") = none,
+        arg("dc_n") = none, arg("dx"), arg("dx_strides"), arg("dh0"), arg("dc0"), arg("cell_grads"), arg("T"),
+        arg("B"), arg("I"), arg("H"), arg("proj_size") = 0, arg("num_layers") = 1, arg("num_directions") = 1,
+        FL_COMMON_ARGS);
+#undef FL_COMMON_ARGS
+
+  m.def("cuda_device_count", [] {
+    const char* why = nullptr;
+    const int n = fl_cuda_device_count(&why);
+    return py::make_tuple(n, std::string(why ? why : ""));
+  });
+  m.def("cuda_info", &cuda_info, arg("key"));
+  m.def("cuda_backend_host_memory", &cuda_backend_host_memory);
+
   m.def("set_num_threads", &fl_set_num_threads);
   m.def("get_num_threads", &fl_get_num_threads);
   m.attr("MAX_THREADS") = FL_MAX_THREADS;
@@ -463,4 +660,10 @@ PYBIND11_MODULE(_core, m) {
   m.attr("FEED_REPEAT") = int(FL_FEED_REPEAT);
   m.attr("FEED_FIRST") = int(FL_FEED_FIRST);
   m.attr("FEED_OUTPUT") = int(FL_FEED_OUTPUT);
+  m.attr("FLOAT32") = int(FL_FLOAT32);
+  m.attr("FLOAT64") = int(FL_FLOAT64);
+  m.attr("FLOAT16") = int(FL_FLOAT16);
+  m.attr("BFLOAT16") = int(FL_BFLOAT16);
+  m.attr("DEVICE_CPU") = int(FL_DEVICE_CPU);
+  m.attr("DEVICE_CUDA") = int(FL_DEVICE_CUDA);
 }

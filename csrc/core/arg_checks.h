@@ -1,5 +1,5 @@
-// Argument checks shared by the CPU and CUDA C APIs: sizes, enum fields,
-// strided extents. Each failure is an InvalidArgument naming the argument
+// Argument checks of the C API (csrc/capi/), for every backend: sizes, enum
+// fields, strided extents. Each failure is an InvalidArgument naming the argument
 // and its value.
 #ifndef FUSEDLSTM_CORE_ARG_CHECKS_H_
 #define FUSEDLSTM_CORE_ARG_CHECKS_H_
@@ -39,15 +39,29 @@ void require_enum(const char* argument, const E& field, std::initializer_list<co
   throw InvalidArgument(msg);
 }
 
+// Bytes per element of a dtype already checked (checked_element_size).
+inline int64_t element_size(fl_dtype dtype) {
+  switch (dtype) {
+    case FL_FLOAT64: return 8;
+    case FL_FLOAT16:
+    case FL_BFLOAT16: return 2;
+    default: return 4;
+  }
+}
+
+// Checks dtype (read as its raw integer) and returns its element size.
+inline int64_t checked_element_size(const fl_dtype& dtype) {
+  require_enum("dtype", dtype, {"FL_FLOAT32", "FL_FLOAT64", "FL_FLOAT16", "FL_BFLOAT16"});
+  return element_size(dtype);
+}
+
 inline void require_positive(const char* argument, int64_t v) {
   require(v >= 1, std::string(argument) + " = " + std::to_string(v) + " must be >= 1");
 }
 
-// x and y of a sequence forward (the fields fl_forward_params and
-// fl_cuda_forward_params share): mode, feed, T, B, I, H, and the extents of
+// x and y of a sequence forward: mode, feed, T, B, I, H, and the extents of
 // x [T,B,I] ([B,I] for one_to_many) and y [T,B,Hout] from their strides.
-template <class P>
-void check_sequence_shape(const P& p, int64_t Hout, int64_t elem) {
+inline void check_sequence_shape(const fl_forward_params& p, int64_t Hout, int64_t elem) {
   require_enum("mode", p.mode, {"FL_MANY_TO_MANY", "FL_MANY_TO_ONE", "FL_ONE_TO_MANY"});
   if (p.mode == FL_ONE_TO_MANY) require_enum("feed", p.feed, {"FL_FEED_REPEAT", "FL_FEED_FIRST", "FL_FEED_OUTPUT"});
   require_positive("T", p.T);

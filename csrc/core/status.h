@@ -1,6 +1,6 @@
-// Exceptions to status codes, for every C API entry point (CPU and CUDA):
-// the backends throw, the entry points return an fl_status and keep the
-// message for fl_last_error / fl_cuda_last_error on the calling thread.
+// Exceptions to status codes, for every C API entry point and every function
+// of a backend table: C++ code throws, the C boundary returns an fl_status
+// and keeps the message for the calling thread (fl_last_error).
 #ifndef FUSEDLSTM_CORE_STATUS_H_
 #define FUSEDLSTM_CORE_STATUS_H_
 
@@ -22,6 +22,13 @@ struct InvalidArgument : std::runtime_error {
 // The interrupt check (fl_set_interrupt_check) stopped the call: FL_INTERRUPTED.
 struct Interrupted : std::runtime_error {
   using std::runtime_error::runtime_error;
+};
+
+// A failure a backend returned as a status (core/backend_call.h), carried
+// through C++ callers to the C API with that status and message.
+struct BackendError : std::runtime_error {
+  BackendError(fl_status s, const std::string& message) : std::runtime_error(message), status(s) {}
+  fl_status status;
 };
 
 inline void require(bool ok, const std::string& what) {
@@ -55,6 +62,9 @@ fl_status guarded(std::string& error, Fn&& fn, OtherStatus&& other_status) {
   } catch (const Interrupted& e) {
     error = e.what();
     return FL_INTERRUPTED;
+  } catch (const BackendError& e) {
+    error = e.what();
+    return e.status;
   } catch (const OutOfMemory& e) {
     error = e.what();
     return FL_OUT_OF_MEMORY;

@@ -9,9 +9,11 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "fusedlstm/fusedlstm.h"
+#include "fusedlstm/fusedlstm_cuda.h"
 
 static int passed, failed;
 
@@ -253,6 +255,13 @@ static void forward_cases(void) {
        (p.mode = FL_MANY_TO_ONE, p.T = (int64_t)1 << 40, p.B = p.I = p.H = 1, p.x_stride_t = p.x_stride_b = 0,
         p.lengths = NULL, p.y = NULL, p.h0 = p.c0 = NULL),
        FL_OUT_OF_MEMORY, "bytes");
+  /* The device fields: read as raw ints, checked before any array. */
+  CASE("forward: device.type 7", p.device.type = (fl_device_type)7, FL_INVALID_ARGUMENT, "device.type");
+  CASE("forward: CPU device.index 1", p.device.index = 1, FL_INVALID_ARGUMENT, "device.index");
+  CASE("forward: CPU device.stream set", p.device.stream = &passed, FL_INVALID_ARGUMENT, "device.stream");
+  CASE("forward: CPU float16", p.dtype = FL_FLOAT16, FL_INVALID_ARGUMENT, "CUDA");
+  CASE("forward: CUDA device.index -1", (p.device.type = FL_DEVICE_CUDA, p.device.index = -1), FL_INVALID_ARGUMENT,
+       "device.index");
 #undef CASE
 }
 
@@ -417,6 +426,18 @@ static void stack_cases(void) {
 
 static void misc_cases(void) {
   expect_failure("set_isa: NULL", fl_set_isa(NULL), FL_INVALID_ARGUMENT, "name");
+  /* Without a loadable CUDA backend (this program is never next to one, and
+     FUSEDLSTM_CUDA_LIBRARY names none): a CUDA call says why, and the
+     addendum's queries answer without failing. */
+  if (!getenv("FUSEDLSTM_CUDA_LIBRARY")) {
+    fl_forward_params p = valid_forward(NULL);
+    const char* why = NULL;
+    p.device.type = FL_DEVICE_CUDA;
+    expect_failure("forward: CUDA without the backend library", fl_lstm_forward(&p), FL_INVALID_ARGUMENT,
+                   "libfusedlstm_cuda");
+    expect_true("cuda_device_count is 0 without the backend", fl_cuda_device_count(&why) == 0 && why && *why);
+    expect_true("cuda_backend_name is empty without the backend", fl_cuda_backend_name()[0] == 0);
+  }
   expect_failure("set_isa: unknown", fl_set_isa("no-such-isa"), FL_INVALID_ARGUMENT, "ISA");
   fl_training_state_free(NULL);
   expect_true("training_state_bytes(NULL) is 0", fl_training_state_bytes(NULL) == 0);

@@ -11,6 +11,9 @@ fl               the fusedlstm package (library tests only).
 isa              parametrizes a test over fusedlstm.available_isas(); selects the
                  path for the test and restores the previous one afterwards.
 num_threads      parametrizes a test over THREAD_COUNTS; sets/restores the count.
+backend          parametrizes a test over the backends "cpu", "cuda-emulated" and
+                 "cuda" (see BACKENDS below; an unavailable one skips, saying why);
+                 with isa, the cpu backend runs on every ISA path, the others once.
 threads          a context manager factory: ``with threads(2): ...`` sets the
                  thread count for the block and restores it.
 thread_runtime   autouse: own thread pool for numpy tests, torch's OpenMP team for
@@ -89,10 +92,18 @@ def pytest_report_header(config):
 
 
 def pytest_generate_tests(metafunc):
-    if "isa" in metafunc.fixturenames:
+    names = metafunc.fixturenames
+    if "backend" in names and "isa" in names:
+        isas = list(_require_fl().available_isas())
+        combos = [("cpu", n) for n in isas] + [(b, isas[0]) for b in BACKENDS[1:]]
+        metafunc.parametrize(("backend", "isa"), combos, indirect=True,
+                             ids=[f"cpu-isa={n}" if b == "cpu" else b for b, n in combos])
+    elif "backend" in names:
+        metafunc.parametrize("backend", BACKENDS, indirect=True)
+    elif "isa" in names:
         isas = list(_require_fl().available_isas())
         metafunc.parametrize("isa", isas, indirect=True, ids=[f"isa={n}" for n in isas])
-    if "num_threads" in metafunc.fixturenames:
+    if "num_threads" in names:
         metafunc.parametrize("num_threads", THREAD_COUNTS, indirect=True,
                              ids=[f"threads={n}" for n in THREAD_COUNTS])
 
@@ -206,6 +217,115 @@ def debug_poison():
         yield True
     finally:
         _fl._set_debug_poison(previous)
+
+
+# --------------------------------------------------------------------------------------
+# backends: the same test bodies on the CPU and on CUDA
+#   cpu            the CPU backend, numpy arrays.
+#   cuda-emulated  the CPU emulation of the CUDA backend (tests/emu/): runs when
+#                  FUSEDLSTM_CUDA_LIBRARY points at libfusedlstm_cuda_emu.so
+#                  (bash tests/emu/build.sh OUTDIR). Its "device" memory is host
+#                  memory, so the tests hand numpy arrays to the numpy API, which
+#                  passes them to _core with device_type=DEVICE_CUDA
+#                  (fusedlstm._host.set_host_device).
+#   cuda           a GPU: torch CUDA tensors (or CuPy arrays without torch) through
+#                  the device path (fusedlstm/_device.py).
+# --------------------------------------------------------------------------------------
+BACKENDS = ("cpu", "cuda-emulated", "cuda")
+
+
+class Backend:
+    """Moves a test's numpy inputs to the backend and its outputs back."""
+
+    def __init__(self, name, lib=None):
+        self.name, self.lib = name, lib
+
+    @property
+    def is_cuda(self):
+        return self.name != "cpu"
+
+    def to(self, a):
+        """a (a numpy array, or a tuple / list / dict of them; other values as
+        they are) as arrays of the backend; a view keeps its strides where the
+        backend's library can have them."""
+        if isinstance(a, dict):
+            return {k: self.to(v) for k, v in a.items()}
+        if isinstance(a, (tuple, list)):
+            return type(a)(self.to(v) for v in a)
+        if self.lib is None or not isinstance(a, np.ndarray):
+            return a
+        if self.lib == "cupy":
+            import cupy
+            return cupy.asarray(a)
+        import torch
+        dense = torch.from_numpy(np.ascontiguousarray(a)).to("cuda")
+        strides = [s // a.itemsize for s in a.strides]
+        if a.size > 1 and min(strides) > 0 and all(s * a.itemsize == b for s, b in zip(strides, a.strides)):
+            out = torch.empty_strided(a.shape, strides, dtype=dense.dtype, device="cuda")
+            out.copy_(dense)
+            return out
+        return dense
+
+    def numpy(self, a):
+        """a (a backend array, a dict or tuple of them, or None) as numpy."""
+        if isinstance(a, dict):
+            return {k: self.numpy(v) for k, v in a.items()}
+        if isinstance(a, (tuple, list)):
+            return type(a)(self.numpy(v) for v in a)
+        if a is None or isinstance(a, np.ndarray) or self.lib is None:
+            return a
+        if self.lib == "cupy":
+            import cupy
+            return cupy.asnumpy(a)
+        return a.detach().cpu().numpy()
+
+
+def _cuda_backend_name():
+    """The loaded CUDA backend ("cuda", "cuda-emulated", or "" and why not)."""
+    n, why = _fl._core.cuda_device_count()
+    return (_fl._core.cuda_info("backend") if n else ""), why
+
+
+def _gpu_array_library():
+    try:
+        import torch
+        if torch.cuda.is_available():
+            return "torch"
+    except ImportError:
+        pass
+    try:
+        import cupy
+        if cupy.cuda.runtime.getDeviceCount() > 0:
+            return "cupy"
+    except Exception:
+        pass
+    return None
+
+
+@pytest.fixture
+def backend(request):
+    name = request.param
+    lib = _require_fl()
+    if name == "cpu":
+        yield Backend(name)
+        return
+    loaded, why = _cuda_backend_name()
+    if name == "cuda-emulated":
+        if loaded != "cuda-emulated":
+            pytest.skip(f"cuda-emulated: FUSEDLSTM_CUDA_LIBRARY does not point at the emulated backend "
+                        f"(bash tests/emu/build.sh OUTDIR; then FUSEDLSTM_CUDA_LIBRARY=OUTDIR/"
+                        f"libfusedlstm_cuda_emu.so); loaded: {loaded or why!r}")
+        from fusedlstm import _host
+        previous = _host.set_host_device(lib._core.DEVICE_CUDA)
+        try:
+            yield Backend(name)
+        finally:
+            _host.set_host_device(previous)
+        return
+    array_lib = _gpu_array_library()
+    if loaded != "cuda" or array_lib is None:
+        pytest.skip(f"cuda: no GPU backend ({loaded or why!r}) or no torch/CuPy with CUDA")
+    yield Backend(name, array_lib)
 
 
 # --------------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """fusedlstm (the compiled library) against the numpy reference.
 
-Every case runs on every ISA path of fusedlstm.available_isas() and in float32
-and float64; forward outputs and every gradient are compared with the tolerance
-policy of conftest.py, and each case is run with 1 and 2 threads, whose results
-must be bitwise identical.  The cases are a hand-picked sample (not a cartesian
+Every case runs on every backend (conftest.py's ``backend``: the CPU on every
+ISA path of fusedlstm.available_isas(), the CPU emulation of the CUDA backend,
+a GPU) and in float32 and float64; forward outputs and every gradient are
+compared with the tolerance policy of conftest.py, and each case is run with 1
+and 2 threads, whose results must be bitwise identical (on the GPU: once).  The cases are a hand-picked sample (not a cartesian
 product) covering every mode / feed, lengths, h0/c0 given or not, batch_first,
 missing biases, partial upstream gradients and odd sizes.  Also: padded
 positions are exactly zero, non-contiguous inputs give the same results as
@@ -75,21 +76,25 @@ def case_id(case):
     return "-".join(str(p) for p in parts)
 
 
-def run_library(p, training=True):
-    """fusedlstm forward (+ backward when p.upstream is given) -> dict of arrays."""
-    res = fusedlstm.lstm_forward(*p.args, **p.kwargs, training=training)
+def run_library(p, training=True, backend=None):
+    """fusedlstm forward (+ backward when p.upstream is given) on `backend`
+    (None: the CPU) -> dict of numpy arrays."""
+    to = backend.to if backend else (lambda a: a)
+    res = fusedlstm.lstm_forward(*to(p.args), **to(p.kwargs), training=training)
     out = {k: getattr(res, k) for k in OUTPUTS}
     if p.upstream is not None:
-        grads = fusedlstm.lstm_backward(res, **p.upstream)
+        grads = fusedlstm.lstm_backward(res, **to(p.upstream))
         out.update({k: getattr(grads, k) for k in GRADS})
-    return out
+    return backend.numpy(out) if backend else out
 
 
-def run_cell(p):
+def run_cell(p, backend=None):
+    to = backend.to if backend else (lambda a: a)
     x, w_ih, w_hh = p.args
-    h_new, c_new = fusedlstm.lstm_cell(x[0], p.kwargs["h0"], p.kwargs["c0"], w_ih, w_hh,
-                                       p.kwargs["b_ih"], p.kwargs["b_hh"])
-    return {"h_n": h_new, "c_n": c_new}
+    h_new, c_new = fusedlstm.lstm_cell(*to((x[0], p.kwargs["h0"], p.kwargs["c0"], w_ih, w_hh,
+                                            p.kwargs["b_ih"], p.kwargs["b_hh"])))
+    out = {"h_n": h_new, "c_n": c_new}
+    return backend.numpy(out) if backend else out
 
 
 def assert_bitwise_equal(a, b, what):
@@ -116,7 +121,7 @@ def time_major(a, batch_first):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", CASES, ids=case_id)
-def test_matches_reference(case, dtype, isa, make_problem, reference_outputs, policy, threads):
+def test_matches_reference(case, dtype, backend, isa, make_problem, reference_outputs, policy, threads):
     case = dict(case)
     is_cell = case["mode"] == CELL
     if is_cell:
@@ -126,13 +131,14 @@ def test_matches_reference(case, dtype, isa, make_problem, reference_outputs, po
     before = snapshot(p)
 
     results = {}
-    for n in (1, 2):
+    for n in (1, 2) if backend.name != "cuda" else (1,):
         with threads(n):
-            results[n] = run_cell(p) if is_cell else run_library(p, training=p.upstream is not None)
+            results[n] = run_cell(p, backend) if is_cell else run_library(p, p.upstream is not None, backend)
 
     names = ("h_n", "c_n") if is_cell else None  # None: every output of the reference
     policy.check_all(results[1], ref64, plain32, dtype=dtype, names=names)
-    assert_bitwise_equal(results[1], results[2], "1 and 2 threads")
+    if 2 in results:
+        assert_bitwise_equal(results[1], results[2], "1 and 2 threads")
     for original, copy in before:
         assert np.array_equal(original, copy), "the library modified an input array"
 
@@ -164,11 +170,11 @@ INFERENCE_CASES = [
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", INFERENCE_CASES, ids=case_id)
-def test_inference_forward_matches_reference(case, dtype, isa, num_threads, make_problem,
+def test_inference_forward_matches_reference(case, dtype, backend, isa, num_threads, make_problem,
                                              reference_outputs, policy):
     p = make_problem(**case, dtype=dtype, upstream="none")
     ref64, plain32 = reference_outputs(p.args, p.kwargs, dtype=dtype)
-    policy.check_all(run_library(p, training=False), ref64, plain32, dtype=dtype)
+    policy.check_all(run_library(p, False, backend), ref64, plain32, dtype=dtype)
 
 
 # --------------------------------------------------------------------------------------
@@ -217,7 +223,7 @@ NONCONTIG_CASES = [
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", NONCONTIG_CASES, ids=case_id)
-def test_noncontiguous_inputs(case, dtype, isa, make_problem, reference_outputs, policy):
+def test_noncontiguous_inputs(case, dtype, backend, isa, make_problem, reference_outputs, policy):
     case = dict(case)
     is_cell = case["mode"] == CELL
     if is_cell:
@@ -237,21 +243,23 @@ def test_noncontiguous_inputs(case, dtype, isa, make_problem, reference_outputs,
     nc_kwargs = {k: convert(k, v) if k in NONCONTIG else v for k, v in p.kwargs.items()}
     nc_up = None if p.upstream is None else {k: convert(k, v) for k, v in p.upstream.items()}
 
+    to = backend.to
     if is_cell:
-        ref = run_cell(p)
+        ref = run_cell(p, backend)
         _, w_ih, w_hh = nc_args
         # for the cell x is (B, I): a non-contiguous 2-D view
-        h_new, c_new = fusedlstm.lstm_cell(convert("x", p.args[0][0]),
-                                           nc_kwargs["h0"], nc_kwargs["c0"], w_ih, w_hh,
-                                           nc_kwargs["b_ih"], nc_kwargs["b_hh"])
-        got = {"h_n": h_new, "c_n": c_new}
+        h_new, c_new = fusedlstm.lstm_cell(*to((convert("x", p.args[0][0]), nc_kwargs["h0"], nc_kwargs["c0"],
+                                                w_ih, w_hh, nc_kwargs["b_ih"], nc_kwargs["b_hh"])))
+        got = backend.numpy({"h_n": h_new, "c_n": c_new})
     else:
-        ref = run_library(p)
-        res = fusedlstm.lstm_forward(*nc_args, **nc_kwargs, training=True)
-        grads = fusedlstm.lstm_backward(res, **nc_up)
+        ref = run_library(p, True, backend)
+        res = fusedlstm.lstm_forward(*to(nc_args), **to(nc_kwargs), training=True)
+        grads = fusedlstm.lstm_backward(res, **to(nc_up))
         got = {k: getattr(res, k) for k in OUTPUTS}
         got.update({k: getattr(grads, k) for k in GRADS})
-    assert_bitwise_equal(got, ref, "non-contiguous and contiguous inputs")
+        got = backend.numpy(got)
+    if backend.name != "cuda":  # a GPU may sum in another order for another layout
+        assert_bitwise_equal(got, ref, "non-contiguous and contiguous inputs")
     # and (in case both are wrong the same way) against the reference
     ref64, plain32 = reference_outputs(p.args, p.kwargs, p.upstream, dtype=dtype)
     policy.check_all(got, ref64, plain32, dtype=dtype, names=list(got))
@@ -317,7 +325,7 @@ def test_non_native_byte_order_matches_native(rng):
 
 
 @pytest.mark.parametrize("mode", ["many_to_many", "one_to_many"])
-def test_backward_unaffected_by_inputs_changed_after_forward(mode, rng):
+def test_backward_unaffected_by_inputs_changed_after_forward(mode, backend, rng):
     """The training result keeps its own copies: changing the caller's arrays
     between forward and backward must not change the gradients."""
     T, B, I, H = 5, 3, 7, 6
@@ -326,15 +334,17 @@ def test_backward_unaffected_by_inputs_changed_after_forward(mode, rng):
     w_hh = 0.3 * rng.standard_normal((4 * H, H))
     h0 = rng.standard_normal((B, H))
     kw = dict(mode=mode, steps=T) if mode == "one_to_many" else {}
+    x, w_ih, w_hh, h0 = backend.to((x, w_ih, w_hh, h0))
     res = fusedlstm.lstm_forward(x, w_ih, w_hh, h0=h0, training=True, **kw)
-    dy = rng.standard_normal(res.y.shape)
-    expected = fusedlstm.lstm_backward(res, dy=dy)
+    dy = backend.to(rng.standard_normal(tuple(res.y.shape)))
+    grads = fusedlstm.lstm_backward(res, dy=dy)
+    expected = {k: backend.numpy(getattr(grads, k)) for k in ("dx", "dh0", "dc0", "dw_ih", "dw_hh")}
     res2 = fusedlstm.lstm_forward(x, w_ih, w_hh, h0=h0, training=True, **kw)
     for a in (x, w_ih, w_hh, h0):
         a *= -3.0
     got = fusedlstm.lstm_backward(res2, dy=dy)
-    for name in ("dx", "dh0", "dc0", "dw_ih", "dw_hh"):
-        assert np.array_equal(getattr(got, name), getattr(expected, name)), name
+    for name in expected:
+        assert np.array_equal(backend.numpy(getattr(got, name)), expected[name]), name
 
 
 # Hidden sizes below, at and above every SIMD width (4 generic, 4/8 AVX2, 8/16 AVX-512),
@@ -346,7 +356,7 @@ NONFINITE_HIDDEN = [1, 3, 5, 8, 13, 16, 17]
 @pytest.mark.parametrize("H", NONFINITE_HIDDEN)
 @pytest.mark.parametrize("where", ["x", "w_ih", "w_hh", "b_ih", "h0", "c0"])
 @pytest.mark.parametrize("mode", [M2M, M2O, CELL])
-def test_nonfinite_inputs_match_reference(mode, where, H, dtype, isa, make_problem, reference_outputs,
+def test_nonfinite_inputs_match_reference(mode, where, H, dtype, backend, isa, make_problem, reference_outputs,
                                           policy):
     """An Inf / NaN in one input spreads exactly as in the reference, whatever
     the SIMD width: the padded lanes of the last hidden block (H not a multiple
@@ -359,7 +369,7 @@ def test_nonfinite_inputs_match_reference(mode, where, H, dtype, isa, make_probl
                 p.inputs[where].flat[p.inputs[where].size // 2] = value
                 with np.errstate(all="ignore"):
                     ref64, plain32 = reference_outputs(p.args, p.kwargs, dtype=dtype)
-                policy.check_all(run_cell(p), ref64, plain32, dtype=dtype, names=("h_n", "c_n"),
+                policy.check_all(run_cell(p, backend), ref64, plain32, dtype=dtype, names=("h_n", "c_n"),
                                  prefix=f"B={B}, {where}[...]={value}: ")
             continue
         # No lengths: at padded steps the reference multiplies zero gate
@@ -369,4 +379,18 @@ def test_nonfinite_inputs_match_reference(mode, where, H, dtype, isa, make_probl
         p.inputs[where].flat[p.inputs[where].size // 2] = value
         with np.errstate(all="ignore"):
             ref64, plain32 = reference_outputs(p.args, p.kwargs, p.upstream, dtype=dtype)
-        policy.check_all(run_library(p), ref64, plain32, dtype=dtype, prefix=f"{where}[...]={value}: ")
+        policy.check_all(run_library(p, True, backend), ref64, plain32, dtype=dtype,
+                         prefix=f"{where}[...]={value}: ")
+
+
+def test_backend_runs_where_it_says(backend, rng):
+    """The backend fixture's calls reach the device it names: the training
+    state lives there (a cuda-emulated run that silently ran on the CPU would
+    make every parity test above a second CPU test)."""
+    x, w_ih, w_hh = backend.to((rng.standard_normal((3, 2, 4)), rng.standard_normal((20, 4)),
+                                rng.standard_normal((20, 5))))
+    res = fusedlstm.lstm_forward(x, w_ih, w_hh, training=True)
+    expected = fusedlstm._core.DEVICE_CUDA if backend.is_cuda else fusedlstm._core.DEVICE_CPU
+    assert res._state.device_type == expected
+    if backend.is_cuda:
+        assert fusedlstm._core.cuda_info("last_forward_path") in ("persistent", "fallback")

@@ -1,7 +1,8 @@
 """fusedlstm.LSTM (the numpy layer stack, python/fusedlstm/layers.py) against the
 float64 stack reference (fusedlstm.reference.stack_forward / stack_backward).
 
-Covered:
+Covered (the parity tests on every backend of conftest.py: the CPU, the CPU
+emulation of the CUDA backend, a GPU):
 * random configurations (layers 1-3, bidirectional, proj_size, bias, batch_first,
   lengths, hx, dropout with a mask drawn from a given generator) with odd sizes,
   float32 and float64, on every ISA path: y, h_n, c_n and every gradient (x, h0,
@@ -13,8 +14,8 @@ Covered:
   combinations); layer counts, sizes, lengths, dropout rate, upstream gradients
   and values are drawn fresh from the test seed.
 * the reserve size: layers.stack_reserve_nbytes == _core.stack_reserve_bytes ==
-  the closed form of the C header, for many shapes; a reserve one byte short is
-  refused.
+  the closed form of the C header, for many shapes, on the CPU and on CUDA; a
+  reserve one byte short is refused (on each backend).
 * eval (training=False) == training forward bitwise; no dropout in eval; dropout=1.
 * backward uses what the forward saw: mutating x, h0, c0, lengths or the
   layer's parameters after the forward does not change the gradients.
@@ -202,15 +203,17 @@ def reference_pair(layer, inp, *, dtype, **kw):
     return ref64, plain32
 
 
-def run_library(layer, inp, *, training=True, backward=True):
+def run_library(layer, inp, *, training=True, backward=True, backend=None):
+    """The layer's forward (+ backward) on `backend` (None: the CPU) -> dict of numpy arrays."""
+    to = backend.to if backend else (lambda a: a)
     rng = np.random.default_rng(inp.mask_seed)
-    res = layer.forward(inp.x, inp.hx, lengths=inp.lengths, training=training, rng=rng)
+    res = layer.forward(to(inp.x), to(inp.hx), lengths=to(inp.lengths), training=training, rng=rng)
     out = dict(y=res.y, h_n=res.h_n, c_n=res.c_n)
     if backward:
-        grads = layer.backward(res, **inp.upstream)
+        grads = layer.backward(res, **to(inp.upstream))
         assert set(grads) == {"x", "h0", "c0"} | set(layer.params)
         out.update({"d:" + k: v for k, v in grads.items()})
-    return out
+    return backend.numpy(out) if backend else out
 
 
 def assert_bitwise_equal(a, b, what):
@@ -246,7 +249,7 @@ def snapshot(*arrays):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("flags", L8, ids=lambda f: "".join(n[:2] for n, c in zip(FEATURES, f) if c == "1")
                          or "plain")
-def test_matches_reference(flags, dtype, isa, rng, threads, policy):
+def test_matches_reference(flags, dtype, backend, isa, rng, threads, policy):
     cfg = draw_config(rng, flags)
     print("config:", cfg)
     layer = make_layer(cfg, dtype, rng)
@@ -255,15 +258,16 @@ def test_matches_reference(flags, dtype, isa, rng, threads, policy):
     before = snapshot(inp.x, inp.h0, inp.c0, inp.lengths, *inp.upstream.values(), *layer.params.values())
 
     results = {}
-    for n in (1, 2):
+    for n in (1, 2) if backend.name != "cuda" else (1,):
         with threads(n):
-            results[n] = run_library(layer, inp)
+            results[n] = run_library(layer, inp, backend=backend)
 
     out = results[1]
     assert out.keys() == ref64.keys()
     assert_all_finite(out)
     policy.check_all(out, ref64, plain32, dtype=dtype)
-    assert_bitwise_equal(results[1], results[2], "1 and 2 threads")
+    if 2 in results:
+        assert_bitwise_equal(results[1], results[2], "1 and 2 threads")
     assert_padded_zero(out, inp)
     for name in layer.params:  # both biases of a cell enter the gates alike
         if name.startswith("bias_hh"):
@@ -301,15 +305,20 @@ def test_dropout_mask_comes_from_the_given_generator(rng):
 # --------------------------------------------------------------------------------------
 # reserve size
 # --------------------------------------------------------------------------------------
-def header_reserve_bytes(s, T, B, H, R_, L, D):
+def header_reserve_bytes(s, T, B, H, R_, L, D, device="cpu"):
     """The closed form documented in csrc/include/fusedlstm/fusedlstm.h."""
     up = lambda n, m: (n + m - 1) // m * m  # noqa: E731
-    w = 64 // s
-    hp = up(H, w)
     S = T * B
-    cell = 320 + up(S * 4 * hp * s, 64) + up(S * hp * s, 64) + up(S * (R_ if R_ else hp) * s, 64)
-    cell += up(S * up(H, 4 * w) * s, 64) if R_ else 0
     hout = R_ if R_ else H
+    if device == "cpu":
+        w = 64 // s
+        hp = up(H, w)
+        cell = 320 + up(S * 4 * hp * s, 64) + up(S * hp * s, 64) + up(S * (R_ if R_ else hp) * s, 64)
+        cell += up(S * up(H, 4 * w) * s, 64) if R_ else 0
+    else:
+        a = 8 if s == 8 else 4
+        cell = up(S * 4 * H * a, 256) + up((S + B) * H * a, 256) + up((S + B) * hout * s, 256)
+        cell += up(S * H * s, 256) if R_ else 0
     return L * D * cell + (L - 1) * (up(S * D * hout * s, 64) + 64)
 
 
@@ -324,29 +333,43 @@ def reserve_shapes(rng, n):
     return shapes
 
 
-def test_reserve_formula(rng):
+CODES = {2: _core.FLOAT16, 4: _core.FLOAT32, 8: _core.FLOAT64}
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_reserve_formula(device, rng):
+    """The CUDA size is the C API's closed form whether or not a CUDA backend loads
+    (a framework allocates it from the shapes alone)."""
+    device_type = _core.DEVICE_CPU if device == "cpu" else _core.DEVICE_CUDA
     for T, B, H, P, L, D in reserve_shapes(rng, 400):
-        for itemsize in (4, 8):
-            py = stack_reserve_nbytes(itemsize, T, B, H, P, L, D)
-            core = _core.stack_reserve_bytes(itemsize == 8, T, B, H, P, L, D)
-            assert py == core == header_reserve_bytes(itemsize, T, B, H, P, L, D), (
-                f"itemsize={itemsize} T={T} B={B} H={H} proj={P} L={L} D={D}: python {py}, core {core}, "
-                f"header {header_reserve_bytes(itemsize, T, B, H, P, L, D)}")
+        for itemsize in (4, 8) if device == "cpu" else (2, 4, 8):
+            py = stack_reserve_nbytes(itemsize, T, B, H, P, L, D, device=device)
+            core = _core.stack_reserve_bytes(dtype=CODES[itemsize], T=T, B=B, H=H, proj_size=P, num_layers=L,
+                                             num_directions=D, device_type=device_type)
+            header = header_reserve_bytes(itemsize, T, B, H, P, L, D, device)
+            assert py == core == header, (f"{device} itemsize={itemsize} T={T} B={B} H={H} proj={P} L={L} D={D}: "
+                                          f"python {py}, core {core}, header {header}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_reserve_one_byte_short_is_refused(dtype, rng):
+def test_reserve_one_byte_short_is_refused(dtype, backend, rng):
     T, B, I, H, P, L, D = 3, 5, 7, 11, 4, 2, 2
+    if backend.name == "cuda":
+        pytest.skip("numpy arrays only (the emulation's device memory is host memory)")
     layer = fusedlstm.LSTM(I, H, L, bidirectional=True, proj_size=P, dtype=dtype, seed=1)
     x = rng.standard_normal((T, B, I)).astype(dtype)
-    need = stack_reserve_nbytes(np.dtype(dtype).itemsize, T, B, H, P, L, D)
+    device = "cuda" if backend.is_cuda else "cpu"
+    need = stack_reserve_nbytes(np.dtype(dtype).itemsize, T, B, H, P, L, D, device=device)
     cells = layer._cells(layer.params)
     y = np.empty((T, B, D * P), dtype)
     h_n, c_n = np.empty((L * D, B, P), dtype), np.empty((L * D, B, H), dtype)
-    with pytest.raises(Exception, match="reserve"):
-        _core.stack_forward(x, cells, None, None, None, None, L, D, P, H, y, h_n, c_n,
-                            np.empty(need - 1, np.uint8))
-    _core.stack_forward(x, cells, None, None, None, None, L, D, P, H, y, h_n, c_n, np.empty(need, np.uint8))
+    from fusedlstm._host import HostArrays
+    arrays = HostArrays(dtype=dtype)  # on the backend's device (conftest sets the host device)
+    call = dict(x=x, x_strides=(B * I, I), cells=cells, y=y, y_strides=(B * D * P, D * P), h_n=h_n, c_n=c_n,
+                T=T, B=B, I=I, H=H, proj_size=P, num_layers=L, num_directions=D, **arrays.call())
+    with pytest.raises(ValueError, match="reserve"):
+        _core.stack_forward(**call, reserve=arrays.empty_bytes(need - 1))
+    _core.stack_forward(**call, reserve=arrays.empty_bytes(need))
     assert np.array_equal(y, layer.forward(x).y)
 
 
@@ -358,11 +381,11 @@ EVAL_CFG = dict(T=5, B=5, I=9, H=13, num_layers=3, bidirectional=True, proj_size
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_eval_equals_training_and_has_no_dropout(dtype, isa, rng, policy):
+def test_eval_equals_training_and_has_no_dropout(dtype, backend, isa, rng, policy):
     layer = make_layer(EVAL_CFG, dtype, rng)
     inp = Inputs(layer, EVAL_CFG, rng, dtype)
-    ev = run_library(layer, inp, training=False, backward=False)
-    tr = run_library(layer, inp, training=True, backward=False)
+    ev = run_library(layer, inp, training=False, backward=False, backend=backend)
+    tr = run_library(layer, inp, training=True, backward=False, backend=backend)
     assert_all_finite(ev)
     assert_bitwise_equal(ev, tr, "training=False and training=True")
     assert_padded_zero(ev, inp)
@@ -373,17 +396,18 @@ def test_eval_equals_training_and_has_no_dropout(dtype, isa, rng, policy):
     dropping = fusedlstm.LSTM(9, 13, 3, batch_first=True, dropout=0.6, bidirectional=True, proj_size=6,
                               dtype=dtype, seed=0)
     dropping.load_state_dict(layer.state_dict())
-    assert_bitwise_equal(run_library(dropping, inp, training=False, backward=False), ev,
+    assert_bitwise_equal(run_library(dropping, inp, training=False, backward=False, backend=backend), ev,
                          "eval with dropout=0.6 and with dropout=0")
-    assert not np.array_equal(run_library(dropping, inp, training=True, backward=False)["y"], ev["y"])
+    assert not np.array_equal(run_library(dropping, inp, training=True, backward=False, backend=backend)["y"],
+                              ev["y"])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_dropout_one_zeroes_upper_layer_inputs(dtype, rng, policy):
+def test_dropout_one_zeroes_upper_layer_inputs(dtype, backend, rng, policy):
     cfg = dict(EVAL_CFG, num_layers=2, dropout=1.0, batch_first=False, upstream="dy")
     layer = make_layer(cfg, dtype, rng)
     inp = Inputs(layer, cfg, rng, dtype)
-    out = run_library(layer, inp)
+    out = run_library(layer, inp, backend=backend)
     masks = np.zeros((1, inp.T, inp.B, inp.D * inp.hout), dtype)
     ref64, plain32 = reference_pair(layer, inp, dtype=dtype, masks=masks)
     assert_all_finite(out)
@@ -467,7 +491,7 @@ def test_parameters_set_in_any_layout(kind, dtype, rng, policy):
 
 @pytest.mark.parametrize("kind", LAYOUTS)
 @pytest.mark.parametrize("batch_first", [False, True])
-def test_inputs_states_and_upstream_in_any_layout(kind, batch_first, rng, policy):
+def test_inputs_states_and_upstream_in_any_layout(kind, batch_first, backend, rng, policy):
     cfg = dict(LAYOUT_CFG, batch_first=batch_first)
     layer = make_layer(cfg, np.float64, rng)
     inp = Inputs(layer, cfg, rng, np.float64)
@@ -475,10 +499,10 @@ def test_inputs_states_and_upstream_in_any_layout(kind, batch_first, rng, policy
     inp.x, inp.h0, inp.c0 = (relaid(a, kind) for a in (inp.x, inp.h0, inp.c0))
     inp.lengths = stepped(inp.lengths)
     inp.upstream = {k: relaid(v, kind) for k, v in inp.upstream.items()}
-    policy.check_all(run_library(layer, inp), ref64, dtype=np.float64)
+    policy.check_all(run_library(layer, inp, backend=backend), ref64, dtype=np.float64)
 
 
-def test_zero_stride_input_and_upstream(rng, policy):
+def test_zero_stride_input_and_upstream(backend, rng, policy):
     """x the same at every step, dy the same for every sequence (broadcast views)."""
     cfg = dict(LAYOUT_CFG, lengths=False)
     layer = make_layer(cfg, np.float64, rng)
@@ -486,12 +510,13 @@ def test_zero_stride_input_and_upstream(rng, policy):
     inp.x = np.broadcast_to(inp.x[:1], inp.x.shape)
     inp.upstream["dy"] = np.broadcast_to(inp.upstream["dy"][:, :1], inp.upstream["dy"].shape)
     ref64, _ = reference_pair(layer, inp, dtype=np.float64)
-    policy.check_all(run_library(layer, inp), ref64, dtype=np.float64)
+    policy.check_all(run_library(layer, inp, backend=backend), ref64, dtype=np.float64)
 
 
 def test_debug_poison_is_active():
     """The tests above rely on the library filling its outputs with NaN first."""
-    assert np.all(np.isnan(fusedlstm.api._alloc((3,), np.float32)))
+    from fusedlstm._host import HostArrays
+    assert np.all(np.isnan(HostArrays(dtype=np.float32).empty((3,))))
 
 
 # --------------------------------------------------------------------------------------
@@ -501,32 +526,34 @@ SNAPSHOT_CFG = dict(T=4, B=3, I=5, H=7, num_layers=2, bidirectional=True, proj_s
                     batch_first=False, lengths=True, hx=True, dropout=0.3, upstream="all")
 
 
-def _grads_after_mutation(layer, inp, mutate):
+def _grads_after_mutation(layer, inp, mutate, backend):
     rng = np.random.default_rng(inp.mask_seed)
-    res = layer.forward(inp.x, inp.hx, lengths=inp.lengths, training=True, rng=rng)
-    mutate()
-    return {k: v.copy() for k, v in layer.backward(res, **inp.upstream).items()}
+    x, hx, lengths = backend.to((inp.x, inp.hx, inp.lengths))
+    res = layer.forward(x, hx, lengths=lengths, training=True, rng=rng)
+    mutate(x, hx, lengths)
+    return backend.numpy({k: v.clone() if hasattr(v, "clone") else v.copy()
+                          for k, v in layer.backward(res, **backend.to(inp.upstream)).items()})
 
 
 @pytest.mark.parametrize("batch_first", [False, True])
 @pytest.mark.parametrize("what", ["x", "h0", "c0", "lengths", "params in place", "params replaced"])
-def test_backward_unaffected_by_later_mutation(what, batch_first, rng):
+def test_backward_unaffected_by_later_mutation(what, batch_first, backend, rng):
     cfg = dict(SNAPSHOT_CFG, batch_first=batch_first)
     layer = make_layer(cfg, np.float64, rng)
     inp = Inputs(layer, cfg, rng, np.float64)
-    clean = _grads_after_mutation(layer, inp, lambda: None)
+    clean = _grads_after_mutation(layer, inp, lambda *a: None, backend)
     saved = layer.state_dict()
 
-    def mutate():
+    def mutate(x, hx, lengths):
         if what in ("x", "h0", "c0", "lengths"):
-            getattr(inp, what)[...] = 1
+            {"x": x, "h0": hx[0], "c0": hx[1], "lengths": lengths}[what][...] = 1
         elif what == "params in place":
             for v in layer.params.values():
                 v[...] = 0.25
         else:
             layer.load_state_dict({k: np.full_like(v, -0.5) for k, v in saved.items()})
 
-    got = _grads_after_mutation(layer, inp, mutate)
+    got = _grads_after_mutation(layer, inp, mutate, backend)
     for k in clean:
         assert np.array_equal(got[k], clean[k]), f"gradient {k} changed after mutating {what} post-forward"
 

@@ -25,28 +25,6 @@
 #include "fusedlstm/fusedlstm.h"
 #include "fusedlstm/fusedlstm_cuda.h"
 
-// The CUDA addendum's entry points the C API defines (declared here as well:
-// the two below are newer than some fusedlstm_cuda.h).
-extern "C" {
-const char* fl_cuda_backend_name(void);
-int fl_cuda_backend_host_memory(void);
-}
-
-// TEMPORARY (until the C API of csrc/capi/ defines them): weak stand-ins, so
-// that the binding links against a C API without CUDA dispatch.
-extern "C" {
-__attribute__((weak)) int fl_cuda_device_count(const char** why) {
-  if (why) *why = "this build's C API has no CUDA dispatch";
-  return 0;
-}
-__attribute__((weak)) const char* fl_cuda_build_archs(void) { return ""; }
-__attribute__((weak)) const char* fl_cuda_path(void) { return ""; }
-__attribute__((weak)) const char* fl_cuda_last_forward_path(void) { return ""; }
-__attribute__((weak)) const char* fl_cuda_last_backward_path(void) { return ""; }
-__attribute__((weak)) const char* fl_cuda_backend_name(void) { return ""; }
-__attribute__((weak)) int fl_cuda_backend_host_memory(void) { return 0; }
-}
-
 namespace py = pybind11;
 
 namespace {
@@ -64,14 +42,8 @@ fl_device device_of(int device_type, int device_index, std::uintptr_t stream, bo
 }
 
 // Whether the loaded CUDA backend's "device" memory is host memory (the CPU
-// emulation). Loads the backend first when no call has yet.
-bool cuda_backend_host_memory() {
-  if (*fl_cuda_backend_name() == '\0') {
-    const char* why = nullptr;
-    fl_cuda_device_count(&why);
-  }
-  return fl_cuda_backend_host_memory() != 0;
-}
+// emulation); loads the backend when no call has yet.
+bool cuda_backend_host_memory() { return fl_cuda_backend_host_memory() != 0; }
 
 // ---- arrays. A numpy array reaches the C API as a bare pointer, read in the
 // layout fusedlstm.h documents: "dense" (C-contiguous) for weights, biases,

@@ -42,7 +42,7 @@ def cuda_available() -> bool:
     """True when the CUDA backend is compiled in and a CUDA device is usable
     (then lstm_forward / lstm_backward / lstm_cell accept CUDA arrays). Never raises."""
     try:
-        from ._cuda_dispatch import cuda_available as _available
+        from ._device import cuda_available as _available
         return _available()
     except Exception:
         return False
@@ -52,13 +52,13 @@ def build_info() -> dict:
     """What this installed build has: version, backends, SIMD paths, CUDA
     (compiled archs, devices, and why CUDA is unusable when it is)."""
     try:
-        from ._cuda_dispatch import cuda_build_info
+        from ._device import cuda_build_info
         cuda = cuda_build_info()
     except Exception as exc:  # never let a CUDA problem break the CPU package
         cuda = {"compiled": False, "archs": [], "devices": 0, "reason": f"{type(exc).__name__}: {exc}"}
     return {
         "version": __version__,
-        "backends": ["cpu"] + (["cuda"] if cuda.get("compiled") and cuda.get("importable") else []),
+        "backends": ["cpu"] + (["cuda"] if cuda.get("devices") else []),
         "cpu_isas": available_isas(),
         "cpu_isa_in_use": get_isa(),
         "num_threads": get_num_threads(),

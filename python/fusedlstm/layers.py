@@ -2,16 +2,21 @@
 look-alike that owns its weights and has ``forward`` and ``backward``.
 
 Stacked layers, both directions, the projection and dropout between layers
-all run inside the compiled core (``fl_lstm_stack_*``); this file checks
-arguments, owns the weights and lays out arrays.
+all run inside the compiled core (``fl_lstm_stack_*``), on the CPU for numpy
+input and on the GPU for CUDA arrays (torch / CuPy; the weights are copied to
+x's device at each forward); this file checks arguments, owns the weights and
+lays out arrays through the array path of x (fusedlstm/_host.py or
+fusedlstm/_device.py).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from . import _core
-from .api import _alloc, _bool_arg, _check_fits, _check_lengths, _dense, _float_array, _inner_contiguous, _int_arg
+from . import _checks, _core
+from ._checks import bool_arg as _bool_arg, check_fits as _check_fits, int_arg as _int_arg
+from ._host import dense as _dense, float_array as _float_array
+from .api import arrays_for
 
 __all__ = ["LSTM", "LSTMStackResult", "stack_reserve_nbytes"]
 
@@ -20,22 +25,34 @@ def _round_up(n, m):
     return (n + m - 1) // m * m
 
 
-def stack_reserve_nbytes(itemsize, T, B, H, proj_size, num_layers, num_directions):
-    """Bytes of the reserve a training forward of these shapes fills
-    (``fl_lstm_stack_reserve_bytes``'s closed form). Plain integer
-    arithmetic, so it also works on symbolic sizes (torch.compile)."""
-    w = 64 // itemsize
-    hp = _round_up(H, w)
+def stack_reserve_nbytes(itemsize, T, B, H, proj_size, num_layers, num_directions, *, device="cpu"):
+    """Bytes of the reserve a training forward of these shapes fills on
+    `device` ("cpu" or "cuda"): ``fl_lstm_stack_reserve_bytes``'s closed form
+    (fusedlstm.h). Plain integer arithmetic, so it also works on symbolic
+    sizes (torch.compile)."""
     slots = T * B
+    hout = proj_size if proj_size else H
 
     def r64(n):
         return _round_up(n, 64)
 
-    cell = 320 + r64(slots * 4 * hp * itemsize) + r64(slots * hp * itemsize)
-    cell = cell + r64(slots * (proj_size if proj_size else hp) * itemsize)
-    if proj_size:
-        cell = cell + r64(slots * _round_up(H, 4 * w) * itemsize)
-    hout = proj_size if proj_size else H
+    if device == "cpu":
+        w = 64 // itemsize
+        hp = _round_up(H, w)
+        cell = 320 + r64(slots * 4 * hp * itemsize) + r64(slots * hp * itemsize)
+        cell = cell + r64(slots * (proj_size if proj_size else hp) * itemsize)
+        if proj_size:
+            cell = cell + r64(slots * _round_up(H, 4 * w) * itemsize)
+    elif device == "cuda":
+        def r256(n):
+            return _round_up(n, 256)
+
+        math = 8 if itemsize == 8 else 4  # float64, else the float32 math of float32/16/bfloat16
+        cell = r256(slots * 4 * H * math) + r256((slots + B) * H * math) + r256((slots + B) * hout * itemsize)
+        if proj_size:
+            cell = cell + r256(slots * H * itemsize)
+    else:
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
     return num_layers * num_directions * cell + (num_layers - 1) * (r64(slots * num_directions * hout * itemsize) + 64)
 
 
@@ -92,6 +109,10 @@ def check_config(input_size, hidden_size, num_layers, dropout, proj_size):
                 "the weights (float64, bidirectional at most)", input_size=input_size, hidden_size=hidden_size,
                 num_layers=num_layers)
     return input_size, hidden_size, num_layers, float(dropout), proj_size
+
+
+def _nbytes(reserve):
+    return 0 if reserve is None else reserve.nbytes
 
 
 class LSTMStackResult:
@@ -188,117 +209,136 @@ class LSTM:
                               params.get("weight_hr" + s)))
         return cells
 
-    def _array(self, name, a):
-        return _float_array(name, a, self.dtype, works_in=f"the layer (dtype={self.dtype})")
-
     # ---------------------------------------------------------- forward
-    def forward(self, x, hx=None, *, lengths=None, training=False, rng=None):
+    def forward(self, x, hx=None, *, lengths=None, training=False, rng=None, stream=None):
         """x (T, B, I) (or (B, T, I) with batch_first); hx = (h0, c0) with
         h0 (L*D, B, Hout), c0 (L*D, B, H), or None (zeros); lengths (B,)
         ends sequence b after lengths[b] steps (y is zero past it, h_n/c_n
         are taken at it; the reverse direction starts there).
         ``training=True`` applies dropout between layers (masks drawn from
         ``rng`` or the layer's own generator) and keeps what
-        :meth:`backward` needs. Returns an :class:`LSTMStackResult`."""
-        x = self._array("x", x)
-        if x.ndim != 3:
-            raise ValueError(f"x must have shape ({'B, T' if self.batch_first else 'T, B'}, I), got {x.shape}")
-        xt = x.swapaxes(0, 1) if self.batch_first else x
-        T, B, I = xt.shape
+        :meth:`backward` needs. x may be a CUDA array (torch / CuPy, of the
+        layer's dtype): then the call runs on its device and stream (see
+        fusedlstm/_device.py; lengths there as for lstm_forward).
+        Returns an :class:`LSTMStackResult` of arrays of x's library."""
+        training = _bool_arg("training", training)
+        arrays = arrays_for(x, stream=stream, dtype=self.dtype)
+        works_in = f"the layer (dtype={self.dtype})"
+        x = arrays.adopt_one("x", x, works_in)
+        shape = arrays.shape(x)
+        if len(shape) != 3:
+            raise ValueError(f"x must have shape ({'B, T' if self.batch_first else 'T, B'}, I), got {shape}")
+        xt = arrays.swapaxes01(x) if self.batch_first else x
+        T, B, I = arrays.shape(xt)
         if I != self.input_size:
             raise ValueError(f"x must have input size {self.input_size} in its last axis, got {I}")
         if T < 1 or B < 1:
-            raise ValueError(f"x must have at least one step and one sequence, got shape {x.shape}")
-        xt, _ = _inner_contiguous(xt)
+            raise ValueError(f"x must have at least one step and one sequence, got shape {shape}")
         L, D, H = self.num_layers, self.num_directions, self.hidden_size
         hout = self.proj_size or H
         h0 = c0 = None
         if hx is not None:
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
                 raise TypeError("hx must be a tuple (h0, c0) or None")
-            h0, c0 = _dense(self._array("h0", hx[0])), _dense(self._array("c0", hx[1]))
-            if h0.shape != (L * D, B, hout):
+            h0, c0 = (arrays.dense(arrays.adopt_one(n, a, works_in)) for n, a in zip(("h0", "c0"), hx))
+            if arrays.shape(h0) != (L * D, B, hout):
                 raise ValueError(f"h0 must have shape (num_layers*num_directions, B, Hout) = "
-                                 f"{(L * D, B, hout)}, got {h0.shape}")
-            if c0.shape != (L * D, B, H):
+                                 f"{(L * D, B, hout)}, got {arrays.shape(h0)}")
+            if arrays.shape(c0) != (L * D, B, H):
                 raise ValueError(f"c0 must have shape (num_layers*num_directions, B, H) = "
-                                 f"{(L * D, B, H)}, got {c0.shape}")
-        lengths = _check_lengths(lengths, B, T)
+                                 f"{(L * D, B, H)}, got {arrays.shape(c0)}")
+        lengths = arrays.lengths(lengths, B, T)
         mask = None
         if training and self.dropout > 0 and L > 1:
             gen = self._rng if rng is None else rng
             keep = 1.0 - self.dropout
             draw = gen.random((L - 1, T, B, D * hout)) < keep
-            mask = (draw / keep if keep > 0 else np.zeros(draw.shape)).astype(self.dtype)
+            mask = arrays.from_host((draw / keep if keep > 0 else np.zeros(draw.shape)).astype(self.dtype))
         # The core reads C-order arrays; users may also set params by hand.
-        params = {k: (np.array(v, dtype=self.dtype, order="C") if training else
-                      _dense(np.asarray(v, dtype=self.dtype))) for k, v in self.params.items()}
+        if arrays.library == "numpy":
+            params = {k: (np.array(v, dtype=self.dtype, order="C") if training else
+                          _dense(np.asarray(v, dtype=self.dtype))) for k, v in self.params.items()}
+        else:
+            params = {k: arrays.from_host(np.asarray(v, dtype=self.dtype)) for k, v in self.params.items()}
         cells = self._cells(params)
 
-        y = _alloc((B, T, D * hout) if self.batch_first else (T, B, D * hout), self.dtype)
-        h_n = _alloc((L * D, B, hout), self.dtype)
-        c_n = _alloc((L * D, B, H), self.dtype)
+        xt, xs = arrays.rows(xt)
+        y = arrays.empty((B, T, D * hout) if self.batch_first else (T, B, D * hout))
+        h_n, c_n = arrays.empty((L * D, B, hout)), arrays.empty((L * D, B, H))
         reserve = None
         if training:
-            reserve = np.empty(stack_reserve_nbytes(self.dtype.itemsize, T, B, H, self.proj_size, L, D), np.uint8)
+            device = "cpu" if arrays.device_type == _core.DEVICE_CPU else "cuda"
+            reserve = arrays.empty_bytes(stack_reserve_nbytes(self.dtype.itemsize, T, B, H, self.proj_size, L, D,
+                                                              device=device))
             # backward reads x, hx and lengths as they are now
-            xt = xt.copy()
-            h0, c0, lengths = (None if a is None else a.copy() for a in (h0, c0, lengths))
-        y_t = y.swapaxes(0, 1) if self.batch_first else y
-        _core.stack_forward(xt, cells, h0, c0, lengths, mask, L, D, self.proj_size, H, y_t, h_n, c_n, reserve)
+            xt, h0, c0, lengths = (arrays.copy(a) for a in (xt, h0, c0, lengths))
+            xt, xs = arrays.rows(xt)
+        shapes = dict(T=T, B=B, I=I, H=H, proj_size=self.proj_size, num_layers=L, num_directions=D)
+        core = arrays.core
+        inputs = dict(x=core(xt), x_strides=xs[:2], cells=[tuple(core(a) for a in c) for c in cells], h0=core(h0),
+                      c0=core(c0), lengths=core(lengths), dropout_mask=core(mask))
+        _core.stack_forward(**inputs, y=core(y), y_strides=_checks.sequence_layout(T, B, D * hout, self.batch_first)[1], h_n=core(h_n),
+                            c_n=core(c_n), reserve=core(reserve), reserve_bytes=_nbytes(reserve), **shapes,
+                            **arrays.call())
+        arrays.done(y, h_n, c_n, reserve, lengths, mask, *params.values())
         ctx = None
         if training:
-            ctx = dict(x=xt, cells=cells, h0=h0, c0=c0, lengths=lengths, mask=mask, reserve=reserve,
-                       x_shape=x.shape, params=params)
+            ctx = dict(arrays=arrays, keep=(xt, h0, c0, lengths, mask, reserve, params), inputs=inputs,
+                       shapes=shapes)
         return LSTMStackResult(y, h_n, c_n, ctx)
 
     __call__ = forward
 
     # --------------------------------------------------------- backward
-    def backward(self, result, dy=None, dh_n=None, dc_n=None):
+    def backward(self, result, dy=None, dh_n=None, dc_n=None, *, stream=None):
         """Gradients of a training forward: a dict with ``"x"``, ``"h0"``,
         ``"c0"`` and one entry per parameter name (both biases of a cell get
-        the same gradient). Upstream gradients default to zero."""
+        the same gradient), arrays of x's library. Upstream gradients default
+        to zero."""
         if not isinstance(result, LSTMStackResult):
             raise TypeError(f"result must be the LSTMStackResult of LSTM.forward, got {type(result).__name__}")
         if result._ctx is None:
             raise ValueError("result comes from a forward with training=False; run forward(..., training=True)")
         ctx = result._ctx
-        xt = ctx["x"]
-        T, B, I = xt.shape
+        arrays = ctx["arrays"].for_backward(stream)
+        shapes = ctx["shapes"]
+        T, B, I = shapes["T"], shapes["B"], shapes["I"]
         L, D, H = self.num_layers, self.num_directions, self.hidden_size
         hout = self.proj_size or H
+        works_in = f"the layer (dtype={self.dtype})"
 
         def grad_in(name, a, shape):
             if a is None:
                 return None
-            arr = _dense(self._array(name, a))
-            if arr.shape != shape:
-                raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
+            arr = arrays.dense(arrays.adopt_one(name, a, works_in))
+            if arrays.shape(arr) != tuple(shape):
+                raise ValueError(f"{name} must have shape {tuple(shape)}, got {arrays.shape(arr)}")
             return arr
 
-        dy = grad_in("dy", dy, result.y.shape)
-        if dy is not None and self.batch_first:
-            dy = dy.swapaxes(0, 1)
+        dy = grad_in("dy", dy, arrays.shape(result.y))
+        dy_strides = (0, 0) if dy is None else _checks.time_batch(arrays.rows(dy)[1], self.batch_first)
         dh_n = grad_in("dh_n", dh_n, (L * D, B, hout))
         dc_n = grad_in("dc_n", dc_n, (L * D, B, H))
-        dx = _alloc((B, T, I) if self.batch_first else (T, B, I), self.dtype)
-        dx_t = dx.swapaxes(0, 1) if self.batch_first else dx
-        dh0 = _alloc((L * D, B, hout), self.dtype)
-        dc0 = _alloc((L * D, B, H), self.dtype)
-        shapes = self._shapes()
-        grads = {name: _alloc(shape, self.dtype) for name, shape in shapes.items() if "bias_hh" not in name}
+        dx = arrays.empty((B, T, I) if self.batch_first else (T, B, I))
+        dh0, dc0 = arrays.empty((L * D, B, hout)), arrays.empty((L * D, B, H))
+        names = self._shapes()
+        grads = {name: arrays.empty(shape) for name, shape in names.items() if "bias_hh" not in name}
         cell_grads = []
         for layer in range(L):
             for suffix in ("", "_reverse")[:D]:
                 s = f"_l{layer}{suffix}"
-                cell_grads.append((grads["weight_ih" + s], grads["weight_hh" + s], grads.get("bias_ih" + s),
-                                   grads.get("weight_hr" + s)))
-        _core.stack_backward(xt, ctx["cells"], ctx["h0"], ctx["c0"], ctx["lengths"], ctx["mask"], L, D,
-                             self.proj_size, H, ctx["reserve"], dy, dh_n, dc_n, dx_t, dh0, dc0, cell_grads)
+                cell_grads.append(tuple(arrays.core(grads.get(k + s)) for k in
+                                        ("weight_ih", "weight_hh", "bias_ih", "weight_hr")))
+        core = arrays.core
+        reserve = ctx["keep"][5]
+        _core.stack_backward(**ctx["inputs"], reserve=core(reserve), reserve_bytes=_nbytes(reserve), dy=core(dy),
+                             dy_strides=dy_strides, dh_n=core(dh_n),
+                             dc_n=core(dc_n), dx=core(dx), dx_strides=_checks.sequence_layout(T, B, I, self.batch_first)[1], dh0=core(dh0),
+                             dc0=core(dc0), cell_grads=cell_grads, **ctx["shapes"], **arrays.call())
+        arrays.done(dx, dh0, dc0, *grads.values(), *(a for a in ctx["keep"][:6]), *ctx["keep"][6].values())
         out = {"x": dx, "h0": dh0, "c0": dc0}
-        for name in shapes:  # b_ih and b_hh enter the gates alike: equal gradients
-            out[name] = grads[name.replace("bias_hh", "bias_ih")].copy() if "bias_hh" in name else grads[name]
+        for name in names:  # b_ih and b_hh enter the gates alike: equal gradients
+            out[name] = arrays.copy(grads[name.replace("bias_hh", "bias_ih")]) if "bias_hh" in name else grads[name]
         return out
 
     def __repr__(self):

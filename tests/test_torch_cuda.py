@@ -48,18 +48,58 @@ def cuda_device(request):
 # --------------------------------------------------------------------------------------
 # the plain implementation in a low precision (see the module docstring)
 # --------------------------------------------------------------------------------------
-def _round_to(dtype):
+_FORMATS = {"float16": torch.float16, 7: torch.bfloat16}
+
+
+def _rounder(precision, which):
+    """tolerance.PRECISIONS' rounding of GEMM operands (which=1) or of stored outputs (2), in torch."""
+    dtype = _FORMATS[tolerance.PRECISIONS[precision][which]]
     return lambda t: t.to(dtype).float()
+
+
+class _RoundedMatmul(torch.autograd.Function):
+    """a @ b with both operands rounded, in the forward and in each product of the
+    backward (as fusedlstm.reference's round_operands)."""
+
+    @staticmethod
+    def forward(ctx, a, b, rnd):
+        ctx.save_for_backward(a, b)
+        ctx.rnd = rnd
+        return rnd(a) @ rnd(b)
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved_tensors
+        rnd = ctx.rnd
+        return rnd(g) @ rnd(b).T, rnd(a).T @ rnd(g), None
+
+
+class _Stored(torch.autograd.Function):
+    """An array kept in the storage format (a layer's output, its gradient)."""
+
+    @staticmethod
+    def forward(ctx, a, store):
+        ctx.store = store
+        return store(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        return ctx.store(g), None
 
 
 def plain_lstm(params, x, h0, c0, lengths, *, num_layers, bidirectional, precision):
     """float32 nn.LSTM (time-major x [T, B, I], h0/c0 [L*D, B, *], lengths [B] or None,
-    params {name: float32 tensor}) with every GEMM operand rounded to `precision`'s
-    format and y, h_n, c_n rounded to its storage; differentiable."""
-    _, operands, storage = tolerance.PRECISIONS[precision]
-    fmt = {"float16": torch.float16, 7: torch.bfloat16}
-    rnd = _round_to(fmt[operands])
-    store = _round_to(fmt[storage])
+    params {name: float32 tensor}) with every operand of every matrix product (backward
+    included) rounded to `precision`'s format, and y, h_n, c_n rounded to its storage
+    and so are each layer's output and the gradients the layers exchange (each direction's,
+    and their sum), as the library keeps them; round the returned gradients with
+    _rounder(precision, 2) too."""
+    rnd = _rounder(precision, 1)
+    store = _rounder(precision, 2)
+
+    def mm(a, b):
+        return _RoundedMatmul.apply(a, b, rnd)
+
     T, B, _ = x.shape
     D = 2 if bidirectional else 1
     steps = torch.arange(T)[:, None]
@@ -74,20 +114,21 @@ def plain_lstm(params, x, h0, c0, lengths, *, num_layers, bidirectional, precisi
             b = params.get("bias_ih" + sfx, 0) + params.get("bias_hh" + sfx, 0)
             w_hr = params.get("weight_hr" + sfx)
             h, c = h0[layer * D + d], c0[layer * D + d]
+            xs = _Stored.apply(layer_in, store)  # each direction's input gradient is stored, then summed
             ys = [None] * T
             for t in (range(T) if d == 0 else reversed(range(T))):  # padded steps: keep the state
-                gates = rnd(layer_in[t]) @ rnd(w_ih).T + rnd(h) @ rnd(w_hh).T + b
+                gates = mm(xs[t], w_ih.T) + mm(h, w_hh.T) + b
                 i, f, g, o = gates.chunk(4, 1)
                 c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
                 m = torch.sigmoid(o) * torch.tanh(c_new)
-                h_new = m if w_hr is None else rnd(m) @ rnd(w_hr).T
+                h_new = m if w_hr is None else mm(m, w_hr.T)
                 keep = mask[t][:, None]
                 c, h = torch.where(keep, c_new, c), torch.where(keep, h_new, h)
                 ys[t] = torch.where(keep, h_new, torch.zeros_like(h_new))
             outs.append(torch.stack(ys))
             h_n.append(h)
             c_n.append(c)
-        layer_in = torch.cat(outs, 2)
+        layer_in = _Stored.apply(torch.cat(outs, 2), store)
     return store(layer_in), store(torch.stack(h_n)), store(torch.stack(c_n))
 
 
@@ -139,6 +180,8 @@ def _low_precision_run(cfg, dtype, precision, device, seed, policy, autocast):
                 y = torch.nn.utils.rnn.pad_packed_sequence(y, total_length=T)[0]
         loss = (y.float() * dy.to(on)).sum() + (h.float() * dh.to(on)).sum() + (c.float() * dc.to(on)).sum()
         grads = torch.autograd.grad(loss, [xs, h0s, c0s] + list(params.values()))
+        if plain:
+            grads = [_rounder(precision, 2)(g) for g in grads]
         return dict(y=y, h_n=h, c_n=c, **dict(zip(["dx", "dh0", "dc0"] + ["d" + n for n in params], grads)))
 
     emulated_autocast = autocast and device == "cpu"
@@ -302,3 +345,19 @@ def test_tf32_follows_torch_matmul_switch():
             assert call.common()["stream"] == torch.cuda.current_stream().cuda_stream
     finally:
         torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def test_cuda_implementation_gets_the_cuda_reserve(cuda_device):
+    """The op on CUDA (or emulated-CUDA) tensors calls the CUDA backend: its reserve is the
+    size fl_lstm_stack_reserve_bytes gives for FL_DEVICE_CUDA (not the CPU's)."""
+    core = _ops._core
+    torch.manual_seed(0)
+    m = ft.LSTM(3, 5, num_layers=2, bidirectional=True, proj_size=2).to(cuda_device)
+    x = torch.randn(4, 2, 3, device=cuda_device)
+    h0, c0 = torch.zeros(4, 2, 2, device=cuda_device), torch.zeros(4, 2, 5, device=cuda_device)
+    reserve = torch.ops.fusedlstm.stack_forward(x, m._flat_weights, h0, c0, None, None, 2, True, 2, True, False,
+                                                True)[3]
+    shape = dict(T=4, B=2, H=5, proj_size=2, num_layers=2, num_directions=2)
+    cuda = core.stack_reserve_bytes(dtype=core.FLOAT32, **shape, device_type=core.DEVICE_CUDA)
+    assert cuda != core.stack_reserve_bytes(dtype=core.FLOAT32, **shape, device_type=core.DEVICE_CPU)
+    assert reserve.numel() == cuda and reserve.data_ptr() % 256 == 0

@@ -1188,14 +1188,17 @@ def test_fake_reserve_size_is_the_c_apis(cuda, dtype):
 
 
 def test_tensors_on_two_devices_are_refused():
-    """A pointer of one device handed to the other backend would be read as garbage: ValueError."""
-    m = ft.LSTM(3, 4)
-    x = torch.randn(5, 2, 3, device="meta")
-    with pytest.raises((ValueError, NotImplementedError, RuntimeError)):
-        m(x)
+    """A pointer of one device handed to the other backend would be read as garbage: every
+    array reaching the core is checked to be on the call's device (ValueError)."""
     call = _ops._Call(torch.device("cpu"), torch.float32)
     with pytest.raises(ValueError, match="on meta.*on cpu"):
         call.dense(torch.empty(2, device="meta"))
+    with pytest.raises(ValueError, match="on meta.*on cpu"):
+        call.rows(torch.empty(2, 2, 3, device="meta"))
+    if torch.cuda.is_available():
+        m = ft.LSTM(3, 4)  # on the CPU
+        with pytest.raises(ValueError, match="cuda.*cpu|cpu.*cuda"):
+            m(torch.randn(5, 2, 3, device="cuda"))
 
 
 def test_import_fusedlstm_does_not_import_torch():

@@ -124,16 +124,16 @@ BACKENDS = [
 ]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_ddp_gradients_match_nn_lstm(backend, tmp_path, seed, policy):
-    world = WORLD if backend == "gloo" else _nccl_world()
+@pytest.mark.parametrize("dist_backend", BACKENDS)
+def test_ddp_gradients_match_nn_lstm(dist_backend, tmp_path, seed, policy):
+    world = WORLD if dist_backend == "gloo" else _nccl_world()
     init_file = tmp_path / "init"
     outs = [tmp_path / f"rank{r}.pt" for r in range(world)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     code = ("import sys; sys.path.insert(0, {d!r}); import test_torch_ddp as t; "
             "t._worker({r}, {f!r}, {o!r}, {s}, {b!r}, {w})")
     procs = [subprocess.Popen([sys.executable, "-c", code.format(d=str(TESTS_DIR), r=r, f=str(init_file),
-                                                                 o=str(outs[r]), s=seed, b=backend, w=world)],
+                                                                 o=str(outs[r]), s=seed, b=dist_backend, w=world)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
              for r in range(world)]
     logs = []

@@ -117,7 +117,11 @@ class _Call:
                     allow_tf32=bool(torch.backends.cuda.matmul.allow_tf32) if real else False)
 
     def threads(self):
-        return contextlib.nullcontext() if self.cuda else _TorchThreads()
+        """What the core call runs inside: on the CPU torch's thread count, on a GPU
+        that GPU as the current device (as torch's own ops run)."""
+        if not self.cuda:
+            return _TorchThreads()
+        return torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
 
     def array(self, t: Optional[Tensor]):
         """t (already in the layout the core reads) as the core's argument."""

@@ -318,6 +318,40 @@ def test_noncontiguous_and_expanded_inputs(device, seed, policy):
         check_all(policy, {"y": y, "h_n": h, "c_n": c}, {"y": y_t, "h_n": h_t, "c_n": c_t}, None, torch.float64)
 
 
+@pytest.mark.parametrize("kind", ["padded", "packed"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_no_grad_forward_matches_nn_lstm(dtype, kind, device, seed, policy):
+    """Inference (no reserve: the core's inference forward; LSTMCell's cell_forward op)."""
+    cfg = dict(FIXED[0], kind=kind, hx=True)
+    torch.manual_seed(seed)
+    ours, truth_m, plain_m = make_models(cfg, dtype)
+    ours.to(device)
+    data = Data(cfg, dtype, torch.Generator().manual_seed(seed))
+    results = []
+    for m, on, dt in ((ours, device, dtype), (truth_m, "cpu", torch.float64), (plain_m, "cpu", dtype)):
+        if m is None:
+            results.append(None)
+            continue
+        x, hx = data.x.to(on, dt), (data.h0.to(on, dt), data.c0.to(on, dt))
+        with torch.no_grad():
+            y, (h, c) = m(data.pack(x) if kind == "packed" else x, hx)
+        results.append({"y": y.data if kind == "packed" else y, "h_n": h, "c_n": c})
+    check_all(policy, results[0], results[1], results[2], dtype)
+    cell_src = nn.LSTMCell(4, 6, dtype=dtype)
+    cell = ft.LSTMCell(4, 6, dtype=dtype).to(device)
+    cell.load_state_dict(cell_src.state_dict())
+    cell_truth = nn.LSTMCell(4, 6, dtype=torch.float64)
+    cell_truth.load_state_dict({k: v.double() for k, v in cell_src.state_dict().items()})
+    vals = [torch.randn(3, n, dtype=torch.float64).to(dtype) for n in (4, 6, 6)]
+    with torch.no_grad():
+        x, h, c = (v.to(device) for v in vals)
+        got = cell(x, (h, c))
+        want = cell_truth(vals[0].double(), (vals[1].double(), vals[2].double()))
+        plain = cell_src(vals[0], (vals[1], vals[2])) if dtype == torch.float32 else None
+    check_all(policy, dict(zip("hc", got)), dict(zip("hc", want)), None if plain is None else dict(zip("hc", plain)),
+              dtype)
+
+
 def test_empty_batch_like_nn_lstm():
     torch.manual_seed(0)
     ref = nn.LSTM(3, 4, num_layers=2)

@@ -79,6 +79,7 @@ GRAD_NAMES = ("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih", "db_hh")
 # --------------------------------------------------------------------------------------
 def pytest_configure(config):
     config.addinivalue_line("markers", "torch: compares against PyTorch (skipped without torch)")
+    config.addinivalue_line("markers", "backends(*names): run the test on these of BACKENDS only")
 
 
 def pytest_report_header(config):
@@ -91,15 +92,22 @@ def pytest_report_header(config):
     return lines
 
 
+def _parametrized_by_marker(metafunc, name):
+    return any(name in [n.strip() for n in (m.args[0].split(",") if isinstance(m.args[0], str) else m.args[0])]
+               for m in metafunc.definition.iter_markers("parametrize"))
+
+
 def pytest_generate_tests(metafunc):
-    names = metafunc.fixturenames
+    names = [n for n in metafunc.fixturenames if n != "backend" or not _parametrized_by_marker(metafunc, n)]
+    only = metafunc.definition.get_closest_marker("backends")
+    backends = [b for b in BACKENDS if only is None or b in only.args]
     if "backend" in names and "isa" in names:
         isas = list(_require_fl().available_isas())
-        combos = [("cpu", n) for n in isas] + [(b, isas[0]) for b in BACKENDS[1:]]
+        combos = [("cpu", n) for n in isas if "cpu" in backends] + [(b, isas[0]) for b in backends if b != "cpu"]
         metafunc.parametrize(("backend", "isa"), combos, indirect=True,
                              ids=[f"cpu-isa={n}" if b == "cpu" else b for b, n in combos])
     elif "backend" in names:
-        metafunc.parametrize("backend", BACKENDS, indirect=True)
+        metafunc.parametrize("backend", backends, indirect=True)
     elif "isa" in names:
         isas = list(_require_fl().available_isas())
         metafunc.parametrize("isa", isas, indirect=True, ids=[f"isa={n}" for n in isas])
@@ -228,10 +236,15 @@ def debug_poison():
 #                  memory, so the tests hand numpy arrays to the numpy API, which
 #                  passes them to _core with device_type=DEVICE_CUDA
 #                  (fusedlstm._host.set_host_device).
+#   cuda-emulated-torch  the same emulated backend, driven through the device path
+#                  (fusedlstm/_device.py: pointers, strides, lengths, allocation)
+#                  with torch CPU tensors standing for CUDA tensors; what only a GPU
+#                  has (the CUDA-ness of a tensor, device index, streams, pinned
+#                  copies) is replaced for the test (emulated_device_path below).
 #   cuda           a GPU: torch CUDA tensors (or CuPy arrays without torch) through
 #                  the device path (fusedlstm/_device.py).
 # --------------------------------------------------------------------------------------
-BACKENDS = ("cpu", "cuda-emulated", "cuda")
+BACKENDS = ("cpu", "cuda-emulated", "cuda-emulated-torch", "cuda")
 
 
 class Backend:
@@ -243,6 +256,16 @@ class Backend:
     @property
     def is_cuda(self):
         return self.name != "cpu"
+
+    @property
+    def device(self):
+        """Where the backend's torch tensors live."""
+        return "cpu" if self.name in ("cpu", "cuda-emulated-torch") else "cuda"
+
+    def synchronize(self):
+        if self.device == "cuda":
+            import torch
+            torch.cuda.synchronize()
 
     def to(self, a):
         """a (a numpy array, or a tuple / list / dict of them; other values as
@@ -258,10 +281,11 @@ class Backend:
             import cupy
             return cupy.asarray(a)
         import torch
-        dense = torch.from_numpy(np.ascontiguousarray(a)).to("cuda")
+        device = "cpu" if self.name == "cuda-emulated-torch" else "cuda"
+        dense = torch.from_numpy(np.ascontiguousarray(a)).to(device)
         strides = [s // a.itemsize for s in a.strides]
         if a.size > 1 and min(strides) > 0 and all(s * a.itemsize == b for s, b in zip(strides, a.strides)):
-            out = torch.empty_strided(a.shape, strides, dtype=dense.dtype, device="cuda")
+            out = torch.empty_strided(a.shape, strides, dtype=dense.dtype, device=device)
             out.copy_(dense)
             return out
         return dense
@@ -302,14 +326,53 @@ def _gpu_array_library():
     return None
 
 
+@contextlib.contextmanager
+def emulated_device_path(monkeypatch):
+    """fusedlstm/_device.py on torch CPU tensors over the emulated backend (whose
+    device memory is host memory): a CPU tensor counts as a tensor of CUDA
+    device 0, the current stream is the default one (0), and what the device
+    path allocates or copies to the device is a CPU tensor (the reserve 256-byte
+    aligned, as on a GPU). Everything else of the device path runs as it is."""
+    import torch
+    from fusedlstm import _checks, _device
+
+    is_cuda = _checks.is_cuda_array
+    monkeypatch.setattr(_checks, "is_cuda_array", lambda a: isinstance(a, torch.Tensor) or is_cuda(a))
+    lib = _device._Lib
+    monkeypatch.setattr(lib, "device", lambda self, a: 0)
+    monkeypatch.setattr(lib, "stream", lambda self, device, stream: (0, None))
+
+    def empty(self, shape, dtype, device, poison):
+        return torch.full(shape, float("nan"), dtype=dtype) if poison else torch.empty(shape, dtype=dtype)
+
+    def empty_bytes(self, nbytes, device):
+        raw = torch.empty(nbytes + 256, dtype=torch.uint8)
+        skip = -raw.data_ptr() % 256
+        return raw[skip:skip + nbytes]
+
+    monkeypatch.setattr(lib, "empty", empty)
+    monkeypatch.setattr(lib, "empty_bytes", empty_bytes)
+    monkeypatch.setattr(lib, "from_host", lambda self, a, dtype, device: torch.from_numpy(np.array(a)).to(dtype))
+    monkeypatch.setattr(lib, "host_lengths", lambda self, lens, device: torch.from_numpy(lens.copy()))
+    yield
+
+
 @pytest.fixture
-def backend(request):
+def backend(request, monkeypatch):
     name = request.param
     lib = _require_fl()
     if name == "cpu":
         yield Backend(name)
         return
     loaded, why = _cuda_backend_name()
+    if name == "cuda-emulated-torch":
+        if loaded != "cuda-emulated":
+            pytest.skip(f"cuda-emulated-torch: FUSEDLSTM_CUDA_LIBRARY does not point at the emulated backend "
+                        f"(bash tests/emu/build.sh OUTDIR); loaded: {loaded or why!r}")
+        pytest.importorskip("torch")
+        with emulated_device_path(monkeypatch):
+            yield Backend(name, "torch")
+        return
     if name == "cuda-emulated":
         if loaded != "cuda-emulated":
             pytest.skip(f"cuda-emulated: FUSEDLSTM_CUDA_LIBRARY does not point at the emulated backend "

@@ -2,14 +2,18 @@
 
 Two parts:
 
-* Build tests that run everywhere: the CUDA module's presence is reported by
-  build_info(), cuda_available() answers without raising, host arrays reject
-  stream=. With FUSEDLSTM_EXPECT_CUDA=1 (CI sets it) the CUDA module must
-  have been compiled and must import.
-* GPU tests (skipped unless cuda_available() and torch with CUDA): the CPU
-  suite's cases on torch CUDA tensors against the float64 reference, with the
-  per-dtype tolerance below, outputs poisoned with NaN (conftest's autouse
-  debug_poison), fresh random inputs each run.
+* Tests that run everywhere: the CUDA backend library's presence is reported
+  by build_info(), cuda_available() answers without raising (no driver, a
+  library that does not load, a broken install), host arrays reject stream=.
+  With FUSEDLSTM_EXPECT_CUDA=1 (CI sets it) the CUDA backend library must
+  have been built and must load.
+* Device tests: the CPU suite's cases on torch tensors through the device
+  path (fusedlstm/_device.py) against the float64 reference, every dtype and
+  both recurrences, outputs poisoned with NaN (conftest's autouse
+  debug_poison), fresh random inputs each run. They run on a GPU (backend
+  "cuda") and on the CPU emulation of the CUDA backend with torch CPU tensors
+  standing for CUDA ones ("cuda-emulated-torch", conftest.py; GPU-sized shapes
+  and streams only on a GPU).
 
 Tolerance on CUDA: the suite's one policy (fusedlstm/tolerance.py, via conftest),
 against the float64 reference evaluated on the same inputs (rounded to the
@@ -20,7 +24,9 @@ outputs stored in it; see tolerance.PRECISIONS).
 """
 
 import os
+import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -42,57 +48,60 @@ def _assert_cpu_package_works(make_problem, reference_outputs, policy):
     policy.check_all(out, ref64, dtype=np.float64)
 
 
-def test_unimportable_cuda_dispatch_is_reported_not_raised(monkeypatch, make_problem, reference_outputs,
-                                                            policy):
-    """Even the dispatch module failing to import (a broken install) leaves
+def test_unimportable_device_path_is_reported_not_raised(monkeypatch, make_problem, reference_outputs, policy):
+    """Even the device path failing to import (a broken install) leaves
     cuda_available() False, build_info() naming the error, the CPU package working."""
-    monkeypatch.setitem(sys.modules, "fusedlstm._cuda_dispatch", None)  # its import now raises ImportError
+    monkeypatch.setitem(sys.modules, "fusedlstm._device", None)  # its import now raises ImportError
     assert fusedlstm.cuda_available() is False
     info = fusedlstm.build_info()
     assert info["backends"] == ["cpu"]
-    assert info["cuda"]["devices"] == 0 and "fusedlstm._cuda_dispatch" in info["cuda"]["reason"], info["cuda"]
+    assert info["cuda"]["devices"] == 0 and "fusedlstm._device" in info["cuda"]["reason"], info["cuda"]
     _assert_cpu_package_works(make_problem, reference_outputs, policy)
-
-
-class _BuiltCuda:
-    """Stands in for fusedlstm._cuda_build of a build with the CUDA module."""
-    CUDA_BUILT, CUDA_ARCHS, NVCC_VERSION, SKIP_REASON = True, "80-real;90-real;90-virtual", "13.0", ""
-
-
-class _NoDriver:
-    """Stands in for a fusedlstm._cuda whose device probe finds no driver, either
-    by reporting it (the binding's (0, why)) or by raising."""
-    def __init__(self, raise_it):
-        self.raise_it = raise_it
-
-    def device_count(self):
-        why = "CUDA driver version is insufficient for CUDA runtime version (libcuda.so.1 not found)"
-        if self.raise_it:
-            raise RuntimeError(why)
-        return 0, why
-
-    def path(self):
-        return "auto"
 
 
 @pytest.mark.parametrize("raise_it", [False, True], ids=["reported", "raised"])
 def test_missing_driver_is_reported_not_raised(monkeypatch, raise_it, make_problem, reference_outputs, policy):
-    """A CUDA build on a machine without a usable driver: cuda_available() is
-    False, build_info() gives the driver's message, CUDA arrays are refused with
-    it, and the CPU package works."""
-    import fusedlstm._cuda_dispatch as d
-    monkeypatch.setattr(d, "_cuda", _NoDriver(raise_it))
-    monkeypatch.setattr(d, "_build", _BuiltCuda)
+    """A machine without a usable driver (the C API's probe reports it, or a
+    broken one raises): cuda_available() is False, build_info() gives the
+    driver's message, CUDA arrays are refused with it, and the CPU package works."""
+    from fusedlstm import _core, _device
+    why = "CUDA driver version is insufficient for CUDA runtime version (libcuda.so.1 not found)"
+
+    def no_driver():
+        if raise_it:
+            raise RuntimeError(why)
+        return 0, why
+
+    monkeypatch.setattr(_core, "cuda_device_count", no_driver)
     assert fusedlstm.cuda_available() is False
     info = fusedlstm.build_info()
-    assert info["cuda"]["compiled"] and info["cuda"]["devices"] == 0
+    assert info["cuda"]["devices"] == 0 and info["backends"] == ["cpu"]
     reason = info["cuda"]["reason"]
     assert reason.startswith("no usable CUDA device") and "libcuda.so.1 not found" in reason, reason
     if raise_it:
         assert "RuntimeError" in reason
     with pytest.raises(RuntimeError, match="libcuda.so.1 not found"):
-        d._require_backend()
+        _device._require_backend()
     _assert_cpu_package_works(make_problem, reference_outputs, policy)
+
+
+def test_backend_library_that_does_not_load_is_reported(tmp_path):
+    """FUSEDLSTM_CUDA_LIBRARY naming a file that is not there: no CUDA, the
+    reason names the path, the CPU works (a fresh process: the C API loads the
+    backend once)."""
+    code = textwrap.dedent("""
+        import numpy as np, fusedlstm
+        info = fusedlstm.build_info()["cuda"]
+        print(fusedlstm.cuda_available(), repr(info["backend"]), "|", info["reason"].replace(chr(10), " "))
+        print(fusedlstm.lstm_forward(np.ones((2, 1, 3)), np.ones((8, 3)), np.ones((8, 2))).y.shape)
+        """)
+    missing = tmp_path / "libfusedlstm_cuda.so"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, FUSEDLSTM_CUDA_LIBRARY=str(missing)))
+    assert out.returncode == 0, out.stderr
+    first, second = out.stdout.splitlines()
+    assert first.startswith("False '' | no usable CUDA device") and str(missing) in first, first
+    assert second == "(2, 1, 2)"
 
 
 def test_reduced_precision_baselines(make_problem, reference_outputs, rng):
@@ -133,7 +142,7 @@ def test_build_info_reports_cuda():
     info = fusedlstm.build_info()
     cuda = info["cuda"]
     assert "cpu" in info["backends"]
-    if cuda["compiled"]:
+    if cuda["backend"] == "cuda":
         assert cuda["archs"], "a CUDA build must list its GPU archs"
         assert any(a.startswith("80") for a in cuda["archs"]) and any(a.startswith("90") for a in cuda["archs"])
         assert any(a.endswith("virtual") for a in cuda["archs"]), "PTX must be embedded"
@@ -144,63 +153,28 @@ def test_build_info_reports_cuda():
 
 
 @pytest.mark.skipif(os.environ.get("FUSEDLSTM_EXPECT_CUDA") != "1",
-                    reason="FUSEDLSTM_EXPECT_CUDA=1 not set (CI sets it: the CUDA module must be built)")
-def test_cuda_module_built_and_importable():
-    cuda = fusedlstm.build_info()["cuda"]
-    assert cuda["compiled"], cuda.get("reason")
-    assert cuda["importable"], cuda.get("reason")
-    from fusedlstm import _cuda
-    n, why = _cuda.device_count()
+                    reason="FUSEDLSTM_EXPECT_CUDA=1 not set (CI sets it: the CUDA backend must be built)")
+def test_cuda_backend_built_and_loadable():
+    from fusedlstm import _core
+    n, why = _core.cuda_device_count()
     assert n >= 0 and isinstance(why, str)
-    assert _cuda.build_archs() == ",".join(cuda["archs"])
-
-
-def test_cuda_binding_takes_host_lengths_as_a_list():
-    """The binding converts a Python list of lengths (the first GPU run found
-    this cast missing): a list of the wrong size is refused by the binding
-    itself, before any device is touched, so this runs without a GPU."""
-    if not fusedlstm.build_info()["cuda"]["importable"]:
-        pytest.skip("the CUDA module is not built here")
-    from fusedlstm import _cuda
-    with pytest.raises(ValueError, match="lengths must have B entries"):
-        _cuda.forward(0, False, 0, 0, 0, 0, 3, 2, 4, 5, 0, 8, 4, 0, 0, 0, 0, 0, 0, [3], 0, 10, 5, 0, 0, False)
+    assert _core.cuda_info("backend") == "cuda", why
+    assert fusedlstm.build_info()["cuda"]["archs"], "the backend library lists no GPU archs"
 
 
 def test_cuda_path_setting_is_validated(monkeypatch):
     """A FUSEDLSTM_CUDA_PATH other than auto / persistent / fallback is a
-    ValueError naming the variable, raised by the C API before any device is
-    touched (so this runs without a GPU)."""
-    if not fusedlstm.build_info()["cuda"]["importable"]:
-        pytest.skip("the CUDA module is not built here")
-    from fusedlstm import _cuda
+    ValueError naming the variable, raised before any device memory is touched
+    (pointers to nowhere; so this runs on the emulated backend too)."""
+    from fusedlstm import _core
+    if not _core.cuda_device_count()[0]:
+        pytest.skip("no CUDA backend loads here")
     monkeypatch.setenv("FUSEDLSTM_CUDA_PATH", "fastest")
+    nowhere = 1 << 40
     with pytest.raises(ValueError, match="FUSEDLSTM_CUDA_PATH must be 'fallback', 'persistent' or 'auto'"):
-        _cuda.forward(0, False, 0, 0, 0, 0, 3, 2, 4, 5, 0, 8, 4, 0, 0, 0, 0, 0, 0, None, 0, 10, 5, 0, 0, False)
-    monkeypatch.setenv("FUSEDLSTM_CUDA_PATH", "auto")
-    assert _cuda.path() == "auto"
-
-
-def test_unimportable_cuda_module_is_reported_not_raised(monkeypatch, make_problem, reference_outputs, policy):
-    """A _cuda that fails to import (no libcublas, no driver...) leaves the
-    package working: cuda_available() is False and build_info() says why."""
-    import importlib
-    import sys
-
-    import fusedlstm._cuda_dispatch as d
-    monkeypatch.setitem(sys.modules, "fusedlstm._cuda", None)  # import now raises ImportError
-    monkeypatch.delattr(fusedlstm, "_cuda", raising=False)
-    try:
-        d = importlib.reload(d)
-        assert d._cuda is None and "import of fusedlstm._cuda" in d._IMPORT_ERROR
-        assert fusedlstm.cuda_available() is False
-        info = fusedlstm.build_info()["cuda"]
-        assert info["devices"] == 0 and info.get("reason")
-        if info["compiled"]:
-            assert "failed to import" in info["reason"]
-        _assert_cpu_package_works(make_problem, reference_outputs, policy)
-    finally:
-        monkeypatch.undo()
-        importlib.reload(d)
+        _core.forward(x=nowhere, x_strides=(8, 4), w_ih=nowhere, w_hh=nowhere, y=nowhere, y_strides=(10, 5),
+                      h_n=nowhere, c_n=nowhere, mode=0, T=3, B=2, I=4, H=5, dtype=_core.FLOAT32,
+                      device_type=_core.DEVICE_CUDA)
 
 
 def test_host_arrays_reject_stream(rng):
@@ -218,7 +192,7 @@ def test_host_arrays_reject_stream(rng):
 
 
 def test_host_arrays_are_not_cuda_arrays():
-    from fusedlstm._cuda_dispatch import is_cuda_array
+    from fusedlstm._checks import is_cuda_array
     assert not is_cuda_array(np.zeros(3))
     assert not is_cuda_array([1.0])
     torch = pytest.importorskip("torch")
@@ -226,13 +200,31 @@ def test_host_arrays_are_not_cuda_arrays():
 
 
 # ------------------------------------------------------------------ GPU
+# On a GPU (backend "cuda"), and on the emulated backend through the device
+# path with torch CPU tensors standing for CUDA tensors ("cuda-emulated-torch",
+# conftest.py): every dtype, both recurrences.
+ON_DEVICE = pytest.mark.backends("cuda-emulated-torch", "cuda")
+
+
 def _torch_cuda():
-    if not fusedlstm.cuda_available():
-        pytest.skip(f"CUDA unusable here: {fusedlstm.build_info()['cuda'].get('reason')}")
+    """For the tests that need a real GPU (streams, CuPy)."""
+    if not fusedlstm.cuda_available() or fusedlstm.build_info()["cuda"]["backend"] != "cuda":
+        pytest.skip(f"no GPU here: {fusedlstm.build_info()['cuda'].get('reason', 'the emulated backend')}")
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("torch has no CUDA")
     return torch
+
+
+def _on_device(backend):
+    """(torch, the device of the backend's tensors)."""
+    import torch
+    return torch, backend.device
+
+
+def _sync(torch, device):
+    if device == "cuda":
+        _sync(torch, device)
 
 
 def _tdtype(torch, name):
@@ -240,8 +232,8 @@ def _tdtype(torch, name):
             "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 
-def _to_dev(torch, a, dt):
-    return None if a is None else torch.as_tensor(np.asarray(a)).to("cuda").to(dt)
+def _to_dev(torch, a, dt, device):
+    return None if a is None else torch.as_tensor(np.asarray(a)).to(device).to(dt)
 
 
 def _to_np(torch, t):
@@ -274,16 +266,16 @@ def cuda_path(request, monkeypatch):
 
 def _assert_path(forward, backward=None):
     """The path the last forward (and backward, where given) call took."""
-    from fusedlstm import _cuda
-    assert _cuda.last_forward_path() == forward
+    from fusedlstm import _core
+    assert _core.cuda_info("last_forward_path") == forward
     if backward is not None:
-        assert _cuda.last_backward_path() == backward
+        assert _core.cuda_info("last_backward_path") == backward
 
 
-def _run_case(torch, prob, dtname, reference_outputs, *, backward=True, batch_first=False):
+def _run_case(torch, device, prob, dtname, reference_outputs, *, backward=True, batch_first=False):
     dt = _tdtype(torch, dtname)
     ins = prob.inputs
-    dev = {k: _to_dev(torch, v, dt) for k, v in ins.items()}
+    dev = {k: _to_dev(torch, v, dt, device) for k, v in ins.items()}
     # The reference sees the inputs as the GPU sees them (rounded to the storage dtype).
     rounded = {k: _to_np(torch, v) for k, v in dev.items()}
     opts = prob.options
@@ -293,7 +285,7 @@ def _run_case(torch, prob, dtname, reference_outputs, *, backward=True, batch_fi
     ups = prob.upstream if backward else None
     ups_dev = ups_r = None
     if ups is not None:
-        ups_dev = {k: _to_dev(torch, v, dt) for k, v in ups.items()}
+        ups_dev = {k: _to_dev(torch, v, dt, device) for k, v in ups.items()}
         ups_r = {k: _to_np(torch, v) for k, v in ups_dev.items()}
     ref_dtype = np.float32 if dtname == "float32" else np.float64
     ref64, plain = reference_outputs(tuple(a.astype(ref_dtype) for a in args),
@@ -305,14 +297,14 @@ def _run_case(torch, prob, dtname, reference_outputs, *, backward=True, batch_fi
     fkw = dict(opts)
     res = fusedlstm.lstm_forward(dev["x"], dev["w_ih"], dev["w_hh"], dev["b_ih"], dev["b_hh"], dev["h0"],
                                  dev["c0"], training=ups is not None, allow_tf32=dtname == "tf32", **fkw)
-    torch.cuda.synchronize()
+    _sync(torch, device)
     for name in ("y", "h_n", "c_n"):
         out = getattr(res, name)
-        assert isinstance(out, torch.Tensor) and out.is_cuda and out.dtype == dt, name
+        assert isinstance(out, torch.Tensor) and out.device.type == device and out.dtype == dt, name
         _check(name, _to_np(torch, out), ref64[name], None if plain is None else plain[name], dtname)
     if ups is not None:
         g = fusedlstm.lstm_backward(res, **ups_dev)
-        torch.cuda.synchronize()
+        _sync(torch, device)
         for name in ("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih", "db_hh"):
             _check(name, _to_np(torch, getattr(g, name)), ref64[name],
                    None if plain is None else plain[name], dtname)
@@ -323,77 +315,86 @@ def _run_case(torch, prob, dtname, reference_outputs, *, backward=True, batch_fi
 @pytest.mark.parametrize("mode", ["many_to_many", "many_to_one"])
 @pytest.mark.parametrize("lengths", [False, True])
 @pytest.mark.parametrize("batch_first", [False, True])
-def test_cuda_sequence(make_problem, reference_outputs, dtname, mode, lengths, batch_first, cuda_path):
-    torch = _torch_cuda()
+@ON_DEVICE
+def test_cuda_sequence(backend, make_problem, reference_outputs, dtname, mode, lengths, batch_first, cuda_path):
+    torch, device = _on_device(backend)
     prob = make_problem(mode=mode, T=7, B=5, I=9, H=13, lengths=lengths, batch_first=batch_first)
-    _run_case(torch, prob, dtname, reference_outputs)
+    _run_case(torch, device, prob, dtname, reference_outputs)
     _assert_path(cuda_path, cuda_path)  # small shapes always fit the persistent kernels
 
 
 @pytest.mark.parametrize("dtname", DTYPES)
 @pytest.mark.parametrize("feed", ["repeat", "first", "output"])
 @pytest.mark.parametrize("init", [False, True])
-def test_cuda_one_to_many(make_problem, reference_outputs, dtname, feed, init, cuda_path):
-    torch = _torch_cuda()
+@ON_DEVICE
+def test_cuda_one_to_many(backend, make_problem, reference_outputs, dtname, feed, init, cuda_path):
+    torch, device = _on_device(backend)
     I = 11 if feed == "output" else 6
     prob = make_problem(mode="one_to_many", T=6, B=3, I=I, H=11, feed=feed, init=init)
-    _run_case(torch, prob, dtname, reference_outputs)
+    _run_case(torch, device, prob, dtname, reference_outputs)
     expected = "fallback" if feed == "output" else cuda_path  # feed='output' has no persistent kernel
     _assert_path(expected, expected)
 
 
 @pytest.mark.parametrize("bias", ["both", "ih", "hh", "none"])
 @pytest.mark.parametrize("upstream", ["all", "dy", "states"])
-def test_cuda_bias_and_upstream(make_problem, reference_outputs, bias, upstream):
-    torch = _torch_cuda()
+@ON_DEVICE
+def test_cuda_bias_and_upstream(backend, make_problem, reference_outputs, bias, upstream):
+    torch, device = _on_device(backend)
     prob = make_problem(T=5, B=4, I=7, H=9, bias=bias, upstream=upstream, lengths=True, init=False)
-    _run_case(torch, prob, "float32", reference_outputs)
+    _run_case(torch, device, prob, "float32", reference_outputs)
 
 
 @pytest.mark.parametrize("dtname", ["float32", "float64", "tf32", "bfloat16"])
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (3, 1, 17, 33), (20, 33, 40, 70), (50, 64, 128, 128)])
-def test_cuda_sizes(make_problem, reference_outputs, dtname, shape):
-    torch = _torch_cuda()
+@ON_DEVICE
+def test_cuda_sizes(backend, make_problem, reference_outputs, dtname, shape):
+    torch, device = _on_device(backend)
     T, B, I, H = shape
+    if backend.name != "cuda" and T * B * H > 20000:
+        pytest.skip("a GPU's size: seconds per case under the emulation")
     prob = make_problem(T=T, B=B, I=I, H=H, lengths=B > 1)
-    _run_case(torch, prob, dtname, reference_outputs)
+    _run_case(torch, device, prob, dtname, reference_outputs)
 
 
 @pytest.mark.parametrize("dtname", DTYPES)
 @pytest.mark.parametrize("shape", [(20, 16, 64, 1024), (9, 3, 33, 300), (4, 40, 8, 129)])
-def test_cuda_persistent_large(make_problem, reference_outputs, dtname, shape, monkeypatch):
+@pytest.mark.backends("cuda")  # minutes under the emulation's fibers
+def test_cuda_persistent_large(backend, make_problem, reference_outputs, dtname, shape, monkeypatch):
     """Shapes where the persistent kernel spreads W_hh over many CTAs (it runs
     when W_hh's slices fit in shared memory; the test reports which path ran)."""
-    torch = _torch_cuda()
+    torch, device = _on_device(backend)
     monkeypatch.setenv("FUSEDLSTM_CUDA_PATH", "persistent")
     T, B, I, H = shape
     prob = make_problem(T=T, B=B, I=I, H=H, lengths=True)
-    _run_case(torch, prob, dtname, reference_outputs)
-    from fusedlstm import _cuda
-    print("paths: forward", _cuda.last_forward_path(), "backward", _cuda.last_backward_path())
+    _run_case(torch, device, prob, dtname, reference_outputs)
+    from fusedlstm import _core
+    print("paths: forward", _core.cuda_info("last_forward_path"), "backward", _core.cuda_info("last_backward_path"))
 
 
 @pytest.mark.parametrize("B, H, expected", [(4, 24, "persistent"), (200, 200, "fallback")])
-def test_cuda_auto_path(make_problem, reference_outputs, monkeypatch, B, H, expected):
+@ON_DEVICE
+def test_cuda_auto_path(backend, make_problem, reference_outputs, monkeypatch, B, H, expected):
     """Unset FUSEDLSTM_CUDA_PATH (auto): the persistent kernels run where they
     fit and B * ceil(H / #SMs) * H <= 32768 (4 * 1 * 24 on any GPU); larger
     shares take the per-step fallback (200 * 2 * 200 on 132 SMs, more on fewer)."""
-    torch = _torch_cuda()
+    torch, device = _on_device(backend)
     monkeypatch.delenv("FUSEDLSTM_CUDA_PATH", raising=False)
     prob = make_problem(T=6, B=B, I=10, H=H, lengths=True)
-    _run_case(torch, prob, "float32", reference_outputs)
+    _run_case(torch, device, prob, "float32", reference_outputs)
     _assert_path(expected, expected)
 
 
 @pytest.mark.parametrize("dtname", DTYPES)
-def test_cuda_cell(rng, dtname, reference_outputs):
-    torch = _torch_cuda()
+@ON_DEVICE
+def test_cuda_cell(backend, rng, dtname, reference_outputs):
+    torch, device = _on_device(backend)
     dt = _tdtype(torch, dtname)
     B, I, H = 5, 7, 10
     arrs = [rng.standard_normal(s) * sc for s, sc in (((B, I), 1), ((B, H), .5), ((B, H), 1),
                                                        ((4 * H, I), .4), ((4 * H, H), .4), ((4 * H,), .5),
                                                        ((4 * H,), .5))]
-    dev = [_to_dev(torch, a, dt) for a in arrs]
+    dev = [_to_dev(torch, a, dt, device) for a in arrs]
     r = [_to_np(torch, d) for d in dev]
     h_new, c_new = fusedlstm.lstm_cell(*dev, allow_tf32=dtname == "tf32")
     ref_dtype = np.float32 if dtname == "float32" else np.float64
@@ -407,8 +408,8 @@ def test_cuda_cell(rng, dtname, reference_outputs):
 def test_cuda_lengths_on_device_and_stream(make_problem, reference_outputs):
     torch = _torch_cuda()
     prob = make_problem(T=6, B=4, I=5, H=7, lengths=True)
-    base = _run_case(torch, prob, "float32", reference_outputs)
-    dev = {k: _to_dev(torch, v, torch.float32) for k, v in prob.inputs.items()}
+    base = _run_case(torch, "cuda", prob, "float32", reference_outputs)
+    dev = {k: _to_dev(torch, v, torch.float32, "cuda") for k, v in prob.inputs.items()}
     lens = torch.as_tensor(prob.lengths, device="cuda")
     s = torch.cuda.Stream()
     res = fusedlstm.lstm_forward(dev["x"], dev["w_ih"], dev["w_hh"], dev["b_ih"], dev["b_hh"], dev["h0"],
@@ -421,11 +422,12 @@ def test_cuda_lengths_on_device_and_stream(make_problem, reference_outputs):
     torch.testing.assert_close(res.c_n, base.c_n)
 
 
-def test_cuda_backward_after_inputs_change_and_twice(make_problem):
-    torch = _torch_cuda()
+@ON_DEVICE
+def test_cuda_backward_after_inputs_change_and_twice(backend, make_problem):
+    torch, device = _on_device(backend)
     prob = make_problem(T=5, B=3, I=4, H=6)
-    dev = {k: _to_dev(torch, v, torch.float64) for k, v in prob.inputs.items()}
-    ups = {k: _to_dev(torch, v, torch.float64) for k, v in prob.upstream.items()}
+    dev = {k: _to_dev(torch, v, torch.float64, device) for k, v in prob.inputs.items()}
+    ups = {k: _to_dev(torch, v, torch.float64, device) for k, v in prob.upstream.items()}
     res = fusedlstm.lstm_forward(dev["x"], dev["w_ih"], dev["w_hh"], dev["b_ih"], dev["b_hh"], dev["h0"],
                                  dev["c0"], training=True)
     g1 = fusedlstm.lstm_backward(res, **ups)
@@ -438,20 +440,21 @@ def test_cuda_backward_after_inputs_change_and_twice(make_problem):
     assert res.saved_nbytes > 0
 
 
-def test_cuda_errors(rng):
-    torch = _torch_cuda()
-    x = torch.randn(3, 2, 4, device="cuda")
-    w_ih, w_hh = torch.randn(20, 4, device="cuda"), torch.randn(20, 5, device="cuda")
+@ON_DEVICE
+def test_cuda_errors(backend, rng):
+    torch, device = _on_device(backend)
+    x = torch.randn(3, 2, 4, device=device)
+    w_ih, w_hh = torch.randn(20, 4, device=device), torch.randn(20, 5, device=device)
     with pytest.raises(ValueError, match="w_hh"):
         fusedlstm.lstm_forward(x, w_ih, w_hh.cpu().numpy())
-    with pytest.raises(ValueError, match="h0"):
-        fusedlstm.lstm_forward(x, w_ih, w_hh, h0=torch.zeros(2, 5))
+    with pytest.raises(ValueError, match="h0 is on the host"):
+        fusedlstm.lstm_forward(x, w_ih, w_hh, h0=np.zeros((2, 5), np.float32))
     with pytest.raises(TypeError, match="w_ih"):
         fusedlstm.lstm_forward(x, w_ih.double(), w_hh)
     with pytest.raises(ValueError, match="lengths"):
         fusedlstm.lstm_forward(x, w_ih, w_hh, lengths=[1, 4])
     with pytest.raises(ValueError, match="w_ih"):
-        fusedlstm.lstm_forward(x, torch.randn(20, 3, device="cuda"), w_hh)
+        fusedlstm.lstm_forward(x, torch.randn(20, 3, device=device), w_hh)
     with pytest.raises(TypeError, match="dtype"):
         fusedlstm.lstm_forward(x.to(torch.int32), w_ih, w_hh)
 

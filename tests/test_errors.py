@@ -319,14 +319,14 @@ def test_set_num_threads_invalid(n):
 # the C API below the Python checks (fusedlstm._core): sizes the Python layer
 # would refuse reach the core's own checks (tests/c/test_capi.c drives the rest)
 # --------------------------------------------------------------------------------------
-def core_forward(T, B=1, I=1, H=1, training=True, mode=1):
+def core_forward(T, B=1, I=1, H=1, training=True, mode=1, **device):
     """_core.forward on arrays the binding accepts (sizes below 1 are left to
     the core): only the values the core itself checks are wrong."""
     arr = lambda *shape: np.zeros([max(n, 1) for n in shape])  # noqa: E731
     x = arr(T, B, I)
-    return fusedlstm._core.forward(x, arr(4 * H, I), arr(4 * H, H), None, None, None, None, mode, 0,
-                                   T, B, I, H, None, x.strides[0] // 8, x.strides[1] // 8, None, 0, 0,
-                                   arr(B, H), arr(B, H), training)
+    return fusedlstm._core.forward(x=x, x_strides=(x.strides[0] // 8, x.strides[1] // 8), w_ih=arr(4 * H, I),
+                                   w_hh=arr(4 * H, H), h_n=arr(B, H), c_n=arr(B, H), mode=mode, T=T, B=B, I=I,
+                                   H=H, training=training, dtype=fusedlstm._core.FLOAT64, **device)
 
 
 @pytest.mark.parametrize("T, B", [(2**63 - 1, 1), (2**32, 2**32)], ids=["T-int64-max", "T*B-wraps-to-0"])
@@ -337,15 +337,17 @@ def test_binding_refuses_sizes_its_arrays_do_not_have(T, B):
     # sizes are driven through the C API by tests/c/test_capi.c.
     one = np.zeros((1, 1, 1))
     with pytest.raises(ValueError, match=r"^x (must have \d+ elements|: array sizes overflow)|overflow int64"):
-        fusedlstm._core.forward(one, np.zeros((4, 1)), np.zeros((4, 1)), None, None, None, None, 1, 0,
-                                T, B, 1, 1, None, 0, 0, None, 0, 0, np.zeros((1, 1)), np.zeros((1, 1)), True)
+        fusedlstm._core.forward(x=one, x_strides=(0, 0), w_ih=np.zeros((4, 1)), w_hh=np.zeros((4, 1)),
+                                h_n=np.zeros((1, 1)), c_n=np.zeros((1, 1)), mode=1, T=T, B=B, I=1, H=1,
+                                training=True, dtype=fusedlstm._core.FLOAT64)
 
 
 def test_binding_refuses_strides_that_are_not_the_arrays_own():
     x = np.zeros((3, 1, 1))
     with pytest.raises(ValueError, match="^x: the strides passed with it are not its own"):
-        fusedlstm._core.forward(x, np.zeros((4, 1)), np.zeros((4, 1)), None, None, None, None, 1, 0,
-                                3, 1, 1, 1, None, 2**62, 0, None, 0, 0, np.zeros((1, 1)), np.zeros((1, 1)), True)
+        fusedlstm._core.forward(x=x, x_strides=(2**62, 0), w_ih=np.zeros((4, 1)), w_hh=np.zeros((4, 1)),
+                                h_n=np.zeros((1, 1)), c_n=np.zeros((1, 1)), mode=1, T=3, B=1, I=1, H=1,
+                                training=True, dtype=fusedlstm._core.FLOAT64)
 
 
 def test_core_out_of_memory_is_a_memory_error_naming_what_and_bytes():
@@ -353,17 +355,17 @@ def test_core_out_of_memory_is_a_memory_error_naming_what_and_bytes():
     # training state's saved activations (about 6x x here) do not.
     code = textwrap.dedent("""
         import resource, numpy as np, fusedlstm
+        from fusedlstm import _core
         fusedlstm.set_num_threads(1)
         T, B, H = 1500, 32, 256
         w = np.zeros((4 * H, H)); x = np.zeros((T, B, H)); h = np.zeros((B, H)); c = np.zeros((B, H))
-        fusedlstm._core.forward(x[:1], w, w, None, None, None, None, 0, 0, 1, B, H, H, None, B * H, H,
-                                None, 0, 0, h, c, True)  # the pool and workspaces exist before the limit
+        call = dict(w_ih=w, w_hh=w, h_n=h, c_n=c, mode=0, B=B, I=H, H=H, training=True, dtype=_core.FLOAT64)
+        _core.forward(x=x[:1], x_strides=(B * H, H), T=1, **call)  # the pool and workspaces exist before the limit
         with open("/proc/self/statm") as f:
             used = int(f.read().split()[0]) * resource.getpagesize()
         resource.setrlimit(resource.RLIMIT_AS, (used + (x.nbytes * 3) // 2, resource.RLIM_INFINITY))
         try:
-            fusedlstm._core.forward(x, w, w, None, None, None, None, 0, 0, T, B, H, H, None, B * H, H,
-                                    None, 0, 0, h, c, True)
+            _core.forward(x=x, x_strides=(B * H, H), T=T, **call)
         except MemoryError as e:
             print("MemoryError:", e)
         """)
@@ -387,33 +389,112 @@ def test_core_bad_mode_is_a_value_error(mode):
 
 
 def test_core_stack_reserve_bytes_of_impossible_shapes_is_a_value_error():
-    assert fusedlstm._core.stack_reserve_bytes(False, 3, 2, 4, 0, 1, 1) > 0
+    reserve = lambda f64, *shape: fusedlstm._core.stack_reserve_bytes(  # noqa: E731
+        dtype=fusedlstm._core.FLOAT64 if f64 else fusedlstm._core.FLOAT32,
+        **dict(zip(("T", "B", "H", "proj_size", "num_layers", "num_directions"), shape)))
+    assert reserve(False, 3, 2, 4, 0, 1, 1) > 0
     # Before: a wrapped (negative or small) number. The C API returns -1
     # (tests/c/test_capi.c); the binding raises with its message.
     with pytest.raises(ValueError, match="overflows int64"):
-        fusedlstm._core.stack_reserve_bytes(False, 2**56, 2, 4, 0, 2, 2)
+        reserve(False, 2**56, 2, 4, 0, 2, 2)
     with pytest.raises(ValueError, match="overflows int64"):
-        fusedlstm._core.stack_reserve_bytes(True, 2**32, 2**32, 4, 0, 1, 1)
+        reserve(True, 2**32, 2**32, 4, 0, 1, 1)
 
 
-def cuda_core_forward(T=3, B=2, I=4, H=5, dtype=0, mode=0, x_stride_t=8):
-    """fusedlstm._cuda.forward with NULL device pointers: the CUDA C API checks
-    its arguments before it touches a device, so this runs without a GPU."""
-    if not fusedlstm.build_info()["cuda"]["importable"]:
-        pytest.skip("the CUDA module is not built here")
-    from fusedlstm import _cuda
-    _cuda.forward(dtype, False, 0, 0, mode, 0, T, B, I, H, 0, x_stride_t, I, 0, 0, 0, 0, 0, 0, None,
-                  0, 10, 5, 0, 0, True)
+# --------------------------------------------------------------------------------------
+# on CUDA: what the C API checks without touching the device, and what differs
+# --------------------------------------------------------------------------------------
+def _cuda_backend(emulated=None):
+    n, why = fusedlstm._core.cuda_device_count()
+    if not n:
+        pytest.skip(f"no CUDA backend loads: {why}")
+    if emulated is not None and (fusedlstm._core.cuda_info("backend") == "cuda-emulated") != emulated:
+        pytest.skip(f"needs the {'emulated' if emulated else 'GPU'} CUDA backend")
+
+
+_NOWHERE = 1 << 40  # a device "pointer" never dereferenced: the checks below refuse the call first
+
+
+def cuda_core_forward(T=3, B=2, I=4, H=5, dtype=0, mode=0, x_stride_t=8, x=_NOWHERE):
+    """_core.forward on CUDA with pointers to nowhere: the C API checks its
+    arguments before it touches a device, so this runs on any backend that loads."""
+    _cuda_backend()
+    fusedlstm._core.forward(x=x, x_strides=(x_stride_t, I), w_ih=_NOWHERE, w_hh=_NOWHERE, y=_NOWHERE,
+                            y_strides=(10, 5), h_n=_NOWHERE, c_n=_NOWHERE, mode=mode, T=T, B=B, I=I, H=H,
+                            training=True, dtype=dtype, device_type=fusedlstm._core.DEVICE_CUDA)
 
 
 @pytest.mark.parametrize("change, match", [
-    (dict(T=2**32, B=2**32), r"T\*B\*4\*H\*elem .* overflows int64"),
-    (dict(H=2**62), r"w_ih 4\*H\*I\*elem = .* overflows int64"),
+    (dict(T=2**32, B=2**32), r"overflows int64"),
+    (dict(H=2**62), r"overflows int64"),
     (dict(x_stride_t=2**62), r"x_stride_t"),
-    (dict(dtype=7), r"^dtype = 7 is not one of FL_CUDA_FLOAT32 \(0\)"),
+    (dict(dtype=7), r"^dtype = 7 is not one of"),
     (dict(mode=-1), r"^mode = -1 is not one of"),
     (dict(I=0), r"^I = 0 must be >= 1$"),
 ], ids=["T*B-wraps", "H-overflows", "x_stride_t", "dtype", "mode", "I-zero"])
 def test_cuda_core_checks_sizes_and_enums(change, match):
     with pytest.raises(ValueError, match=match):
         cuda_core_forward(**change)
+
+
+def test_cuda_null_pointer_is_named():
+    with pytest.raises(ValueError, match=r"^x, w_ih, w_hh, h_n and c_n are required"):
+        cuda_core_forward(x=0)
+
+
+def test_cuda_numpy_arrays_only_where_device_memory_is_host_memory(rng):
+    """A numpy array with device_type=DEVICE_CUDA is refused, naming it, unless
+    the backend runs on host memory (the emulation), where it is used."""
+    _cuda_backend()
+    host = fusedlstm._core.cuda_backend_host_memory()
+    assert host == (fusedlstm._core.cuda_info("backend") == "cuda-emulated")
+    cuda = dict(device_type=fusedlstm._core.DEVICE_CUDA)
+    if host:
+        core_forward(3, **cuda)
+    else:
+        with pytest.raises(TypeError, match="^x is a numpy array .* CUDA device 0: pass a device pointer"):
+            core_forward(3, **cuda)
+
+
+def _emulated_problem(rng, T=4, B=3, I=2, H=5):
+    x = rng.standard_normal((T, B, I))
+    w_ih, w_hh = 0.5 * rng.standard_normal((4 * H, I)), 0.5 * rng.standard_normal((4 * H, H))
+    return dict(x=x, x_strides=(B * I, I), w_ih=w_ih, w_hh=w_hh, mode=0, T=T, B=B, I=I, H=H,
+                dtype=fusedlstm._core.FLOAT64, device_type=fusedlstm._core.DEVICE_CUDA)
+
+
+def _outputs(p):
+    T, B, H = p["T"], p["B"], p["H"]
+    return dict(y=np.full((T, B, H), np.nan), y_strides=(B * H, H), h_n=np.full((B, H), np.nan),
+                c_n=np.full((B, H), np.nan))
+
+
+def test_cuda_emulated_device_pointers_equal_numpy_arrays(rng):
+    """The pointer path of the binding (ints, as the device path passes them) on
+    the emulated backend, whose device memory is host memory: the same results
+    as the same arrays passed as numpy arrays."""
+    _cuda_backend(emulated=True)
+    p = _emulated_problem(rng)
+    arrays, pointers = _outputs(p), _outputs(p)
+    fusedlstm._core.forward(**p, **arrays)
+    ptr = {k: (v.ctypes.data if isinstance(v, np.ndarray) else v) for k, v in dict(p, **pointers).items()}
+    fusedlstm._core.forward(**ptr)
+    for k in ("y", "h_n", "c_n"):
+        assert np.array_equal(arrays[k], pointers[k]), k
+
+
+def test_cuda_device_lengths_are_clamped_not_checked(rng):
+    """Lengths on the device are never read by the host: out of [1, T] they are
+    clamped to it by the kernels (fusedlstm.h), where the CPU refuses them. The
+    numpy API checks host lengths on both backends (test_forward_errors)."""
+    _cuda_backend(emulated=True)
+    p = _emulated_problem(rng)
+    T = p["T"]
+    clamped, given = _outputs(p), _outputs(p)
+    fusedlstm._core.forward(**p, **clamped, lengths=np.array([T, 1, 2], np.int64))
+    fusedlstm._core.forward(**p, **given, lengths=np.array([T + 5, 0, 2], np.int64))
+    for k in ("y", "h_n", "c_n"):
+        assert np.array_equal(clamped[k], given[k]), k
+    with pytest.raises(ValueError, match="lengths"):
+        cpu = dict(p, device_type=fusedlstm._core.DEVICE_CPU)
+        fusedlstm._core.forward(**cpu, **_outputs(p), lengths=np.array([T + 5, 0, 2], np.int64))

@@ -394,3 +394,82 @@ def test_backend_runs_where_it_says(backend, rng):
     assert res._state.device_type == expected
     if backend.is_cuda:
         assert fusedlstm._core.cuda_info("last_forward_path") in ("persistent", "fallback")
+
+
+# --------------------------------------------------------------------------------------
+# projection (w_hr) and the reverse direction of the single-sequence API
+# --------------------------------------------------------------------------------------
+def _stack_reference(x_tm, w, h0, c0, lengths, reverse, upstream, dtype):
+    """The stack reference (fusedlstm.reference) run as one direction: the
+    reverse one is direction 1 of a bidirectional layer whose forward
+    direction gets no upstream gradient (so it adds nothing to dx)."""
+    from fusedlstm import reference as R
+    D = 2 if reverse else 1
+    d = D - 1
+    R_ = w["w_hh"].shape[1]
+    H = w["w_hh"].shape[0] // 4
+    T, B, _ = x_tm.shape
+    zeros = lambda *s: np.zeros(s)  # noqa: E731
+    h0s, c0s = zeros(D, B, R_), zeros(D, B, H)
+    h0s[d], c0s[d] = h0, c0
+    res = R.stack_forward(x_tm, [w] * D, h0s, c0s, bidirectional=reverse, lengths=lengths, dtype=dtype)
+    out = dict(y=res.y[:, :, d * R_:], h_n=res.h_n[d], c_n=res.c_n[d])
+    dy, dh, dc = zeros(T, B, D * R_), zeros(D, B, R_), zeros(D, B, H)
+    dy[:, :, d * R_:] = upstream["dy"]
+    dh[d], dc[d] = upstream["dh_n"], upstream["dc_n"]
+    g = R.stack_backward(res, dy=dy, dh_n=dh, dc_n=dc)
+    cell = g["cells"][d]
+    out.update(dx=g["dx"], dh0=g["dh0"][d], dc0=g["dc0"][d], dw_ih=cell["w_ih"], dw_hh=cell["w_hh"],
+               db_ih=cell["b"], db_hh=cell["b"])
+    if "w_hr" in cell:
+        out["dw_hr"] = cell["w_hr"]
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode", [M2M, M2O])
+@pytest.mark.parametrize("proj, reverse, lengths, batch_first", [
+    (True, False, False, False), (True, False, True, True), (False, True, True, False),
+    (True, True, True, True), (True, True, False, False), (False, True, False, True),
+], ids=["proj", "proj-lengths-bf", "reverse-lengths", "proj-reverse-lengths-bf", "proj-reverse", "reverse-bf"])
+def test_projection_and_reverse_match_reference(proj, reverse, lengths, batch_first, mode, dtype, backend,
+                                                rng, policy):
+    T, B, I, H = 5, 4, 3, 9
+    R_ = 4 if proj else H
+    s = 1.2 / np.sqrt(H)
+    w = dict(w_ih=rng.uniform(-s, s, (4 * H, I)), w_hh=rng.uniform(-s, s, (4 * H, R_)),
+             b_ih=rng.uniform(-0.5, 0.5, 4 * H), b_hh=rng.uniform(-0.5, 0.5, 4 * H))
+    if proj:
+        w["w_hr"] = rng.uniform(-s, s, (R_, H))
+    x_tm = rng.standard_normal((T, B, I))
+    h0, c0 = 0.5 * rng.standard_normal((B, R_)), rng.standard_normal((B, H))
+    lens = None
+    if lengths:
+        lens = rng.integers(1, T + 1, B)
+        lens[1] = 1
+    ups = dict(dy=rng.standard_normal((T, B, R_)), dh_n=rng.standard_normal((B, R_)),
+               dc_n=rng.standard_normal((B, H)))
+    if mode == M2O:  # the gradient of y (= h_n) is added to dh_n's
+        ups_ref = dict(ups, dy=np.zeros((T, B, R_)), dh_n=2 * ups["dh_n"])
+    else:
+        ups_ref = ups
+    cast = lambda a: None if a is None else np.asarray(a, dtype)  # noqa: E731
+    w, x_tm, h0, c0 = {k: cast(v) for k, v in w.items()}, cast(x_tm), cast(h0), cast(c0)
+    ref64 = _stack_reference(x_tm, w, h0, c0, lens, reverse, ups_ref, np.float64)
+    plain = None if dtype == np.float64 else _stack_reference(x_tm, w, h0, c0, lens, reverse, ups_ref, np.float32)
+    bf = (lambda a: a.swapaxes(0, 1)) if batch_first else (lambda a: a)
+    for table in (ref64, plain):
+        if table is not None:
+            table["y"] = table["h_n"] if mode == M2O else bf(table["y"])
+            table["dx"] = bf(table["dx"])
+
+    to = backend.to
+    res = fusedlstm.lstm_forward(*to((bf(x_tm), w["w_ih"], w["w_hh"], w["b_ih"], w["b_hh"], h0, c0)),
+                                 w_hr=to(w.get("w_hr")), reverse=reverse, lengths=to(lens), mode=mode,
+                                 batch_first=batch_first, training=True)
+    up = dict(ups, dy=ups["dh_n"] if mode == M2O else bf(ups["dy"]))
+    grads = fusedlstm.lstm_backward(res, **to({k: cast(v) for k, v in up.items()}))
+    got = {k: getattr(res, k) for k in OUTPUTS}
+    got.update({k: getattr(grads, k) for k in GRADS + (("dw_hr",) if proj else ())})
+    assert (grads.dw_hr is None) == (not proj)
+    policy.check_all(backend.numpy(got), ref64, plain, dtype=dtype)

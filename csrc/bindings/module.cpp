@@ -56,13 +56,18 @@ enum class Layout { dense, rows };
 
 std::string describe(const py::handle& h) { return py::str(h).cast<std::string>(); }
 
-// The number of elements a shape holds; -1 ("not checked") when a size is not
-// positive (the C API refuses such sizes before it reads any array).
+// The number of elements a shape holds; kUnchecked when a size is not
+// positive (the C API refuses such sizes before it reads any array),
+// kOverflows when the product does not fit (a numpy array is refused then; a
+// device pointer is left to the C API, which names the product).
+constexpr int64_t kUnchecked = -1, kOverflows = -2;
 int64_t elements(std::initializer_list<int64_t> dims) {
   int64_t n = 1;
   for (const int64_t d : dims) {
-    if (d <= 0) return -1;
-    if (__builtin_mul_overflow(n, d, &n)) throw py::value_error("array sizes overflow int64");
+    if (d <= 0) return kUnchecked;
+  }
+  for (const int64_t d : dims) {
+    if (__builtin_mul_overflow(n, d, &n)) return kOverflows;
   }
   return n;
 }
@@ -165,6 +170,7 @@ class Arrays {
     if (!a.dtype().equal(dtype))
       throw py::type_error(name + " has dtype " + describe(a.dtype()) + " but the call works in " +
                            (element ? describe(dtype) : describe(dtype) + " (dtype=" + dtype_name(dtype_) + ")"));
+    if (count == kOverflows) throw py::value_error(name + ": array sizes overflow int64 (its element count)");
     if (count >= 0 && a.size() != count)
       throw py::value_error(name + " must have " + std::to_string(count) + " elements, got " +
                             std::to_string(a.size()));

@@ -14,6 +14,7 @@ from ._checks import LSTMGrads, LSTMResult, check_shape
 
 def forward(arrays, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr, *, mode, lengths, steps, feed, batch_first,
             training, reverse):
+    _checks.required(x=x, w_ih=w_ih, w_hh=w_hh)
     a = arrays.adopt(x=x, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, h0=h0, c0=c0, w_hr=w_hr)
     shape = arrays.shape
     H, I, R = _checks.weight_sizes(shape(a["w_ih"]), shape(a["w_hh"]),
@@ -43,7 +44,7 @@ def forward(arrays, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr, *, mode, lengths, s
         y=core(y), y_strides=y_strides, h_n=core(h_n), c_n=core(c_n), mode=_checks.MODE_CODE[mode],
         feed=_checks.FEED_CODE[feed], T=T, B=B, I=I, H=H, proj_size=R, reverse=reverse, training=training,
         **arrays.call())
-    arrays.done(y, h_n, c_n, lens)
+    arrays.done(x, *weights.values(), lens, y, h_n, c_n)
     if mode == "many_to_one":
         y = arrays.copy(h_n)
     ctx = None
@@ -95,12 +96,13 @@ def backward(result, dy, dh_n, dc_n, *, stream):
     _core.backward(result._state, dy=core(dy), dy_strides=dy_strides, dh_n=core(dh_n), dc_n=core(dc_n),
                    dx=core(dx), dx_strides=dx_strides, dh0=core(dh0), dc0=core(dc0), dw_ih=core(dw_ih),
                    dw_hh=core(dw_hh), db=core(db), dw_hr=core(dw_hr), stream=arrays.call()["stream"])
-    arrays.done(dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr)
+    arrays.done(dy, dh_n, dc_n, dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr)
     db_ih, db_hh = _checks.bias_grads(db, ctx["has_b_ih"], ctx["has_b_hh"], arrays.copy)
     return LSTMGrads(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr)
 
 
 def cell(arrays, x, h, c, w_ih, w_hh, b_ih, b_hh):
+    _checks.required(x=x, h=h, c=c, w_ih=w_ih, w_hh=w_hh)
     a = arrays.adopt(x=x, h=h, c=c, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh)
     shape = arrays.shape
     H, I, _ = _checks.weight_sizes(shape(a["w_ih"]), shape(a["w_hh"]), None,
@@ -119,5 +121,5 @@ def cell(arrays, x, h, c, w_ih, w_hh, b_ih, b_hh):
     core = arrays.core
     _core.cell(**{k: core(v) for k, v in d.items()}, h_new=core(h_new), c_new=core(c_new), B=B, I=I, H=H,
                **arrays.call())
-    arrays.done(h_new, c_new)
+    arrays.done(*d.values(), h_new, c_new)
     return h_new, c_new

@@ -157,6 +157,13 @@ def is_cuda_array(a) -> bool:
 
 
 # ---------------------------------------------------------------- shapes
+def required(**arrays):
+    """TypeError naming the first of arrays that is None."""
+    for name, a in arrays.items():
+        if a is None:
+            raise TypeError(f"{name} must be an array, got None")
+
+
 def check_shape(name, shape, expected, meaning):
     if tuple(shape) != tuple(expected):
         raise ValueError(f"{name} must have shape {tuple(expected)} {meaning}, got {tuple(shape)}")

@@ -319,7 +319,7 @@ class DeviceArrays:
         return tuple(a.shape)
 
     def dense(self, a):
-        return None if a is None or self.lib.is_dense(a) else self.lib.contiguous(a)
+        return a if a is None or self.lib.is_dense(a) else self.lib.contiguous(a)
 
     def rows(self, a):
         """a readable through its strides (else a dense copy), and those strides in
@@ -365,6 +365,9 @@ class DeviceArrays:
         return dict(dtype=self.code, device_type=_core.DEVICE_CUDA, device_index=self.device, stream=self._handle,
                     allow_tf32=self.allow_tf32)
 
-    def done(self, *outputs):
-        """After the call: arrays used on `stream` are recorded there (torch)."""
-        self.lib.mark_outputs(self._sobj, outputs)
+    def done(self, *used):
+        """After the call: every array it used (outputs, and the copies made for
+        it, which are freed when this returns) is recorded on `stream` (torch),
+        so that the caching allocator does not hand its memory out before the
+        kernels on `stream` are done with it."""
+        self.lib.mark_outputs(self._sobj, used)

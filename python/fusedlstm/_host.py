@@ -194,5 +194,5 @@ class HostArrays:
                     allow_tf32=self.allow_tf32)
 
     @staticmethod
-    def done(*outputs):
+    def done(*used):
         """After the call: nothing to do on the host."""

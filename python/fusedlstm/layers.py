@@ -277,14 +277,15 @@ class LSTM:
         core = arrays.core
         inputs = dict(x=core(xt), x_strides=xs[:2], cells=[tuple(core(a) for a in c) for c in cells], h0=core(h0),
                       c0=core(c0), lengths=core(lengths), dropout_mask=core(mask))
-        _core.stack_forward(**inputs, y=core(y), y_strides=_checks.sequence_layout(T, B, D * hout, self.batch_first)[1], h_n=core(h_n),
-                            c_n=core(c_n), reserve=core(reserve), reserve_bytes=_nbytes(reserve), **shapes,
-                            **arrays.call())
-        arrays.done(y, h_n, c_n, reserve, lengths, mask, *params.values())
+        y_strides = _checks.sequence_layout(T, B, D * hout, self.batch_first)[1]
+        _core.stack_forward(**inputs, y=core(y), y_strides=y_strides, h_n=core(h_n), c_n=core(c_n),
+                            reserve=core(reserve), reserve_bytes=_nbytes(reserve), **shapes, **arrays.call())
+        # On CUDA `inputs` holds bare pointers: `saved` keeps their arrays alive for backward.
+        saved = (xt, h0, c0, lengths, mask, reserve, *params.values())
+        arrays.done(y, h_n, c_n, *saved)
         ctx = None
         if training:
-            ctx = dict(arrays=arrays, keep=(xt, h0, c0, lengths, mask, reserve, params), inputs=inputs,
-                       shapes=shapes)
+            ctx = dict(arrays=arrays, saved=saved, inputs=inputs, shapes=shapes)
         return LSTMStackResult(y, h_n, c_n, ctx)
 
     __call__ = forward
@@ -330,12 +331,12 @@ class LSTM:
                 cell_grads.append(tuple(arrays.core(grads.get(k + s)) for k in
                                         ("weight_ih", "weight_hh", "bias_ih", "weight_hr")))
         core = arrays.core
-        reserve = ctx["keep"][5]
+        reserve = ctx["saved"][5]
         _core.stack_backward(**ctx["inputs"], reserve=core(reserve), reserve_bytes=_nbytes(reserve), dy=core(dy),
                              dy_strides=dy_strides, dh_n=core(dh_n),
                              dc_n=core(dc_n), dx=core(dx), dx_strides=_checks.sequence_layout(T, B, I, self.batch_first)[1], dh0=core(dh0),
                              dc0=core(dc0), cell_grads=cell_grads, **ctx["shapes"], **arrays.call())
-        arrays.done(dx, dh0, dc0, *grads.values(), *(a for a in ctx["keep"][:6]), *ctx["keep"][6].values())
+        arrays.done(dy, dh_n, dc_n, dx, dh0, dc0, *grads.values(), *ctx["saved"])
         out = {"x": dx, "h0": dh0, "c0": dc0}
         for name in names:  # b_ih and b_hh enter the gates alike: equal gradients
             out[name] = arrays.copy(grads[name.replace("bias_hh", "bias_ih")]) if "bias_hh" in name else grads[name]

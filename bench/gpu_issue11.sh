@@ -8,7 +8,7 @@
 #   3. bench:  bench/bench_torch_train.py --device cuda --kernel: training step
 #              and no_grad forward of fusedlstm.torch.LSTM vs nn.LSTM (cuDNN), the
 #              same kernels through _core, in fp32 / tf32 / bf16 / fp16
-# Every step has its own timeout (T_BUILD=210, T_TESTS=180, T_BENCH=120 s:
+# Every step has its own timeout (T_BUILD=200, T_TESTS=210, T_BENCH=100 s:
 # at most about 8.5 minutes, typically less). Logs and raw JSON go to $OUT
 # (default /tmp/fusedlstm_gpu); the bench JSON is also copied to
 # bench/results/issue11_<card>_<date>.json (keep it: commit it from there, or
@@ -38,7 +38,7 @@ STAMP=$(date -u +%Y-%m-%d)
 echo "card: $CARD"
 
 step "build (pip install --no-build-isolation . , FUSEDLSTM_CUDA=on)"
-if ! timeout "${T_BUILD:-210}" "$PY" -m pip install --no-build-isolation --no-deps -v . \
+if ! timeout "${T_BUILD:-200}" "$PY" -m pip install --no-build-isolation --no-deps -v . \
      -Ccmake.define.FUSEDLSTM_CUDA=on >"$OUT/build.log" 2>&1; then
   tail -40 "$OUT/build.log"
   echo "FAILED: build (log: $OUT/build.log)"
@@ -62,8 +62,8 @@ print("smoke: fusedlstm.torch.LSTM forward+backward on", torch.cuda.get_device_n
 EOF
 
 step "tests (pytest -q tests, GPU cases enabled)"
-export TORCHINDUCTOR_CACHE_DIR="$OUT/inductor-cache"  # fresh: an old cache of another op schema misleads
-if (cd /tmp && timeout "${T_TESTS:-180}" "$PY" -m pytest -q -p no:cacheprovider --maxfail=60 -rfEs --continue-on-collection-errors "$REPO/tests" \
+export TORCHINDUCTOR_CACHE_DIR=$(mktemp -d /tmp/fusedlstm_inductor.XXXX)  # fresh: a cache of an older op schema misleads
+if (cd /tmp && timeout "${T_TESTS:-210}" "$PY" -m pytest -q -p no:cacheprovider --maxfail=60 -rfEs --continue-on-collection-errors "$REPO/tests" \
       --junitxml="$OUT/tests.xml" >"$OUT/tests.log" 2>&1); then
   tail -3 "$OUT/tests.log"
 else
@@ -76,7 +76,7 @@ grep -E "^SKIPPED" "$OUT/tests.log" | grep -viE "emulat|float16 / bfloat16 run i
 
 step "bench: fusedlstm.torch.LSTM vs nn.LSTM (cuDNN) on CUDA"
 JSON="$OUT/bench_torch_train_issue11_${CARD}_${STAMP}.json"
-(cd /tmp && timeout "${T_BENCH:-120}" "$PY" "$REPO/bench/bench_torch_train.py" --device cuda --kernel \
+(cd /tmp && timeout "${T_BENCH:-100}" "$PY" "$REPO/bench/bench_torch_train.py" --device cuda --kernel \
    --precisions "${PRECISIONS:-fp32,tf32,bf16,fp16}" --min-time "${MIN_TIME:-0.08}" --max-wait 0 \
    --json "$JSON" >"$OUT/bench.log" 2>"$OUT/bench.err") || fail "bench (log: $OUT/bench.log, $OUT/bench.err)"
 tail -5 "$OUT/bench.err"

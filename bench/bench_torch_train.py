@@ -29,9 +29,10 @@ the timing), and for train the module's forward + backward alone
 (y.backward(dy): no loss, no optimizer). "module - kernel" is the front end's
 cost; the issue-11 target is module fwd+bwd <= 1.05 x kernel + 0.020 ms
 (the "within" column, and "front_end_ok" in the JSON; "module alone" is
-that fwd+bwd for train, the no_grad forward for infer). On the CPU, 1-layer
-unidirectional unpacked rows also time the numpy kernel API
-(fusedlstm.lstm_forward / lstm_backward, the calls of bench/bench_cpu.py).
+that fwd+bwd for train, the no_grad forward for infer). 1-layer
+unidirectional unpacked rows also time the functional kernel API
+(fusedlstm.lstm_forward / lstm_backward: the calls of bench/bench_cpu.py on
+the CPU, the same on the CUDA tensors through the API's device path).
 
 CUDA (--device cuda or both; default: both when torch sees a GPU): the same
 pairs on the GPU, each timed call ending in torch.cuda.synchronize(), in each
@@ -344,22 +345,30 @@ class CoreKernels:
 
 
 class KernelCall:
-    """The numpy kernel API on the same weights: what bench_cpu.py times."""
+    """The functional kernel API (fusedlstm.lstm_forward / lstm_backward) on the same
+    weights: numpy arrays on the CPU (what bench_cpu.py times), the torch tensors
+    themselves on CUDA (the API's device path), ended by a synchronize there."""
 
     def __init__(self, pair, fl, np):
         m, cfg = pair.ref, pair.cfg
-        arr = lambda t: np.ascontiguousarray(t.detach().cpu().numpy())  # noqa: E731
-        self.fl = fl
+        if pair.device == "cpu":
+            arr = lambda t: np.ascontiguousarray(t.detach().cpu().numpy())  # noqa: E731
+            self.dy = np.ones((cfg.T, cfg.B, cfg.H), dtype=np.float32)
+        else:
+            arr = lambda t: t.detach().contiguous()  # noqa: E731
+            self.dy = pair.torch.ones((cfg.T, cfg.B, cfg.H), dtype=pair.x.dtype, device=pair.x.device)
+        self.fl, self.sync = fl, pair.sync
         self.w = [arr(m.weight_ih_l0), arr(m.weight_hh_l0), arr(m.bias_ih_l0), arr(m.bias_hh_l0)]
         self.x = arr(pair.x)
-        self.dy = np.ones((cfg.T, cfg.B, cfg.H), dtype=np.float32)
 
     def infer(self):
-        return self.fl.lstm_forward(self.x, *self.w, mode="many_to_many", training=False)
+        self.fl.lstm_forward(self.x, *self.w, mode="many_to_many", training=False)
+        self.sync()
 
     def train(self):
         res = self.fl.lstm_forward(self.x, *self.w, mode="many_to_many", training=True)
-        return self.fl.lstm_backward(res, dy=self.dy)
+        self.fl.lstm_backward(res, dy=self.dy)
+        self.sync()
 
 
 # --------------------------------------------------------------------------
@@ -508,7 +517,7 @@ def table(rows, mode, with_kernel):
     head = "| config | precision | check | torch ms | fusedlstm ms | speedup |"
     sep = "|:---|:---|:---|---:|---:|---:|"
     if with_kernel:
-        head += " module alone ms | kernels ms | module - kernels ms | within 5% + 20 us | numpy API ms |"
+        head += " module alone ms | kernels ms | module - kernels ms | within 5% + 20 us | functional API ms |"
         sep += "---:|---:|---:|:---|---:|"
     out += [head, sep]
     for r in rows:
@@ -608,7 +617,7 @@ def run_pair(device, cfg, precision, modes, args, fl, flt, torch, np, _bench, lo
     kern = core = None
     if args.kernel:
         core = CoreKernels(pair, torch)
-        if device == "cpu" and cfg.L == 1 and cfg.D == 1 and not cfg.proj and not cfg.packed:
+        if cfg.L == 1 and cfg.D == 1 and not cfg.proj and not cfg.packed:
             kern = KernelCall(pair, fl, np)
     for mode in modes:
         chk = pair.check(mode)

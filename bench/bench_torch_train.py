@@ -650,6 +650,8 @@ def run_pair(device, cfg, precision, modes, args, fl, flt, torch, np, _bench, lo
                "kernel_ms": stats["kernel"]["median_ms"] if "kernel" in stats else None,
                "core_ms": core_ms, "module_kernel_ms": module_kernel_ms,
                "front_end_ok": (None if core_ms is None else bool(module_kernel_ms <= 1.05 * core_ms + 0.020)),
+               "functional_api_ok": (None if "kernel" not in stats or module_kernel_ms is None else
+                                     bool(module_kernel_ms <= 1.05 * stats["kernel"]["median_ms"] + 0.020)),
                "loadavg": [la0, loadavg()], "others_busy_before": busy, "max_busy": args.max_busy, "realtime": realtime(),
                "stats": {k: {kk: vv for kk, vv in v.items() if kk != "samples_ms"} for k, v in stats.items()}}
         rows.append(row)

@@ -90,10 +90,13 @@ train = [r for r in rows if r["mode"] == "train"]
 slow = [f"{r['label']} {r['precision']} {r['speedup']:.2f}x" for r in train if r["speedup"] < 1]
 front = [f"{r['label']} {r['precision']} {r['mode']} {r['module_kernel_ms']:.3f} vs {r['core_ms']:.3f} ms"
          for r in rows if r.get("front_end_ok") is False]
+functional = [f"{r['label']} {r['precision']} {r['mode']} {r['module_kernel_ms']:.3f} vs {r['kernel_ms']:.3f} ms"
+              for r in rows if r.get("functional_api_ok") is False]
 packed = [f"{r['label']} {r['precision']} {r['speedup']:.2f}x" for r in train if r["packed"] and r["speedup"] < 2]
 bad = [r["label"] for r in rows if not r["check"].startswith("ok")]
 print(f"targets: training step slower than nn.LSTM in {len(slow)}/{len(train)}: {slow}")
 print(f"         module above 1.05 x kernels + 20 us in {len(front)}/{len(rows)}: {front}")
+print(f"         module above 1.05 x functional API + 20 us in {len(functional)}: {functional}")
 print(f"         packed training below 2x nn.LSTM: {packed}")
 print(f"         failed correctness checks: {bad}")
 EOF

@@ -216,26 +216,12 @@ def to_device(t: Tensor, device: torch.device):
     return t.pin_memory().to(device, non_blocking=True)
 
 
-def _round_up(n, m):
-    return (n + m - 1) // m * m
-
-
 def _reserve_nbytes(cuda, dtype, T, B, H, proj_size, num_layers, num_directions):
-    """fl_lstm_stack_reserve_bytes's closed form (fusedlstm.h) for the backend,
-    in plain integer arithmetic, so it also works on symbolic sizes (the fake
-    kernels under torch.compile); the real kernels ask the C API."""
-    itemsize = torch.finfo(dtype).bits // 8
-    if not cuda:
-        return stack_reserve_nbytes(itemsize, T, B, H, proj_size, num_layers, num_directions)
-    math_size = 8 if dtype == torch.float64 else 4
-    slots = T * B
-    hout = proj_size if proj_size else H
-    cell = (_round_up(slots * 4 * H * math_size, 256) + _round_up((slots + B) * H * math_size, 256)
-            + _round_up((slots + B) * hout * itemsize, 256))
-    if proj_size:
-        cell = cell + _round_up(slots * H * itemsize, 256)
-    between = _round_up(slots * num_directions * hout * itemsize, 64) + 64
-    return num_layers * num_directions * cell + (num_layers - 1) * between
+    """fl_lstm_stack_reserve_bytes's closed form (fusedlstm.h) for the backend, in
+    plain integer arithmetic, so it also works on symbolic sizes (the fake kernels
+    under torch.compile); the real kernels ask the C API."""
+    return stack_reserve_nbytes(torch.finfo(dtype).bits // 8, T, B, H, proj_size, num_layers, num_directions,
+                                device="cuda" if cuda else "cpu")
 
 
 def _cells_per_layer(num_layers, bidirectional):

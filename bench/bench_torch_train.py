@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Module-level benchmark: fusedlstm.torch.LSTM vs torch.nn.LSTM (float32).
+"""Module-level benchmark: fusedlstm.torch.LSTM vs torch.nn.LSTM, on the CPU and on CUDA (cuDNN).
 
 Both modules get identical weights (load_state_dict from the nn.LSTM) and the
 same inputs; both are timed in the same run, interleaved in bursts (A B, B A,
@@ -21,14 +21,28 @@ gradients to 1e-3 normwise relative), else the 'check' column says FAIL.
 
 speedup = torch ms / fusedlstm ms (> 1: fusedlstm faster).
 
-With --kernel, 1-layer unidirectional unpacked rows also time the numpy
-kernel API (fusedlstm.lstm_forward / lstm_backward on the same weights, the
-calls of bench/bench_cpu.py) in the same interleaved run: the difference to
-the module is the torch front end plus loss and optimizer (train) or the
-front end alone (infer).
+With --kernel, every row also times, in the same interleaved run, the same
+kernels without the torch front end: fusedlstm._core.stack_forward (infer) or
+stack_forward + stack_backward (train) on arrays prepared once (the module's
+own argument preparation, fusedlstm.torch._ops._stack_inputs, done outside
+the timing), and for train the module's forward + backward alone
+(y.backward(dy): no loss, no optimizer). "module - kernel" is the front end's
+cost; the issue-11 target is module fwd+bwd <= 1.05 x kernel + 0.020 ms
+(the "within" column, and "front_end_ok" in the JSON; "module alone" is
+that fwd+bwd for train, the no_grad forward for infer). 1-layer
+unidirectional unpacked rows also time the functional kernel API
+(fusedlstm.lstm_forward / lstm_backward: the calls of bench/bench_cpu.py on
+the CPU, the same on the CUDA tensors through the API's device path).
 
-CUDA: timed when torch.cuda.is_available() and fusedlstm.torch accepts CUDA
-tensors; otherwise the run says why it was skipped.
+CUDA (--device cuda or both; default: both when torch sees a GPU): the same
+pairs on the GPU, each timed call ending in torch.cuda.synchronize(), in each
+precision of --precisions: fp32 (strict: torch.backends.cuda.matmul.allow_tf32
+and torch.backends.cudnn.allow_tf32 both False, so neither library uses TF32),
+tf32 (both True), bf16 and fp16 (both modules and their inputs converted to
+that dtype). The CPU runs fp32 only. The correctness check's limits scale with
+the precision (y max abs and gradient normwise relative error: fp32 1e-3,
+tf32 / fp16 2e-2, bf16 1e-1): a sanity check of the timed configuration, not
+the tolerance policy (the tests apply that).
 
 Shared machines: before each measurement the run waits (up to --max-wait s)
 until other processes use fewer than --max-busy cores, and flags rows where
@@ -42,6 +56,7 @@ op, the compiled core on prepared arrays and the numpy API, plus the loss
 and optimizer step alone (where the module's time goes).
 
 Examples:
+  python bench/bench_torch_train.py --device cuda --quick --kernel --json out.json   # the GPU run
   python bench/bench_torch_train.py                 # full grid (~10 min on 2 cores)
   python bench/bench_torch_train.py --quick         # ~1 min
   python bench/bench_torch_train.py --kernel --json out.json
@@ -120,6 +135,26 @@ def parse_config(s):
     return Config(*parts, proj=proj, packed=packed)
 
 
+def cuda_configs():
+    """The GPU grid: 1 and 2 layers, uni- and bidirectional, proj_size, packed input."""
+    return [Config(1, 1, 100, 64, 256), Config(1, 1, 100, 16, 512), Config(2, 1, 100, 64, 256),
+            Config(1, 2, 100, 64, 256), Config(2, 2, 100, 64, 256), Config(1, 1, 100, 64, 512, proj=128),
+            Config(1, 1, 100, 64, 256, packed=True), Config(2, 2, 100, 64, 256, packed=True)]
+
+
+PRECISIONS = {"fp32": ("float32", False), "tf32": ("float32", True), "bf16": ("bfloat16", False),
+              "fp16": ("float16", False)}
+CHECK_LIMIT = {"fp32": 1e-3, "tf32": 2e-2, "fp16": 2e-2, "bf16": 1e-1}
+
+
+def set_precision(torch, precision):
+    """The dtype of a precision, with both libraries' TF32 switches set for it."""
+    name, tf32 = PRECISIONS[precision]
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    return getattr(torch, name)
+
+
 def default_configs(quick):
     if quick:
         return [Config(1, 1, 100, 1, 256), Config(1, 1, 100, 16, 256),
@@ -145,31 +180,34 @@ def default_configs(quick):
 # --------------------------------------------------------------------------
 
 class Pair:
-    def __init__(self, cfg, fl, flt, torch, np, device, optim, input_grad, seed=0):
+    def __init__(self, cfg, fl, flt, torch, np, device, optim, input_grad, seed=0, dtype=None, precision="fp32"):
         self.cfg, self.fl, self.torch, self.np = cfg, fl, torch, np
-        self.device = device
+        self.device, self.precision = device, precision
+        dtype = dtype or torch.float32
         torch.manual_seed(seed)
         kw = dict(num_layers=cfg.L, bidirectional=cfg.D == 2, proj_size=cfg.proj, batch_first=False)
-        self.ref = torch.nn.LSTM(cfg.I, cfg.H, **kw).to(device)
-        self.ours = flt.LSTM(cfg.I, cfg.H, **kw).to(device)
+        self.ref = torch.nn.LSTM(cfg.I, cfg.H, **kw).to(device, dtype)
+        self.ours = flt.LSTM(cfg.I, cfg.H, **kw).to(device, dtype)
         self.ours.load_state_dict(self.ref.state_dict())
         g = torch.Generator().manual_seed(seed + 1)
         T, B = cfg.T, cfg.B
-        x = torch.randn(T, B, cfg.I, generator=g).to(device)
+        x = torch.randn(T, B, cfg.I, generator=g).to(device, dtype)
+        self.lengths = None
         self.x = x.requires_grad_(input_grad)
         hout = cfg.proj or cfg.H
         if cfg.packed:
             lengths = torch.randint(T // 2, T + 1, (B,), generator=g)
             lengths[0] = T
+            self.lengths = lengths
             packed = torch.nn.utils.rnn.pack_padded_sequence(x.detach(), lengths, enforce_sorted=False)
             # the packed data is the leaf (the graph of the packing op would be freed by the first backward)
             self.x = packed.data.requires_grad_(input_grad)
             self.input = torch.nn.utils.rnn.PackedSequence(self.x, packed.batch_sizes, packed.sorted_indices,
                                                            packed.unsorted_indices)
-            self.target = torch.randn(int(lengths.sum()), cfg.D * hout, generator=g).to(device)
+            self.target = torch.randn(int(lengths.sum()), cfg.D * hout, generator=g).to(device, dtype)
         else:
             self.input = self.x
-            self.target = torch.randn(T, B, cfg.D * hout, generator=g).to(device)
+            self.target = torch.randn(T, B, cfg.D * hout, generator=g).to(device, dtype)
         mk = (lambda p: torch.optim.Adam(p, lr=1e-4)) if optim == "adam" else \
             (lambda p: torch.optim.SGD(p, lr=1e-3))
         self.opt = {"torch": mk(self.ref.parameters()), "fusedlstm": mk(self.ours.parameters())}
@@ -191,6 +229,20 @@ class Pair:
             opt.step()
             self.sync()
         return step
+
+    def fwdbwd_fn(self):
+        """The module's forward + backward alone (no loss, no optimizer): what the kernels do."""
+        mod, params = self.ours, list(self.ours.parameters())
+        dy = self.torch.ones_like(self.target)
+
+        def f():
+            self.x.grad = None
+            for q in params:
+                q.grad = None
+            y, _ = mod(self.input)
+            self._out(y).backward(dy)
+            self.sync()
+        return f
 
     def infer_fn(self, name):
         mod, torch = self.mod[name], self.torch
@@ -241,27 +293,82 @@ class Pair:
                 continue
             den = float(gb.double().norm()) or 1.0
             g_err = max(g_err, float((ga.double() - gb.double()).norm()) / den)
-        ok = y_err <= 1e-3 and g_err <= 1e-3 and np.isfinite(g_err)
+        limit = CHECK_LIMIT[self.precision]
+        ok = y_err <= limit and g_err <= limit and np.isfinite(g_err)
         return {"ok": bool(ok), "y_max_abs": y_err, "grad_rel_max": g_err, "ran": ran}
 
 
+class CoreKernels:
+    """fusedlstm._core.stack_forward / stack_backward of the module's weights on its
+    input, arguments prepared once by the module's own code (_ops._stack_inputs): the
+    same kernels as the module with no torch front end. On the GPU on torch's current
+    stream, ended by a synchronize."""
+
+    def __init__(self, pair, torch):
+        from fusedlstm import _core
+        from fusedlstm.torch import _ops
+        cfg, m = pair.cfg, pair.ours
+        self.core, self.torch, self.sync = _core, torch, pair.sync
+        x = torch.randn(cfg.T, cfg.B, cfg.I, dtype=pair.x.dtype, device=pair.x.device)
+        hout = cfg.proj or cfg.H
+        L, D = cfg.L, cfg.D
+        h0 = torch.zeros(L * D, cfg.B, hout, dtype=x.dtype, device=x.device)
+        c0 = torch.zeros(L * D, cfg.B, cfg.H, dtype=x.dtype, device=x.device)
+        lengths = None if pair.lengths is None else _ops.to_device(pair.lengths, x.device)
+        s = _ops._stack_inputs(x, [w.detach() for w in m._flat_weights], h0, c0, lengths, None, L, D == 2,
+                               cfg.proj, True, False)
+        call, self.s = s.call, s
+        self.y, self.h_n, self.c_n = call.empty((cfg.T, cfg.B, D * hout)), call.empty(h0.shape), call.empty(c0.shape)
+        self.nbytes = call.reserve_bytes(cfg.T, cfg.B, cfg.H, cfg.proj, L, D)
+        self.reserve = call.reserve(self.nbytes)
+        self.dy = torch.ones_like(self.y)
+        self.dx, self.dh0, self.dc0 = call.empty(x.shape), call.empty(h0.shape), call.empty(c0.shape)
+        self.dw = [call.empty(w.shape) for w in m._flat_weights]
+        per = _ops._per_cell(self.dw, L, D == 2, True, cfg.proj)
+        self.grads = [(call.array(a), call.array(b), call.array(c), call.array(r)) for a, b, c, _, r in per]
+        self.out = dict(y=call.rows(self.y)[0], y_strides=call.rows(self.y)[1], h_n=call.array(self.h_n),
+                        c_n=call.array(self.c_n))
+        dy, dy_strides = call.rows(self.dy)
+        dx, dx_strides = call.rows(self.dx)
+        self.back = dict(dy=dy, dy_strides=dy_strides, dx=dx, dx_strides=dx_strides, dh0=call.array(self.dh0),
+                         dc0=call.array(self.dc0), cell_grads=self.grads, dh_n=None, dc_n=None)
+        self.res = call.array(self.reserve)
+
+    def infer(self):
+        self.core.stack_forward(**self.s.kwargs, **self.out, reserve=None, reserve_bytes=0)
+        self.sync()
+
+    def train(self):
+        self.core.stack_forward(**self.s.kwargs, **self.out, reserve=self.res, reserve_bytes=self.nbytes)
+        self.core.stack_backward(**self.s.kwargs, **self.back, reserve=self.res, reserve_bytes=self.nbytes)
+        self.sync()
+
+
 class KernelCall:
-    """The numpy kernel API on the same weights: what bench_cpu.py times."""
+    """The functional kernel API (fusedlstm.lstm_forward / lstm_backward) on the same
+    weights: numpy arrays on the CPU (what bench_cpu.py times), the torch tensors
+    themselves on CUDA (the API's device path), ended by a synchronize there."""
 
     def __init__(self, pair, fl, np):
         m, cfg = pair.ref, pair.cfg
-        arr = lambda t: np.ascontiguousarray(t.detach().cpu().numpy())  # noqa: E731
-        self.fl = fl
+        if pair.device == "cpu":
+            arr = lambda t: np.ascontiguousarray(t.detach().cpu().numpy())  # noqa: E731
+            self.dy = np.ones((cfg.T, cfg.B, cfg.H), dtype=np.float32)
+        else:
+            arr = lambda t: t.detach().contiguous()  # noqa: E731
+            self.dy = pair.torch.ones((cfg.T, cfg.B, cfg.H), dtype=pair.x.dtype, device=pair.x.device)
+        self.fl, self.sync = fl, pair.sync
         self.w = [arr(m.weight_ih_l0), arr(m.weight_hh_l0), arr(m.bias_ih_l0), arr(m.bias_hh_l0)]
         self.x = arr(pair.x)
-        self.dy = np.ones((cfg.T, cfg.B, cfg.H), dtype=np.float32)
 
     def infer(self):
-        return self.fl.lstm_forward(self.x, *self.w, mode="many_to_many", training=False)
+        self.fl.lstm_forward(self.x, *self.w, mode="many_to_many", training=False)
+        self.sync()
 
     def train(self):
         res = self.fl.lstm_forward(self.x, *self.w, mode="many_to_many", training=True)
-        return self.fl.lstm_backward(res, dy=self.dy)
+        self.fl.lstm_backward(res, dy=self.dy)
+        self.sync()
 
 
 # --------------------------------------------------------------------------
@@ -278,8 +385,6 @@ def overheads(args, fl, flt, torch, np, _bench, log):
     allocation and conversions skipped) | numpy API fusedlstm.lstm_forward.
     fwd+bwd (y.backward(dy), no loss, no optimizer): the same five levels.
     extra: mse_loss fwd+bwd alone, optimizer.step() alone, zero_grad alone."""
-    from fusedlstm import _core
-    from fusedlstm.layers import stack_reserve_nbytes
     rows = []
     for T, B, H in OVERHEAD_SHAPES:
         torch.manual_seed(0)
@@ -293,21 +398,8 @@ def overheads(args, fl, flt, torch, np, _bench, log):
         z = torch.zeros(1, B, H)
         xn, dyn = x.numpy(), dy.numpy()
         wn = [p.detach().numpy() for p in w]
-        cells = [tuple(wn) + (None,)]
-        zn = z.numpy()
-        yn, hn, cn = np.empty((T, B, H), np.float32), np.empty((1, B, H), np.float32), np.empty((1, B, H), np.float32)
-        res = np.empty(stack_reserve_nbytes(4, T, B, H, 0, 1, 1), np.uint8)
-        dxn, dh0n, dc0n = np.empty_like(xn), np.empty_like(zn), np.empty_like(zn)
-        gw = [np.empty_like(a) for a in wn]
-        gcells = [(gw[0], gw[1], gw[2], None)]
-
-        def core_fwd():
-            _core.stack_forward(xn, cells, zn, zn, None, None, 1, 1, 0, H, yn, hn, cn, None)
-
-        def core_fwdbwd():
-            _core.stack_forward(xn, cells, zn, zn, None, None, 1, 1, 0, H, yn, hn, cn, res)
-            _core.stack_backward(xn, cells, zn, zn, None, None, 1, 1, 0, H, res, dyn, None, None,
-                                 dxn, dh0n, dc0n, gcells)
+        kernels = CoreKernels(_OverheadPair(Config(1, 1, T, B, H), ours, x, torch), torch)
+        core_fwd, core_fwdbwd = kernels.infer, kernels.train
 
         def op_fwd():
             with torch.no_grad():
@@ -377,6 +469,14 @@ def overheads(args, fl, flt, torch, np, _bench, log):
     return rows
 
 
+class _OverheadPair:
+    """What CoreKernels reads of a Pair, for overheads()."""
+
+    def __init__(self, cfg, ours, x, torch):
+        self.cfg, self.ours, self.x, self.lengths = cfg, ours, x, None
+        self.sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+
+
 def overhead_table(rows):
     out = ["### where the module's time goes (1 layer, uni, I = H; medians, ms)", "",
            "| T, B, H | mode | nn.LSTM | module | custom op | _core | numpy API | module - _core |",
@@ -414,11 +514,11 @@ def fmt(v):
 def table(rows, mode, with_kernel):
     out = [f"### {'training step (fwd + loss + bwd + optimizer step)' if mode == 'train' else 'inference (no_grad forward)'}",
            ""]
-    head = "| config | check | torch ms | fusedlstm ms | speedup |"
-    sep = "|:---|:---|---:|---:|---:|"
+    head = "| config | precision | check | torch ms | fusedlstm ms | speedup |"
+    sep = "|:---|:---|:---|---:|---:|---:|"
     if with_kernel:
-        head += " kernel ms | module - kernel ms |"
-        sep += "---:|---:|"
+        head += " module alone ms | kernels ms | module - kernels ms | within 5% + 20 us | functional API ms |"
+        sep += "---:|---:|---:|:---|---:|"
     out += [head, sep]
     for r in rows:
         if r["mode"] != mode:
@@ -427,11 +527,14 @@ def table(rows, mode, with_kernel):
         busy = r.get("others_busy_before")
         flag = busy is not None and busy >= r.get("max_busy", 0.3) and not r.get("realtime")
         chk = r["check"] + (f" (busy {busy:.1f})" if flag else "")
-        line = f"| {r['label']} | {chk} | {fmt(r['torch_ms'])} | {fmt(r['fusedlstm_ms'])} | {sp} |"
+        line = (f"| {r['label']} | {r.get('precision', 'fp32')} | {chk} | {fmt(r['torch_ms'])} | "
+                f"{fmt(r['fusedlstm_ms'])} | {sp} |")
         if with_kernel:
-            k = r.get("kernel_ms")
-            d = (r["fusedlstm_ms"] - k) if (k is not None and r["fusedlstm_ms"] is not None) else None
-            line += f" {fmt(k)} | {('%+.3f' % d) if d is not None else '-'} |"
+            mod, k = r.get("module_kernel_ms"), r.get("core_ms")
+            d = (mod - k) if (k is not None and mod is not None) else None
+            ok = r.get("front_end_ok")
+            line += (f" {fmt(mod)} | {fmt(k)} | {('%+.3f' % d) if d is not None else '-'} | "
+                     f"{'-' if ok is None else ('yes' if ok else '**no**')} | {fmt(r.get('kernel_ms'))} |")
         out.append(line)
     out.append("")
     return "\n".join(out)
@@ -498,49 +601,68 @@ def loadavg():
 
 # --------------------------------------------------------------------------
 
-def run_device(device, cfgs, modes, args, fl, flt, torch, np, _bench, log):
+def run_device(device, cfgs, modes, args, fl, flt, torch, np, _bench, log, precisions=("fp32",)):
     rows = []
     for cfg in cfgs:
-        try:
-            pair = Pair(cfg, fl, flt, torch, np, device, args.optim, not args.no_input_grad)
-        except NotImplementedError as e:
-            return rows, f"skipped on {device}: {e}"
-        kern = None
-        if args.kernel and device == "cpu" and cfg.L == 1 and cfg.D == 1 and not cfg.proj and not cfg.packed:
-            kern = KernelCall(pair, fl, np)
-        for mode in modes:
-            try:
-                chk = pair.check(mode)
-            except NotImplementedError as e:
-                return rows, f"skipped on {device}: {e}"
-            for m in pair.mod.values():
-                m.train(mode == "train")
-            fns = [("fusedlstm", pair.train_fn("fusedlstm") if mode == "train" else pair.infer_fn("fusedlstm")),
-                   ("torch", pair.train_fn("torch") if mode == "train" else pair.infer_fn("torch"))]
-            prewarmed = dict(chk["ran"])
-            if kern is not None:
-                fns.append(("kernel", kern.train if mode == "train" else kern.infer))
-            busy = wait_idle(args.max_busy, args.max_wait, log)
-            la0 = loadavg()
-            t_meas = time.perf_counter()
-            stats = _bench.measure_interleaved(fns, min_time=args.min_time, min_reps=args.min_reps,
-                                               min_reps_slow=3, warmup=2, prewarmed=prewarmed)
-            rest(args, time.perf_counter() - t_meas)
-            fl_ms, th_ms = stats["fusedlstm"]["median_ms"], stats["torch"]["median_ms"]
-            row = {"device": device, "mode": mode, "label": cfg.label(), **cfg.as_dict(),
-                   "check": "ok" if chk["ok"] else f"**FAIL** y {chk['y_max_abs']:.1e} grad {chk['grad_rel_max']:.1e}",
-                   "check_detail": {k: v for k, v in chk.items() if k != "ran"},
-                   "torch_ms": th_ms, "fusedlstm_ms": fl_ms, "speedup": th_ms / fl_ms,
-                   "kernel_ms": stats["kernel"]["median_ms"] if "kernel" in stats else None,
-                   "loadavg": [la0, loadavg()], "others_busy_before": busy, "max_busy": args.max_busy, "realtime": realtime(),
-                   "stats": {k: {kk: vv for kk, vv in v.items() if kk != "samples_ms"} for k, v in stats.items()}}
-            rows.append(row)
-            extra = f", kernel {fmt(row['kernel_ms'])} ms" if row["kernel_ms"] is not None else ""
-            log(f"  [{device}] {mode:5s} {cfg.label():38s} torch {fmt(th_ms):>7s} ms, fusedlstm "
-                f"{fmt(fl_ms):>7s} ms, {row['speedup']:.2f}x{extra} [{row['check']}] load {la0}, "
-                f"others busy {busy if busy is None else round(busy, 2)}")
-        del pair, kern
+        for precision in precisions:
+            rows += run_pair(device, cfg, precision, modes, args, fl, flt, torch, np, _bench, log)
     return rows, None
+
+
+def run_pair(device, cfg, precision, modes, args, fl, flt, torch, np, _bench, log):
+    rows = []
+    dtype = set_precision(torch, precision) if device == "cuda" else torch.float32
+    pair = Pair(cfg, fl, flt, torch, np, device, args.optim, not args.no_input_grad, dtype=dtype,
+                precision=precision)
+    kern = core = None
+    if args.kernel:
+        core = CoreKernels(pair, torch)
+        if cfg.L == 1 and cfg.D == 1 and not cfg.proj and not cfg.packed:
+            kern = KernelCall(pair, fl, np)
+    for mode in modes:
+        chk = pair.check(mode)
+        for m in pair.mod.values():
+            m.train(mode == "train")
+        fns = [("fusedlstm", pair.train_fn("fusedlstm") if mode == "train" else pair.infer_fn("fusedlstm")),
+               ("torch", pair.train_fn("torch") if mode == "train" else pair.infer_fn("torch"))]
+        prewarmed = dict(chk["ran"])
+        if core is not None:
+            fns.append(("core", core.train if mode == "train" else core.infer))
+            if mode == "train":
+                fns.append(("module_kernel", pair.fwdbwd_fn()))
+        if kern is not None:
+            fns.append(("kernel", kern.train if mode == "train" else kern.infer))
+        busy = wait_idle(args.max_busy, args.max_wait, log)
+        la0 = loadavg()
+        t_meas = time.perf_counter()
+        stats = _bench.measure_interleaved(fns, min_time=args.min_time, min_reps=args.min_reps,
+                                           min_reps_slow=3, warmup=2, prewarmed=prewarmed)
+        rest(args, time.perf_counter() - t_meas)
+        fl_ms, th_ms = stats["fusedlstm"]["median_ms"], stats["torch"]["median_ms"]
+        core_ms = stats["core"]["median_ms"] if "core" in stats else None
+        # the module's own kernels' share: fwd+bwd alone (train) or the no_grad forward (infer)
+        module_kernel_ms = stats["module_kernel"]["median_ms"] if "module_kernel" in stats else \
+            (fl_ms if core_ms is not None else None)
+        row = {"device": device, "precision": precision, "mode": mode, "label": cfg.label(), **cfg.as_dict(),
+               "check": "ok" if chk["ok"] else f"**FAIL** y {chk['y_max_abs']:.1e} grad {chk['grad_rel_max']:.1e}",
+               "check_detail": {k: v for k, v in chk.items() if k != "ran"},
+               "torch_ms": th_ms, "fusedlstm_ms": fl_ms, "speedup": th_ms / fl_ms,
+               "kernel_ms": stats["kernel"]["median_ms"] if "kernel" in stats else None,
+               "core_ms": core_ms, "module_kernel_ms": module_kernel_ms,
+               "front_end_ok": (None if core_ms is None else bool(module_kernel_ms <= 1.05 * core_ms + 0.020)),
+               "functional_api_ok": (None if "kernel" not in stats or module_kernel_ms is None else
+                                     bool(module_kernel_ms <= 1.05 * stats["kernel"]["median_ms"] + 0.020)),
+               "loadavg": [la0, loadavg()], "others_busy_before": busy, "max_busy": args.max_busy, "realtime": realtime(),
+               "stats": {k: {kk: vv for kk, vv in v.items() if kk != "samples_ms"} for k, v in stats.items()}}
+        rows.append(row)
+        extra = f", kernel {fmt(row['kernel_ms'])} ms" if row["kernel_ms"] is not None else ""
+        if core_ms is not None:
+            extra += f", module {fmt(module_kernel_ms)} vs kernels {fmt(core_ms)} ms"
+        log(f"  [{device} {precision}] {mode:5s} {cfg.label():38s} torch {fmt(th_ms):>7s} ms, fusedlstm "
+            f"{fmt(fl_ms):>7s} ms, {row['speedup']:.2f}x{extra} [{row['check']}] load {la0}, "
+            f"others busy {busy if busy is None else round(busy, 2)}")
+    del pair, kern, core
+    return rows
 
 
 def main(argv=None):
@@ -566,7 +688,11 @@ def main(argv=None):
     p.add_argument("--max-wait", type=float, default=60.0, help="longest such wait in seconds (default 60)")
     p.add_argument("--rest", type=float, default=0.0,
                    help="after each measurement sleep this multiple of its duration (shared machines)")
-    p.add_argument("--no-cuda", action="store_true")
+    p.add_argument("--no-cuda", action="store_true", help="same as --device cpu")
+    p.add_argument("--device", choices=("cpu", "cuda", "both"), default=None,
+                   help="default: both when torch sees a GPU, else cpu")
+    p.add_argument("--precisions", default="fp32,tf32,bf16,fp16",
+                   help="CUDA precisions, comma-separated from fp32, tf32, bf16, fp16 (the CPU runs fp32)")
     p.add_argument("--json", metavar="PATH", default=None)
     p.add_argument("-q", "--quiet", action="store_true")
     args = p.parse_args(argv)
@@ -600,27 +726,34 @@ def main(argv=None):
                 json.dump({"machine": info, "overheads": rows}, f, indent=1)
         return 0
 
-    cfgs = args.configs or default_configs(args.quick)
     modes = ["train", "infer"] if args.mode == "both" else [args.mode]
     log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    device = args.device or ("cpu" if args.no_cuda or not torch.cuda.is_available() else "both")
+    precisions = [q.strip() for q in args.precisions.split(",") if q.strip()]
+    bad = [q for q in precisions if q not in PRECISIONS]
+    if bad:
+        p.error(f"--precisions: {bad} not in {sorted(PRECISIONS)}")
     t0 = time.perf_counter()
     rows, notes = [], []
-    r, why = run_device("cpu", cfgs, modes, args, fl, flt, torch, np, _bench, log)
-    rows += r
-    if args.no_cuda:
-        notes.append("CUDA: skipped (--no-cuda)")
+    if device in ("cpu", "both"):
+        r, _ = run_device("cpu", args.configs or default_configs(args.quick), modes, args, fl, flt, torch, np,
+                          _bench, log)
+        rows += r
+    if device == "cpu":
+        notes.append("CUDA: not run (--device cpu, --no-cuda, or no GPU)")
     elif not torch.cuda.is_available():
         notes.append(f"CUDA: skipped (torch {torch.__version__} reports no CUDA device)")
     else:
-        r, why = run_device("cuda", cfgs, modes, args, fl, flt, torch, np, _bench, log)
+        r, _ = run_device("cuda", args.configs or cuda_configs(), modes, args, fl, flt, torch, np, _bench, log,
+                          precisions)
         rows += r
-        notes.append(f"CUDA: {why}" if why else f"CUDA: {torch.cuda.get_device_name()}")
+        notes.append(f"CUDA: {torch.cuda.get_device_name()}, cuDNN {torch.backends.cudnn.version()}")
     elapsed = time.perf_counter() - t0
 
     for dev in sorted({r["device"] for r in rows}):
         print(f"## {dev}\n")
         for mode in modes:
-            print(table([r for r in rows if r["device"] == dev], mode, args.kernel and dev == "cpu"))
+            print(table([r for r in rows if r["device"] == dev], mode, args.kernel))
     for n in notes:
         print(n)
     print(f"(total {elapsed:.1f} s, loadavg at end {loadavg()})")

@@ -135,10 +135,10 @@ def test_torch_front_end_follows_torch_thread_count(rng, threads):
     seen = []
     real = _core.stack_forward
 
-    def spy(*args):
+    def spy(*args, **kwargs):
         seen.append(_core.limit_threads_on_this_thread(0))  # read the cap ...
         _core.limit_threads_on_this_thread(seen[-1])        # ... and put it back
-        return real(*args)
+        return real(*args, **kwargs)
 
     m = ft.LSTM(5, 7)
     x = torch.randn(4, 3, 5)

@@ -1,4 +1,5 @@
-"""fusedlstm.torch.LSTM under DistributedDataParallel (gloo, 2 CPU processes).
+"""fusedlstm.torch.LSTM under DistributedDataParallel: gloo with 2 CPU processes, and
+NCCL with one process per GPU (2, or 1 on a one-GPU machine; skipped without a GPU).
 
 Each rank runs, with the same initial weights and its own shard of one global
 batch (packed, random lengths), one training step (forward, backward, SGD step)
@@ -48,11 +49,13 @@ def _shard(seed, rank, dtype):
     return x[sl], lengths[sl], dy_pad[sl], dh[:, sl], dc[:, sl]
 
 
-def _step(model, data, dtype, ddp):
-    """One forward/backward (+ SGD step when ddp) of `model`; (grads, params after step)."""
+def _step(model, data, dtype, ddp, device="cpu"):
+    """One forward/backward (+ SGD step when ddp) of `model` on `device`; (grads, params after
+    step), on the CPU."""
     from torch.nn.utils.rnn import pack_padded_sequence
 
-    x, lengths, dy_pad, dh, dc = (t.to(dtype) if t.is_floating_point() else t for t in data)
+    model.to(device)
+    x, lengths, dy_pad, dh, dc = (t.to(device, dtype) if t.is_floating_point() else t for t in data)
     net = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
     opt = torch.optim.SGD(net.parameters(), lr=LR)
     opt.zero_grad()
@@ -61,21 +64,25 @@ def _step(model, data, dtype, ddp):
     y, (h, c) = net(packed)
     loss = (y.data * dy).sum() + (h * dh).sum() + (c * dc).sum()
     loss.backward()
-    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+    grads = {n: p.grad.detach().cpu().clone() for n, p in model.named_parameters()}
     params = None
     if ddp:
         opt.step()
-        params = {n: p.detach().clone() for n, p in model.named_parameters()}
+        params = {n: p.detach().cpu().clone() for n, p in model.named_parameters()}
     return grads, params
 
 
-def _worker(rank, init_file, out_file, seed):
-    """Runs in a subprocess per rank."""
+def _worker(rank, init_file, out_file, seed, backend="gloo", world=WORLD):
+    """Runs in a subprocess per rank (NCCL: on GPU `rank`)."""
     import fusedlstm.torch as ft
     from torch import nn
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    device = "cpu"
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
+        device = f"cuda:{rank}"
+    dist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank, world_size=world)
     results = {}
     try:
         for dtype in (torch.float32, torch.float64):
@@ -90,9 +97,9 @@ def _worker(rank, init_file, out_file, seed):
                 return m
 
             tag = "f32" if dtype == torch.float32 else "f64"
-            results[f"ours_{tag}"] = _step(fresh(ft.LSTM, dtype), data, dtype, ddp=True)
-            results[f"nn_{tag}"] = _step(fresh(nn.LSTM, dtype), data, dtype, ddp=True)
-            results[f"ours_{tag}_local"] = _step(fresh(ft.LSTM, dtype), data, dtype, ddp=False)
+            results[f"ours_{tag}"] = _step(fresh(ft.LSTM, dtype), data, dtype, True, device)
+            results[f"nn_{tag}"] = _step(fresh(nn.LSTM, dtype), data, dtype, True, device)
+            results[f"ours_{tag}_local"] = _step(fresh(ft.LSTM, dtype), data, dtype, False, device)
             results[f"initial_{tag}"] = state
     finally:
         dist.destroy_process_group()
@@ -103,17 +110,32 @@ def _gloo_available():
     return dist.is_available() and dist.is_gloo_available()
 
 
-@pytest.mark.skipif(not _gloo_available(), reason="torch.distributed with the gloo backend is unavailable")
-def test_ddp_gradients_match_nn_lstm(tmp_path, seed, policy):
+def _nccl_world():
+    """Processes of the NCCL test: one per GPU, at most WORLD (0: no GPU or no NCCL)."""
+    if not (dist.is_available() and dist.is_nccl_available() and torch.cuda.is_available()):
+        return 0
+    return min(WORLD, torch.cuda.device_count())
+
+
+BACKENDS = [
+    pytest.param("gloo", marks=pytest.mark.skipif(not _gloo_available(),
+                                                  reason="torch.distributed with the gloo backend is unavailable")),
+    pytest.param("nccl", marks=pytest.mark.skipif(not _nccl_world(), reason="needs NCCL and a CUDA device")),
+]
+
+
+@pytest.mark.parametrize("dist_backend", BACKENDS)
+def test_ddp_gradients_match_nn_lstm(dist_backend, tmp_path, seed, policy):
+    world = WORLD if dist_backend == "gloo" else _nccl_world()
     init_file = tmp_path / "init"
-    outs = [tmp_path / f"rank{r}.pt" for r in range(WORLD)]
+    outs = [tmp_path / f"rank{r}.pt" for r in range(world)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     code = ("import sys; sys.path.insert(0, {d!r}); import test_torch_ddp as t; "
-            "t._worker({r}, {f!r}, {o!r}, {s})")
+            "t._worker({r}, {f!r}, {o!r}, {s}, {b!r}, {w})")
     procs = [subprocess.Popen([sys.executable, "-c", code.format(d=str(TESTS_DIR), r=r, f=str(init_file),
-                                                                 o=str(outs[r]), s=seed)],
+                                                                 o=str(outs[r]), s=seed, b=dist_backend, w=world)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for r in range(WORLD)]
+             for r in range(world)]
     logs = []
     try:
         for p in procs:
@@ -131,7 +153,7 @@ def test_ddp_gradients_match_nn_lstm(tmp_path, seed, policy):
     assert names == list(res[0]["ours_f64"][0])
     for key in ("ours_f32", "nn_f32", "ours_f64", "nn_f64"):
         g0, p0 = res[0][key]
-        g1, p1 = res[1][key]
+        g1, p1 = res[-1][key]
         for n in names:
             # DDP all-reduced the gradients and stepped identically on both ranks
             assert torch.equal(g0[n], g1[n]), f"{key}: grad {n} differs across ranks"
@@ -142,35 +164,36 @@ def test_ddp_gradients_match_nn_lstm(tmp_path, seed, policy):
         if tag == "f64":  # truth: nn.LSTM float64 under the same DDP step
             (truth_g, truth_p), plain_g, plain_p = res[0]["nn_f64"], None, None
         else:  # truth: float64 on the float32 values; baseline: nn.LSTM float32 under DDP
-            truth_g, truth_p = _float64_truth(res[0]["initial_f32"], seed)
+            truth_g, truth_p = _float64_truth(res[0]["initial_f32"], seed, world)
             plain_g, plain_p = res[0]["nn_f32"]
         for n in names:
             _check(policy, f"{tag} DDP grad {n}", got_g[n], truth_g[n],
                    None if plain_g is None else plain_g[n], dtype)
             _check(policy, f"{tag} stepped param {n}", got_p[n], truth_p[n],
                    None if plain_p is None else plain_p[n], dtype)
-        # the average is over two different shards
-        local0, local1 = res[0][f"ours_{tag}_local"][0], res[1][f"ours_{tag}_local"][0]
-        assert any(not torch.allclose(local0[n], local1[n]) for n in names)
+        # the average is over `world` different shards
+        local = [r[f"ours_{tag}_local"][0] for r in res]
+        if world > 1:
+            assert any(not torch.allclose(local[0][n], local[1][n]) for n in names)
         for n in names:
-            mean = (local0[n].double() + local1[n].double()) / 2
+            mean = sum(g[n].double() for g in local) / world
             err = float((got_g[n].double() - mean).abs().max())
             # DDP halves (exact) and all-reduces the sum: one rounding in the dtype
             assert err <= torch.finfo(dtype).eps * float(mean.abs().max()), (tag, n, err)
 
 
-def _float64_truth(initial_f32, seed):
+def _float64_truth(initial_f32, seed, world=WORLD):
     """What one DDP step computes, in float64 without DDP, from the float32 initial weights
-    and the float32 values of the data: the mean of both shards' gradients and the SGD step."""
+    and the float32 values of the data: the mean of the shards' gradients and the SGD step."""
     from torch import nn
 
     state = {k: v.double() for k, v in initial_f32.items()}
     grads = []
-    for rank in range(WORLD):
+    for rank in range(world):
         m = nn.LSTM(I, H, dtype=torch.float64, **KW)
         m.load_state_dict(state, strict=True)
         grads.append(_step(m, _shard(seed, rank, torch.float32), torch.float64, ddp=False)[0])
-    mean = {n: (grads[0][n] + grads[1][n]) / 2 for n in state}
+    mean = {n: sum(g[n] for g in grads) / world for n in state}
     stepped = {n: state[n] - LR * mean[n] for n in state}
     return mean, stepped
 

@@ -4,7 +4,7 @@
     python bench/bench_gpu.py --quick         # a few shapes (smoke test)
 
 Arrays are torch CUDA tensors; fusedlstm reads them through their data
-pointers (zero-copy, see fusedlstm/_cuda_dispatch.py) and runs on torch's
+pointers (zero-copy, see fusedlstm/_device.py) and runs on torch's
 current stream. Timing: CUDA events around each repetition, median over the
 repetitions after warm-up; forward = lstm_forward(training=False) vs
 nn.LSTM under no_grad; forward+backward = lstm_forward(training=True) +
@@ -100,12 +100,12 @@ def one(T, B, H, dname, reps, paths, inner):
         os.environ["FUSEDLSTM_CUDA_PATH"] = path
         try:
             y_f = fl_fwd().y
-            ran_fwd = fusedlstm._cuda.last_forward_path()
+            ran_fwd = fusedlstm._core.cuda_info("last_forward_path")
             row[f"max_dy_{path}"] = float((y_t.float() - y_f.float()).abs().max())
             row[f"fwd_{path}"] = time_ms(fl_fwd, reps) if ran_fwd == path else float("nan")
             row[f"fwdq_{path}"] = time_ms(fl_fwd, reps, inner=inner) if ran_fwd == path else float("nan")
             fl_fb()
-            ran_bwd = fusedlstm._cuda.last_backward_path()
+            ran_bwd = fusedlstm._core.cuda_info("last_backward_path")
             row[f"fb_{path}"] = time_ms(fl_fb, reps) if ran_bwd == path else float("nan")
             row[f"ran_{path}"] = f"{ran_fwd[:4]}/{ran_bwd[:4]}"
         finally:

@@ -63,7 +63,7 @@ fi
 
 step "CUDA tests"
 if (cd /tmp && timeout "${T_TESTS:-150}" "$PY" -m pytest -q -p no:cacheprovider --maxfail=40 -rfEs "${TEST_FILTER[@]}" \
-      "$REPO/tests/test_cuda.py" "$REPO/tests/test_torch_module.py::test_cuda_tensors_not_implemented" \
+      "$REPO/tests/test_cuda.py" "$REPO/tests/test_torch_cuda.py" \
       >"$OUT/tests.log" 2>&1); then
   tail -3 "$OUT/tests.log"
 else

@@ -155,11 +155,20 @@ def test_build_info_reports_cuda():
 @pytest.mark.skipif(os.environ.get("FUSEDLSTM_EXPECT_CUDA") != "1",
                     reason="FUSEDLSTM_EXPECT_CUDA=1 not set (CI sets it: the CUDA backend must be built)")
 def test_cuda_backend_built_and_loadable():
-    from fusedlstm import _core
-    n, why = _core.cuda_device_count()
+    """The installed package's own libfusedlstm_cuda.so loads (in a fresh
+    interpreter without FUSEDLSTM_CUDA_LIBRARY, which CI points at the
+    emulated backend for the rest of the suite)."""
+    import json
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "FUSEDLSTM_CUDA_LIBRARY"}
+    code = ("import json, fusedlstm; from fusedlstm import _core; n, why = _core.cuda_device_count(); "
+            "print(json.dumps([n, why, _core.cuda_info('backend'), fusedlstm.build_info()['cuda']['archs']]))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, cwd="/")
+    n, why, backend, archs = json.loads(out.stdout.strip().splitlines()[-1])
     assert n >= 0 and isinstance(why, str)
-    assert _core.cuda_info("backend") == "cuda", why
-    assert fusedlstm.build_info()["cuda"]["archs"], "the backend library lists no GPU archs"
+    assert backend == "cuda", why
+    assert archs, "the backend library lists no GPU archs"
 
 
 def test_cuda_path_setting_is_validated(monkeypatch):

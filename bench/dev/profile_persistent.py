@@ -22,4 +22,4 @@ for _ in range(2):
     res = fusedlstm.lstm_forward(x, w_ih, w_hh, training=True)
     fusedlstm.lstm_backward(res, dy=torch.ones_like(res.y))
 torch.cuda.synchronize()
-print("paths:", fusedlstm._cuda.last_forward_path(), fusedlstm._cuda.last_backward_path())
+print("paths:", fusedlstm._core.cuda_info("last_forward_path"), fusedlstm._core.cuda_info("last_backward_path"))

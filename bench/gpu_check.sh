@@ -14,20 +14,7 @@
 #   bash bench/gpu_check.sh            # full
 #   QUICK=1 bash bench/gpu_check.sh    # short benchmark grid
 #   PROFILE=1 SAN_TOOLS=memcheck bash bench/gpu_check.sh   # + ncu, memcheck only
-set -uo pipefail
-cd "$(dirname "$0")/.."
-REPO=$(pwd)
-PY=${PYTHON:-python3}
-OUT=${OUT:-/tmp/fusedlstm_gpu}
-mkdir -p "$OUT"
-status=0
-step() { echo; echo "=== $* ($(date -u +%T))"; }
-fail() { echo "FAILED: $*"; status=1; }
-
-step "machine"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
-(command -v nvcc >/dev/null && nvcc --version | tail -2) || ls -d /usr/local/cuda*/bin/nvcc 2>/dev/null
-"$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())"
+source "$(dirname "$0")/gpu_common.sh"
 
 step "build (pip install --no-build-isolation .)"
 if ! timeout "${T_BUILD:-200}" "$PY" -m pip install --no-build-isolation --no-deps -v . \

@@ -17,20 +17,8 @@
 #
 #   bash bench/gpu_issue11.sh
 #   PRECISIONS=fp32,bf16 T_TESTS=120 bash bench/gpu_issue11.sh
-set -uo pipefail
-cd "$(dirname "$0")/.."
-REPO=$(pwd)
-PY=${PYTHON:-python3}
-OUT=${OUT:-/tmp/fusedlstm_gpu}
-mkdir -p "$OUT"
-status=0
-step() { echo; echo "=== $* ($(date -u +%T))"; }
-fail() { echo "FAILED: $*"; status=1; }
+source "$(dirname "$0")/gpu_common.sh"
 
-step "machine"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
-(command -v nvcc >/dev/null && nvcc --version | tail -2) || ls -d /usr/local/cuda*/bin/nvcc 2>/dev/null
-"$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version(), 'gpus', torch.cuda.device_count())"
 CARD=$("$PY" -c "import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'nogpu')" 2>/dev/null \
        | tr 'A-Z' 'a-z' | sed -e 's/nvidia//' -e 's/[^a-z0-9]\+/-/g' -e 's/^-//' -e 's/-$//')
 CARD=${CARD:-unknown}

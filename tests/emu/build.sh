@@ -18,7 +18,18 @@ mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 PY=${PYTHON:-python3}
-CUBLAS_INC=$("$PY" -c "import sysconfig, os; p = os.path.join(sysconfig.get_paths()['purelib'], 'nvidia', 'cu13', 'include'); print(p if os.path.isdir(p) else '')")
+# Every site-packages of the interpreter (a venv may see the system's too), as cmake/cuda.cmake looks.
+CUBLAS_INC=$("$PY" - <<'PYEOF'
+import os, site, sys, sysconfig
+sites = [sysconfig.get_paths()[k] for k in ("purelib", "platlib")] + list(getattr(site, "getsitepackages", list)()) + sys.path
+for s in dict.fromkeys(sites):
+    for leaf in ("cu13", "cublas"):
+        inc = os.path.join(s, "nvidia", leaf, "include")
+        if os.path.isfile(os.path.join(inc, "cublas_v2.h")):
+            print(inc)
+            sys.exit(0)
+PYEOF
+)
 FLAGS=(-std=c++20 -O2 -g0 -fPIC -fvisibility=hidden -fvisibility-inlines-hidden
        -I"$CUDA_HOME/include" -I"$ROOT/csrc/include" -I"$ROOT/csrc")
 [ -n "$CUBLAS_INC" ] && FLAGS+=(-I"$CUBLAS_INC")

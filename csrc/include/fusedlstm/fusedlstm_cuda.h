@@ -43,7 +43,7 @@ int fl_cuda_device_count(const char** why);
 const char* fl_cuda_backend_name(void);
 // 1 when the loaded backend's device memory is host memory (the emulation).
 int fl_cuda_backend_host_memory(void);
-// "80-real;90-real;90-virtual" etc.: what the backend library compiled.
+// "80-real,90-real,90-virtual" etc.: what the backend library compiled.
 const char* fl_cuda_build_archs(void);
 // The recurrence policy (FUSEDLSTM_CUDA_PATH: "auto", "persistent",
 // "fallback") and what the last forward / backward on this thread ran

@@ -77,7 +77,7 @@ fl_status guarded(Fn&& fn) {
 // Host lengths only (the CPU): on CUDA they are device memory the host never
 // reads, clamped by the kernels (fusedlstm.h).
 void check_lengths(const fl_device& device, const int64_t* lengths, int64_t B, int64_t T) {
-  if (!lengths || device.type != FL_DEVICE_CPU) return;
+  if (!lengths || fusedlstm::raw_enum(device.type) != FL_DEVICE_CPU) return;
   for (int64_t b = 0; b < B; ++b)
     require(lengths[b] >= 1 && lengths[b] <= T,
             "lengths[" + std::to_string(b) + "] = " + std::to_string(lengths[b]) + " is outside [1, T = " +
@@ -183,8 +183,8 @@ fl_status fl_lstm_forward(const fl_forward_params* p) {
   if (p && p->state_out) *p->state_out = nullptr;
   return guarded([&] {
     require(p != nullptr, "params is NULL");
-    const ForwardSizes sz = check_single(*p);
     const fl_backend_ops& ops = backend_for(p->device);
+    const ForwardSizes sz = check_single(*p);
     if (!p->state_out) {
       fusedlstm::check(ops, ops.forward(p, nullptr));
       return;

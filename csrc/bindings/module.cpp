@@ -74,22 +74,25 @@ int64_t elements(std::initializer_list<int64_t> dims) {
 
 int64_t stride_of(const py::array& a, int axis) { return a.strides(axis) / a.itemsize(); }
 
-std::string dtype_name(fl_dtype d) {
+// dtype codes stay plain ints in the binding: a value outside fl_dtype's
+// enumerators is the C API's to refuse (naming it), and loading it as the
+// enum type would be undefined behaviour.
+std::string dtype_name(int d) {
   switch (d) {
     case FL_FLOAT32: return "FLOAT32";
     case FL_FLOAT64: return "FLOAT64";
     case FL_FLOAT16: return "FLOAT16";
     case FL_BFLOAT16: return "BFLOAT16";
   }
-  return std::to_string(int(d));
+  return std::to_string(d);
 }
 
 // What the arrays of one call may be, and how each is checked.
 class Arrays {
  public:
-  Arrays(fl_dtype dtype, const fl_device& device) : dtype_(dtype), device_(device) {}
+  Arrays(int dtype, const fl_device& device) : dtype_(dtype), device_(device) {}
 
-  fl_dtype dtype() const { return dtype_; }
+  int dtype() const { return dtype_; }
 
   // A numpy array of the call's dtype, or of `element` (int64 lengths, uint8 reserves).
   const void* in(const py::object& obj, const std::string& name, int64_t count, Layout layout = Layout::dense,
@@ -129,12 +132,12 @@ class Arrays {
       if (!py::isinstance<py::array>(obj))  // no conversion: a temporary's pointer would dangle
         throw py::type_error(name + " must be a numpy array, a device pointer (int) or None, got " +
                              describe(py::type::of(obj)));
-      if (device_.type == FL_DEVICE_CUDA && !host_memory())
+      if (fusedlstm_bindings::load_enum(device_.type) == FL_DEVICE_CUDA && !host_memory())
         throw py::type_error(name + " is a numpy array (host memory) but the call runs on CUDA device " +
                              std::to_string(device_.index) + ": pass a device pointer");
       return std::nullopt;
     }
-    if (device_.type != FL_DEVICE_CUDA)
+    if (fusedlstm_bindings::load_enum(device_.type) != FL_DEVICE_CUDA)
       throw py::type_error(name + " is an int (a device pointer) but the call runs on the CPU "
                                   "(device_type=DEVICE_CPU): pass a numpy array");
     const unsigned long long v = PyLong_AsUnsignedLongLong(obj.ptr());
@@ -158,7 +161,7 @@ class Arrays {
       case FL_BFLOAT16:
         throw py::type_error(name + ": bfloat16 has no numpy dtype; pass bfloat16 arrays as device pointers");
     }
-    throw py::value_error("dtype = " + std::to_string(int(dtype_)) +
+    throw py::value_error("dtype = " + std::to_string(dtype_) +
                           " is not one of FLOAT32 (0), FLOAT64 (1), FLOAT16 (2), BFLOAT16 (3)");
   }
 
@@ -210,16 +213,10 @@ class Arrays {
     return a.mutable_data();
   }
 
-  fl_dtype dtype_;
+  int dtype_;
   fl_device device_;
   mutable std::optional<bool> host_memory_;
 };
-
-fl_dtype dtype_code(int code) {
-  fl_dtype d;
-  fusedlstm_bindings::store_enum(d, code);
-  return d;
-}
 
 void check(fl_status status) {
   fusedlstm_bindings::raise_for_status(status, fl_last_error(), "fusedlstm error: ");
@@ -279,7 +276,7 @@ void run(Call&& call) {
 // given and run where the forward ran.
 struct TrainingState {
   fl_training_state* state = nullptr;
-  fl_dtype dtype = FL_FLOAT32;
+  int dtype = 0;  // the fl_dtype code the forward was given
   fl_device device{};
   int mode = 0;
   int64_t T = 0, B = 0, I = 0, H = 0, proj_size = 0;
@@ -296,9 +293,9 @@ std::shared_ptr<TrainingState> forward(const py::object& x, const Strides& x_str
                                        bool reverse, bool training, int dtype, int device_type,
                                        int device_index, std::uintptr_t stream, bool allow_tf32) {
   fl_forward_params p{};
-  p.dtype = dtype_code(dtype);
+  fusedlstm_bindings::store_enum(p.dtype, dtype);
   p.device = device_of(device_type, device_index, stream, allow_tf32);
-  const Arrays a(p.dtype, p.device);
+  const Arrays a(dtype, p.device);
   fusedlstm_bindings::store_enum(p.mode, mode);
   fusedlstm_bindings::store_enum(p.feed, feed);
   p.T = T, p.B = B, p.I = I, p.H = H, p.proj_size = proj_size;
@@ -316,7 +313,7 @@ std::shared_ptr<TrainingState> forward(const py::object& x, const Strides& x_str
   p.h_n = a.out(h_n, "h_n", elements({B, hout})), p.c_n = a.out(c_n, "c_n", elements({B, H}));
   auto state = training ? std::make_shared<TrainingState>() : nullptr;
   if (state) {
-    state->dtype = p.dtype, state->device = p.device, state->mode = mode;
+    state->dtype = dtype, state->device = p.device, state->mode = mode;
     state->T = T, state->B = B, state->I = I, state->H = H, state->proj_size = proj_size;
   }
   p.state_out = training ? &state->state : nullptr;
@@ -354,9 +351,9 @@ template <class Params>
 Arrays cell_inputs(Params& p, const py::object& x, const py::object& h, const py::object& c,
                    const py::object& w_ih, const py::object& w_hh, int64_t B, int64_t I, int64_t H, int dtype,
                    int device_type, int device_index, std::uintptr_t stream, bool allow_tf32) {
-  p.dtype = dtype_code(dtype);
+  fusedlstm_bindings::store_enum(p.dtype, dtype);
   p.device = device_of(device_type, device_index, stream, allow_tf32);
-  const Arrays a(p.dtype, p.device);
+  const Arrays a(dtype, p.device);
   p.B = B, p.I = I, p.H = H;
   p.x = a.in(x, "x", elements({B, I})), p.h = a.in(h, "h", elements({B, H})), p.c = a.in(c, "c", elements({B, H}));
   p.w_ih = a.in(w_ih, "w_ih", elements({4, H, I})), p.w_hh = a.in(w_hh, "w_hh", elements({4, H, H}));
@@ -457,9 +454,9 @@ struct StackInputs {
               int64_t I, int64_t H, int64_t proj_size, int64_t num_layers, int64_t num_directions, int dtype,
               int device_type, int device_index, std::uintptr_t stream, bool allow_tf32)
       : n{T, B, I, H, proj_size, num_layers, num_directions},
-        a(dtype_code(dtype), device_of(device_type, device_index, stream, allow_tf32)),
+        a(dtype, device_of(device_type, device_index, stream, allow_tf32)),
         w(cells, n, a) {
-    p.dtype = a.dtype();
+    fusedlstm_bindings::store_enum(p.dtype, dtype);
     p.device = device_of(device_type, device_index, stream, allow_tf32);
     p.T = T, p.B = B, p.I = I, p.H = H, p.proj_size = proj_size;
     p.num_layers = num_layers, p.num_directions = num_directions;
@@ -488,7 +485,7 @@ std::pair<void*, int64_t> reserve_of(const StackInputs& s, const py::object& res
 int64_t stack_reserve_bytes(int dtype, int64_t T, int64_t B, int64_t H, int64_t proj_size, int64_t num_layers,
                             int64_t num_directions, int device_type) {
   fl_stack_params p{};
-  p.dtype = dtype_code(dtype);
+  fusedlstm_bindings::store_enum(p.dtype, dtype);
   fusedlstm_bindings::store_enum(p.device.type, device_type);
   p.T = T, p.B = B, p.H = H, p.proj_size = proj_size;
   p.num_layers = num_layers, p.num_directions = num_directions;
@@ -572,9 +569,9 @@ PYBIND11_MODULE(_core, m) {
   const auto zero = Strides{0, 0};
   py::class_<TrainingState, std::shared_ptr<TrainingState>>(m, "TrainingState")
       .def_property_readonly("nbytes", [](const TrainingState& s) { return fl_training_state_bytes(s.state); })
-      .def_property_readonly("device_type", [](const TrainingState& s) { return int(s.device.type); })
+      .def_property_readonly("device_type", [](const TrainingState& s) { return fusedlstm_bindings::load_enum(s.device.type); })
       .def_property_readonly("device_index", [](const TrainingState& s) { return s.device.index; })
-      .def_property_readonly("dtype", [](const TrainingState& s) { return int(s.dtype); })
+      .def_property_readonly("dtype", [](const TrainingState& s) { return s.dtype; })
       .def_readonly("mode", &TrainingState::mode)
       .def_readonly("T", &TrainingState::T)
       .def_readonly("B", &TrainingState::B)

@@ -21,6 +21,7 @@
 #include <tuple>
 #include <vector>
 
+#include "core/arg_checks.h"  // raw_enum
 #include "status_to_python.h"
 #include "fusedlstm/fusedlstm.h"
 #include "fusedlstm/fusedlstm_cuda.h"
@@ -132,12 +133,12 @@ class Arrays {
       if (!py::isinstance<py::array>(obj))  // no conversion: a temporary's pointer would dangle
         throw py::type_error(name + " must be a numpy array, a device pointer (int) or None, got " +
                              describe(py::type::of(obj)));
-      if (fusedlstm_bindings::load_enum(device_.type) == FL_DEVICE_CUDA && !host_memory())
+      if (fusedlstm::raw_enum(device_.type) == FL_DEVICE_CUDA && !host_memory())
         throw py::type_error(name + " is a numpy array (host memory) but the call runs on CUDA device " +
                              std::to_string(device_.index) + ": pass a device pointer");
       return std::nullopt;
     }
-    if (fusedlstm_bindings::load_enum(device_.type) != FL_DEVICE_CUDA)
+    if (fusedlstm::raw_enum(device_.type) != FL_DEVICE_CUDA)
       throw py::type_error(name + " is an int (a device pointer) but the call runs on the CPU "
                                   "(device_type=DEVICE_CPU): pass a numpy array");
     const unsigned long long v = PyLong_AsUnsignedLongLong(obj.ptr());
@@ -569,7 +570,8 @@ PYBIND11_MODULE(_core, m) {
   const auto zero = Strides{0, 0};
   py::class_<TrainingState, std::shared_ptr<TrainingState>>(m, "TrainingState")
       .def_property_readonly("nbytes", [](const TrainingState& s) { return fl_training_state_bytes(s.state); })
-      .def_property_readonly("device_type", [](const TrainingState& s) { return fusedlstm_bindings::load_enum(s.device.type); })
+      .def_property_readonly("device_type",
+                             [](const TrainingState& s) { return fusedlstm::raw_enum(s.device.type); })
       .def_property_readonly("device_index", [](const TrainingState& s) { return s.device.index; })
       .def_property_readonly("dtype", [](const TrainingState& s) { return s.dtype; })
       .def_readonly("mode", &TrainingState::mode)

@@ -40,16 +40,6 @@ void store_enum(E& field, int value) {
   std::memcpy(&field, &v, sizeof v);
 }
 
-// The int an enum field holds, without loading it as the enum type (which
-// is undefined for a value outside its enumerators).
-template <class E>
-int load_enum(const E& field) {
-  static_assert(sizeof(E) == sizeof(int32_t), "fusedlstm's C enums are int-sized");
-  int32_t v;
-  std::memcpy(&v, &field, sizeof v);
-  return v;
-}
-
 }  // namespace fusedlstm_bindings
 
 #endif  // FUSEDLSTM_BINDINGS_STATUS_TO_PYTHON_H_

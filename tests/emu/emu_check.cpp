@@ -18,7 +18,7 @@
 // Tolerances: the policy of python/fusedlstm/tolerance.py (its numbers
 // mirrored below): float64 max|a - ref64| <= 1e-12 max|ref64| + 4 eps64
 // max(1, max|ref64|); other dtypes max|a - ref64| <= 2 err_plain + 4 eps32
-// max(1, max|ref64|), err_plain the error of the plain implementation in
+// max(1, max|ref64|) + eps(storage)/2 max|ref64|, err_plain the error of the plain implementation in
 // that precision (plain_seq below: the reference's equations in float32,
 // GEMM operands and stored outputs rounded to float16 / bfloat16).
 //
@@ -170,6 +170,11 @@ std::vector<size_t> strided(int64_t T, int64_t B, int64_t W, int64_t st, int64_t
 }
 std::vector<size_t> all(size_t n) { return strided(1, 1, int64_t(n), 0, 0); }
 
+// eps of the storage format (tolerance.py STORAGE_EPS).
+double storage_eps(fl_dtype d) {
+  return d == FL_FLOAT16 ? 0x1p-10 : d == FL_BFLOAT16 ? 0x1p-7 : 0x1p-23;
+}
+
 // The policy, over the elements idx of one output array.
 void check(Failures* f, const std::string& name, const Precision& pr, const std::vector<double>& got,
            const std::vector<double>& ref64, const std::vector<double>* plain, const std::vector<size_t>& idx) {
@@ -185,7 +190,8 @@ void check(Failures* f, const std::string& name, const Precision& pr, const std:
   if (pr.dtype == FL_FLOAT64)
     bound = kF64Rtol * scale + kFloorEps * 2.220446049250313e-16 * std::max(1.0, scale);
   else
-    bound = kPlainFactor * err_plain + kFloorEps * 1.1920928955078125e-07 * std::max(1.0, scale);
+    bound = kPlainFactor * err_plain + kFloorEps * 1.1920928955078125e-07 * std::max(1.0, scale) +
+            storage_eps(pr.dtype) / 2 * scale;  // tolerance.py STORAGE_EPS: the stored output's own rounding
   if (nan || !(err <= bound)) {
     char buf[256];
     std::snprintf(buf, sizeof buf, "%s (%s): max abs error %.3e > bound %.3e%s (max|ref| %.3e, err_plain %.3e)",

@@ -1,4 +1,5 @@
-// fusedlstm public C API: fused LSTM forward and backward-through-time (BPTT).
+// fusedlstm public C API: fused recurrent layers (LSTM, GRU, Elman RNN),
+// forward and backward-through-time (BPTT).
 //
 // Framework-free: raw pointers, int64 sizes and strides (counted in elements,
 // not bytes), a status code out. Python bindings, and anyone embedding the
@@ -12,6 +13,23 @@
 //   h_t = (o * tanh(c_t)) W_hr^T                                  [B, R]
 // and the recurrence, y, h0 and h_n use that R-wide h ("Hout" below is R
 // with a projection, else H).
+//
+// Cells (the `cell` field of every params struct; zero is the LSTM). Each
+// has G gates: the weights are w_ih [G*H, I], w_hh [G*H, Hout], biases
+// [G*H], exactly torch's nn.LSTM / nn.GRU / nn.RNN parameters.
+//   FL_CELL_LSTM (G = 4): as above.
+//   FL_CELL_GRU (G = 3, gate order r, z, n, nn.GRU; ONNX linear_before_reset = 1):
+//     r = sigmoid(x W_ir^T + b_ir + h W_hr^T + b_hr)
+//     z = sigmoid(x W_iz^T + b_iz + h W_hz^T + b_hz)
+//     n = tanh(x W_in^T + b_in + r * (h W_hn^T + b_hn))
+//     h_t = (1 - z) * n + z * h_{t-1}
+//   FL_CELL_RNN_TANH, FL_CELL_RNN_RELU (G = 1, nn.RNN):
+//     h_t = act(x W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh), act = tanh or relu
+// GRU and RNN have no cell state: c0, c_n, dc_n, dc0, c, c_new, dc_new, dc
+// are not read or written (NULL is fine) and no projection (proj_size 0).
+// Their gradients of b_ih and b_hh differ for the GRU (the n rows), hence
+// the separate db_hh below. CUDA runs the LSTM only so far: another cell on
+// a CUDA device returns FL_INVALID_ARGUMENT saying so.
 //
 // Backends: every params struct ends with an fl_device saying where its
 // arrays live. A zero-initialised one is the CPU: host memory, the SIMD
@@ -63,6 +81,13 @@ typedef enum fl_status {
 // FL_FLOAT16 (IEEE half) and FL_BFLOAT16 are CUDA only: storage types, with
 // the GEMMs accumulating and the cell state and gate math in float32.
 typedef enum fl_dtype { FL_FLOAT32 = 0, FL_FLOAT64 = 1, FL_FLOAT16 = 2, FL_BFLOAT16 = 3 } fl_dtype;
+
+typedef enum fl_cell_kind {
+  FL_CELL_LSTM = 0,
+  FL_CELL_GRU = 1,
+  FL_CELL_RNN_TANH = 2,
+  FL_CELL_RNN_RELU = 3,
+} fl_cell_kind;
 
 typedef enum fl_device_type { FL_DEVICE_CPU = 0, FL_DEVICE_CUDA = 1 } fl_device_type;
 
@@ -116,13 +141,14 @@ typedef struct fl_forward_params {
   //    FL_ONE_TO_MANY: element (b, k) at x[b*x_stride_b + k] (x_stride_t unused).
   const void* x;
   int64_t x_stride_t, x_stride_b;
-  const void* w_ih;  // [4H, I] row-major, rows i|f|g|o (nn.LSTM weight_ih_l0)
-  const void* w_hh;  // [4H, Hout] row-major (weight_hh_l0)
+  // G = the cell's gate count (4 LSTM, 3 GRU, 1 RNN), gate-major rows.
+  const void* w_ih;  // [G*H, I] row-major, rows i|f|g|o (nn.LSTM weight_ih_l0), r|z|n (nn.GRU)
+  const void* w_hh;  // [G*H, Hout] row-major (weight_hh_l0)
   const void* w_hr;  // [R, H] row-major (weight_hr_l0) when proj_size > 0, else unused
-  const void* b_ih;  // [4H] or NULL (zero)
-  const void* b_hh;  // [4H] or NULL (zero)
+  const void* b_ih;  // [G*H] or NULL (zero)
+  const void* b_hh;  // [G*H] or NULL (zero)
   const void* h0;    // [B, Hout] row-major or NULL (zero)
-  const void* c0;    // [B, H] row-major or NULL (zero)
+  const void* c0;    // [B, H] row-major or NULL (zero); LSTM only
   // [B] int64, 1 <= lengths[b] <= T, or NULL (all T). FL_MANY_TO_* only.
   // Sequence b ends after lengths[b] steps (pack_padded_sequence semantics).
   // CUDA: device memory, never read by the host (no synchronisation), so not
@@ -135,11 +161,12 @@ typedef struct fl_forward_params {
   void* y;
   int64_t y_stride_t, y_stride_b;
   void* h_n;  // [B, Hout] row-major, required: state after each sequence's last step
-  void* c_n;  // [B, H] row-major, required
+  void* c_n;  // [B, H] row-major, required for the LSTM (other cells: unused)
 
   // Training: when non-NULL, *state_out receives the saved activations
   // (free with fl_training_state_free); on any failure it is set to NULL.
   fl_training_state** state_out;
+  fl_cell_kind cell;  // FL_CELL_LSTM (0), FL_CELL_GRU, FL_CELL_RNN_TANH, FL_CELL_RNN_RELU
   fl_device device;
 } fl_forward_params;
 
@@ -151,7 +178,7 @@ typedef struct fl_backward_params {
   const void* dy;
   int64_t dy_stride_t, dy_stride_b;
   const void* dh_n;  // [B, Hout] row-major
-  const void* dc_n;  // [B, H] row-major
+  const void* dc_n;  // [B, H] row-major (LSTM only)
 
   // Gradients out (each required unless noted):
   // dx: FL_MANY_TO_*: [T,B,I] with strides below (zero at padded steps);
@@ -159,33 +186,39 @@ typedef struct fl_backward_params {
   void* dx;
   int64_t dx_stride_t, dx_stride_b;
   void* dh0;    // [B, Hout] row-major
-  void* dc0;    // [B, H] row-major
-  void* dw_ih;  // [4H, I] row-major
-  void* dw_hh;  // [4H, Hout] row-major
-  void* db;     // [4H] or NULL: gradient of b_ih and of b_hh (they are equal)
+  void* dc0;    // [B, H] row-major; required for the LSTM only
+  void* dw_ih;  // [G*H, I] row-major
+  void* dw_hh;  // [G*H, Hout] row-major
+  void* db;     // [G*H] or NULL: gradient of b_ih (LSTM, RNN: also that of b_hh, they are equal)
   void* dw_hr;  // [R, H] row-major; required when proj_size > 0
+  // [G*H] or NULL: gradient of b_hh. It differs from db's for the GRU (the n
+  // rows: b_hn sits inside r * (...)); for the LSTM and RNN it is a copy of db.
+  void* db_hh;
   // The state's device (type and index must match it); CUDA: the stream of
   // this call, which the caller orders after the forward's work.
   fl_device device;
 } fl_backward_params;
 
 // Single step, one-to-one: (h, c) -> (h_new, c_new). No packing, no saved state.
+// G as in fl_forward_params; A = 4 saved values per unit for the LSTM
+// (i|f|g|o) and the GRU (r|z|n|hn, hn = h W_hn^T + b_hn), 1 for the RNN (h_new).
 typedef struct fl_cell_params {
   fl_dtype dtype;
   int64_t B, I, H;
   const void* x;     // [B, I] row-major
   const void* h;     // [B, H] row-major
-  const void* c;     // [B, H] row-major
-  const void* w_ih;  // [4H, I] row-major
-  const void* w_hh;  // [4H, H] row-major
-  const void* b_ih;  // [4H] or NULL
-  const void* b_hh;  // [4H] or NULL
+  const void* c;     // [B, H] row-major (LSTM only)
+  const void* w_ih;  // [G*H, I] row-major
+  const void* w_hh;  // [G*H, H] row-major
+  const void* b_ih;  // [G*H] or NULL
+  const void* b_hh;  // [G*H] or NULL
   void* h_new;       // [B, H] row-major; may not alias the inputs
-  void* c_new;       // [B, H] row-major; may not alias the inputs
-  // [B, 4H] or NULL: the activations i|f|g|o of the step, for
-  // fl_lstm_cell_backward. Given, the step always reads the weights as they
-  // are (no packing), whatever B.
+  void* c_new;       // [B, H] row-major; may not alias the inputs (LSTM only)
+  // [B, A*H] or NULL: what the step saves for fl_lstm_cell_backward, gate-major
+  // per row. Given, the step always reads the weights as they are (no
+  // packing), whatever B.
   void* acts;
+  fl_cell_kind cell;
   fl_device device;
 } fl_cell_params;
 
@@ -198,19 +231,21 @@ typedef struct fl_cell_backward_params {
   int64_t B, I, H;
   const void* x;      // [B, I]  the step's inputs, as given to fl_lstm_cell
   const void* h;      // [B, H]
-  const void* c;      // [B, H]
-  const void* w_ih;   // [4H, I]
-  const void* w_hh;   // [4H, H]
-  const void* acts;   // [B, 4H] from fl_cell_params.acts
-  const void* c_new;  // [B, H]  from the forward
+  const void* c;      // [B, H] (LSTM only)
+  const void* w_ih;   // [G*H, I]
+  const void* w_hh;   // [G*H, H]
+  const void* acts;   // [B, A*H] from fl_cell_params.acts
+  const void* c_new;  // [B, H]  from the forward (LSTM only)
   const void* dh_new; // [B, H] or NULL
-  const void* dc_new; // [B, H] or NULL
+  const void* dc_new; // [B, H] or NULL (LSTM only)
   void* dx;           // [B, I]
   void* dh;           // [B, H]
-  void* dc;           // [B, H]
-  void* dw_ih;        // [4H, I]
-  void* dw_hh;        // [4H, H]
-  void* db;           // [4H] or NULL (gradient of b_ih and of b_hh)
+  void* dc;           // [B, H] (LSTM only)
+  void* dw_ih;        // [G*H, I]
+  void* dw_hh;        // [G*H, H]
+  void* db;           // [G*H] or NULL (gradient of b_ih; LSTM, RNN: also that of b_hh)
+  void* db_hh;        // [G*H] or NULL: gradient of b_hh (see fl_backward_params)
+  fl_cell_kind cell;
   fl_device device;
 } fl_cell_backward_params;
 
@@ -223,7 +258,7 @@ void fl_training_state_free(fl_training_state* state);
 int64_t fl_training_state_bytes(const fl_training_state* state);
 
 // ---------------------------------------------------------------------------
-// Layer stacks (nn.LSTM's num_layers, bidirectional, proj_size, dropout), and
+// Layer stacks (nn.LSTM's / nn.GRU's / nn.RNN's num_layers, bidirectional, proj_size, dropout), and
 // training without an opaque state: the caller owns a "reserve" buffer that
 // the training forward fills and the backward reads (as cuDNN's reserve
 // space). Its size depends on the shapes only, so frameworks can allocate it
@@ -242,22 +277,24 @@ typedef struct fl_stack_params {
   int64_t x_stride_t, x_stride_b;
   const int64_t* lengths;  // [B] int64 in [1, T], or NULL (all T); CUDA: device memory, as fl_forward_params
   // Arrays of L*D pointers, one per cell (nn.LSTM's weight_ih_l{l}[_reverse] ...):
-  const void* const* w_ih;  // each [4H, I] (l = 0) or [4H, D*Hout]
-  const void* const* w_hh;  // each [4H, Hout]
-  const void* const* b_ih;  // NULL (no biases), or each [4H] or NULL
-  const void* const* b_hh;  // NULL, or each [4H] or NULL
+  const void* const* w_ih;  // each [G*H, I] (l = 0) or [G*H, D*Hout]
+  const void* const* w_hh;  // each [G*H, Hout]
+  const void* const* b_ih;  // NULL (no biases), or each [G*H] or NULL
+  const void* const* b_hh;  // NULL, or each [G*H] or NULL
   const void* const* w_hr;  // each [R, H] when proj_size > 0, else unused
   const void* h0;           // [L*D, B, Hout] row-major or NULL (zero)
-  const void* c0;           // [L*D, B, H] row-major or NULL (zero)
+  const void* c0;           // [L*D, B, H] row-major or NULL (zero); LSTM only
   // NULL, or [L-1, T, B, D*Hout] row-major factors applied to the input of
   // layers 1..L-1 (dropout: 0 or 1/(1-p)); read by forward and backward.
   const void* dropout_mask;
   // Outputs of the last layer: y [T,B,D*Hout] (strided like x; NULL: not
-  // written, and its gradient is not taken), h_n [L*D,B,Hout], c_n [L*D,B,H].
+  // written, and its gradient is not taken), h_n [L*D,B,Hout], c_n [L*D,B,H]
+  // (LSTM only).
   void* y;
   int64_t y_stride_t, y_stride_b;
   void* h_n;
   void* c_n;
+  fl_cell_kind cell;
   fl_device device;
 } fl_stack_params;
 
@@ -265,25 +302,26 @@ typedef struct fl_stack_grads {
   const void* dy;  // [T,B,D*Hout] strided, or NULL (zero)
   int64_t dy_stride_t, dy_stride_b;
   const void* dh_n;  // [L*D,B,Hout] or NULL
-  const void* dc_n;  // [L*D,B,H] or NULL
+  const void* dc_n;  // [L*D,B,H] or NULL (LSTM only)
   void* dx;          // [T,B,I] strided, required
   int64_t dx_stride_t, dx_stride_b;
   void* dh0;         // [L*D,B,Hout], required
-  void* dc0;         // [L*D,B,H], required
+  void* dc0;         // [L*D,B,H], required for the LSTM only
   void* const* dw_ih;  // L*D pointers, shapes as the weights, required
   void* const* dw_hh;  // required
-  void* const* db;     // NULL, or L*D pointers (each NULL or [4H]): grad of b_ih (= grad of b_hh)
+  void* const* db;     // NULL, or L*D pointers (each NULL or [G*H]): grad of b_ih (LSTM, RNN: = grad of b_hh)
   void* const* dw_hr;  // required when proj_size > 0
+  void* const* db_hh;  // NULL, or L*D pointers (each NULL or [G*H]): grad of b_hh (see fl_backward_params)
 } fl_stack_grads;
 
-// Reserve size in bytes for a training forward of these shapes (reads dtype,
-// T, B, H, proj_size, num_layers, num_directions, device.type). Closed form,
-// for frameworks that allocate from shapes alone:
+// Reserve size in bytes for a training forward of these shapes (reads cell,
+// dtype, T, B, H, proj_size, num_layers, num_directions, device.type). Closed
+// form, for frameworks that allocate from shapes alone:
 //   s = element size of dtype; S = T*B; r64(n) = roundup(n, 64)
-//   CPU:  w = 64 / s; hp = roundup(H, w)
-//         cell = 320 + r64(S*4*hp*s) + r64(S*hp*s) + r64(S*(R ? R : hp)*s)
+//   CPU:  w = 64 / s; hp = roundup(H, w); A = 4 (LSTM, GRU) or 0 (RNN)
+//         cell = 320 + r64(S*A*hp*s) + (LSTM ? r64(S*hp*s) : 0) + r64(S*(R ? R : hp)*s)
 //                + (R ? r64(S*roundup(H, 4*w)*s) : 0)
-//   CUDA: a = 8 (float64) or 4 (the math type); r256(n) = roundup(n, 256)
+//   CUDA (LSTM): a = 8 (float64) or 4 (the math type); r256(n) = roundup(n, 256)
 //         cell = r256(S*4*H*a) + r256((S+B)*H*a) + r256((S+B)*Hout*s)
 //                + (R ? r256(S*H*s) : 0)
 //   total = L*D*cell + (L-1)*(r64(S*D*Hout*s) + 64)

@@ -1,40 +1,57 @@
-"""fusedlstm: fused LSTM forward and backward-through-time kernels.
+"""fusedlstm: fused recurrent layers (LSTM, GRU, Elman RNN), forward and
+backward-through-time kernels.
 
     import fusedlstm
     res = fusedlstm.lstm_forward(x, w_ih, w_hh, b_ih, b_hh, training=True)
     grads = fusedlstm.lstm_backward(res, dy=dy)
+    res = fusedlstm.gru_forward(x, w_ih3, w_hh3, training=True)    # res.y, res.h_n
+    grads = fusedlstm.gru_backward(res, dy=dy)
 
-Weights use torch.nn.LSTM's layout (gate order i, f, g, o), so they move
-between the two unchanged. See README.md for the four sequence modes.
+Weights use torch.nn.LSTM's / nn.GRU's / nn.RNN's layout (gate order i, f,
+g, o; r, z, n), so they move between the two unchanged. See README.md for
+the four sequence modes. GRU and RNN run on the CPU only so far.
 """
 
 import os as _os
 import warnings as _warnings
 
 from .api import (
+    CELLS,
     FEEDS,
     MODES,
+    GRUGrads,
+    GRUResult,
     LSTMGrads,
     LSTMResult,
+    RNNGrads,
+    RNNResult,
     _set_debug_poison,
     available_isas,
     get_isa,
     get_num_threads,
+    gru_backward,
+    gru_cell,
+    gru_forward,
     lstm_backward,
     lstm_cell,
     lstm_forward,
+    rnn_backward,
+    rnn_cell,
+    rnn_forward,
     set_isa,
     set_num_threads,
 )
 
-from .layers import LSTM, LSTMStackResult
+from .layers import GRU, LSTM, RNN, GRUStackResult, LSTMStackResult, RNNStackResult
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "lstm_forward", "lstm_backward", "lstm_cell", "LSTMResult", "LSTMGrads", "MODES", "FEEDS",
+    "lstm_forward", "lstm_backward", "lstm_cell", "LSTMResult", "LSTMGrads",
+    "gru_forward", "gru_backward", "gru_cell", "GRUResult", "GRUGrads",
+    "rnn_forward", "rnn_backward", "rnn_cell", "RNNResult", "RNNGrads", "MODES", "FEEDS", "CELLS",
     "set_num_threads", "get_num_threads", "available_isas", "get_isa", "set_isa", "build_info",
-    "LSTM", "LSTMStackResult", "cuda_available",
+    "LSTM", "GRU", "RNN", "LSTMStackResult", "GRUStackResult", "RNNStackResult", "cuda_available",
 ]
 
 

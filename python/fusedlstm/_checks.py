@@ -25,6 +25,47 @@ MODE_CODE = {
 }
 FEED_CODE = {"repeat": _core.FEED_REPEAT, "first": _core.FEED_FIRST, "output": _core.FEED_OUTPUT}
 
+# ---------------------------------------------------------------- cells
+# The recurrent cells (fusedlstm.h's fl_cell_kind), named as reference.py names them.
+CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+CELL_CODE = {name: getattr(_core, f"CELL_{name.upper()}", code) for code, name in enumerate(CELLS)}
+GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}  # G: rows of w_ih / w_hh per hidden unit
+GATE_ROWS = {"lstm": "gate rows i, f, g, o", "gru": "gate rows r, z, n", "rnn_tanh": "one gate",
+             "rnn_relu": "one gate"}
+A_CELL = {"lstm": "an LSTM", "gru": "a GRU", "rnn_tanh": "an RNN", "rnn_relu": "an RNN"}
+FAMILY = {"lstm": "lstm", "gru": "gru", "rnn_tanh": "rnn", "rnn_relu": "rnn"}  # lstm_forward, gru_forward ...
+NONLINEARITIES = ("tanh", "relu")
+
+
+def rnn_cell(nonlinearity):
+    """The cell of an Elman RNN with this nonlinearity ("tanh" or "relu", as nn.RNN)."""
+    if not isinstance(nonlinearity, str) or nonlinearity not in NONLINEARITIES:
+        raise ValueError(f"nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}")
+    return "rnn_" + nonlinearity
+
+
+def gate_rows(cell):
+    """'4H', '3H' or 'H': the rows of w_ih and w_hh of the cell, for messages."""
+    G = GATES[cell]
+    return "H" if G == 1 else f"{G}H"
+
+
+def has_cell_state(cell):
+    """Only the LSTM carries a cell state c (c0, c_n, dc_n, dc0)."""
+    return cell == "lstm"
+
+
+def cell_on_device(cell, device_type):
+    """ValueError when the cell does not run where the arrays are (CUDA runs the LSTM only so far)."""
+    if cell != "lstm" and device_type != _core.DEVICE_CPU:
+        raise ValueError(f"{A_CELL[cell]} (cell={cell!r}) runs on the CPU only so far: the CUDA backend runs "
+                         f"the LSTM only; pass numpy arrays (or CPU tensors)")
+
+
+def core_cell(cell):
+    """The cell keyword of a _core call: none for the LSTM (the core's default)."""
+    return {} if cell == "lstm" else {"cell": CELL_CODE[cell]}
+
 _DLPACK_CUDA = (2, 13)  # kDLCUDA, kDLCUDAManaged
 
 # ---------------------------------------------------------------- debug poison
@@ -45,20 +86,18 @@ def debug_poison() -> bool:
 
 
 # ---------------------------------------------------------------- results
-class LSTMResult:
-    """Output of :func:`lstm_forward`: ``y``, ``h_n``, ``c_n`` (arrays of the
-    library of x: numpy on the host, torch or CuPy on a GPU).
+def _shape(a):
+    return None if a is None else tuple(a.shape)
 
-    With ``training=True`` it also holds what :func:`lstm_backward` needs
-    (the saved activations and copies of the inputs; ``saved_nbytes`` says
-    how much).
-    """
 
-    __slots__ = ("y", "h_n", "c_n", "_state", "_ctx")
+class _Result:
+    """A forward's outputs (arrays of the library of x: numpy on the host,
+    torch or CuPy on a GPU) and, with ``training=True``, what the backward
+    needs (the saved activations and copies of the inputs; ``saved_nbytes``
+    says how much). ``cell`` names the recurrent cell that made it."""
 
-    def __init__(self, y, h_n, c_n, state, ctx):
-        self.y, self.h_n, self.c_n = y, h_n, c_n
-        self._state, self._ctx = state, ctx
+    __slots__ = ("y", "h_n", "_state", "_ctx", "cell")
+    _outputs = ("y", "h_n")
 
     @property
     def training(self) -> bool:
@@ -68,12 +107,75 @@ class LSTMResult:
     def saved_nbytes(self) -> int:
         return self._state.nbytes if self._state is not None else 0
 
+    def _extra_repr(self):
+        return ""
+
     def __repr__(self):
-        return (f"LSTMResult(y{tuple(self.y.shape)}, h_n{tuple(self.h_n.shape)}, "
-                f"c_n{tuple(self.c_n.shape)}, dtype={self.y.dtype}, training={self.training})")
+        arrays = ", ".join(f"{k}{_shape(getattr(self, k))}" for k in self._outputs)
+        return (f"{type(self).__name__}({arrays}{self._extra_repr()}, dtype={self.y.dtype}, "
+                f"training={self.training})")
 
 
-class LSTMGrads:
+class LSTMResult(_Result):
+    """Output of :func:`lstm_forward`: ``y``, ``h_n``, ``c_n``."""
+
+    __slots__ = ("c_n",)
+    _outputs = ("y", "h_n", "c_n")
+
+    def __init__(self, y, h_n, c_n, state, ctx):
+        self.y, self.h_n, self.c_n = y, h_n, c_n
+        self._state, self._ctx, self.cell = state, ctx, "lstm"
+
+
+class GRUResult(_Result):
+    """Output of :func:`gru_forward`: ``y`` and ``h_n`` (a GRU has no cell
+    state, so there is no ``c_n``)."""
+
+    __slots__ = ()
+
+    def __init__(self, y, h_n, state, ctx):
+        self.y, self.h_n = y, h_n
+        self._state, self._ctx, self.cell = state, ctx, "gru"
+
+
+class RNNResult(_Result):
+    """Output of :func:`rnn_forward`: ``y`` and ``h_n`` (no cell state, no
+    ``c_n``); ``nonlinearity`` is "tanh" or "relu"."""
+
+    __slots__ = ()
+
+    def __init__(self, y, h_n, state, ctx, cell):
+        self.y, self.h_n = y, h_n
+        self._state, self._ctx, self.cell = state, ctx, cell
+
+    @property
+    def nonlinearity(self) -> str:
+        return self.cell[len("rnn_"):]
+
+    def _extra_repr(self):
+        return f", nonlinearity={self.nonlinearity!r}"
+
+
+RESULT_TYPES = {"lstm": LSTMResult, "gru": GRUResult, "rnn_tanh": RNNResult, "rnn_relu": RNNResult}
+
+
+def make_result(cell, y, h_n, c_n, state, ctx):
+    """The result type of the cell's forward (c_n: the LSTM's only)."""
+    if cell == "lstm":
+        return LSTMResult(y, h_n, c_n, state, ctx)
+    if cell == "gru":
+        return GRUResult(y, h_n, state, ctx)
+    return RNNResult(y, h_n, state, ctx, cell)
+
+
+class _Grads:
+    __slots__ = ()
+
+    def __repr__(self):
+        return f"{type(self).__name__}(" + ", ".join(f"{k}={_shape(getattr(self, k))}" for k in self.__slots__) + ")"
+
+
+class LSTMGrads(_Grads):
     """Output of :func:`lstm_backward`: gradients with the shapes of the
     matching inputs (``db_ih``/``db_hh`` are None when that bias was None,
     ``dw_hr`` when there was no projection)."""
@@ -84,10 +186,44 @@ class LSTMGrads:
         self.dx, self.dh0, self.dc0 = dx, dh0, dc0
         self.dw_ih, self.dw_hh, self.db_ih, self.db_hh, self.dw_hr = dw_ih, dw_hh, db_ih, db_hh, dw_hr
 
-    def __repr__(self):
-        return "LSTMGrads(" + ", ".join(
-            f"{k}={None if getattr(self, k) is None else tuple(getattr(self, k).shape)}"
-            for k in self.__slots__) + ")"
+
+class GRUGrads(_Grads):
+    """Output of :func:`gru_backward`: ``dx``, ``dh0``, ``dw_ih``, ``dw_hh``,
+    ``db_ih``, ``db_hh`` with the shapes of the matching inputs (a bias
+    gradient is None when that bias was None). Unlike the LSTM's, the
+    gradients of b_ih and b_hh differ (in the n rows, b_hn sits inside r * (...))."""
+
+    __slots__ = ("dx", "dh0", "dw_ih", "dw_hh", "db_ih", "db_hh")
+
+    def __init__(self, dx, dh0, dw_ih, dw_hh, db_ih, db_hh):
+        self.dx, self.dh0, self.dw_ih, self.dw_hh, self.db_ih, self.db_hh = dx, dh0, dw_ih, dw_hh, db_ih, db_hh
+
+
+class RNNGrads(_Grads):
+    """Output of :func:`rnn_backward`: as :class:`GRUGrads`; ``db_ih`` and
+    ``db_hh`` are equal (both biases enter the one gate alike), each its own array."""
+
+    __slots__ = ("dx", "dh0", "dw_ih", "dw_hh", "db_ih", "db_hh")
+
+    def __init__(self, dx, dh0, dw_ih, dw_hh, db_ih, db_hh):
+        self.dx, self.dh0, self.dw_ih, self.dw_hh, self.db_ih, self.db_hh = dx, dh0, dw_ih, dw_hh, db_ih, db_hh
+
+
+def check_result(result, family):
+    """TypeError unless result is a forward result of this family ("lstm", "gru"
+    or "rnn"), naming the backward a result of another cell belongs to;
+    ValueError when it kept nothing for backward."""
+    expected = {"lstm": LSTMResult, "gru": GRUResult, "rnn": RNNResult}[family]
+    if not isinstance(result, expected):
+        hint = ""
+        if isinstance(result, _Result):
+            other = FAMILY[result.cell]
+            hint = f" (this one comes from {other}_forward: pass it to {other}_backward)"
+        raise TypeError(f"result must be the {expected.__name__} of {family}_forward, got "
+                        f"{type(result).__name__}{hint}")
+    if result._state is None:
+        raise ValueError(f"result was computed with training=False, which keeps nothing for backward; "
+                         f"call {family}_forward(..., training=True)")
 
 
 # ---------------------------------------------------------------- scalars
@@ -129,7 +265,8 @@ def check_fits(nbytes, what, **sizes):
 
 
 def forward_options(mode, feed, batch_first, training, reverse):
-    """The options of lstm_forward, checked: (batch_first, training, reverse)."""
+    """The options of a forward (lstm_forward, gru_forward, rnn_forward), checked:
+    (batch_first, training, reverse)."""
     if mode not in MODE_CODE:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if feed not in FEED_CODE:
@@ -169,30 +306,47 @@ def check_shape(name, shape, expected, meaning):
         raise ValueError(f"{name} must have shape {tuple(expected)} {meaning}, got {tuple(shape)}")
 
 
-def weight_sizes(w_ih, w_hh, w_hr=None, b_ih=None, b_hh=None):
-    """(H, I, R) from the shapes of the weights (R = 0 without w_hr), after
-    checking that they fit together; b_ih, b_hh: shapes or None."""
+def _looks_like(cell, w_hh):
+    """A hint when w_hh's shape is another cell's (say an LSTM's weights passed to a GRU)."""
+    rows, cols = w_hh
+    if cols < 1:
+        return ""
+    for other in ("lstm", "gru", "rnn_tanh"):
+        if GATES[other] != GATES[cell] and rows == GATES[other] * cols:
+            return f" ({gate_rows(other)} rows: {A_CELL[other]}'s weights?)"
+    return ""
+
+
+def weight_sizes(w_ih, w_hh, w_hr=None, b_ih=None, b_hh=None, *, cell="lstm"):
+    """(H, I, R) from the shapes of the weights of the cell (R = 0 without
+    w_hr, which only the LSTM has), after checking that they fit together;
+    b_ih, b_hh: shapes or None."""
+    G, rows, what = GATES[cell], gate_rows(cell), f"for {A_CELL[cell]} ({GATE_ROWS[cell]})"
     w_hh, w_ih = tuple(w_hh), tuple(w_ih)
-    if len(w_hh) != 2 or w_hh[0] % 4 or w_hh[0] < 4 or w_hh[1] < 1:
-        raise ValueError(f"w_hh must have shape (4*H, H) with H >= 1 (gate rows i, f, g, o), "
-                         f"or (4*H, proj_size) with w_hr, got {w_hh}")
-    H = w_hh[0] // 4
+    with_proj = ", or (4H, proj_size) with w_hr" if cell == "lstm" else ""
+    if len(w_hh) != 2 or w_hh[0] % G or w_hh[0] < G or w_hh[1] < 1:
+        hint = _looks_like(cell, w_hh) if len(w_hh) == 2 else ""
+        raise ValueError(f"w_hh must have shape ({rows}, H) {what}, H >= 1{with_proj}, got {w_hh}{hint}")
+    H = w_hh[0] // G
     R = 0
     if w_hr is None:
         if w_hh[1] != H:
-            raise ValueError(f"w_hh must have shape (4*H, H) (gate rows i, f, g, o; (4*H, proj_size) with "
-                             f"w_hr), got {w_hh}")
+            raise ValueError(f"w_hh must have shape ({rows}, H) {what}{with_proj}, got {w_hh}"
+                             f"{_looks_like(cell, w_hh)}")
     else:
+        if cell != "lstm":
+            raise ValueError(f"w_hr (a projection) is for the LSTM only; {A_CELL[cell]} has none")
         w_hr = tuple(w_hr)
         R = w_hh[1]
         if R >= H:
             raise ValueError(f"w_hh {w_hh} with w_hr: proj_size = {R} (the columns of w_hh) must be < H = {H}")
         check_shape("w_hr", w_hr, (R, H), "(proj_size, H), proj_size from w_hh's columns")
-    if len(w_ih) != 2 or w_ih[0] != 4 * H:
-        raise ValueError(f"w_ih must have shape (4*H, I) = ({4 * H}, I) to match w_hh {w_hh}, got {w_ih}")
+    if len(w_ih) != 2 or w_ih[0] != G * H:
+        raise ValueError(f"w_ih must have shape ({rows}, I) = ({G * H}, I) {what} to match w_hh {w_hh}, "
+                         f"got {w_ih}")
     for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
         if b is not None:
-            check_shape(name, b, (4 * H,), "(4*H,)")
+            check_shape(name, b, (G * H,), f"({rows},) {what}")
     return H, w_ih[1], R
 
 

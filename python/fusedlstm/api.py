@@ -1,14 +1,16 @@
-"""The public functional API: a facade. It checks the options, decides where
-a call runs (numpy arrays: the host path, fusedlstm/_host.py; CUDA arrays,
-torch or CuPy: the device path, fusedlstm/_device.py) and hands the call to
-fusedlstm/_calls.py, which is written once for both. The shared checks and
-the result types live in fusedlstm/_checks.py.
+"""The public functional API of every cell (lstm_*, gru_*, rnn_*): a facade.
+It checks the options, decides where a call runs (numpy arrays: the host
+path, fusedlstm/_host.py; CUDA arrays, torch or CuPy: the device path,
+fusedlstm/_device.py) and hands the call to fusedlstm/_calls.py, which is
+written once for both paths and every cell. The shared checks and the
+result types live in fusedlstm/_checks.py.
 """
 
 from __future__ import annotations
 
 from . import _calls, _checks, _core, _host
-from ._checks import FEEDS, MODES, LSTMGrads, LSTMResult  # noqa: F401  (re-exported)
+from ._checks import (  # noqa: F401  (re-exported)
+    CELLS, FEEDS, MODES, GRUGrads, GRUResult, LSTMGrads, LSTMResult, RNNGrads, RNNResult)
 
 _set_debug_poison = _checks.set_debug_poison
 
@@ -53,9 +55,57 @@ def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, mode=
     streams, ``allow_tf32`` and where lengths are read. Returns an
     :class:`LSTMResult` with ``y``, ``h_n``, ``c_n``.
     """
+    return _forward("lstm", x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr, mode=mode, lengths=lengths, steps=steps,
+                    feed=feed, batch_first=batch_first, training=training, reverse=reverse,
+                    allow_tf32=allow_tf32, stream=stream)
+
+
+def gru_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, mode="many_to_many", lengths=None, steps=None,
+                feed="repeat", batch_first=False, training=False, reverse=False, allow_tf32=False, stream=None):
+    """Run a GRU layer over a sequence with fused kernels (CPU only so far).
+
+    Weights are ``torch.nn.GRU``'s: ``w_ih`` (3H, I), ``w_hh`` (3H, H),
+    ``b_ih``, ``b_hh`` (3H,), gate order r, z, n::
+
+        r = sigmoid(x W_ir^T + b_ir + h W_hr^T + b_hr)
+        z = sigmoid(x W_iz^T + b_iz + h W_hz^T + b_hz)
+        n = tanh(x W_in^T + b_in + r * (h W_hn^T + b_hn))
+        h' = (1 - z) * n + z * h
+
+    ``h0`` (B, H), zero when omitted. Modes, ``feed``, ``lengths``,
+    ``reverse`` and ``batch_first`` are :func:`lstm_forward`'s (feed="output"
+    needs I == H). Returns a :class:`GRUResult` with ``y`` and ``h_n`` (no
+    ``c_n``: a GRU has no cell state); ``training=True`` keeps what
+    :func:`gru_backward` needs.
+    """
+    return _forward("gru", x, w_ih, w_hh, b_ih, b_hh, h0, None, None, mode=mode, lengths=lengths, steps=steps,
+                    feed=feed, batch_first=batch_first, training=training, reverse=reverse,
+                    allow_tf32=allow_tf32, stream=stream)
+
+
+def rnn_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, nonlinearity="tanh", mode="many_to_many",
+                lengths=None, steps=None, feed="repeat", batch_first=False, training=False, reverse=False,
+                allow_tf32=False, stream=None):
+    """Run an Elman RNN layer over a sequence with fused kernels (CPU only so far).
+
+    ``h' = act(x W_ih^T + b_ih + h W_hh^T + b_hh)`` with act = tanh or relu
+    (``nonlinearity``, as ``torch.nn.RNN``; relu's gradient at 0 is 0).
+    Weights are nn.RNN's: ``w_ih`` (H, I), ``w_hh`` (H, H), ``b_ih``,
+    ``b_hh`` (H,). ``h0`` (B, H), zero when omitted. Modes and options are
+    :func:`lstm_forward`'s. Returns an :class:`RNNResult` with ``y`` and
+    ``h_n`` (no ``c_n``).
+    """
+    cell = _checks.rnn_cell(nonlinearity)
+    return _forward(cell, x, w_ih, w_hh, b_ih, b_hh, h0, None, None, mode=mode, lengths=lengths, steps=steps,
+                    feed=feed, batch_first=batch_first, training=training, reverse=reverse,
+                    allow_tf32=allow_tf32, stream=stream)
+
+
+def _forward(cell, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr, *, mode, lengths, steps, feed, batch_first, training,
+             reverse, allow_tf32, stream):
     batch_first, training, reverse = _checks.forward_options(mode, feed, batch_first, training, reverse)
     arrays = arrays_for(x, stream=stream, allow_tf32=allow_tf32)
-    return _calls.forward(arrays, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr, mode=mode, lengths=lengths,
+    return _calls.forward(arrays, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr, cell=cell, mode=mode, lengths=lengths,
                           steps=steps, feed=feed, batch_first=batch_first, training=training, reverse=reverse)
 
 
@@ -68,7 +118,27 @@ def lstm_backward(result, dy=None, dh_n=None, dc_n=None, *, stream=None):
     :class:`LSTMGrads`; ``dx`` has x's shape ((B, I) for one_to_many) and is
     zero at padded steps. On CUDA it runs on the current stream (or ``stream``).
     """
-    return _calls.backward(result, dy, dh_n, dc_n, stream=stream)
+    return _calls.backward(result, dy, dh_n, dc_n, family="lstm", stream=stream)
+
+
+def gru_backward(result, dy=None, dh_n=None, *, stream=None):
+    """Backward through time for a :func:`gru_forward` run with ``training=True``.
+
+    ``dy``, ``dh_n``: gradients of the loss with respect to ``result.y`` and
+    ``result.h_n`` (None = zero). Returns a :class:`GRUGrads` (``dx``,
+    ``dh0``, ``dw_ih``, ``dw_hh``, ``db_ih``, ``db_hh``; the two bias
+    gradients differ in the n rows).
+    """
+    return _calls.backward(result, dy, dh_n, None, family="gru", stream=stream)
+
+
+def rnn_backward(result, dy=None, dh_n=None, *, stream=None):
+    """Backward through time for an :func:`rnn_forward` run with ``training=True``.
+
+    As :func:`gru_backward`; returns an :class:`RNNGrads` whose ``db_ih`` and
+    ``db_hh`` are equal (each its own array).
+    """
+    return _calls.backward(result, dy, dh_n, None, family="rnn", stream=stream)
 
 
 # ------------------------------------------------------------------- cell
@@ -78,7 +148,24 @@ def lstm_cell(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None, *, allow_tf32=False, st
     x (B, I), h and c (B, H); weights as in :func:`lstm_forward`. Works on the
     weights as given (no packing), so a call costs little beyond the math.
     """
-    return _calls.cell(arrays_for(x, stream=stream, allow_tf32=allow_tf32), x, h, c, w_ih, w_hh, b_ih, b_hh)
+    return _calls.cell(arrays_for(x, stream=stream, allow_tf32=allow_tf32), x, h, c, w_ih, w_hh, b_ih, b_hh,
+                       cell="lstm")
+
+
+def gru_cell(x, h, w_ih, w_hh, b_ih=None, b_hh=None, *, allow_tf32=False, stream=None):
+    """One GRU step (one-to-one, streaming): returns ``h_new`` (B, H).
+
+    x (B, I), h (B, H); weights as in :func:`gru_forward`, used as given (no packing).
+    """
+    return _calls.cell(arrays_for(x, stream=stream, allow_tf32=allow_tf32), x, h, None, w_ih, w_hh, b_ih, b_hh,
+                       cell="gru")
+
+
+def rnn_cell(x, h, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh", allow_tf32=False, stream=None):
+    """One Elman RNN step: returns ``h_new = act(x W_ih^T + b_ih + h W_hh^T + b_hh)`` (B, H)."""
+    cell = _checks.rnn_cell(nonlinearity)
+    return _calls.cell(arrays_for(x, stream=stream, allow_tf32=allow_tf32), x, h, None, w_ih, w_hh, b_ih, b_hh,
+                       cell=cell)
 
 
 # ------------------------------------------------------- threads and SIMD

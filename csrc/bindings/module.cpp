@@ -13,6 +13,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -78,6 +79,12 @@ int64_t stride_of(const py::array& a, int axis) { return a.strides(axis) / a.ite
 // dtype codes stay plain ints in the binding: a value outside fl_dtype's
 // enumerators is the C API's to refuse (naming it), and loading it as the
 // enum type would be undefined behaviour.
+// Gates G of a cell code (the C API checks the code itself; any other
+// value sizes the arrays as the LSTM's until it refuses it).
+int64_t gates_of(int cell) { return cell == FL_CELL_GRU ? 3 : (cell == FL_CELL_RNN_TANH || cell == FL_CELL_RNN_RELU) ? 1 : 4; }
+// Values per unit the single step saves (fusedlstm.h, fl_cell_params.acts).
+int64_t step_saved_of(int cell) { return (cell == FL_CELL_RNN_TANH || cell == FL_CELL_RNN_RELU) ? 1 : 4; }
+
 std::string dtype_name(int d) {
   switch (d) {
     case FL_FLOAT32: return "FLOAT32";
@@ -280,6 +287,7 @@ struct TrainingState {
   int dtype = 0;  // the fl_dtype code the forward was given
   fl_device device{};
   int mode = 0;
+  int cell = 0;
   int64_t T = 0, B = 0, I = 0, H = 0, proj_size = 0;
   int64_t hout() const { return proj_size > 0 ? proj_size : H; }
   ~TrainingState() { fl_training_state_free(state); }
@@ -291,10 +299,12 @@ std::shared_ptr<TrainingState> forward(const py::object& x, const Strides& x_str
                                        const py::object& lengths, const py::object& y, const Strides& y_strides,
                                        const py::object& h_n, const py::object& c_n, int mode, int feed,
                                        int64_t T, int64_t B, int64_t I, int64_t H, int64_t proj_size,
-                                       bool reverse, bool training, int dtype, int device_type,
+                                       bool reverse, bool training, int cell, int dtype, int device_type,
                                        int device_index, std::uintptr_t stream, bool allow_tf32) {
   fl_forward_params p{};
   fusedlstm_bindings::store_enum(p.dtype, dtype);
+  fusedlstm_bindings::store_enum(p.cell, cell);
+  const int64_t G = gates_of(cell);
   p.device = device_of(device_type, device_index, stream, allow_tf32);
   const Arrays a(dtype, p.device);
   fusedlstm_bindings::store_enum(p.mode, mode);
@@ -304,9 +314,9 @@ std::shared_ptr<TrainingState> forward(const py::object& x, const Strides& x_str
   const int64_t hout = proj_size > 0 ? proj_size : H;
   p.x = a.rows_in(x, "x", T, B, I, x_strides, mode == FL_ONE_TO_MANY);
   std::tie(p.x_stride_t, p.x_stride_b) = x_strides;
-  p.w_ih = a.in(w_ih, "w_ih", elements({4, H, I})), p.w_hh = a.in(w_hh, "w_hh", elements({4, H, hout}));
+  p.w_ih = a.in(w_ih, "w_ih", elements({G, H, I})), p.w_hh = a.in(w_hh, "w_hh", elements({G, H, hout}));
   p.w_hr = proj_size > 0 ? a.in(w_hr, "w_hr", elements({proj_size, H})) : nullptr;
-  p.b_ih = a.in(b_ih, "b_ih", elements({4, H})), p.b_hh = a.in(b_hh, "b_hh", elements({4, H}));
+  p.b_ih = a.in(b_ih, "b_ih", elements({G, H})), p.b_hh = a.in(b_hh, "b_hh", elements({G, H}));
   p.h0 = a.in(h0, "h0", elements({B, hout})), p.c0 = a.in(c0, "c0", elements({B, H}));
   p.lengths = a.lengths(lengths, B);
   p.y = a.rows_out(y, "y", T, B, hout, y_strides, false);
@@ -314,7 +324,7 @@ std::shared_ptr<TrainingState> forward(const py::object& x, const Strides& x_str
   p.h_n = a.out(h_n, "h_n", elements({B, hout})), p.c_n = a.out(c_n, "c_n", elements({B, H}));
   auto state = training ? std::make_shared<TrainingState>() : nullptr;
   if (state) {
-    state->dtype = dtype, state->device = p.device, state->mode = mode;
+    state->dtype = dtype, state->device = p.device, state->mode = mode, state->cell = cell;
     state->T = T, state->B = B, state->I = I, state->H = H, state->proj_size = proj_size;
   }
   p.state_out = training ? &state->state : nullptr;
@@ -325,7 +335,7 @@ std::shared_ptr<TrainingState> forward(const py::object& x, const Strides& x_str
 void backward(const TrainingState& state, const py::object& dy, const Strides& dy_strides, const py::object& dh_n,
               const py::object& dc_n, const py::object& dx, const Strides& dx_strides, const py::object& dh0,
               const py::object& dc0, const py::object& dw_ih, const py::object& dw_hh, const py::object& db,
-              const py::object& dw_hr, std::uintptr_t stream) {
+              const py::object& dw_hr, const py::object& db_hh, std::uintptr_t stream) {
   fl_backward_params p{};
   p.state = state.state;
   p.device = state.device;
@@ -339,9 +349,11 @@ void backward(const TrainingState& state, const py::object& dy, const Strides& d
   p.dx = a.rows_out(dx, "dx", T, B, I, dx_strides, state.mode == FL_ONE_TO_MANY);
   std::tie(p.dx_stride_t, p.dx_stride_b) = dx_strides;
   p.dh0 = a.out(dh0, "dh0", elements({B, hout})), p.dc0 = a.out(dc0, "dc0", elements({B, H}));
-  p.dw_ih = a.out(dw_ih, "dw_ih", elements({4, H, I}));
-  p.dw_hh = a.out(dw_hh, "dw_hh", elements({4, H, hout}));
-  p.db = a.out(db, "db", elements({4, H}));
+  const int64_t G = gates_of(state.cell);
+  p.dw_ih = a.out(dw_ih, "dw_ih", elements({G, H, I}));
+  p.dw_hh = a.out(dw_hh, "dw_hh", elements({G, H, hout}));
+  p.db = a.out(db, "db", elements({G, H}));
+  p.db_hh = a.out(db_hh, "db_hh", elements({G, H}));
   p.dw_hr = R > 0 ? a.out(dw_hr, "dw_hr", elements({R, H})) : nullptr;
   run([&] { return fl_lstm_backward(&p); });
 }
@@ -350,27 +362,30 @@ void backward(const TrainingState& state, const py::object& dy, const Strides& d
 // h, c and the weights.
 template <class Params>
 Arrays cell_inputs(Params& p, const py::object& x, const py::object& h, const py::object& c,
-                   const py::object& w_ih, const py::object& w_hh, int64_t B, int64_t I, int64_t H, int dtype,
-                   int device_type, int device_index, std::uintptr_t stream, bool allow_tf32) {
+                   const py::object& w_ih, const py::object& w_hh, int64_t B, int64_t I, int64_t H, int cell,
+                   int dtype, int device_type, int device_index, std::uintptr_t stream, bool allow_tf32) {
   fusedlstm_bindings::store_enum(p.dtype, dtype);
+  fusedlstm_bindings::store_enum(p.cell, cell);
+  const int64_t G = gates_of(cell);
   p.device = device_of(device_type, device_index, stream, allow_tf32);
   const Arrays a(dtype, p.device);
   p.B = B, p.I = I, p.H = H;
   p.x = a.in(x, "x", elements({B, I})), p.h = a.in(h, "h", elements({B, H})), p.c = a.in(c, "c", elements({B, H}));
-  p.w_ih = a.in(w_ih, "w_ih", elements({4, H, I})), p.w_hh = a.in(w_hh, "w_hh", elements({4, H, H}));
+  p.w_ih = a.in(w_ih, "w_ih", elements({G, H, I})), p.w_hh = a.in(w_hh, "w_hh", elements({G, H, H}));
   return a;
 }
 
 void cell(const py::object& x, const py::object& h, const py::object& c, const py::object& w_ih,
           const py::object& w_hh, const py::object& b_ih, const py::object& b_hh, const py::object& h_new,
-          const py::object& c_new, const py::object& acts, int64_t B, int64_t I, int64_t H, int dtype,
+          const py::object& c_new, const py::object& acts, int64_t B, int64_t I, int64_t H, int cell, int dtype,
           int device_type, int device_index, std::uintptr_t stream, bool allow_tf32) {
   fl_cell_params p{};
-  const Arrays a = cell_inputs(p, x, h, c, w_ih, w_hh, B, I, H, dtype, device_type, device_index, stream,
+  const Arrays a = cell_inputs(p, x, h, c, w_ih, w_hh, B, I, H, cell, dtype, device_type, device_index, stream,
                                allow_tf32);
-  p.b_ih = a.in(b_ih, "b_ih", elements({4, H})), p.b_hh = a.in(b_hh, "b_hh", elements({4, H}));
+  const int64_t G = gates_of(cell);
+  p.b_ih = a.in(b_ih, "b_ih", elements({G, H})), p.b_hh = a.in(b_hh, "b_hh", elements({G, H}));
   p.h_new = a.out(h_new, "h_new", elements({B, H})), p.c_new = a.out(c_new, "c_new", elements({B, H}));
-  p.acts = a.out(acts, "acts", elements({B, 4, H}));
+  p.acts = a.out(acts, "acts", elements({B, step_saved_of(cell), H}));
   run([&] { return fl_lstm_cell(&p); });
 }
 
@@ -378,17 +393,19 @@ void cell_backward(const py::object& x, const py::object& h, const py::object& c
                    const py::object& w_hh, const py::object& acts, const py::object& c_new,
                    const py::object& dh_new, const py::object& dc_new, const py::object& dx, const py::object& dh,
                    const py::object& dc, const py::object& dw_ih, const py::object& dw_hh, const py::object& db,
-                   int64_t B, int64_t I, int64_t H, int dtype, int device_type, int device_index,
-                   std::uintptr_t stream, bool allow_tf32) {
+                   const py::object& db_hh, int64_t B, int64_t I, int64_t H, int cell, int dtype,
+                   int device_type, int device_index, std::uintptr_t stream, bool allow_tf32) {
   fl_cell_backward_params p{};
-  const Arrays a = cell_inputs(p, x, h, c, w_ih, w_hh, B, I, H, dtype, device_type, device_index, stream,
+  const Arrays a = cell_inputs(p, x, h, c, w_ih, w_hh, B, I, H, cell, dtype, device_type, device_index, stream,
                                allow_tf32);
-  p.acts = a.in(acts, "acts", elements({B, 4, H})), p.c_new = a.in(c_new, "c_new", elements({B, H}));
+  const int64_t G = gates_of(cell);
+  p.acts = a.in(acts, "acts", elements({B, step_saved_of(cell), H}));
+  p.c_new = a.in(c_new, "c_new", elements({B, H}));
   p.dh_new = a.in(dh_new, "dh_new", elements({B, H})), p.dc_new = a.in(dc_new, "dc_new", elements({B, H}));
   p.dx = a.out(dx, "dx", elements({B, I}));
   p.dh = a.out(dh, "dh", elements({B, H})), p.dc = a.out(dc, "dc", elements({B, H}));
-  p.dw_ih = a.out(dw_ih, "dw_ih", elements({4, H, I})), p.dw_hh = a.out(dw_hh, "dw_hh", elements({4, H, H}));
-  p.db = a.out(db, "db", elements({4, H}));
+  p.dw_ih = a.out(dw_ih, "dw_ih", elements({G, H, I})), p.dw_hh = a.out(dw_hh, "dw_hh", elements({G, H, H}));
+  p.db = a.out(db, "db", elements({G, H})), p.db_hh = a.out(db_hh, "db_hh", elements({G, H}));
   run([&] { return fl_lstm_cell_backward(&p); });
 }
 
@@ -396,17 +413,17 @@ void cell_backward(const py::object& x, const py::object& h, const py::object& c
 
 // The sizes of a stack call and the element count of each of its arrays.
 struct StackShape {
-  int64_t T, B, I, H, R, L, D;
+  int64_t T, B, I, H, R, L, D, G;
   int64_t hout() const { return R > 0 ? R : H; }
-  int64_t w_ih(int64_t cell) const { return cell < D ? elements({4, H, I}) : elements({4, H, D, hout()}); }
-  int64_t w_hh() const { return elements({4, H, hout()}); }
-  int64_t bias() const { return elements({4, H}); }
+  int64_t w_ih(int64_t cell) const { return cell < D ? elements({G, H, I}) : elements({G, H, D, hout()}); }
+  int64_t w_hh() const { return elements({G, H, hout()}); }
+  int64_t bias() const { return elements({G, H}); }
   int64_t w_hr() const { return elements({R, H}); }
   int64_t states(int64_t width) const { return elements({L, D, B, width}); }
   int64_t mask() const { return elements({L - 1, T, B, D, hout()}); }
 
   // The per-cell list (one tuple per cell, L*D of them, each of `fields`).
-  std::vector<py::tuple> cells(const py::list& list, const char* name, size_t fields) const {
+  std::vector<py::tuple> cells(const py::list& list, const char* name, std::initializer_list<size_t> fields) const {
     const int64_t n = elements({L, D});
     if (n >= 0 && int64_t(py::len(list)) != n)
       throw py::value_error(std::string(name) + " must hold num_layers * num_directions = " + std::to_string(n) +
@@ -416,8 +433,10 @@ struct StackShape {
       if (!py::isinstance<py::tuple>(item))
         throw py::type_error(std::string(name) + ": each cell must be a tuple, got " + describe(py::type::of(item)));
       auto t = py::reinterpret_borrow<py::tuple>(item);
-      if (t.size() != fields)
-        throw py::value_error(std::string(name) + ": each cell must be a tuple of " + std::to_string(fields));
+      if (std::find(fields.begin(), fields.end(), t.size()) == fields.end())
+        throw py::value_error(std::string(name) + ": each cell must be a tuple of " +
+                              std::to_string(*fields.begin()) +
+                              (fields.size() > 1 ? " or " + std::to_string(*(fields.end() - 1)) : std::string()));
       out.push_back(std::move(t));
     }
     return out;
@@ -432,7 +451,7 @@ std::string cell_name(const char* list, size_t k, const char* field) {
 struct CellPointers {
   std::vector<const void*> w_ih, w_hh, b_ih, b_hh, w_hr;
   CellPointers(const py::list& cells, const StackShape& n, const Arrays& a) {
-    const auto list = n.cells(cells, "cells", 5);
+    const auto list = n.cells(cells, "cells", {5});
     for (size_t k = 0; k < list.size(); ++k) {
       const auto& c = list[k];
       w_ih.push_back(a.in(c[0], cell_name("cells", k, "w_ih"), n.w_ih(int64_t(k))));
@@ -452,12 +471,13 @@ struct StackInputs {
   fl_stack_params p{};
   StackInputs(const py::object& x, const Strides& x_strides, const py::list& cells, const py::object& h0,
               const py::object& c0, const py::object& lengths, const py::object& mask, int64_t T, int64_t B,
-              int64_t I, int64_t H, int64_t proj_size, int64_t num_layers, int64_t num_directions, int dtype,
-              int device_type, int device_index, std::uintptr_t stream, bool allow_tf32)
-      : n{T, B, I, H, proj_size, num_layers, num_directions},
+              int64_t I, int64_t H, int64_t proj_size, int64_t num_layers, int64_t num_directions, int cell,
+              int dtype, int device_type, int device_index, std::uintptr_t stream, bool allow_tf32)
+      : n{T, B, I, H, proj_size, num_layers, num_directions, gates_of(cell)},
         a(dtype, device_of(device_type, device_index, stream, allow_tf32)),
         w(cells, n, a) {
     fusedlstm_bindings::store_enum(p.dtype, dtype);
+    fusedlstm_bindings::store_enum(p.cell, cell);
     p.device = device_of(device_type, device_index, stream, allow_tf32);
     p.T = T, p.B = B, p.I = I, p.H = H, p.proj_size = proj_size;
     p.num_layers = num_layers, p.num_directions = num_directions;
@@ -484,9 +504,10 @@ std::pair<void*, int64_t> reserve_of(const StackInputs& s, const py::object& res
 }
 
 int64_t stack_reserve_bytes(int dtype, int64_t T, int64_t B, int64_t H, int64_t proj_size, int64_t num_layers,
-                            int64_t num_directions, int device_type) {
+                            int64_t num_directions, int device_type, int cell) {
   fl_stack_params p{};
   fusedlstm_bindings::store_enum(p.dtype, dtype);
+  fusedlstm_bindings::store_enum(p.cell, cell);
   fusedlstm_bindings::store_enum(p.device.type, device_type);
   p.T = T, p.B = B, p.H = H, p.proj_size = proj_size;
   p.num_layers = num_layers, p.num_directions = num_directions;
@@ -499,10 +520,10 @@ void stack_forward(const py::object& x, const Strides& x_strides, const py::list
                    const py::object& c0, const py::object& lengths, const py::object& dropout_mask,
                    const py::object& y, const Strides& y_strides, const py::object& h_n, const py::object& c_n,
                    const py::object& reserve, int64_t reserve_bytes, int64_t T, int64_t B, int64_t I, int64_t H,
-                   int64_t proj_size, int64_t num_layers, int64_t num_directions, int dtype, int device_type,
-                   int device_index, std::uintptr_t stream, bool allow_tf32) {
+                   int64_t proj_size, int64_t num_layers, int64_t num_directions, int cell, int dtype,
+                   int device_type, int device_index, std::uintptr_t stream, bool allow_tf32) {
   StackInputs s(x, x_strides, cells, h0, c0, lengths, dropout_mask, T, B, I, H, proj_size, num_layers,
-                num_directions, dtype, device_type, device_index, stream, allow_tf32);
+                num_directions, cell, dtype, device_type, device_index, stream, allow_tf32);
   const StackShape& n = s.n;
   fl_stack_params& p = s.p;
   p.y = s.a.rows_out(y, "y", T, B, n.D * n.hout(), y_strides, false);
@@ -518,20 +539,22 @@ void stack_backward(const py::object& x, const Strides& x_strides, const py::lis
                     const Strides& dy_strides, const py::object& dh_n, const py::object& dc_n, const py::object& dx,
                     const Strides& dx_strides, const py::object& dh0, const py::object& dc0,
                     const py::list& cell_grads, int64_t T, int64_t B, int64_t I, int64_t H, int64_t proj_size,
-                    int64_t num_layers, int64_t num_directions, int dtype, int device_type, int device_index,
-                    std::uintptr_t stream, bool allow_tf32) {
+                    int64_t num_layers, int64_t num_directions, int cell, int dtype, int device_type,
+                    int device_index, std::uintptr_t stream, bool allow_tf32) {
   const StackInputs s(x, x_strides, cells, h0, c0, lengths, dropout_mask, T, B, I, H, proj_size, num_layers,
-                      num_directions, dtype, device_type, device_index, stream, allow_tf32);
+                      num_directions, cell, dtype, device_type, device_index, stream, allow_tf32);
   const StackShape& n = s.n;
   const Arrays& a = s.a;
-  std::vector<void*> dw_ih, dw_hh, db, dw_hr;
-  const auto grads = n.cells(cell_grads, "cell_grads", 4);  // (dw_ih, dw_hh, db | None, dw_hr | None)
+  std::vector<void*> dw_ih, dw_hh, db, dw_hr, db_hh;
+  // (dw_ih, dw_hh, db | None, dw_hr | None[, db_hh | None])
+  const auto grads = n.cells(cell_grads, "cell_grads", {4, 5});
   for (size_t k = 0; k < grads.size(); ++k) {
     const auto& c = grads[k];
     dw_ih.push_back(a.out(c[0], cell_name("cell_grads", k, "dw_ih"), n.w_ih(int64_t(k))));
     dw_hh.push_back(a.out(c[1], cell_name("cell_grads", k, "dw_hh"), n.w_hh()));
     db.push_back(a.out(c[2], cell_name("cell_grads", k, "db"), n.bias()));
     dw_hr.push_back(n.R > 0 ? a.out(c[3], cell_name("cell_grads", k, "dw_hr"), n.w_hr()) : nullptr);
+    db_hh.push_back(c.size() > 4 ? a.out(c[4], cell_name("cell_grads", k, "db_hh"), n.bias()) : nullptr);
   }
   fl_stack_grads g{};
   g.dy = a.rows_in(dy, "dy", T, B, n.D * n.hout(), dy_strides, false);
@@ -540,7 +563,7 @@ void stack_backward(const py::object& x, const Strides& x_strides, const py::lis
   g.dx = a.rows_out(dx, "dx", T, B, I, dx_strides, false);
   std::tie(g.dx_stride_t, g.dx_stride_b) = dx_strides;
   g.dh0 = a.out(dh0, "dh0", n.states(n.hout())), g.dc0 = a.out(dc0, "dc0", n.states(H));
-  g.dw_ih = dw_ih.data(), g.dw_hh = dw_hh.data(), g.db = db.data(), g.dw_hr = dw_hr.data();
+  g.dw_ih = dw_ih.data(), g.dw_hh = dw_hh.data(), g.db = db.data(), g.dw_hr = dw_hr.data(), g.db_hh = db_hh.data();
   const auto [res, res_bytes] = reserve_of(s, reserve, reserve_bytes, false);
   run([&] { return fl_lstm_stack_backward(&s.p, res, res_bytes, &g); });
 }
@@ -579,7 +602,8 @@ PYBIND11_MODULE(_core, m) {
       .def_readonly("B", &TrainingState::B)
       .def_readonly("I", &TrainingState::I)
       .def_readonly("H", &TrainingState::H)
-      .def_readonly("proj_size", &TrainingState::proj_size);
+      .def_readonly("proj_size", &TrainingState::proj_size)
+      .def_readonly("cell", &TrainingState::cell);
 
 // The keyword arguments every kernel call ends with.
 #define FL_COMMON_ARGS \
@@ -589,29 +613,31 @@ PYBIND11_MODULE(_core, m) {
         arg("w_hr") = none, arg("b_ih") = none, arg("b_hh") = none, arg("h0") = none, arg("c0") = none,
         arg("lengths") = none, arg("y") = none, arg("y_strides") = zero, arg("h_n"), arg("c_n"), arg("mode"),
         arg("feed") = int(FL_FEED_REPEAT), arg("T"), arg("B"), arg("I"), arg("H"), arg("proj_size") = 0,
-        arg("reverse") = false, arg("training") = false, FL_COMMON_ARGS);
+        arg("reverse") = false, arg("training") = false, arg("cell") = int(FL_CELL_LSTM), FL_COMMON_ARGS);
   m.def("backward", &backward, arg("state"), py::kw_only(), arg("dy") = none, arg("dy_strides") = zero,
-        arg("dh_n") = none, arg("dc_n") = none, arg("dx"), arg("dx_strides"), arg("dh0"), arg("dc0"),
-        arg("dw_ih"), arg("dw_hh"), arg("db") = none, arg("dw_hr") = none, arg("stream") = 0);
-  m.def("cell", &cell, py::kw_only(), arg("x"), arg("h"), arg("c"), arg("w_ih"), arg("w_hh"), arg("b_ih") = none,
-        arg("b_hh") = none, arg("h_new"), arg("c_new"), arg("acts") = none, arg("B"), arg("I"), arg("H"),
-        FL_COMMON_ARGS);
-  m.def("cell_backward", &cell_backward, py::kw_only(), arg("x"), arg("h"), arg("c"), arg("w_ih"), arg("w_hh"),
-        arg("acts"), arg("c_new"), arg("dh_new") = none, arg("dc_new") = none, arg("dx"), arg("dh"), arg("dc"),
-        arg("dw_ih"), arg("dw_hh"), arg("db") = none, arg("B"), arg("I"), arg("H"), FL_COMMON_ARGS);
+        arg("dh_n") = none, arg("dc_n") = none, arg("dx"), arg("dx_strides"), arg("dh0"), arg("dc0") = none,
+        arg("dw_ih"), arg("dw_hh"), arg("db") = none, arg("dw_hr") = none, arg("db_hh") = none, arg("stream") = 0);
+  m.def("cell", &cell, py::kw_only(), arg("x"), arg("h"), arg("c") = none, arg("w_ih"), arg("w_hh"),
+        arg("b_ih") = none, arg("b_hh") = none, arg("h_new"), arg("c_new") = none, arg("acts") = none, arg("B"),
+        arg("I"), arg("H"), arg("cell") = int(FL_CELL_LSTM), FL_COMMON_ARGS);
+  m.def("cell_backward", &cell_backward, py::kw_only(), arg("x"), arg("h"), arg("c") = none, arg("w_ih"),
+        arg("w_hh"), arg("acts"), arg("c_new") = none, arg("dh_new") = none, arg("dc_new") = none, arg("dx"),
+        arg("dh"), arg("dc") = none, arg("dw_ih"), arg("dw_hh"), arg("db") = none, arg("db_hh") = none, arg("B"),
+        arg("I"), arg("H"), arg("cell") = int(FL_CELL_LSTM), FL_COMMON_ARGS);
   m.def("stack_reserve_bytes", &stack_reserve_bytes, py::kw_only(), arg("dtype"), arg("T"), arg("B"), arg("H"),
-        arg("proj_size"), arg("num_layers"), arg("num_directions"), arg("device_type") = int(FL_DEVICE_CPU));
+        arg("proj_size"), arg("num_layers"), arg("num_directions"), arg("device_type") = int(FL_DEVICE_CPU),
+        arg("cell") = int(FL_CELL_LSTM));
   m.def("stack_forward", &stack_forward, py::kw_only(), arg("x"), arg("x_strides"), arg("cells"),
         arg("h0") = none, arg("c0") = none, arg("lengths") = none, arg("dropout_mask") = none, arg("y") = none,
-        arg("y_strides") = zero, arg("h_n"), arg("c_n"), arg("reserve") = none, arg("reserve_bytes") = 0,
+        arg("y_strides") = zero, arg("h_n"), arg("c_n") = none, arg("reserve") = none, arg("reserve_bytes") = 0,
         arg("T"), arg("B"), arg("I"), arg("H"), arg("proj_size") = 0, arg("num_layers") = 1,
-        arg("num_directions") = 1, FL_COMMON_ARGS);
+        arg("num_directions") = 1, arg("cell") = int(FL_CELL_LSTM), FL_COMMON_ARGS);
   m.def("stack_backward", &stack_backward, py::kw_only(), arg("x"), arg("x_strides"), arg("cells"),
         arg("h0") = none, arg("c0") = none, arg("lengths") = none, arg("dropout_mask") = none, arg("reserve"),
         arg("reserve_bytes") = 0, arg("dy") = none, arg("dy_strides") = zero, arg("dh_n") = none,
-        arg("dc_n") = none, arg("dx"), arg("dx_strides"), arg("dh0"), arg("dc0"), arg("cell_grads"), arg("T"),
-        arg("B"), arg("I"), arg("H"), arg("proj_size") = 0, arg("num_layers") = 1, arg("num_directions") = 1,
-        FL_COMMON_ARGS);
+        arg("dc_n") = none, arg("dx"), arg("dx_strides"), arg("dh0"), arg("dc0") = none, arg("cell_grads"),
+        arg("T"), arg("B"), arg("I"), arg("H"), arg("proj_size") = 0, arg("num_layers") = 1,
+        arg("num_directions") = 1, arg("cell") = int(FL_CELL_LSTM), FL_COMMON_ARGS);
 #undef FL_COMMON_ARGS
 
   m.def("cuda_device_count", [] {
@@ -641,6 +667,10 @@ PYBIND11_MODULE(_core, m) {
   m.attr("FLOAT64") = int(FL_FLOAT64);
   m.attr("FLOAT16") = int(FL_FLOAT16);
   m.attr("BFLOAT16") = int(FL_BFLOAT16);
+  m.attr("CELL_LSTM") = int(FL_CELL_LSTM);
+  m.attr("CELL_GRU") = int(FL_CELL_GRU);
+  m.attr("CELL_RNN_TANH") = int(FL_CELL_RNN_TANH);
+  m.attr("CELL_RNN_RELU") = int(FL_CELL_RNN_RELU);
   m.attr("DEVICE_CPU") = int(FL_DEVICE_CPU);
   m.attr("DEVICE_CUDA") = int(FL_DEVICE_CUDA);
 }

@@ -93,6 +93,7 @@ void check_projection(int64_t proj_size, int64_t H) {
 struct ForwardSizes {
   int64_t elem, Hout, x_steps;  // x_steps: T, or 1 for one_to_many's [B, I]
   int64_t w_ih, w_hh, w_hr, h0, c0;
+  bool lstm;
 };
 
 ForwardSizes check_single(const fl_forward_params& p) {
@@ -100,12 +101,19 @@ ForwardSizes check_single(const fl_forward_params& p) {
   s.elem = checked_element_size(p.dtype);
   require_positive("H", p.H);
   check_projection(p.proj_size, p.H);
+  const int64_t G = fusedlstm::checked_cell_gates(p.cell, p.device, p.proj_size);
+  s.lstm = G == 4;
   s.Hout = p.proj_size > 0 ? p.proj_size : p.H;
   check_sequence_shape(p, s.Hout, s.elem);
-  require(p.x && p.w_ih && p.w_hh && p.h_n && p.c_n, "x, w_ih, w_hh, h_n and c_n are required");
+  require(p.x && p.w_ih && p.w_hh && p.h_n, "x, w_ih, w_hh and h_n are required");
+  require(!s.lstm || p.c_n, "c_n is required for the LSTM");
   require(p.proj_size == 0 || p.w_hr, "w_hr is required with a projection");
   if (p.mode == FL_ONE_TO_MANY) {
     require(p.feed != FL_FEED_OUTPUT || p.I == s.Hout, "feed FL_FEED_OUTPUT needs I == Hout");
+    // x_t = h_{t-1} enters the GRU's n gate outside r * (...): not the sum of
+    // two weight matrices, as the other cells' feed output runs.
+    require(p.feed != FL_FEED_OUTPUT || p.cell != FL_CELL_GRU,
+            "feed FL_FEED_OUTPUT is not supported for FL_CELL_GRU yet");
     require(p.lengths == nullptr, "lengths is only for FL_MANY_TO_MANY and FL_MANY_TO_ONE");
     require(!p.reverse, "reverse is only for FL_MANY_TO_MANY and FL_MANY_TO_ONE");
   }
@@ -116,11 +124,11 @@ ForwardSizes check_single(const fl_forward_params& p) {
     checked_bytes(what, {a, b, c, s.elem});
     return a * b * c;
   };
-  s.w_ih = elements("w_ih 4*H*I*elem", 4, p.H, p.I);
-  s.w_hh = elements("w_hh 4*H*Hout*elem", 4, p.H, s.Hout);
+  s.w_ih = elements("w_ih G*H*I*elem", G, p.H, p.I);
+  s.w_hh = elements("w_hh G*H*Hout*elem", G, p.H, s.Hout);
   s.w_hr = elements("w_hr R*H*elem", 1, p.proj_size, p.H);
   s.h0 = elements("h0 B*Hout*elem", 1, p.B, s.Hout);
-  s.c0 = elements("c0 B*H*elem", 1, p.B, p.H);
+  s.c0 = s.lstm ? elements("c0 B*H*elem", 1, p.B, p.H) : 0;
   checked_bytes("lengths B*8", {p.B, int64_t(sizeof(int64_t))});
   check_lengths(p.device, p.lengths, p.B, p.T);
   return s;
@@ -136,6 +144,7 @@ void check_stack_shape(const fl_stack_params& p) {
   require(p.num_directions == 1 || p.num_directions == 2,
           "num_directions = " + std::to_string(p.num_directions) + " must be 1 or 2");
   check_projection(p.proj_size, p.H);
+  fusedlstm::checked_cell_gates(p.cell, p.device, p.proj_size);
   checked_product("num_layers*num_directions", {p.num_layers, p.num_directions});
 }
 
@@ -145,7 +154,9 @@ void check_stack(const fl_backend_ops& ops, const fl_stack_params& p, bool forwa
   const int64_t elem = checked_element_size(p.dtype), L = p.num_layers, D = p.num_directions;
   const int64_t Hout = p.proj_size > 0 ? p.proj_size : p.H, width = checked_product("D*Hout", {D, Hout});
   require(p.x && p.w_ih && p.w_hh, "x, w_ih and w_hh are required");
-  require(!forward || (p.h_n && p.c_n), "h_n and c_n are required");
+  const bool lstm = p.cell == FL_CELL_LSTM;  // checked by check_stack_shape
+  require(!forward || p.h_n, "h_n is required");
+  require(!forward || !lstm || p.c_n, "c_n is required for the LSTM");
   require(p.proj_size == 0 || p.w_hr, "w_hr is required with a projection");
   checked_extent("x extent (T-1)*|x_stride_t| + (B-1)*|x_stride_b| + I", p.T, p.x_stride_t, p.B, p.x_stride_b, p.I,
                  elem);
@@ -207,9 +218,9 @@ fl_status fl_lstm_forward(const fl_forward_params* p) {
     f.w_hr = p->proj_size > 0 ? st->keep(p->w_hr, sz.w_hr, e, "the training state's copy of w_hr") : nullptr;
     f.b_ih = f.b_hh = nullptr;  // backward does not read biases
     f.h0 = st->keep(p->h0, sz.h0, e, "the training state's copy of h0");
-    f.c0 = st->keep(p->c0, sz.c0, e, "the training state's copy of c0");
+    f.c0 = sz.lstm ? st->keep(p->c0, sz.c0, e, "the training state's copy of c0") : nullptr;
     f.lengths = static_cast<const int64_t*>(st->keep(p->lengths, B, 8, "the training state's copy of lengths"));
-    const int64_t reserve_bytes = ops.cell_reserve_bytes(p->dtype, p->T, B, p->H, p->proj_size);
+    const int64_t reserve_bytes = ops.cell_reserve_bytes(p->cell, p->dtype, p->T, B, p->H, p->proj_size);
     if (reserve_bytes < 0) fusedlstm::check(ops, FL_INVALID_ARGUMENT);
     st->reserve = fusedlstm::DeviceBuffer(ops, p->device, reserve_bytes, "the training state's saved activations");
     fusedlstm::check(ops, ops.forward(p, st->reserve.data()));
@@ -228,7 +239,8 @@ fl_status fl_lstm_backward(const fl_backward_params* p) {
             "device (type " + std::to_string(fusedlstm::raw_enum(p->device.type)) + ", index " +
                 std::to_string(p->device.index) + ") is not the device of the forward that made the state");
     backend_for(p->device);  // checks the stream field on the CPU
-    require(p->dx && p->dh0 && p->dc0 && p->dw_ih && p->dw_hh, "dx, dh0, dc0, dw_ih and dw_hh are required");
+    require(p->dx && p->dh0 && p->dw_ih && p->dw_hh, "dx, dh0, dw_ih and dw_hh are required");
+    require(f.cell != FL_CELL_LSTM || p->dc0, "dc0 is required for the LSTM");
     require(f.proj_size == 0 || p->dw_hr, "dw_hr is required with a projection");
     const int64_t elem = fusedlstm::element_size(f.dtype), Hout = f.proj_size > 0 ? f.proj_size : f.H;
     checked_extent("dx extent (T-1)*|dx_stride_t| + (B-1)*|dx_stride_b| + I", f.mode == FL_ONE_TO_MANY ? 1 : f.T,
@@ -247,9 +259,10 @@ fl_status fl_lstm_cell(const fl_cell_params* p) {
   return guarded([&] {
     require(p != nullptr, "params is NULL");
     fusedlstm::check_cell_sizes(checked_element_size(p->dtype), p->B, p->I, p->H);
-    require(p->x && p->h && p->c && p->w_ih && p->w_hh && p->h_new && p->c_new,
-            "x, h, c, w_ih, w_hh, h_new and c_new are required");
     const fl_backend_ops& ops = backend_for(p->device);
+    const bool lstm = fusedlstm::checked_cell_gates(p->cell, p->device, 0) == 4;
+    require(p->x && p->h && p->w_ih && p->w_hh && p->h_new, "x, h, w_ih, w_hh and h_new are required");
+    require(!lstm || (p->c && p->c_new), "c and c_new are required for the LSTM");
     fusedlstm::check(ops, ops.cell(p));
   });
 }
@@ -258,10 +271,11 @@ fl_status fl_lstm_cell_backward(const fl_cell_backward_params* p) {
   return guarded([&] {
     require(p != nullptr, "params is NULL");
     fusedlstm::check_cell_sizes(checked_element_size(p->dtype), p->B, p->I, p->H);
-    require(p->x && p->h && p->c && p->w_ih && p->w_hh && p->acts && p->c_new,
-            "x, h, c, w_ih, w_hh, acts and c_new are required");
-    require(p->dx && p->dh && p->dc && p->dw_ih && p->dw_hh, "dx, dh, dc, dw_ih and dw_hh are required");
     const fl_backend_ops& ops = backend_for(p->device);
+    const bool lstm = fusedlstm::checked_cell_gates(p->cell, p->device, 0) == 4;
+    require(p->x && p->h && p->w_ih && p->w_hh && p->acts, "x, h, w_ih, w_hh and acts are required");
+    require(p->dx && p->dh && p->dw_ih && p->dw_hh, "dx, dh, dw_ih and dw_hh are required");
+    require(!lstm || (p->c && p->c_new && p->dc), "c, c_new and dc are required for the LSTM");
     fusedlstm::check(ops, ops.cell_backward(p));
   });
 }
@@ -300,7 +314,8 @@ fl_status fl_lstm_stack_backward(const fl_stack_params* p, const void* reserve, 
     check_stack(ops, *p, false);
     require(reserve != nullptr, "reserve is NULL: run the forward with a reserve");
     check_reserve(ops, *p, reserve, reserve_bytes);
-    require(g->dx && g->dh0 && g->dc0 && g->dw_ih && g->dw_hh, "dx, dh0, dc0, dw_ih and dw_hh are required");
+    require(g->dx && g->dh0 && g->dw_ih && g->dw_hh, "dx, dh0, dw_ih and dw_hh are required");
+    require(p->cell != FL_CELL_LSTM || g->dc0, "dc0 is required for the LSTM");
     require(p->proj_size == 0 || g->dw_hr, "dw_hr is required with a projection");
     const int64_t elem = fusedlstm::element_size(p->dtype), Hout = p->proj_size > 0 ? p->proj_size : p->H;
     checked_extent("dx extent (T-1)*|dx_stride_t| + (B-1)*|dx_stride_b| + I", p->T, g->dx_stride_t, p->B,

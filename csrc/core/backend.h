@@ -21,7 +21,7 @@ extern "C" {
 #endif
 
 // Version of this table; a library built against another is refused.
-#define FL_BACKEND_ABI 1
+#define FL_BACKEND_ABI 2
 
 typedef enum fl_rows_op {
   FL_ROWS_COPY = 0,      // dst = src
@@ -38,8 +38,9 @@ typedef struct fl_backend_ops {
 
   // Bytes of the reserve one direction's training forward fills and its
   // backward reads (fusedlstm.h gives the closed form); -1 with a message
-  // when a term overflows int64.
-  int64_t (*cell_reserve_bytes)(fl_dtype dtype, int64_t T, int64_t B, int64_t H, int64_t proj_size);
+  // when a term overflows int64 or the backend does not run the cell.
+  int64_t (*cell_reserve_bytes)(fl_cell_kind cell, fl_dtype dtype, int64_t T, int64_t B, int64_t H,
+                                int64_t proj_size);
   // One direction (params->reverse), any mode and feed. reserve: NULL for
   // inference, else cell_reserve_bytes bytes (256-byte aligned) to fill.
   // params->state_out is ignored (the C API owns training states).

@@ -1,4 +1,5 @@
-// The LSTM cell math, written once for every backend.
+// The cell math of every recurrent cell (LSTM, GRU, Elman RNN), written once
+// for every backend.
 //
 // Templates over a number-like type N: float, double, or a SIMD vector type
 // with +, -, * and the overloads act_sigmoid(N) / act_tanh(N) found by
@@ -77,6 +78,72 @@ FL_HOST_DEVICE FL_INLINE GateGrads<N> cell_backward(const GateActs<N>& a, N c, N
   d.g = dc_total * a.i * (one - a.g * a.g);
   dc_prev = dc_total * a.f;
   return d;
+}
+
+// ---------------------------------------------------------------- GRU
+// nn.GRU's cell, gate order r, z, n, the reset gate applied after the
+// recurrent product (ONNX linear_before_reset = 1, cuDNN's GRU):
+//   r = sigmoid(pre_r), z = sigmoid(pre_z), n = tanh(xn + r * hn)
+//   h_new = (1 - z) * n + z * h_prev
+// pre_r, pre_z: both GEMM terms and both biases; xn = x W_in^T + b_in;
+// hn = h_prev W_hn^T + b_hn (kept apart: r multiplies it alone).
+template <class N>
+struct GruActs {
+  N r, z, n, hn;  // saved for backward (hn: dr needs it)
+};
+
+template <class N>
+FL_HOST_DEVICE FL_INLINE GruActs<N> gru_forward(N pre_r, N pre_z, N xn, N hn, N h_prev, N& h_new) {
+  GruActs<N> a;
+  a.r = act_sigmoid(pre_r);
+  a.z = act_sigmoid(pre_z);
+  a.n = act_tanh(xn + a.r * hn);
+  a.hn = hn;
+  h_new = a.n + a.z * (h_prev - a.n);
+  return a;
+}
+
+// Gradients of the pre-activations: r and z (the same on both GEMM sides),
+// the recurrent n term hn (dW_hn, db_hn, and h through W_hn) and the input
+// n term xn (dW_in, db_in, x).
+template <class N>
+struct GruGrads {
+  N r, z, hn, xn;
+};
+
+// dh: total gradient reaching h_new. Writes the part of dh_prev that does not
+// go through the weights (dh * z); the rest is dG W_hh.
+template <class N>
+FL_HOST_DEVICE FL_INLINE GruGrads<N> gru_backward(const GruActs<N>& a, N h_prev, N dh, N& dh_prev_direct) {
+  const N one = N(1);
+  const N dpre_n = dh * (one - a.z) * (one - a.n * a.n);
+  GruGrads<N> d;
+  d.xn = dpre_n;
+  d.hn = dpre_n * a.r;
+  d.r = dpre_n * a.hn * a.r * (one - a.r);
+  d.z = dh * (h_prev - a.n) * a.z * (one - a.z);
+  dh_prev_direct = dh * a.z;
+  return d;
+}
+
+// ---------------------------------------------------------- Elman RNN
+// h_new = act(pre), act = tanh or relu; backward from the saved h_new
+// (tanh' = 1 - h^2; relu' = 1 where h > 0, else 0, as torch).
+FL_HOST_DEVICE FL_INLINE float act_relu(float x) { return x < 0.0f ? 0.0f : x; }  // NaN stays NaN
+FL_HOST_DEVICE FL_INLINE double act_relu(double x) { return x < 0.0 ? 0.0 : x; }
+FL_HOST_DEVICE FL_INLINE float relu_backward(float h, float dh) { return h > 0.0f ? dh : 0.0f; }
+FL_HOST_DEVICE FL_INLINE double relu_backward(double h, double dh) { return h > 0.0 ? dh : 0.0; }
+
+template <bool kRelu, class N>
+FL_HOST_DEVICE FL_INLINE N rnn_forward(N pre) {
+  if constexpr (kRelu) return act_relu(pre);
+  else return act_tanh(pre);
+}
+
+template <bool kRelu, class N>
+FL_HOST_DEVICE FL_INLINE N rnn_backward(N h, N dh) {
+  if constexpr (kRelu) return relu_backward(h, dh);
+  else return dh * (N(1) - h * h);
 }
 
 }  // namespace fusedlstm

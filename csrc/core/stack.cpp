@@ -19,7 +19,7 @@ namespace fusedlstm {
 namespace {
 
 int64_t cell_reserve_bytes(const fl_backend_ops& ops, const fl_stack_params& p) {
-  const int64_t bytes = ops.cell_reserve_bytes(p.dtype, p.T, p.B, p.H, p.proj_size);
+  const int64_t bytes = ops.cell_reserve_bytes(p.cell, p.dtype, p.T, p.B, p.H, p.proj_size);
   if (bytes < 0) check(ops, FL_INVALID_ARGUMENT);
   return bytes;
 }
@@ -92,8 +92,10 @@ fl_forward_params cell_params(const fl_stack_params& p, const StackGeometry& sg,
                               const void* in, int64_t in_stride_t, int64_t in_stride_b) {
   const int64_t idx = l * sg.D + d;
   const int64_t bh = p.B * sg.Hout * sg.elem, bc = p.B * p.H * sg.elem;
+  const bool lstm = p.cell == FL_CELL_LSTM;
   fl_forward_params f{};
   f.dtype = p.dtype;
+  f.cell = p.cell;
   f.mode = FL_MANY_TO_MANY;
   f.T = p.T, f.B = p.B, f.I = l == 0 ? p.I : sg.width(), f.H = p.H;
   f.proj_size = p.proj_size;
@@ -106,10 +108,10 @@ fl_forward_params cell_params(const fl_stack_params& p, const StackGeometry& sg,
   f.b_ih = p.b_ih ? p.b_ih[idx] : nullptr;
   f.b_hh = p.b_hh ? p.b_hh[idx] : nullptr;
   f.h0 = p.h0 ? static_cast<const unsigned char*>(p.h0) + idx * bh : nullptr;
-  f.c0 = p.c0 ? static_cast<const unsigned char*>(p.c0) + idx * bc : nullptr;
+  f.c0 = lstm && p.c0 ? static_cast<const unsigned char*>(p.c0) + idx * bc : nullptr;
   f.lengths = p.lengths;
   f.h_n = p.h_n ? static_cast<unsigned char*>(p.h_n) + idx * bh : nullptr;  // NULL in backward
-  f.c_n = p.c_n ? static_cast<unsigned char*>(p.c_n) + idx * bc : nullptr;
+  f.c_n = lstm && p.c_n ? static_cast<unsigned char*>(p.c_n) + idx * bc : nullptr;
   return f;
 }
 
@@ -204,17 +206,19 @@ void backward_impl(const fl_backend_ops& ops, const fl_stack_params& p, const vo
         b.dy_stride_t = dy_st, b.dy_stride_b = dy_sb;
       }
       b.dh_n = g.dh_n ? static_cast<const unsigned char*>(g.dh_n) + idx * bh : nullptr;
-      b.dc_n = g.dc_n ? static_cast<const unsigned char*>(g.dc_n) + idx * bc : nullptr;
+      const bool lstm = p.cell == FL_CELL_LSTM;
+      b.dc_n = lstm && g.dc_n ? static_cast<const unsigned char*>(g.dc_n) + idx * bc : nullptr;
       if (d == 0) {
         b.dx = dx, b.dx_stride_t = dx_st, b.dx_stride_b = dx_sb;
       } else {  // both directions read the same input: their dx add up
         b.dx = d_other.data(), b.dx_stride_t = other_rows.st, b.dx_stride_b = other_rows.sb;
       }
       b.dh0 = static_cast<unsigned char*>(g.dh0) + idx * bh;
-      b.dc0 = static_cast<unsigned char*>(g.dc0) + idx * bc;
+      b.dc0 = lstm ? static_cast<unsigned char*>(g.dc0) + idx * bc : nullptr;
       b.dw_ih = g.dw_ih[idx];
       b.dw_hh = g.dw_hh[idx];
       b.db = g.db ? g.db[idx] : nullptr;
+      b.db_hh = g.db_hh ? g.db_hh[idx] : nullptr;
       b.dw_hr = p.proj_size > 0 ? g.dw_hr[idx] : nullptr;
       check(ops, ops.backward(&f, res + sg.cell_offset(l, d), &b));
     };

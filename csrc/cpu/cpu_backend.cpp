@@ -59,11 +59,11 @@ void check_cell(const P& p) {
   check_workspaces(element_size(p.dtype), 1, p.B, p.I, p.H, p.H);
 }
 
-int64_t cell_reserve_bytes(fl_dtype dtype, int64_t T, int64_t B, int64_t H, int64_t proj_size) {
+int64_t cell_reserve_bytes(fl_cell_kind cell, fl_dtype dtype, int64_t T, int64_t B, int64_t H, int64_t proj_size) {
   int64_t bytes = -1;
   guarded_call([&] {
     require_cpu_dtype(dtype);
-    bytes = reserve_bytes(dtype, T, B, H, proj_size);
+    bytes = reserve_bytes(cell, dtype, T, B, H, proj_size);
   });
   return bytes;
 }

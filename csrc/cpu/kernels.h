@@ -4,10 +4,13 @@
 //
 // Layout vocabulary (W = SIMD width in elements of the dtype, P = 4 * W):
 // - Hidden units are padded to Hp = roundup(H, W) and split into blocks of W.
-// - "Gate-interleaved" columns (4*Hp of them): block j, gate q (i,f,g,o),
-//   lane l is column j*P + q*W + l, i.e. hidden unit j*W + l of gate q. One
-//   P-wide panel then holds all four gates of one block, so a step computes
-//   i, f, g, o of W units together and applies the cell update in registers.
+// - A cell has G gates (LSTM 4: i,f,g,o; GRU 3: r,z,n; RNN 1). A step panel
+//   holds U blocks (LSTM, GRU 1; RNN 4) of all G gates: NQ = G*U vectors,
+//   PS = NQ*W columns, so a step computes every gate of its units together
+//   and applies the cell update in registers.
+// - "Gate-interleaved" columns (Gc = n_panels*PS of them): block b, gate q,
+//   lane l is column (b/U)*PS + (b%U)*G*W + q*W + l. For the LSTM that is
+//   block j at j*P + q*W; for the RNN it is unit u at column u.
 // - A "panel" operand B[K, N] is stored as ceil(N / P) column strips of width
 //   P: strip p starts at b + p*b_panel_stride and its row k at + k*ldb.
 //   Columns past N inside the last strip must be readable (the packers
@@ -19,6 +22,21 @@
 
 namespace fusedlstm {
 namespace cpu {
+
+// fl_cell_kind's values.
+enum CellKind : int { kLstm = 0, kGru = 1, kRnnTanh = 2, kRnnRelu = 3 };
+constexpr int kCellKinds = 4;
+
+// Gates G, blocks per step panel U, saved activations per unit A.
+struct CellShape {
+  int gates, blocks_per_panel, saved;
+};
+constexpr CellShape cell_shape(int cell) {
+  return cell == kLstm ? CellShape{4, 1, 4} : cell == kGru ? CellShape{3, 1, 4} : CellShape{1, 4, 0};
+}
+// Values per unit that the single-step API saves (fl_cell_params.acts): the
+// sequence's, and the RNN's h_new (which the sequence finds in its states).
+constexpr int cell_step_saved(int cell) { return cell_shape(cell).saved ? cell_shape(cell).saved : 1; }
 
 // C[M, N] (+)= c_init + A[M, K] B[K, N]. Called by every thread of a parallel
 // region with its (tid, nthreads); threads split rows or panels, never K,
@@ -34,25 +52,29 @@ struct GemmArgs {
   bool accumulate;         // add to the existing C instead of overwriting it
 };
 
-// One forward step for hidden blocks [block_begin, block_end), rows [0, rows).
+// One forward step for step panels [panel_begin, panel_end), rows [0, rows).
 // Rows are batch rows in the driver's (length-sorted) order.
 template <class T>
 struct FwdStepArgs {
   int64_t rows;
   int64_t H;                 // valid hidden units (stores to y stop there)
   int64_t K;                 // recurrent state width: H, or the projection size
-  const T* w;                // W_hh panels, K rows each: block j at w + j*K*P, ld P
+  int64_t Hp;                // padded units (blocks past Hp in the RNN's last panel are not stored)
+  const T* w;                // W_hh step panels, K rows each: panel j at w + j*K*PS, ld PS
   const T* h_prev;           // [rows, >= K] recurrent state h_{t-1}, row stride ld_h_prev
   int64_t ld_h_prev;
-  const T* c_prev;           // [rows, Hp], row stride ld_c_prev (may equal c_out)
+  const T* c_prev;           // LSTM: [rows, Hp], row stride ld_c_prev (may equal c_out)
   int64_t ld_c_prev;
-  const T* gx;               // [rows, 4Hp] interleaved input term + both biases; ld_gx may be 0
+  // [rows, Gc] interleaved input term + biases (GRU: the n gate's holds b_in
+  // only); ld_gx may be 0
+  const T* gx;
   int64_t ld_gx;
-  T* h_out;                  // [rows, Hp] o * tanh(c_t) (h_t itself unless projected)
+  const T* bias_hn;          // GRU: [Hp] b_hn (inside r * (...)), or nullptr (zero)
+  T* h_out;                  // [rows, Hp] the new state (LSTM: o * tanh(c_t), projected after)
   int64_t ld_h_out;
-  T* c_out;                  // [rows, Hp]
+  T* c_out;                  // LSTM: [rows, Hp]
   int64_t ld_c_out;
-  T* acts;                   // [rows, 4Hp] interleaved i,f,g,o activations, or nullptr
+  T* acts;                   // [rows, A*Hp] saved activations (A per block, see CellShape), or nullptr
   int64_t ld_acts;
   T* y;                      // or nullptr: row r's H values go to y + y_row_offset[r]
   const int64_t* y_row_offset;
@@ -60,9 +82,10 @@ struct FwdStepArgs {
 
 // One fused backward step t for output hidden-unit groups [group_begin,
 // group_end); a group is 4 blocks (P units). For each row r < rows:
-//   dh = (r < rec_rows ? A[r] W : dh_init[r]) + dy_t[r]
-// then the cell backward gives dG_t[r] and dc_{t-1}[r] (in place in dc).
-// Without projection A = dG_{t+1} and W = W_hh (K = 4Hp); with projection
+//   dh = (r < rec_rows ? A[r] W : dh_init[r]) + dy_t[r]  (GRU: + dc[r])
+// then the cell backward gives dG_t[r] and, in place in dc, dc_{t-1}[r]
+// (LSTM) or dh_t * z (GRU: the part of dh_{t-1} outside the weights).
+// Without projection A = dG_{t+1} and W = W_hh (K = Gc); with projection
 // A = dh_t (the gradient of the projected state) and W = W_hr (K = proj size).
 template <class T>
 struct BwdStepArgs {
@@ -76,31 +99,34 @@ struct BwdStepArgs {
   int64_t ld_dh_init;
   const T* dy;               // or nullptr: row r's H values at dy + dy_row_offset[r]
   const int64_t* dy_row_offset;
-  const T* acts;             // [rows, 4Hp] saved activations of step t
+  const T* acts;             // [rows, A*Hp] saved activations of step t
   int64_t ld_acts;
-  const T* c;                // [rows, Hp] c_t
+  const T* c;                // LSTM: [rows, Hp] c_t; RNN: h_t
   int64_t ld_c;
-  const T* c_prev;           // [rows, Hp] c_{t-1}
+  const T* c_prev;           // LSTM: [rows, Hp] c_{t-1}; GRU: h_{t-1}
   int64_t ld_c_prev;
-  T* dc;                     // [rows, Hp] in: dc_t, out: dc_{t-1}
+  T* dc;                     // LSTM, GRU: [rows, Hp] in: dc_t (GRU: dh_{t+1} z_{t+1}), out: for t-1
   int64_t ld_dc;
-  T* dg;                     // [rows, 4Hp] out: dG_t
+  T* dg;                     // [rows, Gc] out: dG_t (GRU: the recurrent side's, hn in the n gate)
   int64_t ld_dg;
+  T* dgx_n;                  // GRU: [rows, Hp] out: the n gate's input-side gradient
+  int64_t ld_dgx_n;
 };
 
-// lstm_cell on unpacked row-major weights, hidden units [unit_begin, unit_end).
+// One cell step on unpacked row-major weights, hidden units [unit_begin, unit_end).
 template <class T>
 struct CellArgs {
   int64_t B, I, H;
   const T* x;      // [B, I]
   const T* h;      // [B, H]
-  const T* c;      // [B, H]
-  const T* w_ih;   // [4H, I]
-  const T* w_hh;   // [4H, H]
-  const T* bias;   // [4H] (b_ih + b_hh) or nullptr
+  const T* c;      // LSTM: [B, H]
+  const T* w_ih;   // [G*H, I]
+  const T* w_hh;   // [G*H, H]
+  const T* bias;   // [G*H] (b_ih + b_hh; GRU's n row: b_in) or nullptr
+  const T* bias_hn;  // GRU: [H] b_hn or nullptr
   T* h_new;        // [B, H]
-  T* c_new;        // [B, H]
-  T* acts;         // [B, 4H] activations i|f|g|o (plain gate-major rows), or nullptr
+  T* c_new;        // LSTM: [B, H]
+  T* acts;         // [B, A*H] saved activations (plain gate-major rows), or nullptr
 };
 
 // out[k] (+)= sum over i < n_rows of coef[i * coef_stride] * rows[i * ld + k],
@@ -116,13 +142,14 @@ struct CombineArgs {
   bool accumulate;
 };
 
+// The step kernels come one per cell kind (indexed by CellKind).
 template <class T>
 struct TypedKernels {
   int width;  // W for this dtype
   void (*gemm)(const GemmArgs<T>& args, int tid, int nthreads);
-  void (*fwd_step)(const FwdStepArgs<T>& args, int64_t block_begin, int64_t block_end);
-  void (*bwd_step)(const BwdStepArgs<T>& args, int64_t group_begin, int64_t group_end);
-  void (*cell)(const CellArgs<T>& args, int64_t unit_begin, int64_t unit_end);
+  void (*fwd_step[kCellKinds])(const FwdStepArgs<T>& args, int64_t panel_begin, int64_t panel_end);
+  void (*bwd_step[kCellKinds])(const BwdStepArgs<T>& args, int64_t group_begin, int64_t group_end);
+  void (*cell[kCellKinds])(const CellArgs<T>& args, int64_t unit_begin, int64_t unit_end);
   void (*combine)(const CombineArgs<T>& args, int64_t col_begin, int64_t col_end);
 };
 

@@ -8,12 +8,30 @@
 // (lanes [0, n)), hsum, and keep_first(n): lanes [0, n) of the vector, the
 // others +0 (even where they held NaN).
 //
-// Register tile: RB rows x one panel (4 vectors) of accumulators. The same
+// Register tile: RB rows x one panel (NQ vectors) of accumulators. The same
 // micro-kernel serves the big GEMMs, the forward step (A = h_{t-1}, panel =
-// the four gates of one hidden block of W_hh) and the backward step (A =
-// dG_{t+1}, panel = four hidden blocks of W_hh^T).
+// every gate of U hidden blocks of W_hh, see kernels.h) and the backward step
+// (A = dG_{t+1}, panel = four hidden blocks of W_hh^T).
 
 inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+// relu on the vector types, lane by lane (found by argument-dependent lookup
+// from gate_math.h's rnn_forward / rnn_backward, like act_tanh).
+template <class V>
+FL_INLINE V act_relu(V x) {
+  alignas(64) typename V::T l[V::width];
+  x.store(l);
+  for (int i = 0; i < V::width; ++i) l[i] = l[i] < 0 ? typename V::T(0) : l[i];  // NaN stays NaN
+  return V::load(l);
+}
+template <class V>
+FL_INLINE V relu_backward(V h, V dh) {
+  alignas(64) typename V::T lh[V::width], ld[V::width];
+  h.store(lh);
+  dh.store(ld);
+  for (int i = 0; i < V::width; ++i) ld[i] = lh[i] > 0 ? ld[i] : typename V::T(0);
+  return V::load(ld);
+}
 
 template <class V>
 struct Impl {
@@ -30,40 +48,39 @@ struct Impl {
   static constexpr int64_t MC = RBMAX * 40;
   static_assert(kGemmRowPiece % MC == 0, "a GEMM split at kGemmRowPiece rows must keep the row blocks");
 
-  // part[r][q] += sum_k a[r][k0 + k] * b[k*ldb + q*W + lane], k in [0, kn).
-  template <int RB>
+  // part[r][q] += sum_k a[r][k0 + k] * b[k*ldb + q*W + lane], k in [0, kn),
+  // q < NQ (4 for the GEMMs and the LSTM's steps, 3 for the GRU's).
+  template <int RB, int NQ = 4>
   FL_INLINE static void panel_dot_chunk(const T* const* a, int64_t k0, int64_t kn, const T* b, int64_t ldb,
-                                     V (&part)[RB][4]) {
+                                     V (&part)[RB][NQ]) {
     if constexpr (RB == 1) {
-      // One row has only four FMA chains: split k into even and odd halves
+      // One row has only NQ FMA chains: split k into even and odd halves
       // to hide the FMA latency.
-      V odd[4] = {V(T(0)), V(T(0)), V(T(0)), V(T(0))};
+      V odd[NQ];
+      for (int q = 0; q < NQ; ++q) odd[q] = V(T(0));
       const T* a0 = a[0] + k0;
       int64_t k = 0;
       for (; k + 1 < kn; k += 2) {
         const T* b0 = b + k * ldb;
         const T* b1 = b0 + ldb;
         const V x0(a0[k]), x1(a0[k + 1]);
-        for (int q = 0; q < 4; ++q) part[0][q] = fma(x0, V::load(b0 + q * W), part[0][q]);
-        for (int q = 0; q < 4; ++q) odd[q] = fma(x1, V::load(b1 + q * W), odd[q]);
+        for (int q = 0; q < NQ; ++q) part[0][q] = fma(x0, V::load(b0 + q * W), part[0][q]);
+        for (int q = 0; q < NQ; ++q) odd[q] = fma(x1, V::load(b1 + q * W), odd[q]);
       }
       if (k < kn) {
         const T* b0 = b + k * ldb;
         const V x0(a0[k]);
-        for (int q = 0; q < 4; ++q) part[0][q] = fma(x0, V::load(b0 + q * W), part[0][q]);
+        for (int q = 0; q < NQ; ++q) part[0][q] = fma(x0, V::load(b0 + q * W), part[0][q]);
       }
-      for (int q = 0; q < 4; ++q) part[0][q] = part[0][q] + odd[q];
+      for (int q = 0; q < NQ; ++q) part[0][q] = part[0][q] + odd[q];
     } else {
       for (int64_t k = 0; k < kn; ++k) {
         const T* bk = b + k * ldb;
-        const V b0 = V::load(bk), b1 = V::load(bk + W), b2 = V::load(bk + 2 * W),
-                b3 = V::load(bk + 3 * W);
+        V bv[NQ];
+        for (int q = 0; q < NQ; ++q) bv[q] = V::load(bk + q * W);
         for (int r = 0; r < RB; ++r) {
           const V x(a[r][k0 + k]);
-          part[r][0] = fma(x, b0, part[r][0]);
-          part[r][1] = fma(x, b1, part[r][1]);
-          part[r][2] = fma(x, b2, part[r][2]);
-          part[r][3] = fma(x, b3, part[r][3]);
+          for (int q = 0; q < NQ; ++q) part[r][q] = fma(x, bv[q], part[r][q]);
         }
       }
     }
@@ -74,25 +91,25 @@ struct Impl {
   // the chunk sums added to a running total kept in L1, so the rounding
   // error grows like KS + K/KS rather than K (long sums, e.g. dW over every
   // step and row, stay as accurate as a blocked BLAS).
-  template <int RB>
-  FL_INLINE static void panel_dot(const T* const* a, int64_t K, const T* b, int64_t ldb, V (&acc)[RB][4]) {
+  template <int RB, int NQ = 4>
+  FL_INLINE static void panel_dot(const T* const* a, int64_t K, const T* b, int64_t ldb, V (&acc)[RB][NQ]) {
     if (K <= KS) {
-      panel_dot_chunk<RB>(a, 0, K, b, ldb, acc);
+      panel_dot_chunk<RB, NQ>(a, 0, K, b, ldb, acc);
       return;
     }
-    alignas(64) T total[RB][4][W];
+    alignas(64) T total[RB][NQ][W];
     for (int r = 0; r < RB; ++r)
-      for (int q = 0; q < 4; ++q) acc[r][q].store(total[r][q]);
+      for (int q = 0; q < NQ; ++q) acc[r][q].store(total[r][q]);
     for (int64_t k0 = 0; k0 < K; k0 += KS) {
-      V part[RB][4];
+      V part[RB][NQ];
       for (int r = 0; r < RB; ++r)
-        for (int q = 0; q < 4; ++q) part[r][q] = V(T(0));
-      panel_dot_chunk<RB>(a, k0, min64(KS, K - k0), b + k0 * ldb, ldb, part);
+        for (int q = 0; q < NQ; ++q) part[r][q] = V(T(0));
+      panel_dot_chunk<RB, NQ>(a, k0, min64(KS, K - k0), b + k0 * ldb, ldb, part);
       for (int r = 0; r < RB; ++r)
-        for (int q = 0; q < 4; ++q) (V::load(total[r][q]) + part[r][q]).store(total[r][q]);
+        for (int q = 0; q < NQ; ++q) (V::load(total[r][q]) + part[r][q]).store(total[r][q]);
     }
     for (int r = 0; r < RB; ++r)
-      for (int q = 0; q < 4; ++q) acc[r][q] = V::load(total[r][q]);
+      for (int q = 0; q < NQ; ++q) acc[r][q] = V::load(total[r][q]);
   }
 
   // Calls fn.template operator()<rb>() for a runtime rb in [1, RBMAX].
@@ -207,52 +224,85 @@ struct Impl {
   }
 
   // ---------------------------------------------------------- forward step
-  template <int RB>
+  // Step panel j of cell C: rows [row0, row0 + RB).
+  template <int C, int RB>
   static void fwd_tile(const FwdStepArgs<T>& s, int64_t j, int64_t row0) {
-    V acc[RB][4];
+    constexpr CellShape cs = cell_shape(C);
+    constexpr int G = cs.gates, U = cs.blocks_per_panel, NQ = G * U, PS = NQ * W;
+    V acc[RB][NQ];
     const T* a[RB];
     for (int r = 0; r < RB; ++r) {
-      const T* gx = s.gx + (row0 + r) * s.ld_gx + j * P;
-      for (int q = 0; q < 4; ++q) acc[r][q] = V::load(gx + q * W);
+      const T* gx = s.gx + (row0 + r) * s.ld_gx + j * PS;
+      if constexpr (C == kGru) {  // r, z: input term + both biases; hn: b_hn (the input term joins after r)
+        acc[r][0] = V::load(gx);
+        acc[r][1] = V::load(gx + W);
+        acc[r][2] = s.bias_hn ? V::load(s.bias_hn + j * W) : V(T(0));
+      } else {
+        for (int q = 0; q < NQ; ++q) acc[r][q] = V::load(gx + q * W);
+      }
       a[r] = s.h_prev + (row0 + r) * s.ld_h_prev;
     }
-    panel_dot<RB>(a, s.K, s.w + j * s.K * P, P, acc);
-    const int64_t valid = s.H - j * W;
-    // Padded units: their zero weights times a non-finite input (x or h_{t-1})
-    // would be NaN, saved as activations and state, and summed into real
-    // units by the backward's GEMMs over 4Hp. A zero pre-activation with a
-    // zero c_prev keeps every padded lane of c, h and m exactly zero.
-    if (valid < W)
-      for (int r = 0; r < RB; ++r)
-        for (int q = 0; q < 4; ++q) acc[r][q] = acc[r][q].keep_first(int(valid));
-    for (int r = 0; r < RB; ++r) {
-      const int64_t row = row0 + r;
-      const V c_prev = V::load(s.c_prev + row * s.ld_c_prev + j * W);
-      V c_new, h_new;
-      const GateActs<V> act = cell_forward(acc[r][0], acc[r][1], acc[r][2], acc[r][3], c_prev, c_new, h_new);
-      c_new.store(s.c_out + row * s.ld_c_out + j * W);
-      h_new.store(s.h_out + row * s.ld_h_out + j * W);
-      if (s.acts) {
-        T* ap = s.acts + row * s.ld_acts + j * P;
-        act.i.store(ap);
-        act.f.store(ap + W);
-        act.g.store(ap + 2 * W);
-        act.o.store(ap + 3 * W);
+    panel_dot<RB, NQ>(a, s.K, s.w + j * s.K * PS, PS, acc);
+    for (int u = 0; u < U; ++u) {
+      const int64_t blk = j * U + u;
+      if (blk * W >= s.Hp) break;  // the RNN's last panel may hold blocks past Hp
+      const int64_t valid = s.H - blk * W;
+      // Padded units: their zero weights times a non-finite input (x or h_{t-1})
+      // would be NaN, saved as activations and state, and summed into real
+      // units by the backward's GEMMs. A zero pre-activation with a zero
+      // c_prev (or h_prev) keeps every padded lane of c, h and m exactly zero
+      // (the GRU: n = tanh(0) = 0, h = 0 + z * (0 - 0)).
+      if (valid < W)
+        for (int r = 0; r < RB; ++r)
+          for (int q = 0; q < G; ++q) acc[r][u * G + q] = acc[r][u * G + q].keep_first(int(valid));
+      for (int r = 0; r < RB; ++r) {
+        const int64_t row = row0 + r;
+        V h_new;
+        T* ap = s.acts ? s.acts + row * s.ld_acts + blk * cs.saved * W : nullptr;
+        if constexpr (C == kLstm) {
+          const V c_prev = V::load(s.c_prev + row * s.ld_c_prev + blk * W);
+          V c_new;
+          const GateActs<V> act = cell_forward(acc[r][0], acc[r][1], acc[r][2], acc[r][3], c_prev, c_new, h_new);
+          c_new.store(s.c_out + row * s.ld_c_out + blk * W);
+          if (ap) {
+            act.i.store(ap);
+            act.f.store(ap + W);
+            act.g.store(ap + 2 * W);
+            act.o.store(ap + 3 * W);
+          }
+        } else if constexpr (C == kGru) {
+          V xn = V::load(s.gx + row * s.ld_gx + j * PS + 2 * W);
+          if (valid < W) xn = xn.keep_first(int(valid));
+          const V h_prev = V::load(s.h_prev + row * s.ld_h_prev + blk * W);
+          const GruActs<V> act = gru_forward(acc[r][0], acc[r][1], xn, acc[r][2], h_prev, h_new);
+          if (ap) {
+            act.r.store(ap);
+            act.z.store(ap + W);
+            act.n.store(ap + 2 * W);
+            act.hn.store(ap + 3 * W);
+          }
+        } else {
+          h_new = rnn_forward<C == kRnnRelu>(acc[r][u]);
+        }
+        h_new.store(s.h_out + row * s.ld_h_out + blk * W);
+        if (s.y) store_upto(h_new, s.y + s.y_row_offset[row] + blk * W, valid);
       }
-      if (s.y) store_upto(h_new, s.y + s.y_row_offset[row] + j * W, valid);
     }
   }
 
-  static void fwd_step(const FwdStepArgs<T>& s, int64_t block_begin, int64_t block_end) {
-    for (int64_t j = block_begin; j < block_end; ++j)
+  template <int C>
+  static void fwd_step(const FwdStepArgs<T>& s, int64_t panel_begin, int64_t panel_end) {
+    for (int64_t j = panel_begin; j < panel_end; ++j)
       for (int64_t row0 = 0; row0 < s.rows; row0 += RBMAX)
         with_row_block(min64(RBMAX, s.rows - row0),
-                       [&]<int RB>() { fwd_tile<RB>(s, j, row0); });
+                       [&]<int RB>() { fwd_tile<C, RB>(s, j, row0); });
   }
 
   // --------------------------------------------------------- backward step
-  template <int RB>
+  template <int C, int RB>
   static void bwd_tile(const BwdStepArgs<T>& s, int64_t q, int64_t row0, bool recurrent) {
+    constexpr CellShape cs = cell_shape(C);
+    constexpr int G = cs.gates, U = cs.blocks_per_panel, PS = G * U * W;
     const int64_t n_blocks = s.Hp / W;
     V acc[RB][4];
     if (recurrent) {
@@ -279,31 +329,49 @@ struct Impl {
         // that is infinite: zero it, so their dG stays exactly zero (see fwd_tile).
         if (s.H - j * W < W) dh = dh.keep_first(int(s.H - j * W));
         if (s.dy) dh = dh + load_upto(s.dy + s.dy_row_offset[row] + j * W, s.H - j * W);
-        const T* ap = s.acts + row * s.ld_acts + j * P;
-        const GateActs<V> act{V::load(ap), V::load(ap + W), V::load(ap + 2 * W), V::load(ap + 3 * W)};
-        const V c = V::load(s.c + row * s.ld_c + j * W);
-        const V c_prev = V::load(s.c_prev + row * s.ld_c_prev + j * W);
-        T* dcp = s.dc + row * s.ld_dc + j * W;
-        V dc_prev;
-        const GateGrads<V> d = cell_backward(act, c, c_prev, dh, V::load(dcp), dc_prev);
-        dc_prev.store(dcp);
-        T* gp = s.dg + row * s.ld_dg + j * P;
-        d.i.store(gp);
-        d.f.store(gp + W);
-        d.g.store(gp + 2 * W);
-        d.o.store(gp + 3 * W);
+        const T* ap = s.acts ? s.acts + row * s.ld_acts + j * cs.saved * W : nullptr;
+        T* gp = s.dg + row * s.ld_dg + (j / U) * PS + (j % U) * G * W;
+        if constexpr (C == kLstm) {
+          const GateActs<V> act{V::load(ap), V::load(ap + W), V::load(ap + 2 * W), V::load(ap + 3 * W)};
+          const V c = V::load(s.c + row * s.ld_c + j * W);
+          const V c_prev = V::load(s.c_prev + row * s.ld_c_prev + j * W);
+          T* dcp = s.dc + row * s.ld_dc + j * W;
+          V dc_prev;
+          const GateGrads<V> d = cell_backward(act, c, c_prev, dh, V::load(dcp), dc_prev);
+          dc_prev.store(dcp);
+          d.i.store(gp);
+          d.f.store(gp + W);
+          d.g.store(gp + 2 * W);
+          d.o.store(gp + 3 * W);
+        } else if constexpr (C == kGru) {
+          const GruActs<V> act{V::load(ap), V::load(ap + W), V::load(ap + 2 * W), V::load(ap + 3 * W)};
+          const V h_prev = V::load(s.c_prev + row * s.ld_c_prev + j * W);
+          T* dcp = s.dc + row * s.ld_dc + j * W;
+          dh = dh + V::load(dcp);
+          V direct;
+          const GruGrads<V> d = gru_backward(act, h_prev, dh, direct);
+          direct.store(dcp);
+          d.r.store(gp);
+          d.z.store(gp + W);
+          d.hn.store(gp + 2 * W);
+          d.xn.store(s.dgx_n + row * s.ld_dgx_n + j * W);
+        } else {
+          const V h = V::load(s.c + row * s.ld_c + j * W);
+          rnn_backward<C == kRnnRelu>(h, dh).store(gp);
+        }
       }
     }
   }
 
+  template <int C>
   static void bwd_step(const BwdStepArgs<T>& s, int64_t group_begin, int64_t group_end) {
     for (int64_t q = group_begin; q < group_end; ++q) {
       for (int64_t row0 = 0; row0 < s.rec_rows; row0 += RBMAX)
         with_row_block(min64(RBMAX, s.rec_rows - row0),
-                       [&]<int RB>() { bwd_tile<RB>(s, q, row0, true); });
+                       [&]<int RB>() { bwd_tile<C, RB>(s, q, row0, true); });
       for (int64_t row0 = s.rec_rows; row0 < s.rows; row0 += RBMAX)
         with_row_block(min64(RBMAX, s.rows - row0),
-                       [&]<int RB>() { bwd_tile<RB>(s, q, row0, false); });
+                       [&]<int RB>() { bwd_tile<C, RB>(s, q, row0, false); });
     }
   }
 
@@ -319,31 +387,61 @@ struct Impl {
     return (s0 + s1).hsum();
   }
 
+  template <int C>
   static void cell(const CellArgs<T>& s, int64_t unit_begin, int64_t unit_end) {
-    alignas(64) T pre[4][W];
+    constexpr CellShape cs = cell_shape(C);
+    constexpr int G = cs.gates;
+    // pre[q]: gate q's both terms and biases; GRU: pre[2] is the input term
+    // of n (x W_in + b_in) and hn the recurrent one (h W_hn + b_hn).
+    alignas(64) T pre[G][W], hn[W];
     for (int64_t u = unit_begin; u < unit_end; u += W) {
       const int64_t n = min64(W, unit_end - u);
       for (int64_t b = 0; b < s.B; ++b) {
-        for (int q = 0; q < 4; ++q)
+        for (int q = 0; q < G; ++q)
           for (int64_t l = 0; l < W; ++l) {
             const int64_t row = q * s.H + u + l;
-            pre[q][l] = l < n ? dot(s.w_ih + row * s.I, s.x + b * s.I, s.I) +
-                                    dot(s.w_hh + row * s.H, s.h + b * s.H, s.H) +
-                                    (s.bias ? s.bias[row] : T(0))
-                              : T(0);
+            if (l >= n) {
+              pre[q][l] = T(0);
+              if (C == kGru && q == 2) hn[l] = T(0);
+              continue;
+            }
+            const T xs = dot(s.w_ih + row * s.I, s.x + b * s.I, s.I);
+            const T hs = dot(s.w_hh + row * s.H, s.h + b * s.H, s.H);
+            const T bias = s.bias ? s.bias[row] : T(0);
+            if (C == kGru && q == 2) {
+              pre[q][l] = xs + bias;
+              hn[l] = hs + (s.bias_hn ? s.bias_hn[u + l] : T(0));
+            } else {
+              pre[q][l] = xs + hs + bias;
+            }
           }
-        V c_new, h_new;
-        const GateActs<V> act = cell_forward(V::load(pre[0]), V::load(pre[1]), V::load(pre[2]),
-                                             V::load(pre[3]), load_upto(s.c + b * s.H + u, n), c_new, h_new);
-        store_upto(c_new, s.c_new + b * s.H + u, n);
-        store_upto(h_new, s.h_new + b * s.H + u, n);
-        if (s.acts) {
-          T* ap = s.acts + b * 4 * s.H + u;
-          store_upto(act.i, ap, n);
-          store_upto(act.f, ap + s.H, n);
-          store_upto(act.g, ap + 2 * s.H, n);
-          store_upto(act.o, ap + 3 * s.H, n);
+        V h_new;
+        T* ap = s.acts ? s.acts + b * cell_step_saved(C) * s.H + u : nullptr;
+        if constexpr (C == kLstm) {
+          V c_new;
+          const GateActs<V> act = cell_forward(V::load(pre[0]), V::load(pre[1]), V::load(pre[2]),
+                                               V::load(pre[3]), load_upto(s.c + b * s.H + u, n), c_new, h_new);
+          store_upto(c_new, s.c_new + b * s.H + u, n);
+          if (ap) {
+            store_upto(act.i, ap, n);
+            store_upto(act.f, ap + s.H, n);
+            store_upto(act.g, ap + 2 * s.H, n);
+            store_upto(act.o, ap + 3 * s.H, n);
+          }
+        } else if constexpr (C == kGru) {
+          const GruActs<V> act = gru_forward(V::load(pre[0]), V::load(pre[1]), V::load(pre[2]), V::load(hn),
+                                             load_upto(s.h + b * s.H + u, n), h_new);
+          if (ap) {
+            store_upto(act.r, ap, n);
+            store_upto(act.z, ap + s.H, n);
+            store_upto(act.n, ap + 2 * s.H, n);
+            store_upto(act.hn, ap + 3 * s.H, n);
+          }
+        } else {
+          h_new = rnn_forward<C == kRnnRelu>(V::load(pre[0]));
+          if (ap) store_upto(h_new, ap, n);
         }
+        store_upto(h_new, s.h_new + b * s.H + u, n);
       }
     }
   }
@@ -365,5 +463,12 @@ struct Impl {
     }
   }
 
-  static TypedKernels<T> table() { return {W, &gemm, &fwd_step, &bwd_step, &cell, &combine}; }
+  static TypedKernels<T> table() {
+    return {W,
+            &gemm,
+            {&fwd_step<kLstm>, &fwd_step<kGru>, &fwd_step<kRnnTanh>, &fwd_step<kRnnRelu>},
+            {&bwd_step<kLstm>, &bwd_step<kGru>, &bwd_step<kRnnTanh>, &bwd_step<kRnnRelu>},
+            {&cell<kLstm>, &cell<kGru>, &cell<kRnnTanh>, &cell<kRnnRelu>},
+            &combine};
+  }
 };

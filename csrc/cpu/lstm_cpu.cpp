@@ -46,19 +46,25 @@ namespace {
 
 constexpr int kMaxWidth = 16;  // widest SIMD vector, in elements, of any kernel table
 
-// Padded sizes and the gate-interleaved column map (see kernels.h).
+// Padded sizes and the gate-interleaved column map of a cell (see kernels.h).
 struct Geometry {
-  int64_t W, P, H, Hp, n_blocks, G4, n_groups;
-  Geometry(int64_t hidden, int width)
-      : W(width), P(4 * int64_t(width)), H(hidden), Hp((hidden + width - 1) / width * width),
-        n_blocks(Hp / width), G4(4 * Hp), n_groups((n_blocks + 3) / 4) {
+  int64_t W, P, G, U, PS, A, H, Hp, n_blocks, n_panels, Gc, n_groups;
+  Geometry(int cell, int64_t hidden, int width)
+      : W(width), P(4 * int64_t(width)), G(cell_shape(cell).gates), U(cell_shape(cell).blocks_per_panel),
+        PS(G * U * W), A(cell_shape(cell).saved), H(hidden), Hp((hidden + width - 1) / width * width),
+        n_blocks(Hp / width), n_panels((n_blocks + U - 1) / U), Gc(n_panels * PS), n_groups((n_blocks + 3) / 4) {
     if (width > kMaxWidth) throw std::logic_error("SIMD width above kMaxWidth");
   }
-  // Column of gate q (0..3 = i,f,g,o), hidden unit u.
-  int64_t col(int64_t q, int64_t u) const { return (u / W) * P + q * W + u % W; }
-  // Inverse: column -> gate and unit.
-  int64_t gate_of(int64_t c) const { return (c % P) / W; }
-  int64_t unit_of(int64_t c) const { return (c / P) * W + c % W; }
+  // Column of gate q, hidden unit u.
+  int64_t col(int64_t q, int64_t u) const {
+    const int64_t b = u / W;
+    return (b / U) * PS + (b % U) * G * W + q * W + u % W;
+  }
+  // Inverse: column -> gate and unit (units >= Hp past the RNN's last block).
+  int64_t gate_of(int64_t c) const { return (c % PS) % (G * W) / W; }
+  int64_t unit_of(int64_t c) const { return ((c / PS) * U + (c % PS) / (G * W)) * W + c % W; }
+  // Saved activations: [A*Hp] per row, A per block.
+  int64_t ld_acts() const { return A * Hp; }
 };
 
 // Rows in order of decreasing length; nact[t] rows run at step t (nact[T] = 0);
@@ -139,29 +145,36 @@ class TeamStop {
   std::atomic<int64_t> at_{INT64_MAX};
 };
 
-// Forward panels of a gate matrix w [4H, K] (rows q*H + u): panel j holds the
-// four gates of hidden block j as a [K, P] slice; padded units are zero.
-// Reads the W source rows of one gate in step (few streams for the
-// prefetchers) and writes each W-wide run of a panel row whole.
+// Panels of a gate matrix w [G*H, K] (rows q*H + u), for the recurrent
+// steps (gemm_layout false: panel j holds every gate of the units of step
+// panel j as a [K, PS] slice) or for the GEMMs (true: strips of [K, P] over
+// the Gc interleaved columns). Padded units are zero. Reads the source rows
+// of one (gate, block) run at a time (few streams for the prefetchers) and
+// writes each W-wide run of a panel row whole.
 template <class T>
-Buffer<T> pack_gate_panels(const T* w, int64_t K, const Geometry& g, int threads) {
-  Buffer<T> out(g.n_blocks * K * g.P);
+Buffer<T> pack_gate_panels(const T* w, int64_t K, const Geometry& g, int threads, bool gemm_layout = false) {
+  const int64_t width = gemm_layout ? g.P : g.PS;
+  const int64_t n_panels = gemm_layout ? (g.Gc + g.P - 1) / g.P : g.n_panels;
+  Buffer<T> out(n_panels * K * width, gemm_layout && g.Gc % g.P != 0);  // strip columns past Gc: zero
   T* o = out.data();
   constexpr int64_t kTile = 64;
-  parallel_for(g.n_blocks * 4, threads, [&](int64_t i0, int64_t i1) {
+  const int64_t n_runs = g.n_panels * g.U * g.G;  // (block, gate) runs, blocks past Hp included (zero)
+  parallel_for(n_runs, threads, [&](int64_t i0, int64_t i1) {
     const T* rows[kMaxWidth] = {};
     T tile[kMaxWidth][kTile + 1];
     for (int64_t i = i0; i < i1; ++i) {
-      const int64_t j = i / 4, q = i % 4;
-      const int64_t valid = std::min(g.W, g.H - j * g.W);
-      for (int64_t l = 0; l < valid; ++l) rows[l] = w + (q * g.H + j * g.W + l) * K;
+      const int64_t b = i / g.G, q = i % g.G;
+      const int64_t valid = std::max<int64_t>(0, std::min(g.W, g.H - b * g.W));
+      for (int64_t l = 0; l < valid; ++l) rows[l] = w + (q * g.H + b * g.W + l) * K;
+      const int64_t c = g.col(q, b * g.W);
+      T* run = gemm_layout ? o + (c / g.P) * K * g.P + c % g.P : o + (c / g.PS) * K * g.PS + c % g.PS;
       // Source rows are K apart (often a multiple of 4 KiB, the same L1
       // set): copy a kTile-wide strip of each into a padded tile first.
       for (int64_t k0 = 0; k0 < K; k0 += kTile) {
         const int64_t kn = std::min(kTile, K - k0);
         for (int64_t l = 0; l < valid; ++l) std::memcpy(tile[l], rows[l] + k0, size_t(kn) * sizeof(T));
-        T* dst = o + (j * K + k0) * g.P + q * g.W;
-        for (int64_t k = 0; k < kn; ++k, dst += g.P) {
+        T* dst = run + k0 * width;
+        for (int64_t k = 0; k < kn; ++k, dst += width) {
           for (int64_t l = 0; l < valid; ++l) dst[l] = tile[l][k];
           for (int64_t l = valid; l < g.W; ++l) dst[l] = T(0);
         }
@@ -171,20 +184,20 @@ Buffer<T> pack_gate_panels(const T* w, int64_t K, const Geometry& g, int threads
   return out;
 }
 
-// Panels of w^T for w [4H, N]: K = 4Hp gate-interleaved rows, N columns in
+// Panels of w^T for w [G*H, N]: K = Gc gate-interleaved rows, N columns in
 // strips of P; element (k, n) = w[q*H + u, n] with (q, u) the gate and unit
 // of column k; zero for padded units and for n >= N.
 template <class T>
 Buffer<T> pack_transposed_panels(const T* w, int64_t N, const Geometry& g, int threads) {
   const int64_t n_panels = (N + g.P - 1) / g.P;
-  Buffer<T> out(n_panels * g.G4 * g.P);
+  Buffer<T> out(n_panels * g.Gc * g.P);
   T* o = out.data();
-  parallel_for(g.G4, threads, [&](int64_t k0, int64_t k1) {
+  parallel_for(g.Gc, threads, [&](int64_t k0, int64_t k1) {
     for (int64_t k = k0; k < k1; ++k) {
       const int64_t u = g.unit_of(k);
       const T* src = u < g.H ? w + (g.gate_of(k) * g.H + u) * N : nullptr;
       for (int64_t p = 0; p < n_panels; ++p) {
-        T* dst = o + (p * g.G4 + k) * g.P;
+        T* dst = o + (p * g.Gc + k) * g.P;
         for (int64_t c = 0; c < g.P; ++c) {
           const int64_t n = p * g.P + c;
           dst[c] = (src && n < N) ? src[n] : T(0);
@@ -210,20 +223,20 @@ void transpose_rows(const std::vector<const T*>& src_rows, int64_t n_cols, T* ds
   });
 }
 
-// The inverse of the gate interleaving for a [K, 4Hp] matrix:
+// The inverse of the gate interleaving for a [K, Gc] matrix:
 // dst[(q*H + u) * K + k] = src[k * ld_src + col(q, u)], dst in nn.LSTM's
-// [4H, K] layout. Each (gate, block) is a [K, W] strip of src: one cache
+// [G*H, K] layout. Each (gate, block) is a [K, W] strip of src: one cache
 // line per source row, read once (rows ld_src apart share L1 sets, so no
 // line may wait for reuse), turned through a padded tile into W rows of dst.
 template <class T>
 void unpack_gate_columns(const T* src, int64_t ld_src, int64_t K, const Geometry& g, T* dst, int threads) {
   constexpr int64_t kTile = 64;
-  parallel_for(4 * g.n_blocks, threads, [&](int64_t i0, int64_t i1) {
+  parallel_for(g.G * g.n_blocks, threads, [&](int64_t i0, int64_t i1) {
     T tile[kMaxWidth][kTile + 1];
     for (int64_t i = i0; i < i1; ++i) {
-      const int64_t q = i % 4, j = i / 4;
+      const int64_t q = i % g.G, j = i / g.G;
       const int64_t valid = std::min(g.W, g.H - j * g.W);
-      const T* strip = src + j * g.P + q * g.W;
+      const T* strip = src + g.col(q, j * g.W);
       for (int64_t k0 = 0; k0 < K; k0 += kTile) {
         const int64_t kn = std::min(kTile, K - k0);
         for (int64_t k = 0; k < kn; ++k) {
@@ -355,14 +368,14 @@ constexpr uint64_t kReserveMagic = 0x6d74736c64657375ull;  // "usedlstm"
 struct ReserveHeader {
   uint64_t magic;
   char isa[24];
-  int64_t dtype, T, B, H, R;
+  int64_t dtype, T, B, H, R, cell;
 };
 
 // Checked (checked_size.h): an impossible T, B, H throws InvalidArgument
 // naming the region.
 struct ReserveLayout {
   int64_t acts, c, h, m, end;  // byte offsets from the aligned base
-  ReserveLayout(int64_t elem, int64_t T, int64_t B, int64_t H, int64_t R) {
+  ReserveLayout(int cell, int64_t elem, int64_t T, int64_t B, int64_t H, int64_t R) {
     const int64_t wb = 64 / elem;  // widest vector of this dtype, in elements
     const int64_t hp = checked_round_up("H rounded up to the vector width", H, wb);
     int64_t at = kReserveHeaderBytes;
@@ -372,8 +385,8 @@ struct ReserveLayout {
       at = checked_sum("reserve bytes", {at, bytes});
       return start;
     };
-    acts = region("reserve activations T*B*4*Hp*elem", 4, hp);
-    c = region("reserve cell states T*B*Hp*elem", 1, hp);
+    acts = region("reserve activations T*B*A*Hp*elem", cell_shape(cell).saved, hp);
+    c = cell == kLstm ? region("reserve cell states T*B*Hp*elem", 1, hp) : at;
     h = region("reserve hidden states T*B*Hout*elem", 1, R > 0 ? R : hp);
     m = R > 0 ? region("reserve projection inputs T*B*roundup(H, 4*w)*elem", 1,
                        checked_round_up("H rounded up to 4 vectors", H, 4 * wb))
@@ -390,9 +403,9 @@ T* aligned_base(void* reserve) {
 
 }  // namespace
 
-int64_t reserve_bytes(fl_dtype dtype, int64_t T, int64_t B, int64_t H, int64_t R) {
+int64_t reserve_bytes(fl_cell_kind cell, fl_dtype dtype, int64_t T, int64_t B, int64_t H, int64_t R) {
   const int64_t elem = dtype == FL_FLOAT64 ? 8 : 4;
-  return checked_sum("reserve bytes", {64, ReserveLayout(elem, T, B, H, R).end});  // 64: room to align the base
+  return checked_sum("reserve bytes", {64, ReserveLayout(cell, elem, T, B, H, R).end});  // 64: room to align the base
 }
 
 namespace {
@@ -402,9 +415,9 @@ template <class T>
 struct SavedViews {
   T *acts = nullptr, *c = nullptr, *h = nullptr, *m = nullptr;
   SavedViews() = default;
-  SavedViews(void* reserve, int64_t T_, int64_t B, int64_t H, int64_t R) {
+  SavedViews(int cell, void* reserve, int64_t T_, int64_t B, int64_t H, int64_t R) {
     unsigned char* base = aligned_base<unsigned char>(reserve);
-    const ReserveLayout lay(sizeof(T), T_, B, H, R);
+    const ReserveLayout lay(cell, sizeof(T), T_, B, H, R);
     acts = reinterpret_cast<T*>(base + lay.acts);
     c = reinterpret_cast<T*>(base + lay.c);
     h = reinterpret_cast<T*>(base + lay.h);
@@ -414,11 +427,12 @@ struct SavedViews {
 
 // The kernel table a reserve was written with; backward must read it with
 // the same layout.
-const KernelTable& reserve_table(const void* reserve, fl_dtype dtype, int64_t T, int64_t B, int64_t H,
+const KernelTable& reserve_table(const void* reserve, int cell, fl_dtype dtype, int64_t T, int64_t B, int64_t H,
                                  int64_t R) {
   const ReserveHeader* h = aligned_base<const ReserveHeader>(const_cast<void*>(reserve));
-  if (h->magic != kReserveMagic || h->dtype != dtype || h->T != T || h->B != B || h->H != H || h->R != R)
-    throw InvalidArgument("the reserve was not written by a training forward with these sizes");
+  if (h->magic != kReserveMagic || h->dtype != dtype || h->T != T || h->B != B || h->H != H || h->R != R ||
+      h->cell != cell)
+    throw InvalidArgument("the reserve was not written by a training forward of this cell with these sizes");
   for (const KernelTable* t : supported_kernels())
     if (std::strncmp(t->name, h->isa, sizeof(h->isa)) == 0) return *t;
   throw InvalidArgument("the reserve was written by an unknown SIMD path");
@@ -443,7 +457,9 @@ void forward_typed(const fl_forward_params& p, void* reserve) {
   const int64_t T_ = p.T, B = p.B, I = p.I, H = p.H, R = p.proj_size;
   const bool proj = R > 0;
   const int64_t Ks = proj ? R : H;  // width of the recurrent state h
-  const Geometry g(H, kern.width);
+  const int cell = int(p.cell);
+  const bool lstm = cell == kLstm, gru = cell == kGru;
+  const Geometry g(cell, H, kern.width);
   const int64_t ld_state = proj ? R : g.Hp;
   const int64_t ld_m = g.n_groups * g.P;  // m rows hold whole panels (a GEMM operand in backward)
   const bool training = reserve != nullptr;
@@ -456,26 +472,26 @@ void forward_typed(const fl_forward_params& p, void* reserve) {
 
   SavedViews<T> S;
   if (training) {
-    S = SavedViews<T>(reserve, T_, B, H, R);
+    S = SavedViews<T>(cell, reserve, T_, B, H, R);
     unsigned char* base = aligned_base<unsigned char>(reserve);
     std::memset(reserve, 0, size_t(base - static_cast<unsigned char*>(reserve)));
     std::memset(base, 0, kReserveHeaderBytes);
     ReserveHeader hdr{};
     hdr.magic = kReserveMagic;
     std::strncpy(hdr.isa, table.name, sizeof(hdr.isa) - 1);
-    hdr.dtype = p.dtype, hdr.T = T_, hdr.B = B, hdr.H = H, hdr.R = R;
+    hdr.dtype = p.dtype, hdr.T = T_, hdr.B = B, hdr.H = H, hdr.R = R, hdr.cell = cell;
     std::memcpy(base, &hdr, sizeof(hdr));
     // Slots past the rows that run (lengths) are never written: zero them,
     // so the reserve's content is a function of the inputs alone.
-    const ReserveLayout lay(sizeof(T), T_, B, H, R);
+    const ReserveLayout lay(cell, sizeof(T), T_, B, H, R);
     unsigned char* reserve_end = static_cast<unsigned char*>(reserve) + 64 + lay.end;  // see reserve_bytes
     std::memset(base + lay.end, 0, size_t(reserve_end - (base + lay.end)));
     auto zero_tail = [&](T* region, int64_t ld, int64_t region_end) {
       unsigned char* from = reinterpret_cast<unsigned char*>(region + ord.total * ld);
       std::memset(from, 0, size_t(base + region_end - from));
     };
-    zero_tail(S.acts, g.G4, lay.c);
-    zero_tail(S.c, g.Hp, lay.h);
+    zero_tail(S.acts, g.ld_acts(), lay.c);
+    if (lstm) zero_tail(S.c, g.Hp, lay.h);
     zero_tail(S.h, ld_state, lay.m);
     if (proj) {
       zero_tail(S.m, ld_m, lay.end);
@@ -484,13 +500,16 @@ void forward_typed(const fl_forward_params& p, void* reserve) {
     }
   }
 
-  // Both biases folded into one interleaved row.
-  Buffer<T> bias(g.G4, true);
-  for (int64_t q = 0; q < 4; ++q)
+  // Both biases folded into one interleaved row (the GEMM's c_init, whole
+  // strips long), but for the GRU's b_hn, which sits inside r * (...).
+  Buffer<T> bias((g.Gc + g.P - 1) / g.P * g.P, true), bias_hn;
+  if (gru) bias_hn = Buffer<T>(g.Hp, true);
+  for (int64_t q = 0; q < g.G; ++q)
     for (int64_t u = 0; u < H; ++u) {
-      T v = T(0);
-      if (p.b_ih) v += static_cast<const T*>(p.b_ih)[q * H + u];
-      if (p.b_hh) v += static_cast<const T*>(p.b_hh)[q * H + u];
+      T v = p.b_ih ? static_cast<const T*>(p.b_ih)[q * H + u] : T(0);
+      const T vh = p.b_hh ? static_cast<const T*>(p.b_hh)[q * H + u] : T(0);
+      if (gru && q == 2) bias_hn.data()[u] = vh;
+      else v += vh;
       bias.data()[g.col(q, u)] = v;
     }
 
@@ -509,7 +528,7 @@ void forward_typed(const fl_forward_params& p, void* reserve) {
   // steps run: memory for it is O(chunk * B * 4H), not O(T * B * 4H), and it
   // is still in cache when the steps read it. A chunk holds at least
   // projection_chunk_rows() rows, so each GEMM stays large.
-  const Buffer<T> wih_panels = pack_gate_panels(w_ih, I, g, threads);
+  const Buffer<T> wih_panels = pack_gate_panels(w_ih, I, g, threads, true);
   int64_t chunk_steps = T_;
   if (!one_to_many)
     chunk_steps = std::min<int64_t>(T_, std::max<int64_t>(1, (projection_chunk_rows() + B - 1) / B));
@@ -519,12 +538,12 @@ void forward_typed(const fl_forward_params& p, void* reserve) {
     for (int64_t t0 = 0; t0 < T_; t0 += chunk_steps)
       gx_rows = std::max(gx_rows, ord.off[std::min(T_, t0 + chunk_steps)] - ord.off[t0]);
   }
-  Buffer<T> gx(gx_rows * g.G4);
+  Buffer<T> gx(gx_rows * g.Gc);
   std::vector<T*> gx_rows_ptr(gx_rows);
-  for (int64_t i = 0; i < gx_rows; ++i) gx_rows_ptr[i] = gx.data() + i * g.G4;
+  for (int64_t i = 0; i < gx_rows; ++i) gx_rows_ptr[i] = gx.data() + i * g.Gc;
   // Input term of packed rows [row0, row0 + rows) into gx rows [0, rows).
   auto project = [&](int64_t row0, int64_t rows) {
-    GemmArgs<T> a{rows, g.G4, I, x_rows.data() + row0, wih_panels.data(), g.P, I * g.P,
+    GemmArgs<T> a{rows, g.Gc, I, x_rows.data() + row0, wih_panels.data(), g.P, I * g.P,
                   gx_rows_ptr.data(), bias.data(), false};
     run_gemm(kern, a, threads);
   };
@@ -533,8 +552,8 @@ void forward_typed(const fl_forward_params& p, void* reserve) {
   const Buffer<T> whh_panels = pack_gate_panels(w_hh, Ks, g, threads);
   Buffer<T> wsum_panels;  // feed="output": steps >= 1 see x_t = h_{t-1}
   if (one_to_many && p.feed == FL_FEED_OUTPUT) {
-    Buffer<T> wsum(4 * H * Ks);
-    for (int64_t i = 0; i < 4 * H * Ks; ++i) wsum.data()[i] = w_ih[i] + w_hh[i];
+    Buffer<T> wsum(g.G * H * Ks);
+    for (int64_t i = 0; i < g.G * H * Ks; ++i) wsum.data()[i] = w_ih[i] + w_hh[i];
     wsum_panels = pack_gate_panels(wsum.data(), Ks, g, threads);
   }
   // Projection h_t = m_t W_hr^T as a GEMM operand B[H, R].
@@ -543,7 +562,7 @@ void forward_typed(const fl_forward_params& p, void* reserve) {
 
   // Initial states, rows in sorted order, padded units zero.
   Buffer<T> h0 = sorted_rows(static_cast<const T*>(p.h0), ord, Ks, ld_state);
-  Buffer<T> c0 = sorted_rows(static_cast<const T*>(p.c0), ord, H, g.Hp);
+  Buffer<T> c0 = sorted_rows(lstm ? static_cast<const T*>(p.c0) : nullptr, ord, H, g.Hp);
 
   // Inference keeps two h buffers and c in place; training keeps every step.
   Buffer<T> h_other, m_buf;
@@ -577,7 +596,7 @@ void forward_typed(const fl_forward_params& p, void* reserve) {
           std::memset(y + t * p.y_stride_t + ord.perm[r] * p.y_stride_b, 0, size_t(Ks) * sizeof(T));
   }
 
-  const int nth = recurrent_threads(B, g.G4, Ks, g.n_blocks);
+  const int nth = recurrent_threads(B, g.Gc, Ks, g.n_panels);
   SpinBarrier barrier(nth);
   TeamStop stop;
   for (int64_t t_begin = 0; t_begin < T_; t_begin += chunk_steps) {
@@ -585,13 +604,15 @@ void forward_typed(const fl_forward_params& p, void* reserve) {
     if (!one_to_many) project(ord.off[t_begin], ord.off[t_end] - ord.off[t_begin]);
     ThreadPool::instance().run(nth, [&](int tid, int n) {
       int64_t j0, j1;
-      split_range(g.n_blocks, tid, n, j0, j1);
+      split_range(g.n_panels, tid, n, j0, j1);
       for (int64_t t = t_begin; t < t_end; ++t) {
         const int64_t rows = ord.nact[t];
         FwdStepArgs<T> s;
         s.rows = rows;
         s.H = H;
         s.K = Ks;
+        s.Hp = g.Hp;
+        s.bias_hn = gru ? bias_hn.data() : nullptr;
         s.w = (t >= 1 && wsum_panels.data()) ? wsum_panels.data() : whh_panels.data();
         T* state_out;
         if (training) {
@@ -599,7 +620,7 @@ void forward_typed(const fl_forward_params& p, void* reserve) {
           s.c_prev = t == 0 ? c0.data() : S.c + ord.off[t - 1] * g.Hp;
           state_out = S.h + ord.off[t] * ld_state;
           s.c_out = S.c + ord.off[t] * g.Hp;
-          s.acts = S.acts + ord.off[t] * g.G4;
+          s.acts = g.A ? S.acts + ord.off[t] * g.ld_acts() : nullptr;
         } else {
           s.h_prev = (t % 2 == 0) ? h0.data() : h_other.data();
           state_out = (t % 2 == 0) ? h_other.data() : h0.data();
@@ -609,7 +630,7 @@ void forward_typed(const fl_forward_params& p, void* reserve) {
         }
         s.ld_h_prev = ld_state;
         s.ld_c_prev = s.ld_c_out = g.Hp;
-        s.ld_acts = g.G4;
+        s.ld_acts = g.ld_acts();
         if (proj) {
           s.h_out = training ? S.m + ord.off[t] * ld_m : m_buf.data();
           s.ld_h_out = ld_m;
@@ -618,18 +639,18 @@ void forward_typed(const fl_forward_params& p, void* reserve) {
           s.ld_h_out = ld_state;
         }
         if (!one_to_many) {
-          s.gx = gx.data() + (ord.off[t] - ord.off[t_begin]) * g.G4;
-          s.ld_gx = g.G4;
+          s.gx = gx.data() + (ord.off[t] - ord.off[t_begin]) * g.Gc;
+          s.ld_gx = g.Gc;
         } else if (p.feed == FL_FEED_REPEAT || t == 0) {
           s.gx = gx.data();
-          s.ld_gx = g.G4;
+          s.ld_gx = g.Gc;
         } else {  // zero input (first) or h_{t-1} through wsum (output): biases only
           s.gx = bias.data();
           s.ld_gx = 0;
         }
         s.y = (y && !proj) ? y : nullptr;
         s.y_row_offset = y ? y_offset.data() + ord.off[t] : nullptr;
-        if (j0 < j1) kern.fwd_step(s, j0, j1);
+        if (j0 < j1) kern.fwd_step[cell](s, j0, j1);
         stop.poll(tid, t);
         barrier.wait(tid);
         if (stop.now(t)) break;
@@ -666,25 +687,27 @@ void forward_typed(const fl_forward_params& p, void* reserve) {
       cs = c0.data() + r * g.Hp;
     }
     std::memcpy(h_n + b * Ks, hs, size_t(Ks) * sizeof(T));
-    std::memcpy(c_n + b * H, cs, size_t(H) * sizeof(T));
+    if (lstm) std::memcpy(c_n + b * H, cs, size_t(H) * sizeof(T));
   }
 }
 
 template <class T>
 void backward_typed(const fl_forward_params& fp, const void* reserve, const fl_backward_params& p) {
   const int64_t T_ = fp.T, B = fp.B, I = fp.I, H = fp.H, R = fp.proj_size;
-  const TypedKernels<T>& kern = typed<T>(reserve_table(reserve, fp.dtype, T_, B, H, R));
+  const int cell = int(fp.cell);
+  const bool lstm = cell == kLstm, gru = cell == kGru;
+  const TypedKernels<T>& kern = typed<T>(reserve_table(reserve, cell, fp.dtype, T_, B, H, R));
   const int threads = num_threads();
   const bool proj = R > 0;
   const int64_t Ks = proj ? R : H;
-  const Geometry g(H, kern.width);
+  const Geometry g(cell, H, kern.width);
   const int64_t ld_state = proj ? R : g.Hp;
   const int64_t ld_m = g.n_groups * g.P;
-  const int64_t G4 = g.G4;
+  const int64_t Gc = g.Gc;
   const bool one_to_many = fp.mode == FL_ONE_TO_MANY;
   const bool feed_output = one_to_many && fp.feed == FL_FEED_OUTPUT;
   const BatchOrder ord(T_, B, one_to_many ? nullptr : fp.lengths);
-  const SavedViews<T> S(const_cast<void*>(reserve), T_, B, H, R);
+  const SavedViews<T> S(cell, const_cast<void*>(reserve), T_, B, H, R);
   const T* x = static_cast<const T*>(fp.x);
   const T* w_ih = static_cast<const T*>(fp.w_ih);
   const T* w_hh = static_cast<const T*>(fp.w_hh);
@@ -695,8 +718,8 @@ void backward_typed(const fl_forward_params& fp, const void* reserve, const fl_b
   const Buffer<T> wt_ih = pack_transposed_panels(w_ih, I, g, threads);
   Buffer<T> wt_sum;
   if (feed_output) {
-    Buffer<T> wsum(4 * H * Ks);
-    for (int64_t i = 0; i < 4 * H * Ks; ++i) wsum.data()[i] = w_ih[i] + w_hh[i];
+    Buffer<T> wsum(g.G * H * Ks);
+    for (int64_t i = 0; i < g.G * H * Ks; ++i) wsum.data()[i] = w_ih[i] + w_hh[i];
     wt_sum = pack_transposed_panels(wsum.data(), Ks, g, threads);
   }
   // dm = dh W_hr as panels of W_hr [R, H] in hidden-unit groups.
@@ -705,10 +728,11 @@ void backward_typed(const fl_forward_params& fp, const void* reserve, const fl_b
 
   // Initial states in sorted row order (the forward read the same).
   const Buffer<T> h0 = sorted_rows(static_cast<const T*>(fp.h0), ord, Ks, ld_state);
-  const Buffer<T> c0 = sorted_rows(static_cast<const T*>(fp.c0), ord, H, g.Hp);
+  const Buffer<T> c0 = sorted_rows(lstm ? static_cast<const T*>(fp.c0) : nullptr, ord, H, g.Hp);
 
   // Gradients entering each row at its last step: dh_n (plus dy for
-  // many_to_one, whose y is that last state) and dc_n.
+  // many_to_one, whose y is that last state) and dc_n. The GRU's dc carries
+  // dh_t * z_t, the part of dh_{t-1} outside the weights; zero at first.
   Buffer<T> dh_init(B * ld_state, true), dc(B * g.Hp, true);
   for (int64_t r = 0; r < B; ++r) {
     const int64_t b = ord.perm[r];
@@ -717,15 +741,23 @@ void backward_typed(const fl_forward_params& fp, const void* reserve, const fl_b
       for (int64_t u = 0; u < Ks; ++u) dh[u] += static_cast<const T*>(p.dh_n)[b * Ks + u];
     if (dy && fp.mode == FL_MANY_TO_ONE)
       for (int64_t u = 0; u < Ks; ++u) dh[u] += dy[b * Ks + u];
-    if (p.dc_n) std::memcpy(dc.data() + r * g.Hp, static_cast<const T*>(p.dc_n) + b * H, size_t(H) * sizeof(T));
+    if (lstm && p.dc_n)
+      std::memcpy(dc.data() + r * g.Hp, static_cast<const T*>(p.dc_n) + b * H, size_t(H) * sizeof(T));
   }
   const bool dy_per_step = dy && fp.mode != FL_MANY_TO_ONE;
   std::vector<int64_t> dy_offset;  // of each packed (step, row)
   if (dy_per_step) dy_offset = ord.offsets(p.dy_stride_t, p.dy_stride_b, fp.reverse);
 
-  Buffer<T> dg(ord.total * G4);
+  // dG of every (step, row) [total, Gc], the recurrent side's for the GRU
+  // (its n gate: hn's); the GRU's input side differs in the n gate only,
+  // kept apart in dgx_n [total, Hp]. The GEMMs read dG in P-wide strips:
+  // a slack of P zeros after the last row keeps the last strip in bounds.
+  Buffer<T> dg(ord.total * Gc + g.P);
+  std::memset(dg.data() + ord.total * Gc, 0, size_t(g.P) * sizeof(T));
   std::vector<const T*> dg_rows(ord.total);
-  for (int64_t i = 0; i < ord.total; ++i) dg_rows[i] = dg.data() + i * G4;
+  for (int64_t i = 0; i < ord.total; ++i) dg_rows[i] = dg.data() + i * Gc;
+  Buffer<T> dgx_n;
+  if (gru) dgx_n = Buffer<T>(ord.total * g.Hp);
   // With projection, dh_t of every (step, row) [total, R]: the recurrence
   // goes through it, and dW_hr sums dh_t^T m_t.
   Buffer<T> dh_all;
@@ -736,7 +768,7 @@ void backward_typed(const fl_forward_params& fp, const void* reserve, const fl_b
     for (int64_t i = 0; i < ord.total; ++i) dh_rows[i] = dh_all.data() + i * R;
   }
 
-  const int nth = recurrent_threads(B, G4, Ks, g.n_groups);
+  const int nth = recurrent_threads(B, Gc, Ks, g.n_groups);
   SpinBarrier barrier(nth);
   TeamStop stop;
   ThreadPool::instance().run(nth, [&](int tid, int n) {
@@ -750,21 +782,30 @@ void backward_typed(const fl_forward_params& fp, const void* reserve, const fl_b
       s.H = H;
       s.Hp = g.Hp;
       s.dy_row_offset = dy_per_step ? dy_offset.data() + ord.off[t] : nullptr;
-      s.acts = S.acts + ord.off[t] * G4;
-      s.ld_acts = G4;
-      s.c = S.c + ord.off[t] * g.Hp;
-      s.ld_c = g.Hp;
-      s.c_prev = t == 0 ? c0.data() : S.c + ord.off[t - 1] * g.Hp;
-      s.ld_c_prev = g.Hp;
+      s.acts = g.A ? S.acts + ord.off[t] * g.ld_acts() : nullptr;
+      s.ld_acts = g.ld_acts();
+      if (lstm) {
+        s.c = S.c + ord.off[t] * g.Hp;
+        s.ld_c = g.Hp;
+        s.c_prev = t == 0 ? c0.data() : S.c + ord.off[t - 1] * g.Hp;
+        s.ld_c_prev = g.Hp;
+      } else {  // the RNN reads h_t, the GRU h_{t-1}
+        s.c = S.h + ord.off[t] * ld_state;
+        s.ld_c = ld_state;
+        s.c_prev = t == 0 ? h0.data() : S.h + ord.off[t - 1] * ld_state;
+        s.ld_c_prev = ld_state;
+      }
       s.dc = dc.data();
       s.ld_dc = g.Hp;
-      s.dg = dg.data() + ord.off[t] * G4;
-      s.ld_dg = G4;
+      s.dg = dg.data() + ord.off[t] * Gc;
+      s.ld_dg = Gc;
+      s.dgx_n = gru ? dgx_n.data() + ord.off[t] * g.Hp : nullptr;
+      s.ld_dgx_n = g.Hp;
       if (!proj) {
-        s.K = G4;
+        s.K = Gc;
         s.wt = feed_output ? wt_sum.data() : wt_hh.data();  // the weights of step t + 1 >= 1
-        s.dg_next = dg.data() + ord.off[t + 1] * G4;
-        s.ld_dg_next = G4;
+        s.dg_next = dg.data() + ord.off[t + 1] * Gc;
+        s.ld_dg_next = Gc;
         s.dh_init = dh_init.data();
         s.ld_dh_init = ld_state;
         s.dy = dy_per_step ? dy : nullptr;
@@ -780,8 +821,8 @@ void backward_typed(const fl_forward_params& fp, const void* reserve, const fl_b
         }
         barrier.wait(tid);
         if (rec_rows > 0) {
-          GemmArgs<T> a{rec_rows, R, G4, dg_rows.data() + ord.off[t + 1],
-                        feed_output ? wt_sum.data() : wt_hh.data(), g.P, G4 * g.P,
+          GemmArgs<T> a{rec_rows, R, Gc, dg_rows.data() + ord.off[t + 1],
+                        feed_output ? wt_sum.data() : wt_hh.data(), g.P, Gc * g.P,
                         dh_rows.data() + ord.off[t], nullptr, true};
           kern.gemm(a, tid, n);
         }
@@ -797,7 +838,7 @@ void backward_typed(const fl_forward_params& fp, const void* reserve, const fl_b
         s.dy = nullptr;
         s.dy_row_offset = nullptr;
       }
-      if (q0 < q1) kern.bwd_step(s, q0, q1);
+      if (q0 < q1) kern.bwd_step[cell](s, q0, q1);
       stop.poll(tid, T_ - t);
       barrier.wait(tid);
       if (stop.now(T_ - t)) break;
@@ -805,19 +846,36 @@ void backward_typed(const fl_forward_params& fp, const void* reserve, const fl_b
   });
   throw_if_interrupted();
 
-  // dh0 = dG_0 W_hh (step 0 always sees W_hh); dc0 from the loop.
+  // dh0 = dG_0 W_hh (step 0 always sees W_hh), plus the GRU's carried
+  // dh_0 z_0; dc0 from the loop.
   {
     std::vector<T*> c_rows(B);
-    for (int64_t r = 0; r < B; ++r) c_rows[r] = static_cast<T*>(p.dh0) + ord.perm[r] * Ks;
-    GemmArgs<T> a{B, Ks, G4, dg_rows.data(), wt_hh.data(), g.P, G4 * g.P, c_rows.data(), nullptr, false};
+    for (int64_t r = 0; r < B; ++r) {
+      c_rows[r] = static_cast<T*>(p.dh0) + ord.perm[r] * Ks;
+      if (gru) std::memcpy(c_rows[r], dc.data() + r * g.Hp, size_t(H) * sizeof(T));
+    }
+    GemmArgs<T> a{B, Ks, Gc, dg_rows.data(), wt_hh.data(), g.P, Gc * g.P, c_rows.data(), nullptr, gru};
     run_gemm(kern, a, threads);
-    for (int64_t r = 0; r < B; ++r)
-      std::memcpy(static_cast<T*>(p.dc0) + ord.perm[r] * H, dc.data() + r * g.Hp, size_t(H) * sizeof(T));
+    if (lstm)
+      for (int64_t r = 0; r < B; ++r)
+        std::memcpy(static_cast<T*>(p.dc0) + ord.perm[r] * H, dc.data() + r * g.Hp, size_t(H) * sizeof(T));
   }
 
-  // db: column sums of dG (accumulated in double, see sum_rows).
-  Buffer<T> db_il(G4);
-  sum_rows(dg.data(), ord.total, G4, g.W, db_il.data(), threads);
+  // db_hh: column sums of dG (accumulated in double, see sum_rows).
+  Buffer<T> db_il(Gc);
+  sum_rows(dg.data(), ord.total, Gc, g.W, db_il.data(), threads);
+
+  // The input side's dG: the GRU's differs from the recurrent side's in the
+  // n gate. Built in place once dW_hh and db_hh have read dG (below).
+  auto input_side = [&] {
+    if (!gru) return;
+    parallel_for(ord.total, threads, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i)
+        for (int64_t j = 0; j < g.n_blocks; ++j)
+          std::memcpy(dg.data() + i * Gc + g.col(2, j * g.W), dgx_n.data() + i * g.Hp + j * g.W,
+                      size_t(g.W) * sizeof(T));
+    });
+  };
 
   // dW_hh^T [Ks, 4Hp] = Hprev^T dG, Hprev = h_{t-1} of every packed row.
   std::vector<const T*> hprev_rows(ord.total);
@@ -826,18 +884,24 @@ void backward_typed(const fl_forward_params& fp, const void* reserve, const fl_b
       hprev_rows[ord.off[t] + r] = t == 0 ? h0.data() + r * ld_state : S.h + (ord.off[t - 1] + r) * ld_state;
   Buffer<T> hprev_t(Ks * ord.total);
   transpose_rows(hprev_rows, Ks, hprev_t.data(), threads);
-  Buffer<T> dwhh_t(Ks * G4);
+  Buffer<T> dwhh_t(Ks * Gc);
   auto weight_gemm = [&](const T* a_t, int64_t lda, int64_t M, int64_t K, const T* b, T* out, bool accumulate) {
     std::vector<const T*> a_rows(M);
     std::vector<T*> c_rows(M);
     for (int64_t m = 0; m < M; ++m) {
       a_rows[m] = a_t + m * lda;
-      c_rows[m] = out + m * G4;
+      c_rows[m] = out + m * Gc;
     }
-    GemmArgs<T> a{M, G4, K, a_rows.data(), b, G4, g.P, c_rows.data(), nullptr, accumulate};
+    GemmArgs<T> a{M, Gc, K, a_rows.data(), b, Gc, g.P, c_rows.data(), nullptr, accumulate};
     run_gemm(kern, a, threads);
   };
   weight_gemm(hprev_t.data(), ord.total, Ks, ord.total, dg.data(), dwhh_t.data(), false);
+  input_side();
+  Buffer<T> db_ih_il;  // the GRU's db_ih (the others: db_il)
+  if (gru) {
+    db_ih_il = Buffer<T>(Gc);
+    sum_rows(dg.data(), ord.total, Gc, g.W, db_ih_il.data(), threads);
+  }
 
   // dW_hr [R, H] = sum over (step, row) of dh_t^T m_t.
   if (proj) {
@@ -856,10 +920,10 @@ void backward_typed(const fl_forward_params& fp, const void* reserve, const fl_b
   }
 
   // dW_ih^T [I, 4Hp] and dx, by how x entered the steps.
-  Buffer<T> dwih_t(I * G4);
+  Buffer<T> dwih_t(I * Gc);
   T* dx = static_cast<T*>(p.dx);
   auto dx_gemm = [&](const T* const* rows, int64_t M, T* const* out_rows) {
-    GemmArgs<T> a{M, I, G4, rows, wt_ih.data(), g.P, G4 * g.P, out_rows, nullptr, false};
+    GemmArgs<T> a{M, I, Gc, rows, wt_ih.data(), g.P, Gc * g.P, out_rows, nullptr, false};
     run_gemm(kern, a, threads);
   };
   if (!one_to_many) {
@@ -887,29 +951,33 @@ void backward_typed(const fl_forward_params& fp, const void* reserve, const fl_b
     Buffer<T> dg_x;
     const T* dgx = dg.data();
     if (fp.feed == FL_FEED_REPEAT) {
-      dg_x = Buffer<T>(B * G4);
-      sum_rows(dg.data(), T_, B * G4, g.W, dg_x.data(), threads);  // sum over steps
+      dg_x = Buffer<T>(B * Gc + g.P);
+      std::memset(dg_x.data() + B * Gc, 0, size_t(g.P) * sizeof(T));
+      sum_rows(dg.data(), T_, B * Gc, g.W, dg_x.data(), threads);  // sum over steps
       dgx = dg_x.data();
     }
     weight_gemm(x_t.data(), B, I, B, dgx, dwih_t.data(), false);
     if (feed_output && T_ > 1)  // x_t = h_{t-1} for t >= 1 also goes through W_ih
-      weight_gemm(hprev_t.data() + B, ord.total, Ks, ord.total - B, dg.data() + B * G4, dwih_t.data(), true);
+      weight_gemm(hprev_t.data() + B, ord.total, Ks, ord.total - B, dg.data() + B * Gc, dwih_t.data(), true);
     std::vector<const T*> rows(B);
     std::vector<T*> out_rows(B);
     for (int64_t r = 0; r < B; ++r) {
-      rows[r] = dgx + r * G4;
+      rows[r] = dgx + r * Gc;
       out_rows[r] = dx + r * p.dx_stride_b;
     }
     dx_gemm(rows.data(), B, out_rows.data());
   }
 
   // Back from interleaved columns to nn.LSTM's [4H, K] row layout.
-  unpack_gate_columns(dwih_t.data(), G4, I, g, static_cast<T*>(p.dw_ih), threads);
-  unpack_gate_columns(dwhh_t.data(), G4, Ks, g, static_cast<T*>(p.dw_hh), threads);
-  if (p.db) {
-    T* db = static_cast<T*>(p.db);
-    for (int64_t row = 0; row < 4 * H; ++row) db[row] = db_il.data()[g.col(row / H, row % H)];
-  }
+  unpack_gate_columns(dwih_t.data(), Gc, I, g, static_cast<T*>(p.dw_ih), threads);
+  unpack_gate_columns(dwhh_t.data(), Gc, Ks, g, static_cast<T*>(p.dw_hh), threads);
+  auto unpack_bias = [&](const T* il, void* out) {
+    if (!out) return;
+    T* db = static_cast<T*>(out);
+    for (int64_t row = 0; row < g.G * H; ++row) db[row] = il[g.col(row / H, row % H)];
+  };
+  unpack_bias(gru ? db_ih_il.data() : db_il.data(), p.db);
+  unpack_bias(db_il.data(), p.db_hh);
 }
 
 // From this many rows on, packing the weights once and running the GEMM
@@ -921,9 +989,12 @@ constexpr int64_t kCellPackedMinRows = 16;
 
 template <class T>
 void cell_typed(const fl_cell_params& p) {
+  const int cell = int(p.cell);
+  const bool lstm = cell == kLstm, gru = cell == kGru;
   if (p.B >= kCellPackedMinRows && !p.acts) {  // one step of the sequence path (keeps no activations)
     fl_forward_params f{};
     f.dtype = p.dtype;
+    f.cell = p.cell;
     f.mode = FL_MANY_TO_MANY;
     f.T = 1, f.B = p.B, f.I = p.I, f.H = p.H;
     f.x = p.x;
@@ -935,13 +1006,18 @@ void cell_typed(const fl_cell_params& p) {
     return;
   }
   const TypedKernels<T>& kern = typed<T>(active_kernels());
-  const int64_t H = p.H;
-  Buffer<T> bias;
+  const int64_t H = p.H, G = cell_shape(cell).gates;
+  // Both biases folded, but for the GRU's b_hn (inside r * (...)).
+  Buffer<T> bias, bias_hn;
   if (p.b_ih || p.b_hh) {
-    bias = Buffer<T>(4 * H, true);
-    for (int64_t i = 0; i < 4 * H; ++i) {
+    bias = Buffer<T>(G * H, true);
+    for (int64_t i = 0; i < G * H; ++i) {
       if (p.b_ih) bias.data()[i] += static_cast<const T*>(p.b_ih)[i];
-      if (p.b_hh) bias.data()[i] += static_cast<const T*>(p.b_hh)[i];
+      if (p.b_hh && !(gru && i >= 2 * H)) bias.data()[i] += static_cast<const T*>(p.b_hh)[i];
+    }
+    if (gru && p.b_hh) {
+      bias_hn = Buffer<T>(H);
+      std::memcpy(bias_hn.data(), static_cast<const T*>(p.b_hh) + 2 * H, size_t(H) * sizeof(T));
     }
   }
   CellArgs<T> a{p.B,
@@ -949,57 +1025,76 @@ void cell_typed(const fl_cell_params& p) {
                 H,
                 static_cast<const T*>(p.x),
                 static_cast<const T*>(p.h),
-                static_cast<const T*>(p.c),
+                lstm ? static_cast<const T*>(p.c) : nullptr,
                 static_cast<const T*>(p.w_ih),
                 static_cast<const T*>(p.w_hh),
                 bias.data(),
+                bias_hn.data(),
                 static_cast<T*>(p.h_new),
-                static_cast<T*>(p.c_new),
+                lstm ? static_cast<T*>(p.c_new) : nullptr,
                 static_cast<T*>(p.acts)};
   // Threads split hidden units in whole vectors; worth it once the weights
   // no longer stream from one core's cache quickly.
   const int64_t n_vec = (H + kern.width - 1) / kern.width;
-  const double macs = 4.0 * double(p.B) * double(H) * (double(p.I) + double(H));
+  const double macs = double(G) * double(p.B) * double(H) * (double(p.I) + double(H));
   const int nth = macs >= double(1 << 20) ? num_threads() : 1;
   parallel_for(n_vec, nth, [&](int64_t v0, int64_t v1) {
-    kern.cell(a, v0 * kern.width, std::min<int64_t>(H, v1 * kern.width));
+    kern.cell[cell](a, v0 * kern.width, std::min<int64_t>(H, v1 * kern.width));
   });
 }
 
 // Backward of one cell step: dG per (row, unit) from the saved activations
-// (gate_math.h), then dx = dG W_ih, dh = dG W_hh and the weight gradients as
-// row combinations; weights are read as given (no packing), as in the forward.
+// (gate_math.h), then dx = dGx W_ih, dh = dGh W_hh (+ the GRU's dh z) and
+// the weight gradients as row combinations; weights are read as given (no
+// packing), as in the forward. dGx and dGh (the gradients of the input and
+// recurrent terms) differ only in the GRU's n gate.
 template <class T>
 void cell_backward_typed(const fl_cell_backward_params& p) {
   const TypedKernels<T>& kern = typed<T>(active_kernels());
-  const int64_t B = p.B, I = p.I, H = p.H, G = 4 * H;
+  const int cell = int(p.cell);
+  const bool gru = cell == kGru;
+  const int64_t B = p.B, I = p.I, H = p.H, G = cell_shape(cell).gates * H, A = cell_step_saved(cell);
   const T* acts = static_cast<const T*>(p.acts);
-  const T* c = static_cast<const T*>(p.c);
-  const T* c_new = static_cast<const T*>(p.c_new);
+  const T* h = static_cast<const T*>(p.h);
   const T* dh_new = static_cast<const T*>(p.dh_new);
-  const T* dc_new = static_cast<const T*>(p.dc_new);
-  T* dc = static_cast<T*>(p.dc);
-  Buffer<T> dg(B * G);
+  Buffer<T> dgh(B * G), dgx;
+  if (gru) dgx = Buffer<T>(B * G);
+  Buffer<T> direct(B * H, true);  // the GRU's dh_new * z
   for (int64_t b = 0; b < B; ++b)
     for (int64_t u = 0; u < H; ++u) {
-      const T* a = acts + b * G + u;
-      const GateActs<T> act{a[0], a[H], a[2 * H], a[3 * H]};
+      const T* a = acts + b * A * H + u;
       const int64_t k = b * H + u;
-      T dc_prev;
-      const GateGrads<T> d = cell_backward(act, c_new[k], c[k], dh_new ? dh_new[k] : T(0),
-                                           dc_new ? dc_new[k] : T(0), dc_prev);
-      dc[k] = dc_prev;
-      T* g = dg.data() + b * G + u;
-      g[0] = d.i, g[H] = d.f, g[2 * H] = d.g, g[3 * H] = d.o;
+      const T dh = dh_new ? dh_new[k] : T(0);
+      T* g = dgh.data() + b * G + u;
+      if (cell == kLstm) {
+        const GateActs<T> act{a[0], a[H], a[2 * H], a[3 * H]};
+        const T* c = static_cast<const T*>(p.c);
+        const T* c_new = static_cast<const T*>(p.c_new);
+        const T* dc_new = static_cast<const T*>(p.dc_new);
+        T dc_prev;
+        const GateGrads<T> d = cell_backward(act, c_new[k], c[k], dh, dc_new ? dc_new[k] : T(0), dc_prev);
+        static_cast<T*>(p.dc)[k] = dc_prev;
+        g[0] = d.i, g[H] = d.f, g[2 * H] = d.g, g[3 * H] = d.o;
+      } else if (gru) {
+        const GruActs<T> act{a[0], a[H], a[2 * H], a[3 * H]};
+        const GruGrads<T> d = gru_backward(act, h[k], dh, direct.data()[k]);
+        g[0] = d.r, g[H] = d.z, g[2 * H] = d.hn;
+        T* gx = dgx.data() + b * G + u;
+        gx[0] = d.r, gx[H] = d.z, gx[2 * H] = d.xn;
+      } else {
+        // The RNN saves h_new: act' from it.
+        g[0] = cell == kRnnRelu ? rnn_backward<true>(a[0], dh) : rnn_backward<false>(a[0], dh);
+      }
     }
+  const T* dg_x = gru ? dgx.data() : dgh.data();
   const int threads = double(G) * (double(I) + double(H)) * double(B) >= double(1 << 18) ? num_threads() : 1;
   const T* x = static_cast<const T*>(p.x);
-  const T* h = static_cast<const T*>(p.h);
   const T* w_ih = static_cast<const T*>(p.w_ih);
   const T* w_hh = static_cast<const T*>(p.w_hh);
   T* dw_ih = static_cast<T*>(p.dw_ih);
   T* dw_hh = static_cast<T*>(p.dw_hh);
-  // dx[b] = dG[b] W_ih, dh[b] = dG[b] W_hh: threads split the columns.
+  T* dh_out = static_cast<T*>(p.dh);
+  // dx[b] = dGx[b] W_ih, dh[b] = dGh[b] W_hh (+ direct): threads split the columns.
   auto by_columns = [&](int64_t n_cols, auto&& fn) {
     parallel_for((n_cols + kMaxWidth - 1) / kMaxWidth, threads, [&](int64_t v0, int64_t v1) {
       fn(v0 * kMaxWidth, std::min(n_cols, v1 * kMaxWidth));
@@ -1007,27 +1102,31 @@ void cell_backward_typed(const fl_cell_backward_params& p) {
   };
   for (int64_t b = 0; b < B; ++b) {
     by_columns(I, [&](int64_t k0, int64_t k1) {
-      kern.combine({G, dg.data() + b * G, 1, w_ih, I, static_cast<T*>(p.dx) + b * I, false}, k0, k1);
+      kern.combine({G, dg_x + b * G, 1, w_ih, I, static_cast<T*>(p.dx) + b * I, false}, k0, k1);
     });
+    if (gru) std::memcpy(dh_out + b * H, direct.data() + b * H, size_t(H) * sizeof(T));
     by_columns(H, [&](int64_t k0, int64_t k1) {
-      kern.combine({G, dg.data() + b * G, 1, w_hh, H, static_cast<T*>(p.dh) + b * H, false}, k0, k1);
+      kern.combine({G, dgh.data() + b * G, 1, w_hh, H, dh_out + b * H, gru}, k0, k1);
     });
   }
-  // dW_ih[r] = sum_b dG[b, r] x[b], dW_hh[r] = sum_b dG[b, r] h[b]: threads split the rows.
+  // dW_ih[r] = sum_b dGx[b, r] x[b], dW_hh[r] = sum_b dGh[b, r] h[b]: threads split the rows.
   parallel_for(G, threads, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      kern.combine({B, dg.data() + r, G, x, I, dw_ih + r * I, false}, 0, I);
-      kern.combine({B, dg.data() + r, G, h, H, dw_hh + r * H, false}, 0, H);
+      kern.combine({B, dg_x + r, G, x, I, dw_ih + r * I, false}, 0, I);
+      kern.combine({B, dgh.data() + r, G, h, H, dw_hh + r * H, false}, 0, H);
     }
   });
-  if (p.db) {
-    T* db = static_cast<T*>(p.db);
+  auto column_sums = [&](const T* dg, void* out) {
+    if (!out) return;
+    T* db = static_cast<T*>(out);
     for (int64_t r = 0; r < G; ++r) {
       T sum = T(0);
-      for (int64_t b = 0; b < B; ++b) sum += dg.data()[b * G + r];
+      for (int64_t b = 0; b < B; ++b) sum += dg[b * G + r];
       db[r] = sum;
     }
-  }
+  };
+  column_sums(dg_x, p.db);
+  column_sums(dgh.data(), p.db_hh);
 }
 
 }  // namespace

@@ -1,5 +1,5 @@
 // The CPU backend: drives the SIMD kernels through forward, BPTT and the
-// single cell of one LSTM direction. Called by the C API (core/capi.cpp) and
+// single cell of one direction of any cell kind (LSTM, GRU, RNN). Called by the C API (core/capi.cpp) and
 // the layer-stack driver (core/stack.cpp) after they validated the
 // parameters. Throws std::bad_alloc when a workspace cannot be allocated.
 #ifndef FUSEDLSTM_CPU_LSTM_CPU_H_
@@ -16,7 +16,7 @@ namespace cpu {
 // backward reads: an upper bound that depends on dtype, T, B, H and
 // proj_size only (not on lengths or on the SIMD path), so a framework can
 // allocate it from shapes alone. See fl_lstm_reserve_bytes.
-int64_t reserve_bytes(fl_dtype dtype, int64_t T, int64_t B, int64_t H, int64_t proj_size);
+int64_t reserve_bytes(fl_cell_kind cell, fl_dtype dtype, int64_t T, int64_t B, int64_t H, int64_t proj_size);
 
 // reserve: nullptr for inference; else at least reserve_bytes(...) bytes
 // that receive the saved activations (every byte is written).

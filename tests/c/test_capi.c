@@ -480,8 +480,83 @@ static void valid_runs(void) {
               all_finite(s_dx, T * B * I) && all_finite(s_dw_ih[L * D - 1], 4 * H * D * R));
 }
 
+/* ---------------------------------------------------------------- cells */
+/* GRU and RNN through the same entry points: a bad cell value, a cell on
+ * CUDA, with a projection, GRU with feed output; then valid runs without
+ * any c array (the arrays are the LSTM's, large enough for G <= 4). */
+static void cell_kind_cases(void) {
+  fl_forward_params p = valid_forward(NULL);
+  int bad = 7;
+  memcpy(&p.cell, &bad, sizeof bad);
+  expect_failure("cells: cell = 7", fl_lstm_forward(&p), FL_INVALID_ARGUMENT, "cell");
+  bad = -1;
+  memcpy(&p.cell, &bad, sizeof bad);
+  expect_failure("cells: cell = -1", fl_lstm_forward(&p), FL_INVALID_ARGUMENT, "cell");
+  p = valid_forward(NULL);
+  p.cell = FL_CELL_GRU;
+  p.proj_size = 2;
+  p.w_hr = w_hh;
+  expect_failure("cells: GRU with proj_size", fl_lstm_forward(&p), FL_INVALID_ARGUMENT, "proj_size");
+  p = valid_forward(NULL);
+  p.cell = FL_CELL_GRU;
+  p.mode = FL_ONE_TO_MANY;
+  p.feed = FL_FEED_OUTPUT;
+  p.lengths = NULL;
+  p.I = H;
+  expect_failure("cells: GRU feed output", fl_lstm_forward(&p), FL_INVALID_ARGUMENT, "FL_FEED_OUTPUT");
+  p = valid_forward(NULL);
+  p.cell = FL_CELL_RNN_TANH;
+  p.device.type = FL_DEVICE_CUDA;
+  expect_failure("cells: RNN on CUDA", fl_lstm_forward(&p), FL_INVALID_ARGUMENT, NULL);
+  fl_stack_params sp = valid_stack();
+  bad = 4;
+  memcpy(&sp.cell, &bad, sizeof bad);
+  expect_true("cells: stack reserve of cell = 4 is -1", fl_lstm_stack_reserve_bytes(&sp) == -1);
+  fl_cell_params c = valid_cell();
+  memcpy(&c.cell, &bad, sizeof bad);
+  expect_failure("cells: cell step cell = 4", fl_lstm_cell(&c), FL_INVALID_ARGUMENT, "cell");
+
+  static const fl_cell_kind kinds[3] = {FL_CELL_GRU, FL_CELL_RNN_TANH, FL_CELL_RNN_RELU};
+  static const char* const names_[3] = {"GRU", "RNN tanh", "RNN relu"};
+  for (int k = 0; k < 3; ++k) {
+    char name[80];
+    fl_training_state* st = NULL;
+    p = valid_forward(&st);
+    p.cell = kinds[k];
+    p.c0 = NULL, p.c_n = NULL;
+    snprintf(name, sizeof name, "cells: valid %s training forward without c", names_[k]);
+    expect_ok(name, fl_lstm_forward(&p));
+    if (st) {
+      fl_backward_params g = valid_backward(st);
+      static double db_hh[4 * H];
+      g.dc0 = NULL, g.db_hh = db_hh;
+      snprintf(name, sizeof name, "cells: valid %s backward without dc0", names_[k]);
+      expect_ok(name, fl_lstm_backward(&g));
+      snprintf(name, sizeof name, "cells: %s gradients finite", names_[k]);
+      expect_true(name, all_finite(dx, T * B * I) && all_finite(db_hh, 3 * H) && all_finite(dh0, B * H));
+      fl_training_state_free(st);
+    }
+    c = valid_cell();
+    c.cell = kinds[k];
+    c.c = NULL, c.c_new = NULL;
+    snprintf(name, sizeof name, "cells: valid %s step without c", names_[k]);
+    expect_ok(name, fl_lstm_cell(&c));
+    fl_cell_backward_params cb = valid_cell_backward();
+    static double dh[B * H];
+    cb.cell = kinds[k];
+    cb.c = NULL, cb.c_new = NULL, cb.dc_new = NULL, cb.dc = NULL, cb.dh = dh;
+    snprintf(name, sizeof name, "cells: valid %s step backward without c", names_[k]);
+    expect_ok(name, fl_lstm_cell_backward(&cb));
+  }
+  /* The LSTM still needs its c arrays. */
+  p = valid_forward(NULL);
+  p.c_n = NULL;
+  expect_failure("cells: LSTM without c_n", fl_lstm_forward(&p), FL_INVALID_ARGUMENT, "c_n");
+}
+
 int main(void) {
   valid_runs();
+  cell_kind_cases();
   forward_cases();
   backward_cases();
   cell_cases();

@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""CPU benchmark: fusedlstm vs torch.nn.LSTM (float32, one layer, I = H).
+"""CPU benchmark: fusedlstm vs torch.nn.LSTM (float32, one layer, I = H), or
+with --cell gru / rnn_tanh / rnn_relu fusedlstm's GRU / Elman RNN vs
+torch.nn.GRU / torch.nn.RNN.
 
 Both libraries are measured in the same run, on the same inputs and weights
 (taken from a torch.nn.LSTM), interleaved call by call (A B, B A, ...).
@@ -21,6 +23,7 @@ Examples:
   python bench/bench_cpu.py --quick               # < 1 min smoke run
   python bench/bench_cpu.py --shapes 100,16,256 1000,1,256 --threads 2 --mode fwd
   python bench/bench_cpu.py --json results.json
+  python bench/bench_cpu.py --cell gru --quick
 """
 
 from __future__ import annotations
@@ -76,6 +79,8 @@ def main(argv=None) -> int:
     p.add_argument("--shapes", type=parse_shape, nargs="+", default=None, metavar="T,B,H",
                    help="custom shapes as T,B,H triples (I = H), or T,B,H,I")
     p.add_argument("--mode", choices=("fwd", "fwdbwd", "both"), default="both")
+    p.add_argument("--cell", choices=("lstm", "gru", "rnn_tanh", "rnn_relu"), default="lstm",
+                   help="the recurrent cell, against torch's module of the same cell (default lstm)")
     p.add_argument("--min-time", type=float, default=None,
                    help="seconds of timed runs per measurement and library "
                         "(default 0.5; --quick: 0.2)")
@@ -121,7 +126,7 @@ def main(argv=None) -> int:
     ncores = info["cores_usable"] or 1
     if max(threads) > ncores:
         print(f"warning: {max(threads)} threads requested but only {ncores} cores usable")
-    print(f"float32, single layer, I = H, min-time {min_time} s, >= {args.min_reps} reps, "
+    print(f"cell {args.cell}, float32, single layer, I = H, min-time {min_time} s, >= {args.min_reps} reps, "
           f"median reported; modes: {', '.join(modes)}; threads: {threads}")
     print(flush=True)
 
@@ -129,7 +134,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     rows = _bench.run_grid(fl, shapes, threads, modes, torch=torch, reference=reference,
                            min_time=min_time, min_reps=args.min_reps, warmup=args.warmup,
-                           log=log)
+                           log=log, cell=args.cell)
     elapsed = time.perf_counter() - t0
 
     print(_bench.format_tables(rows, have_torch=torch is not None))
@@ -137,7 +142,7 @@ def main(argv=None) -> int:
 
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": info, "min_time": min_time, "min_reps": args.min_reps,
+            json.dump({"machine": info, "cell": args.cell, "min_time": min_time, "min_reps": args.min_reps,
                        "elapsed_s": elapsed, "results": _bench.json_rows(rows)},
                       f, indent=1)
         print(f"raw results written to {args.json}")

@@ -110,9 +110,13 @@ def header_line(info: dict) -> str:
 # flops / error helpers
 # --------------------------------------------------------------------------
 
-def lstm_flops(T: int, B: int, I: int, H: int, mode: str) -> float:
-    """Forward: 2*T*B*4H*(I+H) (the two GEMMs); forward+backward ~ 3x that."""
-    fwd = 2.0 * T * B * 4 * H * (I + H)
+CELL_GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+
+
+def lstm_flops(T: int, B: int, I: int, H: int, mode: str, cell: str = "lstm") -> float:
+    """Forward: 2*T*B*G*H*(I+H) (the two GEMMs; G gates, 4 for the LSTM);
+    forward+backward ~ 3x that."""
+    fwd = 2.0 * T * B * CELL_GATES[cell] * H * (I + H)
     return fwd if mode == "fwd" else 3.0 * fwd
 
 
@@ -260,15 +264,19 @@ def measure_interleaved(fns, min_time=0.5, min_reps=5, min_reps_slow=3,
 # --------------------------------------------------------------------------
 
 class Case:
-    """One (T, B, I, H) problem, float32, with inputs/weights preallocated.
+    """One (T, B, I, H) problem of one cell ("lstm", "gru", "rnn_tanh",
+    "rnn_relu"), float32, with inputs/weights preallocated.
 
-    If torch is given, the weights are taken from a torch.nn.LSTM (default
-    PyTorch init) so both libraries compute exactly the same function.
+    If torch is given, the weights are taken from the torch module of that
+    cell (nn.LSTM, nn.GRU, nn.RNN; default PyTorch init) so both libraries
+    compute exactly the same function.
     """
 
-    def __init__(self, fl, T, B, H, I=None, torch=None, seed=0):
+    def __init__(self, fl, T, B, H, I=None, torch=None, seed=0, cell="lstm"):
         self.fl = fl
         self.torch = torch
+        self.cell = cell
+        G = CELL_GATES[cell]
         self.T, self.B, self.H = int(T), int(B), int(H)
         self.I = int(I) if I is not None else self.H
         T, B, H, I = self.T, self.B, self.H, self.I
@@ -278,7 +286,12 @@ class Case:
 
         if torch is not None:
             torch.manual_seed(seed)
-            self.lstm = torch.nn.LSTM(I, H, num_layers=1, bias=True, batch_first=False)
+            if cell == "lstm":
+                self.lstm = torch.nn.LSTM(I, H, num_layers=1, bias=True, batch_first=False)
+            elif cell == "gru":
+                self.lstm = torch.nn.GRU(I, H, num_layers=1, bias=True, batch_first=False)
+            else:
+                self.lstm = torch.nn.RNN(I, H, num_layers=1, nonlinearity=cell[4:], bias=True, batch_first=False)
             self.lstm = self.lstm.float()
             self.params = [self.lstm.weight_ih_l0, self.lstm.weight_hh_l0,
                            self.lstm.bias_ih_l0, self.lstm.bias_hh_l0]
@@ -290,19 +303,26 @@ class Case:
         else:
             k = 1.0 / math.sqrt(H)
             u = lambda *s: rng.uniform(-k, k, size=s).astype(np.float32)  # noqa: E731
-            self.w_ih, self.w_hh = u(4 * H, I), u(4 * H, H)
-            self.b_ih, self.b_hh = u(4 * H), u(4 * H)
+            self.w_ih, self.w_hh = u(G * H, I), u(G * H, H)
+            self.b_ih, self.b_hh = u(G * H), u(G * H)
             self.lstm = None
 
     # ---------------- fusedlstm ----------------
+    def _forward(self, training):
+        args = (self.x, self.w_ih, self.w_hh, self.b_ih, self.b_hh)
+        if self.cell == "lstm":
+            return self.fl.lstm_forward(*args, mode="many_to_many", training=training)
+        if self.cell == "gru":
+            return self.fl.gru_forward(*args, mode="many_to_many", training=training)
+        return self.fl.rnn_forward(*args, mode="many_to_many", training=training, nonlinearity=self.cell[4:])
+
     def fl_fwd(self):
-        return self.fl.lstm_forward(self.x, self.w_ih, self.w_hh, self.b_ih, self.b_hh,
-                                    mode="many_to_many", training=False)
+        return self._forward(False)
 
     def fl_fwdbwd(self):
-        res = self.fl.lstm_forward(self.x, self.w_ih, self.w_hh, self.b_ih, self.b_hh,
-                                   mode="many_to_many", training=True)
-        grads = self.fl.lstm_backward(res, dy=self.dy)
+        res = self._forward(True)
+        backward = {"lstm": self.fl.lstm_backward, "gru": self.fl.gru_backward}.get(self.cell, self.fl.rnn_backward)
+        grads = backward(res, dy=self.dy)
         return res, grads
 
     # ---------------- torch ----------------
@@ -374,7 +394,7 @@ class Case:
             info["against"] = "reference"
             try:
                 r = reference.forward(self.x, self.w_ih, self.w_hh, self.b_ih, self.b_hh,
-                                      mode="many_to_many")
+                                      mode="many_to_many", cell=self.cell)
                 info["y_max_abs"] = max_abs_diff(y_fl, r.y)
                 info["ok"] = bool(info["y_max_abs"] <= y_tol)
             except Exception as e:  # noqa: BLE001
@@ -402,13 +422,13 @@ def check_label(chk: dict) -> str:
 # --------------------------------------------------------------------------
 
 def run_grid(fl, shapes, threads_list, modes, torch=None, reference=None,
-             min_time=0.5, min_reps=5, min_reps_slow=3, warmup=2, log=None):
+             min_time=0.5, min_reps=5, min_reps_slow=3, warmup=2, log=None, cell="lstm"):
     """shapes: iterable of (T, B, H) or (T, B, H, I).  Returns list of rows."""
     rows = []
     for shp in shapes:
         T, B, H = shp[:3]
         I = shp[3] if len(shp) > 3 else H
-        case = Case(fl, T, B, H, I=I, torch=torch)
+        case = Case(fl, T, B, H, I=I, torch=torch, cell=cell)
         for nt in threads_list:
             if torch is not None:
                 torch.set_num_threads(nt)
@@ -425,11 +445,11 @@ def run_grid(fl, shapes, threads_list, modes, torch=None, reference=None,
                 except Exception as e:  # noqa: BLE001
                     stats = {}
                     chk = dict(chk, ok=False, error=f"{type(e).__name__}: {e}")
-                flops = lstm_flops(T, B, I, H, mode)
+                flops = lstm_flops(T, B, I, H, mode, cell)
                 fl_ms = stats.get("fusedlstm", {}).get("median_ms")
                 th_ms = stats.get("torch", {}).get("median_ms")
                 row = {
-                    "T": T, "B": B, "I": I, "H": H, "threads": nt, "mode": mode,
+                    "cell": cell, "T": T, "B": B, "I": I, "H": H, "threads": nt, "mode": mode,
                     "check": chk, "pass": check_label(chk),
                     "fusedlstm_ms": fl_ms, "torch_ms": th_ms,
                     "speedup": (th_ms / fl_ms) if (fl_ms and th_ms) else None,

@@ -172,7 +172,8 @@ class _Grads:
     __slots__ = ()
 
     def __repr__(self):
-        return f"{type(self).__name__}(" + ", ".join(f"{k}={_shape(getattr(self, k))}" for k in self.__slots__) + ")"
+        fields = ", ".join(f"{k}={_shape(getattr(self, k))}" for k in self.__slots__)
+        return f"{type(self).__name__}({fields})"
 
 
 class LSTMGrads(_Grads):

@@ -192,7 +192,8 @@ class RecurrentStack:
         (self.input_size, self.hidden_size, self.num_layers, self.dropout,
          self.proj_size) = check_config(input_size, hidden_size, num_layers, dropout, proj_size, cell)
         if self.proj_size and cell != "lstm":
-            raise ValueError(f"proj_size applies to the LSTM only, got proj_size={self.proj_size} for cell={cell!r}")
+            raise ValueError(f"proj_size applies to the LSTM only, got proj_size={self.proj_size} for "
+                             f"cell={cell!r}")
         self.bias, self.batch_first = _bool_arg("bias", bias), _bool_arg("batch_first", batch_first)
         self.bidirectional = _bool_arg("bidirectional", bidirectional)
         self.dtype = np.dtype(dtype)

@@ -752,8 +752,12 @@ void backward_typed(const fl_forward_params& fp, const void* reserve, const fl_b
   // (its n gate: hn's); the GRU's input side differs in the n gate only,
   // kept apart in dgx_n [total, Hp]. The GEMMs read dG in P-wide strips:
   // a slack of P zeros after the last row keeps the last strip in bounds.
-  Buffer<T> dg(ord.total * Gc + g.P);
-  std::memset(dg.data() + ord.total * Gc, 0, size_t(g.P) * sizeof(T));
+  // The RNN's last step panel may hold blocks past Hp: their columns are
+  // never written by the steps but read (times zero weights) by the GEMMs,
+  // so they start as zeros.
+  const bool unwritten_columns = Gc != g.G * g.Hp;
+  Buffer<T> dg(ord.total * Gc + g.P, unwritten_columns);
+  if (!unwritten_columns) std::memset(dg.data() + ord.total * Gc, 0, size_t(g.P) * sizeof(T));
   std::vector<const T*> dg_rows(ord.total);
   for (int64_t i = 0; i < ord.total; ++i) dg_rows[i] = dg.data() + i * Gc;
   Buffer<T> dgx_n;

@@ -77,7 +77,7 @@ run_python() (  # a subshell: the preload and paths stay inside
     "$PY" -c 'import sys, fusedlstm as f; assert f.__file__.startswith(sys.argv[1]), f.__file__' "$SITE" &&
     "$PY" -m pytest -q -s -p no:cacheprovider \
       tests/test_errors.py tests/test_capi_c.py tests/test_forward_backward.py tests/test_layers.py \
-      tests/test_chunking.py tests/test_properties.py
+      tests/test_chunking.py tests/test_properties.py tests/test_cells.py
 )
 step "Python slice under ASan + UBSan" "$LOGS/py-run.log" run_python
 grep -E "^[0-9]+ passed" "$LOGS/py-run.log" | tail -n 1 |

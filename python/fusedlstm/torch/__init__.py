@@ -1,11 +1,15 @@
-"""PyTorch front end: drop-in ``LSTM`` and ``LSTMCell`` modules on the fused kernels.
+"""PyTorch front end: drop-in ``LSTM``, ``GRU``, ``RNN`` and ``LSTMCell``,
+``GRUCell``, ``RNNCell`` modules on the fused kernels.
 
     from fusedlstm.torch import LSTM      # instead of torch.nn.LSTM
     model.rnn = LSTM(256, 512, num_layers=2, bidirectional=True, batch_first=True)
 
 Same constructor, parameter names, shapes, ``state_dict`` and ``forward``
-contract as ``torch.nn.LSTM`` / ``torch.nn.LSTMCell`` (tensors or
-``PackedSequence``, unbatched input, ``hx``), on CPU and CUDA tensors. Autograd
+contract as ``torch.nn.LSTM`` / ``GRU`` / ``RNN`` (tanh or relu) and their
+cells (tensors or ``PackedSequence``, unbatched input, ``hx``; GRU and RNN
+take and return one hidden state, no c). LSTM and LSTMCell run on CPU and
+CUDA tensors; GRU, RNN and their cells on the CPU only so far (a CUDA tensor
+gets a ValueError). Autograd
 goes through custom operators registered with ``torch.library``
 (``fusedlstm::stack_forward`` and ``fusedlstm::stack_backward``, the cell's
 three; ``_ops.py``), so ``torch.compile(fullgraph=True)`` traces the module
@@ -39,6 +43,6 @@ except ImportError as exc:  # pragma: no cover - exercised in a venv without tor
                       "(import fusedlstm) works without it") from exc
 
 from ._ops import _CELL_UNPACKED_MAX_ROWS  # noqa: F401  (the LSTMCell switch; tests read it)
-from .modules import LSTM, LSTMCell
+from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 
-__all__ = ["LSTM", "LSTMCell"]
+__all__ = ["LSTM", "LSTMCell", "GRU", "GRUCell", "RNN", "RNNCell"]

@@ -2,6 +2,13 @@
 stack_backward, cell_forward, cell_train_forward and cell_backward, with their
 fake (meta) kernels, autograd rules and vmap rules.
 
+Every operator serves every cell kind (LSTM, GRU, Elman RNN with tanh or relu):
+its last argument ``cell`` is one of the codes CELL_LSTM (the default),
+CELL_GRU, CELL_RNN_TANH and CELL_RNN_RELU (fusedlstm.h's fl_cell_kind). A cell
+has G gate blocks of H rows in its weights (LSTM 4: i, f, g, o; GRU 3: r, z, n;
+RNN 1) and, for the GRU and the RNN, no cell state c: their c arguments are
+None and their c outputs empty. GRU and RNN run on the CPU only so far.
+
 One implementation per operator serves CPU and CUDA tensors: the tensors'
 device picks the core's backend (``_core.DEVICE_CPU`` with numpy views of the
 tensors, ``_core.DEVICE_CUDA`` with their ``data_ptr()`` on torch's current
@@ -31,7 +38,7 @@ from typing import List, NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .. import _core
+from .. import _checks, _core
 from ..layers import stack_reserve_nbytes, weight_shapes
 
 # Run the core's parallel regions on torch's own OpenMP team: torch's workers
@@ -40,6 +47,41 @@ from ..layers import stack_reserve_nbytes, weight_shapes
 # FUSEDLSTM_OPENMP=0 keeps fusedlstm's own threads.
 if os.environ.get("FUSEDLSTM_OPENMP", "1") != "0":
     _core.use_openmp(True)
+
+# The cell kinds (fl_cell_kind, fusedlstm.h; the core's codes), the `cell`
+# argument of every operator, and their names in the numpy API.
+CELL_LSTM, CELL_GRU, CELL_RNN_TANH, CELL_RNN_RELU = (_checks.CELL_CODE[name] for name in _checks.CELLS)
+_NAME = {code: name for name, code in _checks.CELL_CODE.items()}
+# Gate blocks of H rows in w_ih / w_hh / the biases, per cell kind.
+GATES = {code: _checks.GATES[name] for code, name in _NAME.items()}
+# Width (in H) of the activations one cell step keeps for its backward (acts
+# [B, A*H]): LSTM i|f|g|o, GRU r|z|n|hn (hn = h W_hn^T + b_hn), RNN h_new.
+ACTS = {CELL_LSTM: 4, CELL_GRU: 4, CELL_RNN_TANH: 1, CELL_RNN_RELU: 1}
+CELL_NAMES = {CELL_LSTM: "LSTM", CELL_GRU: "GRU", CELL_RNN_TANH: "RNN (tanh)", CELL_RNN_RELU: "RNN (relu)"}
+
+
+def _check_cell(cell):
+    if cell not in GATES:
+        raise ValueError(f"fusedlstm.torch: cell must be one of CELL_LSTM ({CELL_LSTM}), CELL_GRU ({CELL_GRU}), "
+                         f"CELL_RNN_TANH ({CELL_RNN_TANH}), CELL_RNN_RELU ({CELL_RNN_RELU}); got {cell!r}")
+
+
+def _has_c(cell):
+    """Whether the cell has a cell state c (the LSTM only)."""
+    return cell == CELL_LSTM
+
+
+def _cell_kw(cell):
+    """The core's `cell` keyword for this cell kind (LSTM calls leave it out)."""
+    return {} if cell == CELL_LSTM else {"cell": cell}
+
+
+def _cpu_only(cell, cuda):
+    """GRU and RNN have CPU kernels only so far: a clear error for a CUDA call."""
+    if cuda and cell != CELL_LSTM:
+        raise ValueError(f"fusedlstm.torch: GRU/RNN run on the CPU only so far (a {CELL_NAMES[cell]} got CUDA "
+                         "tensors): move the module and its inputs to the CPU")
+
 
 _CPU_NATIVE = (torch.float32, torch.float64)
 _CUDA_NATIVE = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -186,10 +228,11 @@ class _Call:
         buf = self.empty((nbytes + 255,), torch.uint8)
         return buf[-buf.data_ptr() % 256:][:nbytes]
 
-    def reserve_bytes(self, T, B, H, proj_size, num_layers, num_directions):
+    def reserve_bytes(self, T, B, H, proj_size, num_layers, num_directions, cell):
         return _core.stack_reserve_bytes(dtype=_core_dtype(self.work), T=T, B=B, H=H, proj_size=proj_size,
                                          num_layers=num_layers, num_directions=num_directions,
-                                         device_type=_core.DEVICE_CUDA if self.cuda else _core.DEVICE_CPU)
+                                         device_type=_core.DEVICE_CUDA if self.cuda else _core.DEVICE_CPU,
+                                         **_cell_kw(cell))
 
 
 def checked_lengths(lengths: Tensor, T, B):
@@ -216,20 +259,28 @@ def to_device(t: Tensor, device: torch.device):
     return t.pin_memory().to(device, non_blocking=True)
 
 
-def _reserve_nbytes(cuda, dtype, T, B, H, proj_size, num_layers, num_directions):
-    """fl_lstm_stack_reserve_bytes's closed form (fusedlstm.h) for the backend, in
-    plain integer arithmetic, so it also works on symbolic sizes (the fake kernels
-    under torch.compile); the real kernels ask the C API."""
+def _reserve_nbytes(cuda, dtype, T, B, H, proj_size, num_layers, num_directions, cell=CELL_LSTM):
+    """fl_lstm_stack_reserve_bytes's closed form (fusedlstm.h) for the backend and
+    cell kind, in plain integer arithmetic, so it also works on symbolic sizes (the
+    fake kernels under torch.compile); the real kernels ask the C API."""
+    _cpu_only(cell, cuda)
     return stack_reserve_nbytes(torch.finfo(dtype).bits // 8, T, B, H, proj_size, num_layers, num_directions,
-                                device="cuda" if cuda else "cpu")
+                                device="cuda" if cuda else "cpu", cell=_NAME[cell])
 
 
 def _cells_per_layer(num_layers, bidirectional):
     return num_layers * (2 if bidirectional else 1)
 
 
+def param_shapes(input_size, hidden_size, num_layers, bidirectional, bias, proj_size, cell=CELL_LSTM):
+    """[(name, shape)] of the parameters of nn.LSTM / nn.GRU / nn.RNN, in their
+    order (the flat weight list of the stack operators)."""
+    return list(weight_shapes(input_size, hidden_size, num_layers, bidirectional, bias, proj_size,
+                              cell=_NAME[cell]).items())
+
+
 def _per_cell(weights, num_layers, bidirectional, has_bias, proj_size):
-    """Split the flat weight list (nn.LSTM's order) into per-cell tuples
+    """Split the flat weight list (nn.LSTM's / nn.GRU's order) into per-cell tuples
     (w_ih, w_hh, b_ih | None, b_hh | None, w_hr | None)."""
     per = 2 + (2 if has_bias else 0) + (1 if proj_size > 0 else 0)
     cells = []
@@ -256,18 +307,21 @@ class _StackInputs(NamedTuple):
 
 
 def _stack_inputs(x, weights, h0, c0, lengths, dropout_mask, num_layers, bidirectional, proj_size, has_bias,
-                  batch_first):
+                  batch_first, cell):
+    _check_cell(cell)
     call = _Call(x.device, x.dtype)
+    _cpu_only(cell, call.cuda)
     xt = _time_major(x, batch_first)
     T, B, I = xt.shape
-    H = weights[1].shape[0] // 4
+    H = weights[1].shape[0] // GATES[cell]
     D = 2 if bidirectional else 1
     x_arr, x_strides = call.rows(xt)
     cells = [tuple(call.dense(w) for w in c)
              for c in _per_cell(weights, num_layers, bidirectional, has_bias, proj_size)]
-    kwargs = dict(x=x_arr, x_strides=x_strides, cells=cells, h0=call.dense(h0), c0=call.dense(c0),
-                  lengths=call.lengths(lengths, T, B), dropout_mask=call.dense(dropout_mask), T=T, B=B, I=I, H=H,
-                  proj_size=proj_size, num_layers=num_layers, num_directions=D, **call.common())
+    kwargs = dict(x=x_arr, x_strides=x_strides, cells=cells, h0=call.dense(h0),
+                  c0=call.dense(c0) if _has_c(cell) else None, lengths=call.lengths(lengths, T, B),
+                  dropout_mask=call.dense(dropout_mask), T=T, B=B, I=I, H=H, proj_size=proj_size,
+                  num_layers=num_layers, num_directions=D, **call.common(), **_cell_kw(cell))
     return _StackInputs(call, xt, H, D, kwargs)
 
 
@@ -275,49 +329,59 @@ def _back_to(dtype, *tensors):
     return tuple(t if t.dtype == dtype else t.to(dtype) for t in tensors)
 
 
+def _no_c(x):
+    """The c output of a cell kind without c (GRU, RNN): an empty tensor (an
+    operator returns a fixed tuple of tensors)."""
+    return x.new_empty((0,))
+
+
 # ----------------------------------------------------------------------------
 # Custom operators. x: [T, B, I] (or [B, T, I] when batch_first); weights: the
-# flat nn.LSTM list; h0 [L*D, B, Hout], c0 [L*D, B, H]; lengths: int64 [B] (on
-# the CPU, or on x's GPU) or None; dropout_mask: [L-1, T, B, D*Hout] factors or
-# None. Returns y (layout of x), h_n, c_n and the reserve (empty unless
-# need_reserve).
+# flat nn.LSTM / nn.GRU / nn.RNN list; h0 [L*D, B, Hout], c0 [L*D, B, H] (None
+# for GRU and RNN); lengths: int64 [B] (on the CPU, or on x's GPU) or None;
+# dropout_mask: [L-1, T, B, D*Hout] factors or None; cell: the cell kind.
+# Returns y (layout of x), h_n, c_n (empty for GRU and RNN) and the reserve
+# (empty unless need_reserve).
 
 _DEVICES = ("cpu", "cuda")
 
 
 @torch.library.custom_op("fusedlstm::stack_forward", mutates_args=(), device_types=_DEVICES)
-def _stack_forward(x: Tensor, weights: List[Tensor], h0: Tensor, c0: Tensor, lengths: Optional[Tensor],
+def _stack_forward(x: Tensor, weights: List[Tensor], h0: Tensor, c0: Optional[Tensor], lengths: Optional[Tensor],
                    dropout_mask: Optional[Tensor], num_layers: int, bidirectional: bool, proj_size: int,
-                   has_bias: bool, batch_first: bool, need_reserve: bool
+                   has_bias: bool, batch_first: bool, need_reserve: bool, cell: int = CELL_LSTM
                    ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     s = _stack_inputs(x, weights, h0, c0, lengths, dropout_mask, num_layers, bidirectional, proj_size, has_bias,
-                      batch_first)
+                      batch_first, cell)
     call, (T, B, _) = s.call, s.xt.shape
     hout = proj_size if proj_size > 0 else s.H
     y = call.empty((B, T, s.D * hout) if batch_first else (T, B, s.D * hout))
     h_n = call.empty((num_layers * s.D, B, hout))
-    c_n = call.empty((num_layers * s.D, B, s.H))
-    nbytes = call.reserve_bytes(T, B, s.H, proj_size, num_layers, s.D) if need_reserve else 0
+    c_n = call.empty((num_layers * s.D, B, s.H)) if _has_c(cell) else _no_c(h_n)
+    nbytes = call.reserve_bytes(T, B, s.H, proj_size, num_layers, s.D, cell) if need_reserve else 0
     reserve = call.reserve(nbytes)
     y_arr, y_strides = call.rows(_time_major(y, batch_first))
     with call.threads():
-        _core.stack_forward(**s.kwargs, y=y_arr, y_strides=y_strides, h_n=call.array(h_n), c_n=call.array(c_n),
+        _core.stack_forward(**s.kwargs, y=y_arr, y_strides=y_strides, h_n=call.array(h_n),
+                            c_n=call.array(c_n) if _has_c(cell) else None,
                             reserve=call.array(reserve) if need_reserve else None, reserve_bytes=nbytes)
     return _back_to(x.dtype, y, h_n, c_n) + (reserve,)
 
 
 @_stack_forward.register_fake
 def _(x, weights, h0, c0, lengths, dropout_mask, num_layers, bidirectional, proj_size, has_bias, batch_first,
-      need_reserve):
+      need_reserve, cell=CELL_LSTM):
+    _check_cell(cell)
     T, B = (x.shape[1], x.shape[0]) if batch_first else (x.shape[0], x.shape[1])
-    H = weights[1].shape[0] // 4
+    H = weights[1].shape[0] // GATES[cell]
     D = 2 if bidirectional else 1
     hout = proj_size if proj_size > 0 else H
     cuda = x.device.type == "cuda"
-    nbytes = (_reserve_nbytes(cuda, _work_dtype(x.dtype, cuda), T, B, H, proj_size, num_layers, D)
+    nbytes = (_reserve_nbytes(cuda, _work_dtype(x.dtype, cuda), T, B, H, proj_size, num_layers, D, cell)
               if need_reserve else 0)
     return (x.new_empty((B, T, D * hout) if batch_first else (T, B, D * hout)),
-            x.new_empty((num_layers * D, B, hout)), x.new_empty((num_layers * D, B, H)),
+            x.new_empty((num_layers * D, B, hout)),
+            x.new_empty((num_layers * D, B, H)) if _has_c(cell) else _no_c(x),
             x.new_empty((nbytes,), dtype=torch.uint8))
 
 
@@ -326,9 +390,12 @@ def _unflatten(flat, shapes):
     return [part.reshape(shape) for part, shape in zip(flat.split([math.prod(s) for s in shapes]), shapes)]
 
 
-def _weight_shapes(x, c0, num_layers, bidirectional, proj_size, has_bias):
-    """nn.LSTM's parameter shapes in its order, for x's input size and c0's hidden size."""
-    return list(weight_shapes(x.shape[-1], c0.shape[-1], num_layers, bidirectional, has_bias, proj_size).values())
+def _weight_shapes(x, h0, c0, num_layers, bidirectional, proj_size, has_bias, cell):
+    """The parameter shapes in nn's order, for x's input size and the hidden size
+    (c0's; h0's for the cells without c, which have no projection)."""
+    H = (c0 if _has_c(cell) else h0).shape[-1]
+    return [shape for _, shape in param_shapes(x.shape[-1], H, num_layers, bidirectional, has_bias, proj_size,
+                                               cell)]
 
 
 # The weights and their gradients cross stack_backward as one flat tensor
@@ -336,29 +403,35 @@ def _weight_shapes(x, c0, num_layers, bidirectional, proj_size, has_bias):
 # lists is one torch's own vmap can loop over, and gradcheck's batched-gradient
 # check and autograd.grad(is_grads_batched=True) run the backward under it.
 @torch.library.custom_op("fusedlstm::stack_backward", mutates_args=(), device_types=_DEVICES)
-def _stack_backward(x: Tensor, flat_weights: Tensor, h0: Tensor, c0: Tensor, lengths: Optional[Tensor],
+def _stack_backward(x: Tensor, flat_weights: Tensor, h0: Tensor, c0: Optional[Tensor], lengths: Optional[Tensor],
                     dropout_mask: Optional[Tensor], reserve: Tensor, dy: Optional[Tensor],
                     dh_n: Optional[Tensor], dc_n: Optional[Tensor], num_layers: int, bidirectional: bool,
-                    proj_size: int, has_bias: bool, batch_first: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(dx, dh0, dc0, the weights' gradients flat like flat_weights)."""
-    shapes = _weight_shapes(x, c0, num_layers, bidirectional, proj_size, has_bias)
+                    proj_size: int, has_bias: bool, batch_first: bool, cell: int = CELL_LSTM
+                    ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(dx, dh0, dc0 (empty for GRU and RNN), the weights' gradients flat like
+    flat_weights, b_ih's and b_hh's each in its place)."""
+    _check_cell(cell)
+    shapes = _weight_shapes(x, h0, c0, num_layers, bidirectional, proj_size, has_bias, cell)
     s = _stack_inputs(x, _unflatten(flat_weights, shapes), h0, c0, lengths, dropout_mask, num_layers,
-                      bidirectional, proj_size, has_bias, batch_first)
-    call = s.call
+                      bidirectional, proj_size, has_bias, batch_first, cell)
+    call, has_c = s.call, _has_c(cell)
     dx = call.empty(x.shape)
-    dh0, dc0 = call.empty(h0.shape), call.empty(c0.shape)
+    dh0, dc0 = call.empty(h0.shape), (call.empty(c0.shape) if has_c else _no_c(h0))
     dflat = call.empty(flat_weights.shape)
     dweights = _per_cell(_unflatten(dflat, shapes), num_layers, bidirectional, has_bias, proj_size)
+    # (dw_ih, dw_hh, db_ih | None, dw_hr | None[, db_hh | None]): the LSTM's two bias
+    # gradients are equal (copied below), the GRU's differ, the RNN's core copies.
     grad_cells = [(call.array(w_ih), call.array(w_hh), call.array(b_ih), call.array(w_hr))
-                  for w_ih, w_hh, b_ih, _, w_hr in dweights]
+                  + (() if cell == CELL_LSTM else (call.array(b_hh),))
+                  for w_ih, w_hh, b_ih, b_hh, w_hr in dweights]
     dx_arr, dx_strides = call.rows(_time_major(dx, batch_first))
     dy_arr, dy_strides = call.rows(_time_major(dy, batch_first))
     with call.threads():
         _core.stack_backward(**s.kwargs, reserve=call.dense(reserve, torch.uint8), reserve_bytes=reserve.numel(),
-                             dy=dy_arr, dy_strides=dy_strides,
-                             dh_n=call.dense(dh_n), dc_n=call.dense(dc_n), dx=dx_arr, dx_strides=dx_strides,
-                             dh0=call.array(dh0), dc0=call.array(dc0), cell_grads=grad_cells)
-    if has_bias:  # b_ih and b_hh enter the gates alike: equal gradients
+                             dy=dy_arr, dy_strides=dy_strides, dh_n=call.dense(dh_n),
+                             dc_n=call.dense(dc_n) if has_c else None, dx=dx_arr, dx_strides=dx_strides,
+                             dh0=call.array(dh0), dc0=call.array(dc0) if has_c else None, cell_grads=grad_cells)
+    if has_bias and cell == CELL_LSTM:  # b_ih and b_hh enter the gates alike: equal gradients
         for _, _, b_ih, b_hh, _ in dweights:
             b_hh.copy_(b_ih)
     return _back_to(x.dtype, dx, dh0, dc0, dflat)
@@ -366,104 +439,140 @@ def _stack_backward(x: Tensor, flat_weights: Tensor, h0: Tensor, c0: Tensor, len
 
 @_stack_backward.register_fake
 def _(x, flat_weights, h0, c0, lengths, dropout_mask, reserve, dy, dh_n, dc_n, num_layers, bidirectional,
-      proj_size, has_bias, batch_first):
-    return x.new_empty(x.shape), x.new_empty(h0.shape), x.new_empty(c0.shape), x.new_empty(flat_weights.shape)
+      proj_size, has_bias, batch_first, cell=CELL_LSTM):
+    _check_cell(cell)
+    return (x.new_empty(x.shape), x.new_empty(h0.shape), x.new_empty(c0.shape) if _has_c(cell) else _no_c(x),
+            x.new_empty(flat_weights.shape))
 
 
-def _cell_call(x, h, c, w_ih, w_hh):
-    """(call, the core's x, h, c, w_ih, w_hh and sizes) of one step."""
+def _cell_call(x, h, c, w_ih, w_hh, cell):
+    """(call, the core's x, h, c, w_ih, w_hh, sizes and cell kind) of one step."""
+    _check_cell(cell)
     call = _Call(x.device, x.dtype)
+    _cpu_only(cell, call.cuda)
     B, I = x.shape
-    args = dict(x=call.dense(x), h=call.dense(h), c=call.dense(c), w_ih=call.dense(w_ih), w_hh=call.dense(w_hh),
-                B=B, I=I, H=h.shape[1], **call.common())
+    args = dict(x=call.dense(x), h=call.dense(h), c=call.dense(c) if _has_c(cell) else None, w_ih=call.dense(w_ih),
+                w_hh=call.dense(w_hh), B=B, I=I, H=h.shape[1], **call.common(), **_cell_kw(cell))
     return call, args
 
 
+# The cell operators: x [B, I], h [B, Hc], c [B, H] (None for GRU and RNN), the
+# weights [G*H, I], [G*H, H], [G*H] (b_* may be None).
 @torch.library.custom_op("fusedlstm::cell_forward", mutates_args=(), device_types=_DEVICES)
-def _cell_forward(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
-                  b_hh: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+def _cell_forward(x: Tensor, h: Tensor, c: Optional[Tensor], w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+                  b_hh: Optional[Tensor], cell: int = CELL_LSTM) -> Tuple[Tensor, Tensor]:
     """One step without autograd (no_grad / inference): the core's cell,
-    which reads the weights as they are (no packing), for streaming."""
-    call, args = _cell_call(x, h, c, w_ih, w_hh)
-    h_new, c_new = call.empty(h.shape), call.empty(c.shape)
+    which reads the weights as they are (no packing), for streaming.
+    (h_new, c_new); c_new is empty for GRU and RNN."""
+    call, args = _cell_call(x, h, c, w_ih, w_hh, cell)
+    h_new = call.empty(h.shape)
+    c_new = call.empty(h.shape) if _has_c(cell) else _no_c(h_new)
     with call.threads():
         _core.cell(**args, b_ih=call.dense(b_ih), b_hh=call.dense(b_hh), h_new=call.array(h_new),
-                   c_new=call.array(c_new))
+                   c_new=call.array(c_new) if _has_c(cell) else None)
     return _back_to(x.dtype, h_new, c_new)
 
 
 @_cell_forward.register_fake
-def _(x, h, c, w_ih, w_hh, b_ih, b_hh):
-    return h.new_empty(h.shape), c.new_empty(c.shape)
+def _(x, h, c, w_ih, w_hh, b_ih, b_hh, cell=CELL_LSTM):
+    _check_cell(cell)
+    return h.new_empty(h.shape), (h.new_empty(h.shape) if _has_c(cell) else _no_c(h))
 
 
-# Training LSTMCell: up to this many rows the unpacked step and its own
-# backward; above, stack_forward with T = 1 (packed GEMMs). Measured (CPU)
-# training step at H = 256, unpacked vs packed: B = 8 0.80 vs 1.36 ms, B = 16
-# 1.24 vs 1.48, B = 32 2.08 vs 1.59, B = 64 3.83 vs 2.32 (H = 512, B = 16: 4.3
-# vs 6.6). CUDA uses the same switch (not measured there yet).
+# Training LSTMCell / GRUCell / RNNCell: up to this many rows the unpacked step
+# and its own backward; above, stack_forward with T = 1 (packed GEMMs).
+# Measured (CPU, LSTM) training step at H = 256, unpacked vs packed: B = 8 0.80
+# vs 1.36 ms, B = 16 1.24 vs 1.48, B = 32 2.08 vs 1.59, B = 64 3.83 vs 2.32
+# (H = 512, B = 16: 4.3 vs 6.6). CUDA and the other cells use the same switch
+# (not measured there yet).
 _CELL_UNPACKED_MAX_ROWS = 16
 
 
 @torch.library.custom_op("fusedlstm::cell_train_forward", mutates_args=(), device_types=_DEVICES)
-def _cell_train_forward(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
-                        b_hh: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
-    """One step that keeps its gate activations [B, 4H] (in the dtype the core
-    runs in) for cell_backward."""
-    call, args = _cell_call(x, h, c, w_ih, w_hh)
+def _cell_train_forward(x: Tensor, h: Tensor, c: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
+                        b_ih: Optional[Tensor], b_hh: Optional[Tensor], cell: int = CELL_LSTM
+                        ) -> Tuple[Tensor, Tensor, Tensor]:
+    """One step that keeps its activations acts [B, A*H] (in the dtype the core
+    runs in; ACTS) for cell_backward: (h_new, c_new (empty for GRU and RNN), acts)."""
+    call, args = _cell_call(x, h, c, w_ih, w_hh, cell)
     B, H = h.shape
-    h_new, c_new, acts = call.empty((B, H)), call.empty((B, H)), call.empty((B, 4 * H))
+    h_new, acts = call.empty((B, H)), call.empty((B, ACTS[cell] * H))
+    c_new = call.empty((B, H)) if _has_c(cell) else _no_c(h_new)
     with call.threads():
         _core.cell(**args, b_ih=call.dense(b_ih), b_hh=call.dense(b_hh), h_new=call.array(h_new),
-                   c_new=call.array(c_new), acts=call.array(acts))
+                   c_new=call.array(c_new) if _has_c(cell) else None, acts=call.array(acts))
     return _back_to(x.dtype, h_new, c_new) + (acts,)
 
 
 @_cell_train_forward.register_fake
-def _(x, h, c, w_ih, w_hh, b_ih, b_hh):
+def _(x, h, c, w_ih, w_hh, b_ih, b_hh, cell=CELL_LSTM):
+    _check_cell(cell)
     B, H = h.shape
-    return (h.new_empty((B, H)), c.new_empty((B, H)),
-            h.new_empty((B, 4 * H), dtype=_work_dtype(h.dtype, h.device.type == "cuda")))
+    return (h.new_empty((B, H)), h.new_empty((B, H)) if _has_c(cell) else _no_c(h),
+            h.new_empty((B, ACTS[cell] * H), dtype=_work_dtype(h.dtype, h.device.type == "cuda")))
+
+
+def _bias_grad_rows(cell, H, has_bias):
+    """Length of cell_backward's db: G*H (b_ih's gradient, which b_hh shares:
+    LSTM and RNN), 2*G*H for the GRU ([db_ih | db_hh]: they differ), 0 without bias."""
+    if not has_bias:
+        return 0
+    return GATES[cell] * H * (2 if cell == CELL_GRU else 1)
 
 
 @torch.library.custom_op("fusedlstm::cell_backward", mutates_args=(), device_types=_DEVICES)
-def _cell_backward(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, acts: Tensor, c_new: Tensor,
-                   dh_new: Optional[Tensor], dc_new: Optional[Tensor], has_bias: bool
-                   ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(dx, dh, dc, dw_ih, dw_hh, db); db is empty without has_bias (a fixed
-    tuple of tensors, which torch's own vmap can loop over)."""
-    call, args = _cell_call(x, h, c, w_ih, w_hh)
-    H = h.shape[1]
-    grads = [call.empty(x.shape), call.empty(h.shape), call.empty(c.shape), call.empty(w_ih.shape),
-             call.empty(w_hh.shape), call.empty((4 * H if has_bias else 0,))]
+def _cell_backward(x: Tensor, h: Tensor, c: Optional[Tensor], w_ih: Tensor, w_hh: Tensor, acts: Tensor,
+                   c_new: Optional[Tensor], dh_new: Optional[Tensor], dc_new: Optional[Tensor], has_bias: bool,
+                   cell: int = CELL_LSTM) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(dx, dh, dc, dw_ih, dw_hh, db): dc is empty for GRU and RNN; db is b_ih's
+    gradient (also b_hh's) for LSTM and RNN, [db_ih | db_hh] for the GRU, whose
+    two bias gradients differ, and empty without has_bias (a fixed tuple of
+    tensors, which torch's own vmap can loop over)."""
+    call, args = _cell_call(x, h, c, w_ih, w_hh, cell)
+    H, has_c = h.shape[1], _has_c(cell)
+    grads = [call.empty(x.shape), call.empty(h.shape), call.empty(h.shape) if has_c else _no_c(h),
+             call.empty(w_ih.shape), call.empty(w_hh.shape), call.empty((_bias_grad_rows(cell, H, has_bias),))]
+    db_ih, db_hh = None, None
+    if has_bias:
+        db_ih = grads[5][:GATES[cell] * H]
+        db_hh = grads[5][GATES[cell] * H:] if cell == CELL_GRU else None
     with call.threads():
-        _core.cell_backward(**args, acts=call.dense(acts), c_new=call.dense(c_new), dh_new=call.dense(dh_new),
-                            dc_new=call.dense(dc_new), dx=call.array(grads[0]), dh=call.array(grads[1]),
-                            dc=call.array(grads[2]), dw_ih=call.array(grads[3]), dw_hh=call.array(grads[4]),
-                            db=call.array(grads[5]) if has_bias else None)
+        _core.cell_backward(**args, acts=call.dense(acts), c_new=call.dense(c_new) if has_c else None,
+                            dh_new=call.dense(dh_new), dc_new=call.dense(dc_new) if has_c else None,
+                            dx=call.array(grads[0]), dh=call.array(grads[1]),
+                            dc=call.array(grads[2]) if has_c else None, dw_ih=call.array(grads[3]),
+                            dw_hh=call.array(grads[4]), db=call.array(db_ih),
+                            **({} if db_hh is None else {"db_hh": call.array(db_hh)}))
     return _back_to(x.dtype, *grads)
 
 
 @_cell_backward.register_fake
-def _(x, h, c, w_ih, w_hh, acts, c_new, dh_new, dc_new, has_bias):
-    return (x.new_empty(x.shape), h.new_empty(h.shape), c.new_empty(c.shape), w_ih.new_empty(w_ih.shape),
-            w_hh.new_empty(w_hh.shape), w_ih.new_empty((w_ih.shape[0] if has_bias else 0,)))
+def _(x, h, c, w_ih, w_hh, acts, c_new, dh_new, dc_new, has_bias, cell=CELL_LSTM):
+    _check_cell(cell)
+    return (x.new_empty(x.shape), h.new_empty(h.shape), h.new_empty(h.shape) if _has_c(cell) else _no_c(h),
+            w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape),
+            w_ih.new_empty((_bias_grad_rows(cell, h.shape[1], has_bias),)))
 
 
 def _cell_setup_context(ctx, inputs, output):
-    x, h, c, w_ih, w_hh, b_ih, b_hh = inputs
-    ctx.save_for_backward(x, h, c, w_ih, w_hh, output[2], output[1])
+    x, h, c, w_ih, w_hh, b_ih, b_hh, cell = inputs
+    ctx.save_for_backward(x, h, c, w_ih, w_hh, output[2], output[1] if _has_c(cell) else None)
     ctx.has_bias = (b_ih is not None, b_hh is not None)
+    ctx.cell = cell
     ctx.set_materialize_grads(False)
 
 
 def _cell_backward_rule(ctx, dh_new, dc_new, _dacts):
     x, h, c, w_ih, w_hh, acts, c_new = ctx.saved_tensors
-    has_bias = any(ctx.has_bias)
-    grads = _cell_backward(x, h, c, w_ih, w_hh, acts, c_new, dh_new, dc_new, has_bias)
-    db = grads[5] if has_bias else None
-    return (grads[0], grads[1], grads[2], grads[3], grads[4],
-            db if ctx.has_bias[0] else None, db if ctx.has_bias[1] else None)
+    has_bias, cell = any(ctx.has_bias), ctx.cell
+    grads = _cell_backward(x, h, c, w_ih, w_hh, acts, c_new, dh_new, dc_new if _has_c(cell) else None, has_bias,
+                           cell)
+    db_ih = db_hh = None
+    if has_bias:
+        rows = w_ih.shape[0]
+        db_ih, db_hh = grads[5][:rows], grads[5][rows:] if cell == CELL_GRU else grads[5]
+    return (grads[0], grads[1], grads[2] if _has_c(cell) else None, grads[3], grads[4],
+            db_ih if ctx.has_bias[0] else None, db_hh if ctx.has_bias[1] else None, None)
 
 
 _cell_train_forward.register_autograd(_cell_backward_rule, setup_context=_cell_setup_context)
@@ -471,13 +580,13 @@ _cell_train_forward.register_autograd(_cell_backward_rule, setup_context=_cell_s
 
 def _setup_context(ctx, inputs, output):
     (x, weights, h0, c0, lengths, dropout_mask, num_layers, bidirectional, proj_size, has_bias, batch_first,
-     need_reserve) = inputs
+     need_reserve, cell) = inputs
     ctx.save_for_backward(x, h0, c0, output[3], *weights)
     # Outputs the loss does not use (always the reserve) get None, not a
     # materialised zero tensor: the core takes None as zero.
     ctx.set_materialize_grads(False)
     ctx.lengths, ctx.dropout_mask = lengths, dropout_mask
-    ctx.config = (num_layers, bidirectional, proj_size, has_bias, batch_first)
+    ctx.config = (num_layers, bidirectional, proj_size, has_bias, batch_first, cell)
     ctx.need_reserve = need_reserve
 
 
@@ -486,18 +595,23 @@ def _backward(ctx, dy, dh_n, dc_n, _dreserve):
         raise RuntimeError("fusedlstm::stack_forward ran without keeping its activations "
                            "(need_reserve=False), so it cannot be differentiated")
     x, h0, c0, reserve, *weights = ctx.saved_tensors
+    cell = ctx.config[-1]
     flat = torch.cat([w.reshape(-1) for w in weights])
     dx, dh0, dc0, dflat = _stack_backward(x, flat, h0, c0, ctx.lengths, ctx.dropout_mask, reserve, dy, dh_n,
-                                          dc_n, *ctx.config)
+                                          dc_n if _has_c(cell) else None, *ctx.config)
     dweights = _unflatten(dflat, [w.shape for w in weights])
-    return dx, dweights, dh0, dc0, None, None, None, None, None, None, None, None
+    grads = (dx, dweights, dh0, dc0 if _has_c(cell) else None) + (None,) * 9
+    # One per input as the caller passed them: the dispatcher leaves out trailing
+    # arguments equal to their defaults (cell=CELL_LSTM), and the structure check
+    # of an operator with a tensor list takes no extra Nones.
+    return grads[:len(ctx.needs_input_grad)]
 
 
 _stack_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _no_double_backward(ctx, *grads):
-    raise RuntimeError("fusedlstm: double backward (differentiating the gradient of an LSTM, "
+    raise RuntimeError("fusedlstm: double backward (differentiating the gradient of an LSTM, GRU or RNN, "
                        "e.g. create_graph=True for a gradient penalty) is not supported")
 
 

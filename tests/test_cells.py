@@ -82,8 +82,6 @@ def make_problem(rng, cell, *, mode=M2M, T=3, B=2, I=3, H=5, feed="repeat", leng
                  lengths_dtype=np.int64):
     """As conftest.make_problem, for a cell of G gate blocks and no cell state.
     upstream: "all" (dy, dh_n), "dy", "states" (dh_n) or "none"."""
-    if cell == "gru" and mode == O2M and feed == "output":
-        pytest.skip("feed='output' is not supported for the GRU yet (test_gru_feed_output_is_refused)")
     G = GATES[cell]
     scale = 1.5 / np.sqrt(H)
     x = rng.standard_normal((B, I) if mode == O2M else ((B, T, I) if batch_first else (T, B, I)))
@@ -614,13 +612,3 @@ def test_cuda_backends_refuse_gru_rnn(cell, backend, rng):
     x, w_ih, w_hh = to(p.args)
     with pytest.raises(ValueError, match=CUDA_ONLY_LSTM):
         step(cell, x[0], to(p.kwargs["h0"]), w_ih, w_hh)
-
-
-def test_gru_feed_output_is_refused():
-    """x_t = h_{t-1} enters the GRU's n gate outside r * (...), so the summed
-    weights that run feed="output" for the LSTM and RNN do not apply: the
-    core refuses it, naming the feed, until it has its own path."""
-    H = 5
-    with pytest.raises(ValueError, match=r"FL_FEED_OUTPUT is not supported for FL_CELL_GRU"):
-        fusedlstm.gru_forward(np.zeros((3, H)), np.zeros((3 * H, H)), np.zeros((3 * H, H)), mode="one_to_many",
-                              steps=4, feed="output")

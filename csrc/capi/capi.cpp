@@ -110,10 +110,6 @@ ForwardSizes check_single(const fl_forward_params& p) {
   require(p.proj_size == 0 || p.w_hr, "w_hr is required with a projection");
   if (p.mode == FL_ONE_TO_MANY) {
     require(p.feed != FL_FEED_OUTPUT || p.I == s.Hout, "feed FL_FEED_OUTPUT needs I == Hout");
-    // x_t = h_{t-1} enters the GRU's n gate outside r * (...): not the sum of
-    // two weight matrices, as the other cells' feed output runs.
-    require(p.feed != FL_FEED_OUTPUT || p.cell != FL_CELL_GRU,
-            "feed FL_FEED_OUTPUT is not supported for FL_CELL_GRU yet");
     require(p.lengths == nullptr, "lengths is only for FL_MANY_TO_MANY and FL_MANY_TO_ONE");
     require(!p.reverse, "reverse is only for FL_MANY_TO_MANY and FL_MANY_TO_ONE");
   }

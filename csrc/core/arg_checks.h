@@ -56,13 +56,12 @@ inline int64_t checked_element_size(const fl_dtype& dtype) {
 }
 
 // Checks the cell field (read as its raw integer) and returns its gate
-// count G. Cells other than the LSTM run on the CPU, without a projection.
-inline int64_t checked_cell_gates(const fl_cell_kind& cell, const fl_device& device, int64_t proj_size) {
+// count G. Every cell runs on every backend (device: unused, kept for the
+// callers); cells other than the LSTM have no projection.
+inline int64_t checked_cell_gates(const fl_cell_kind& cell, const fl_device& /*device*/, int64_t proj_size) {
   require_enum("cell", cell, {"FL_CELL_LSTM", "FL_CELL_GRU", "FL_CELL_RNN_TANH", "FL_CELL_RNN_RELU"});
   if (cell == FL_CELL_LSTM) return 4;
   const char* name = cell == FL_CELL_GRU ? "FL_CELL_GRU" : cell == FL_CELL_RNN_TANH ? "FL_CELL_RNN_TANH" : "FL_CELL_RNN_RELU";
-  require(raw_enum(device.type) == FL_DEVICE_CPU,
-          std::string("cell ") + name + " runs on the CPU only so far (the CUDA backend has the LSTM)");
   require(proj_size == 0, "proj_size = " + std::to_string(proj_size) + " is for the LSTM only; cell " + name +
                               " needs 0");
   return cell == FL_CELL_GRU ? 3 : 1;

@@ -23,16 +23,20 @@
 namespace fusedlstm {
 namespace cpu {
 
-// fl_cell_kind's values.
-enum CellKind : int { kLstm = 0, kGru = 1, kRnnTanh = 2, kRnnRelu = 3 };
-constexpr int kCellKinds = 4;
+// fl_cell_kind's values, and one internal variant: the GRU's steps t >= 1
+// of one_to_many with feed output (x_t = h_{t-1}), whose step panels hold
+// four vectors per block: r and z of W_ih + W_hh, hn of W_hn, xn of W_in
+// (x_t enters n outside r * (...), so it cannot be summed into W_hn).
+enum CellKind : int { kLstm = 0, kGru = 1, kRnnTanh = 2, kRnnRelu = 3, kGruFedBack = 4 };
+constexpr int kCellKinds = 5;
 
 // Gates G, blocks per step panel U, saved activations per unit A.
 struct CellShape {
   int gates, blocks_per_panel, saved;
 };
 constexpr CellShape cell_shape(int cell) {
-  return cell == kLstm ? CellShape{4, 1, 4} : cell == kGru ? CellShape{3, 1, 4} : CellShape{1, 4, 0};
+  return cell == kLstm ? CellShape{4, 1, 4} : (cell == kGru || cell == kGruFedBack) ? CellShape{3, 1, 4}
+                                                                                    : CellShape{1, 4, 0};
 }
 // Values per unit that the single-step API saves (fl_cell_params.acts): the
 // sequence's, and the RNN's h_new (which the sequence finds in its states).
@@ -111,6 +115,12 @@ struct BwdStepArgs {
   int64_t ld_dg;
   T* dgx_n;                  // GRU: [rows, Hp] out: the n gate's input-side gradient
   int64_t ld_dgx_n;
+  // Or nullptr; else recurrent rows also add A2[r] W2 to dh: the GRU with
+  // feed output, A2 = the n gate's input-side gradient of step t+1
+  // (row stride ld_a2, K2 columns) and W2 = W_in as [K2, Hp] panels.
+  const T* a2;
+  int64_t ld_a2, K2;
+  const T* wt2;
 };
 
 // One cell step on unpacked row-major weights, hidden units [unit_begin, unit_end).

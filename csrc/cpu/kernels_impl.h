@@ -228,21 +228,24 @@ struct Impl {
   template <int C, int RB>
   static void fwd_tile(const FwdStepArgs<T>& s, int64_t j, int64_t row0) {
     constexpr CellShape cs = cell_shape(C);
-    constexpr int G = cs.gates, U = cs.blocks_per_panel, NQ = G * U, PS = NQ * W;
+    constexpr bool kGruLike = C == kGru || C == kGruFedBack;
+    constexpr int G = cs.gates, U = cs.blocks_per_panel, PS = G * U * W;  // PS: gx's panel width
+    constexpr int NQ = C == kGruFedBack ? 4 : G * U, PW = NQ * W;         // PW: the weights'
     V acc[RB][NQ];
     const T* a[RB];
     for (int r = 0; r < RB; ++r) {
       const T* gx = s.gx + (row0 + r) * s.ld_gx + j * PS;
-      if constexpr (C == kGru) {  // r, z: input term + both biases; hn: b_hn (the input term joins after r)
+      if constexpr (kGruLike) {  // r, z: input term + both biases; hn: b_hn (the input term joins after r)
         acc[r][0] = V::load(gx);
         acc[r][1] = V::load(gx + W);
         acc[r][2] = s.bias_hn ? V::load(s.bias_hn + j * W) : V(T(0));
+        if constexpr (C == kGruFedBack) acc[r][3] = V::load(gx + 2 * W);  // xn: b_in + h_{t-1} W_in
       } else {
         for (int q = 0; q < NQ; ++q) acc[r][q] = V::load(gx + q * W);
       }
       a[r] = s.h_prev + (row0 + r) * s.ld_h_prev;
     }
-    panel_dot<RB, NQ>(a, s.K, s.w + j * s.K * PS, PS, acc);
+    panel_dot<RB, NQ>(a, s.K, s.w + j * s.K * PW, PW, acc);
     for (int u = 0; u < U; ++u) {
       const int64_t blk = j * U + u;
       if (blk * W >= s.Hp) break;  // the RNN's last panel may hold blocks past Hp
@@ -254,7 +257,7 @@ struct Impl {
       // (the GRU: n = tanh(0) = 0, h = 0 + z * (0 - 0)).
       if (valid < W)
         for (int r = 0; r < RB; ++r)
-          for (int q = 0; q < G; ++q) acc[r][u * G + q] = acc[r][u * G + q].keep_first(int(valid));
+          for (int q = 0; q < (U == 1 ? NQ : G); ++q) acc[r][u * G + q] = acc[r][u * G + q].keep_first(int(valid));
       for (int r = 0; r < RB; ++r) {
         const int64_t row = row0 + r;
         V h_new;
@@ -270,9 +273,14 @@ struct Impl {
             act.g.store(ap + 2 * W);
             act.o.store(ap + 3 * W);
           }
-        } else if constexpr (C == kGru) {
-          V xn = V::load(s.gx + row * s.ld_gx + j * PS + 2 * W);
-          if (valid < W) xn = xn.keep_first(int(valid));
+        } else if constexpr (kGruLike) {
+          V xn;
+          if constexpr (C == kGruFedBack) {
+            xn = acc[r][3];
+          } else {
+            xn = V::load(s.gx + row * s.ld_gx + j * PS + 2 * W);
+            if (valid < W) xn = xn.keep_first(int(valid));
+          }
           const V h_prev = V::load(s.h_prev + row * s.ld_h_prev + blk * W);
           const GruActs<V> act = gru_forward(acc[r][0], acc[r][1], xn, acc[r][2], h_prev, h_new);
           if (ap) {
@@ -312,6 +320,10 @@ struct Impl {
         a[r] = s.dg_next + (row0 + r) * s.ld_dg_next;
       }
       panel_dot<RB>(a, s.K, s.wt + q * s.K * P, P, acc);
+      if (s.wt2) {
+        for (int r = 0; r < RB; ++r) a[r] = s.a2 + (row0 + r) * s.ld_a2;
+        panel_dot<RB>(a, s.K2, s.wt2 + q * s.K2 * P, P, acc);
+      }
     } else {
       for (int r = 0; r < RB; ++r)
         for (int jb = 0; jb < 4; ++jb) {
@@ -466,9 +478,9 @@ struct Impl {
   static TypedKernels<T> table() {
     return {W,
             &gemm,
-            {&fwd_step<kLstm>, &fwd_step<kGru>, &fwd_step<kRnnTanh>, &fwd_step<kRnnRelu>},
-            {&bwd_step<kLstm>, &bwd_step<kGru>, &bwd_step<kRnnTanh>, &bwd_step<kRnnRelu>},
-            {&cell<kLstm>, &cell<kGru>, &cell<kRnnTanh>, &cell<kRnnRelu>},
+            {&fwd_step<kLstm>, &fwd_step<kGru>, &fwd_step<kRnnTanh>, &fwd_step<kRnnRelu>, &fwd_step<kGruFedBack>},
+            {&bwd_step<kLstm>, &bwd_step<kGru>, &bwd_step<kRnnTanh>, &bwd_step<kRnnRelu>, &bwd_step<kGru>},
+            {&cell<kLstm>, &cell<kGru>, &cell<kRnnTanh>, &cell<kRnnRelu>, &cell<kGru>},
             &combine};
   }
 };

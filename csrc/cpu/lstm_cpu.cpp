@@ -550,11 +550,20 @@ void forward_typed(const fl_forward_params& p, void* reserve) {
   if (one_to_many) project(0, proj_rows);
 
   const Buffer<T> whh_panels = pack_gate_panels(w_hh, Ks, g, threads);
-  Buffer<T> wsum_panels;  // feed="output": steps >= 1 see x_t = h_{t-1}
-  if (one_to_many && p.feed == FL_FEED_OUTPUT) {
-    Buffer<T> wsum(g.G * H * Ks);
-    for (int64_t i = 0; i < g.G * H * Ks; ++i) wsum.data()[i] = w_ih[i] + w_hh[i];
-    wsum_panels = pack_gate_panels(wsum.data(), Ks, g, threads);
+  // feed="output": steps >= 1 see x_t = h_{t-1}, through W_ih + W_hh; the
+  // GRU's n gate keeps W_hn and W_in apart (kGruFedBack: four vectors a
+  // block, r and z summed, hn, xn: the LSTM's panel shape).
+  Buffer<T> wsum_panels;
+  const bool fed_back = one_to_many && p.feed == FL_FEED_OUTPUT;
+  if (fed_back) {
+    const int64_t n = g.G * H * Ks;
+    Buffer<T> wsum(gru ? 4 * H * Ks : n);
+    for (int64_t i = 0; i < n; ++i) wsum.data()[i] = w_ih[i] + w_hh[i];
+    if (gru) {
+      std::memcpy(wsum.data() + 2 * H * Ks, w_hh + 2 * H * Ks, size_t(H * Ks) * sizeof(T));
+      std::memcpy(wsum.data() + 3 * H * Ks, w_ih + 2 * H * Ks, size_t(H * Ks) * sizeof(T));
+    }
+    wsum_panels = pack_gate_panels(wsum.data(), Ks, gru ? Geometry(kLstm, H, kern.width) : g, threads);
   }
   // Projection h_t = m_t W_hr^T as a GEMM operand B[H, R].
   Buffer<T> whr_panels;
@@ -650,7 +659,7 @@ void forward_typed(const fl_forward_params& p, void* reserve) {
         }
         s.y = (y && !proj) ? y : nullptr;
         s.y_row_offset = y ? y_offset.data() + ord.off[t] : nullptr;
-        if (j0 < j1) kern.fwd_step[cell](s, j0, j1);
+        if (j0 < j1) kern.fwd_step[gru && fed_back && t >= 1 ? int(kGruFedBack) : cell](s, j0, j1);
         stop.poll(tid, t);
         barrier.wait(tid);
         if (stop.now(t)) break;
@@ -720,8 +729,13 @@ void backward_typed(const fl_forward_params& fp, const void* reserve, const fl_b
   if (feed_output) {
     Buffer<T> wsum(g.G * H * Ks);
     for (int64_t i = 0; i < g.G * H * Ks; ++i) wsum.data()[i] = w_ih[i] + w_hh[i];
+    if (gru) std::memcpy(wsum.data() + 2 * H * Ks, w_hh + 2 * H * Ks, size_t(H * Ks) * sizeof(T));  // n: W_hn
     wt_sum = pack_transposed_panels(wsum.data(), Ks, g, threads);
   }
+  // The GRU's W_in as [H, Ks] panels: x_t = h_{t-1} reaches the n gate's
+  // input side too (feed output), dh_{t-1} += dxn_t W_in.
+  Buffer<T> wt_in;
+  if (feed_output && gru) wt_in = pack_panels(w_ih + 2 * H * Ks, H, Ks, Ks, 1, g.P);
   // dm = dh W_hr as panels of W_hr [R, H] in hidden-unit groups.
   Buffer<T> whr_panels;
   if (proj) whr_panels = pack_panels(static_cast<const T*>(fp.w_hr), R, H, H, 1, g.P);
@@ -805,6 +819,13 @@ void backward_typed(const fl_forward_params& fp, const void* reserve, const fl_b
       s.ld_dg = Gc;
       s.dgx_n = gru ? dgx_n.data() + ord.off[t] * g.Hp : nullptr;
       s.ld_dgx_n = g.Hp;
+      s.wt2 = nullptr;
+      if (wt_in.data()) {
+        s.a2 = dgx_n.data() + ord.off[t + 1] * g.Hp;
+        s.ld_a2 = g.Hp;
+        s.K2 = H;
+        s.wt2 = wt_in.data();
+      }
       if (!proj) {
         s.K = Gc;
         s.wt = feed_output ? wt_sum.data() : wt_hh.data();  // the weights of step t + 1 >= 1

@@ -65,11 +65,7 @@ fl_status on_device(int device, Fn&& fn) {
 
 int64_t cell_reserve_bytes(fl_cell_kind cell, fl_dtype dtype, int64_t T, int64_t B, int64_t H, int64_t proj_size) {
   int64_t bytes = -1;
-  const auto size = [&] {
-    // The C API refuses other cells on CUDA before they get here.
-    if (cell != FL_CELL_LSTM) throw fusedlstm::InvalidArgument("the CUDA backend runs the LSTM cell only");
-    bytes = reserve_bytes(dtype, T, B, H, proj_size);
-  };
+  const auto size = [&] { bytes = reserve_bytes(cell, dtype, T, B, H, proj_size); };
   if (guarded(size) != FL_OK) return -1;
   return bytes;
 }

@@ -1,14 +1,22 @@
 // CUDA backend (fl_backend_ops for FL_DEVICE_CUDA, see core/backend.h):
-// forward and backward of one LSTM direction over the caller's reserve, the
-// single cell and its backward, and the row helpers of the layer stack.
+// forward and backward of one direction of a recurrent layer (LSTM, GRU,
+// Elman RNN tanh / relu) over the caller's reserve, the single cell and its
+// backward, and the row helpers of the layer stack.
 //
-// Fallback path (every size, every feature): cuBLAS GEMMs for the input
+// Fallback path (every cell, size and feature): cuBLAS GEMMs for the input
 // projection of all steps and per step for h W_hh^T (and m W_hr^T with a
 // projection), one fused pointwise kernel per step that applies the gate
 // math of core/gate_math.h. Backward runs the steps in reverse order (the
 // pointwise cell backward, then a per-step GEMM for the gradient reaching the
 // previous h), then dW_ih, dW_hh, dW_hr and dx as whole-sequence GEMMs and db
 // by a compensated column sum: deterministic, no floating-point atomics.
+// The drivers and pointwise kernels are templates over the cell (LstmCell,
+// GruCell, RnnCell<relu>: gate rows G = kGates*H, saved values kActs*H); what
+// differs is branched with if constexpr. The GRU keeps the input and
+// recurrent terms of its n gate apart (n = tanh(xn + r * hn)), so its
+// backward has two gate-gradient arrays: dG (r|z|hn, for W_hh, b_hh and h)
+// and dGx (r|z|xn, for W_ih, b_ih and x), and the gradient reaching h_{t-1}
+// is dh * z + dG W_hh.
 //
 // Steps and times: step s of row b runs time t = s (forward direction) or
 // t = len[b] - 1 - s (reverse). Rows with s >= len[b] are inactive at step s:
@@ -21,17 +29,19 @@
 // the device.
 //
 // Reserve of one direction (fusedlstm.h "CUDA:"), regions rounded up to 256
-// bytes, in this order: acts [T,B,4H] A (i|f|g|o at time t; the training
-// forward first writes the input projection there and each step replaces
-// its row by the activations); c_hist [T+1,B,H] A (slot t < T: c at time t;
+// bytes, in this order: acts [T,B,kActs*H] A (LSTM i|f|g|o, GRU r|z|n|hn,
+// RNN h_new at time t; the training forward first writes the input
+// projection there, G columns of each row, and each step replaces its row by
+// the activations); LSTM only: c_hist [T+1,B,H] A (slot t < T: c at time t;
 // slot T: c0); h_hist [T+1,B,Hout] S (slot t < T: the h that entered time t;
-// slot T: scratch, zero); with a projection m
-// [T,B,H] S (o * tanh(c), the input of W_hr, for dW_hr).
+// slot T: scratch, zero); with a projection (LSTM) m [T,B,H] S (o * tanh(c),
+// the input of W_hr, for dW_hr).
 //
-// Persistent path: one cooperative kernel runs all steps with W_hh held in
-// shared memory (forward and backward), in either direction. It does not
-// cover proj_size > 0 nor one_to_many with feed output: those always run the
-// fallback (FUSEDLSTM_CUDA_PATH=persistent included).
+// Persistent path (the LSTM only): one cooperative kernel runs all steps
+// with W_hh held in shared memory (forward and backward), in either
+// direction. It does not cover proj_size > 0 nor one_to_many with feed
+// output, nor the other cells: those always run the fallback
+// (FUSEDLSTM_CUDA_PATH=persistent included).
 //
 // Storage type S (float, double, __half, __nv_bfloat16), math type A (double
 // for double, float otherwise): gate pre-activations, the cell state and the
@@ -94,6 +104,34 @@ template <class A>
 constexpr cudaDataType_t a_type() {
   return sizeof(A) == 8 ? CUDA_R_64F : CUDA_R_32F;
 }
+
+// ------------------------------------------------------------------ cells
+// What the drivers and kernels know of a cell; the kernels are templates over
+// it and branch with if constexpr (the math itself is core/gate_math.h's).
+//   kGates: weight rows per hidden unit (G = kGates*H: w_ih [G, I], the
+//     per-step GEMM output [B, G]);
+//   kActs: values per unit the training forward saves (acts [.., kActs*H]):
+//     LSTM i|f|g|o, GRU r|z|n|hn, RNN h_new;
+//   kBias: columns per unit of the bias the step kernels add: the LSTM's and
+//     RNN's b_ih + b_hh, the GRU's r|z sums, b_in, b_hn (b_hn sits inside r * (...)).
+struct LstmCell {
+  static constexpr fl_cell_kind kKind = FL_CELL_LSTM;
+  static constexpr int kGates = 4, kActs = 4, kBias = 4;
+};
+struct GruCell {
+  static constexpr fl_cell_kind kKind = FL_CELL_GRU;
+  static constexpr int kGates = 3, kActs = 4, kBias = 4;
+};
+template <bool kReluAct>
+struct RnnCell {
+  static constexpr fl_cell_kind kKind = kReluAct ? FL_CELL_RNN_RELU : FL_CELL_RNN_TANH;
+  static constexpr int kGates = 1, kActs = 1, kBias = 1;
+  static constexpr bool kRelu = kReluAct;
+};
+template <class C>
+constexpr bool is_lstm = C::kKind == FL_CELL_LSTM;
+template <class C>
+constexpr bool is_gru = C::kKind == FL_CELL_GRU;
 
 int as_int(int64_t v, const char* what) {
   if (v < 0 || v > INT_MAX)
@@ -208,15 +246,21 @@ __device__ __forceinline__ int64_t seq_len(const int64_t* len, int64_t b, int64_
   return v < 1 ? 1 : v > T ? T : v;
 }
 
-// bsum[j] = b_ih[j] + b_hh[j] (either may be NULL).
-template <class S, class A>
-__global__ void bias_sum_kernel(int64_t n, const S* __restrict__ b_ih, const S* __restrict__ b_hh,
-                                A* __restrict__ bsum) {
+// The bias [Cell::kBias * H] the step kernels add (either input may be NULL):
+// bsum[j] = b_ih[j] + b_hh[j] for the LSTM and the RNN; the GRU's r|z rows
+// the same, then b_in, then b_hn apart.
+template <class Cell, class S, class A>
+__global__ void bias_kernel(int64_t H, const S* __restrict__ b_ih, const S* __restrict__ b_hh,
+                            A* __restrict__ bsum) {
   const int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (j >= n) return;
+  if (j >= Cell::kBias * H) return;
   A v = A(0);
-  if (b_ih) v += A(to_math(b_ih[j]));
-  if (b_hh) v += A(to_math(b_hh[j]));
+  if (is_gru<Cell> && j >= 3 * H) {
+    if (b_hh) v = A(to_math(b_hh[j - H]));  // b_hn
+  } else {
+    if (b_ih) v += A(to_math(b_ih[j]));
+    if (b_hh && !(is_gru<Cell> && j >= 2 * H)) v += A(to_math(b_hh[j]));
+  }
   bsum[j] = v;
 }
 
@@ -274,40 +318,43 @@ template <class S, class A>
 struct FwdStepArgs {
   int64_t T, B, H, s;
   bool reverse;
-  const A* rec;      // [B, 4H] recurrent term (h W_hh^T (+ h W_ih^T for feed output)), or NULL (zero)
-  const A* xproj;    // input term of (t, b) at xproj + (t - t0)*x_step + b*4H, or NULL (zero input)
-  int64_t t0, x_step;
-  const A* bsum;     // [4H] b_ih + b_hh, or NULL
+  const A* rec;      // [B, G] recurrent term (h W_hh^T (+ h W_ih^T for feed output)), or NULL (zero)
+  const A* xproj;    // input term [G] of (t, b) at xproj + (t - t0)*x_step + b*x_ld, or NULL (zero input)
+  int64_t t0, x_step, x_ld;
+  const A* bsum;     // [Cell::kBias * H] (bias_kernel), or NULL
   const int64_t* len;  // [B] device, or NULL
-  A* c_cur;          // [B, H] the running cell state, updated in place
+  A* c_cur;          // LSTM: [B, H] the running cell state, updated in place
   // Without a projection: the running h [B, H] (updated in place), y, and
   // h_hist (receives the h that entered time t).
   S* h_cur;
   S* y;              // (t, b, u) at y + t*y_st + b*y_sb + u, or NULL
   int64_t y_st, y_sb;
   S* h_hist;         // [T+1, B, H] or NULL
-  // Training: acts [T, B, 4H] (may alias xproj), c_hist [T+1, B, H], or NULL.
+  // Training: acts [T, B, kActs*H] (may alias xproj), c_hist [T+1, B, H]
+  // (LSTM), or NULL.
   A* acts;
   A* c_hist;
-  // With a projection: m = o * tanh(c) [B, H] for the W_hr GEMM (0 on
+  // With a projection (LSTM): m = o * tanh(c) [B, H] for the W_hr GEMM (0 on
   // inactive rows), and its history [T, B, H] (training) or NULL.
   S* m_step;
   S* m_hist;
 };
 
-// One thread per (b, u): sums the pre-activations of the four gates of
-// hidden unit u, applies cell_forward, writes the states and what training keeps.
-template <class S, class A>
+// One thread per (b, u): sums the pre-activations of hidden unit u's gates,
+// applies the cell's forward (gate_math.h), writes the states and what
+// training keeps.
+template <class Cell, class S, class A>
 __global__ void fwd_step_kernel(FwdStepArgs<S, A> p) {
+  constexpr int NG = Cell::kGates, NA = Cell::kActs;
   const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  const int64_t H = p.H, G = 4 * H, B = p.B;
+  const int64_t H = p.H, G = NG * H, AW = NA * H, B = p.B;
   if (idx >= B * H) return;
   const int64_t b = idx / H, u = idx % H;
   const int64_t L = seq_len(p.len, b, p.T);
   if (p.s >= L) {  // inactive: zeros at time s, state kept
     const int64_t row = p.s * B + b;
     if (p.acts)
-      for (int k = 0; k < 4; ++k) p.acts[row * G + k * H + u] = A(0);
+      for (int k = 0; k < NA; ++k) p.acts[row * AW + k * H + u] = A(0);
     if (p.c_hist) p.c_hist[row * H + u] = A(0);
     if (p.m_step) {
       p.m_step[idx] = S(0.0f);
@@ -319,22 +366,40 @@ __global__ void fwd_step_kernel(FwdStepArgs<S, A> p) {
     return;
   }
   const int64_t t = p.reverse ? L - 1 - p.s : p.s, row = t * B + b;
-  A pre[4];
-  const A* xp = p.xproj ? p.xproj + (t - p.t0) * p.x_step + b * G : nullptr;
+  // The recurrent and input terms of each gate, apart (the GRU's n needs them so).
+  A rec[NG], xin[NG];
+  const A* xp = p.xproj ? p.xproj + (t - p.t0) * p.x_step + b * p.x_ld : nullptr;
 #pragma unroll
-  for (int k = 0; k < 4; ++k) {
-    A v = p.rec ? p.rec[b * G + k * H + u] : A(0);
-    if (xp) v += xp[k * H + u];
-    if (p.bsum) v += p.bsum[k * H + u];
-    pre[k] = v;
+  for (int k = 0; k < NG; ++k) {
+    rec[k] = p.rec ? p.rec[b * G + k * H + u] : A(0);
+    xin[k] = xp ? xp[k * H + u] : A(0);
   }
-  A c_new, h_new;
-  const GateActs<A> a = cell_forward<A>(pre[0], pre[1], pre[2], pre[3], p.c_cur[idx], c_new, h_new);
-  p.c_cur[idx] = c_new;
-  if (p.c_hist) p.c_hist[row * H + u] = c_new;
+  A h_new;
+  A saved[NA];
+  if constexpr (is_lstm<Cell>) {
+    A pre[4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) pre[k] = rec[k] + xin[k] + (p.bsum ? p.bsum[k * H + u] : A(0));
+    A c_new;
+    const GateActs<A> a = cell_forward<A>(pre[0], pre[1], pre[2], pre[3], p.c_cur[idx], c_new, h_new);
+    p.c_cur[idx] = c_new;
+    if (p.c_hist) p.c_hist[row * H + u] = c_new;
+    saved[0] = a.i, saved[1] = a.f, saved[2] = a.g, saved[3] = a.o;
+  } else if constexpr (is_gru<Cell>) {
+    A bias[4] = {A(0), A(0), A(0), A(0)};
+    if (p.bsum)
+      for (int k = 0; k < 4; ++k) bias[k] = p.bsum[k * H + u];
+    const GruActs<A> a = gru_forward<A>(rec[0] + xin[0] + bias[0], rec[1] + xin[1] + bias[1], xin[2] + bias[2],
+                                        rec[2] + bias[3], A(to_math(p.h_cur[idx])), h_new);
+    saved[0] = a.r, saved[1] = a.z, saved[2] = a.n, saved[3] = a.hn;
+  } else {
+    h_new = rnn_forward<Cell::kRelu, A>(rec[0] + xin[0] + (p.bsum ? p.bsum[u] : A(0)));
+    saved[0] = h_new;
+  }
   if (p.acts) {
-    A* ap = p.acts + row * G + u;
-    ap[0] = a.i, ap[H] = a.f, ap[2 * H] = a.g, ap[3 * H] = a.o;
+    A* ap = p.acts + row * AW + u;
+#pragma unroll
+    for (int k = 0; k < NA; ++k) ap[k * H] = saved[k];
   }
   const S h_s = S(h_new);
   if (p.m_step) {  // h_new is m; the projection kernel makes h
@@ -396,53 +461,83 @@ struct BwdStepArgs {
   int64_t T, B, H, s;
   bool reverse;
   const int64_t* len;
-  const A* acts;    // [T, B, 4H]
-  const A* c_hist;  // [T+1, B, H]
+  const A* acts;    // [T, B, kActs*H]
+  const A* c_hist;  // [T+1, B, H] (LSTM)
+  const S* h_hist;  // [T+1, B, H]: the h that entered time t (GRU)
   // Without a projection: the gradient reaching h (step_dh); with one, dm [B, H].
   const A* dh_rec;
   const A* dh_carry;
   const S* dy;      // NULL, or (t, b, u) at dy + t*dy_st + b*dy_sb + u (not many_to_one)
   int64_t dy_st, dy_sb;
   const A* dm;      // [B, H] (dh W_hr) with a projection, else NULL
-  A* dc;            // [B, H] in: reaching c of step s; out: reaching c of step s-1 (active rows)
-  S* dg_hist;       // [T, B, 4H] gate gradients by time (zero where padded)
-  S* dg_step;       // [B, 4H] the same rows for this step's GEMM (may be dg_hist + s*B*4H)
-  A* db_rows;       // [B, 4H] per-row sums of the gate gradients over the steps (for db), or NULL
+  A* dc;            // LSTM [B, H] in: reaching c of step s; out: reaching c of step s-1 (active rows)
+  // GRU: [B, H] the part of the gradient reaching the previous h that skips
+  // the weights (dh * z; 0 on inactive rows); the dG W_hh GEMM adds to it.
+  // May be dh_rec: each thread reads its element before it writes it.
+  A* dh_direct;
+  S* dg_hist;       // [T, B, G] recurrent-side gate gradients by time (zero where padded)
+  S* dg_step;       // [B, G] the same rows for this step's GEMM (may be dg_hist + s*B*G)
+  S* dgx_hist;      // GRU: [T, B, G] the input side's (r|z|xn), else NULL (the same as dg_hist)
+  // [B, DW] per-row sums of the gate gradients over the steps (for db), or
+  // NULL; DW = G, the GRU's 4H: r|z|hn|xn.
+  A* db_rows;
 };
 
-template <class S, class A>
+template <class Cell, class S, class A>
 __global__ void bwd_step_kernel(BwdStepArgs<S, A> p) {
+  constexpr int NG = Cell::kGates, NA = Cell::kActs, ND = is_gru<Cell> ? 4 : NG;
   const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  const int64_t H = p.H, G = 4 * H, B = p.B, T = p.T;
+  const int64_t H = p.H, G = NG * H, AW = NA * H, B = p.B, T = p.T;
   if (idx >= B * H) return;
   const int64_t b = idx / H, u = idx % H;
   const int64_t L = seq_len(p.len, b, T);
   if (p.s >= L) {
-    for (int k = 0; k < 4; ++k) {
+    for (int k = 0; k < NG; ++k) {
       p.dg_hist[(p.s * B + b) * G + k * H + u] = S(0.0f);
       p.dg_step[b * G + k * H + u] = S(0.0f);
+      if (p.dgx_hist) p.dgx_hist[(p.s * B + b) * G + k * H + u] = S(0.0f);
     }
+    if (p.dh_direct) p.dh_direct[idx] = A(0);
     return;
   }
   const int64_t t = p.reverse ? L - 1 - p.s : p.s, row = t * B + b;
-  // The time before t in this direction; its cell state, or c0 (slot T).
-  const int64_t t_prev = p.reverse ? (t + 1 < L ? t + 1 : T) : (t > 0 ? t - 1 : T);
   const A dh = p.dm ? p.dm[idx] : step_dh(p.dh_rec, p.dh_carry, p.dy, p.dy_st, p.dy_sb, p.s, L, t, b, idx, u);
-  const A* ap = p.acts + row * G + u;
-  GateActs<A> a;
-  a.i = ap[0], a.f = ap[H], a.g = ap[2 * H], a.o = ap[3 * H];
-  A dc_prev;
-  const GateGrads<A> d = cell_backward<A>(a, p.c_hist[row * H + u], p.c_hist[(t_prev * B + b) * H + u], dh,
-                                          p.dc[idx], dc_prev);
-  p.dc[idx] = dc_prev;
-  const S g[4] = {S(d.i), S(d.f), S(d.g), S(d.o)};
-  for (int k = 0; k < 4; ++k) {
-    p.dg_hist[row * G + k * H + u] = g[k];
-    p.dg_step[b * G + k * H + u] = g[k];
+  const A* ap = p.acts + row * AW + u;
+  A dgh[NG], dd[ND];  // recurrent-side gradients; the db_rows columns
+  if constexpr (is_lstm<Cell>) {
+    // The time before t in this direction; its cell state, or c0 (slot T).
+    const int64_t t_prev = p.reverse ? (t + 1 < L ? t + 1 : T) : (t > 0 ? t - 1 : T);
+    GateActs<A> a;
+    a.i = ap[0], a.f = ap[H], a.g = ap[2 * H], a.o = ap[3 * H];
+    A dc_prev;
+    const GateGrads<A> d = cell_backward<A>(a, p.c_hist[row * H + u], p.c_hist[(t_prev * B + b) * H + u], dh,
+                                            p.dc[idx], dc_prev);
+    p.dc[idx] = dc_prev;
+    dgh[0] = d.i, dgh[1] = d.f, dgh[2] = d.g, dgh[3] = d.o;
+  } else if constexpr (is_gru<Cell>) {
+    GruActs<A> a;
+    a.r = ap[0], a.z = ap[H], a.n = ap[2 * H], a.hn = ap[3 * H];
+    A direct;
+    const GruGrads<A> d = gru_backward<A>(a, A(to_math(p.h_hist[row * H + u])), dh, direct);
+    p.dh_direct[idx] = direct;
+    dgh[0] = d.r, dgh[1] = d.z, dgh[2] = d.hn;
+    dd[3] = d.xn;
+    S* gx = p.dgx_hist + row * G + u;
+    gx[0] = S(d.r), gx[H] = S(d.z), gx[2 * H] = S(d.xn);
+  } else {
+    dgh[0] = rnn_backward<Cell::kRelu, A>(ap[0], dh);
   }
-  if (p.db_rows) {  // this thread owns these four sums at every step: no atomics, a fixed order
-    A* r = p.db_rows + b * G + u;
-    r[0] += d.i, r[H] += d.f, r[2 * H] += d.g, r[3 * H] += d.o;
+#pragma unroll
+  for (int k = 0; k < NG; ++k) {
+    const S v = S(dgh[k]);
+    p.dg_hist[row * G + k * H + u] = v;
+    p.dg_step[b * G + k * H + u] = v;
+    dd[k] = dgh[k];
+  }
+  if (p.db_rows) {  // this thread owns these sums at every step: no atomics, a fixed order
+    A* r = p.db_rows + b * (ND * H) + u;
+#pragma unroll
+    for (int k = 0; k < ND; ++k) r[k * H] += dd[k];
   }
 }
 
@@ -486,13 +581,15 @@ __global__ void bwd_dh_kernel(BwdDhArgs<S, A> p) {
 // float32 bound at T*B = 3200 (numpy's reference sums pairwise). dg is in
 // the math type A (summing gradients rounded to float16 / bfloat16 measured
 // up to 2.5x the plain implementation's error under emulation).
+// Row r of dg at dg + r*ld.
 template <class S, class A>
-__global__ void column_sum_kernel(int64_t rows, int64_t cols, const A* __restrict__ dg, S* __restrict__ db) {
+__global__ void column_sum_kernel(int64_t rows, int64_t cols, const A* __restrict__ dg, int64_t ld,
+                                  S* __restrict__ db) {
   const int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (j >= cols) return;
   A sum = A(0), carry = A(0);
   for (int64_t r = 0; r < rows; ++r) {
-    const A v = dg[r * cols + j];
+    const A v = dg[r * ld + j];
     const A t = sum + v;
     carry += fabs(sum) >= fabs(v) ? (sum - t) + v : (v - t) + sum;
     sum = t;
@@ -500,47 +597,95 @@ __global__ void column_sum_kernel(int64_t rows, int64_t cols, const A* __restric
   db[j] = S(sum + carry);
 }
 
-// The single cell: rec [B, 4H] = x W_ih^T + h W_hh^T; c, h_new, c_new, acts in S.
-template <class S, class A>
-__global__ void cell_kernel(int64_t B, int64_t H, const A* __restrict__ rec, const A* __restrict__ bsum,
-                            const S* __restrict__ c, S* __restrict__ h_new, S* __restrict__ c_new,
-                            S* __restrict__ acts) {
+// The single cell: rec [B, G] = x W_ih^T + h W_hh^T, except the GRU's: rec =
+// x W_ih^T and rec_h = h W_hh^T apart; h, c, h_new, c_new, acts in S.
+template <class Cell, class S, class A>
+__global__ void cell_kernel(int64_t B, int64_t H, const A* __restrict__ rec, const A* __restrict__ rec_h,
+                            const A* __restrict__ bsum, const S* __restrict__ h, const S* __restrict__ c,
+                            S* __restrict__ h_new, S* __restrict__ c_new, S* __restrict__ acts) {
+  constexpr int NG = Cell::kGates, NA = Cell::kActs;
   const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (idx >= B * H) return;
-  const int64_t b = idx / H, u = idx % H, G = 4 * H;
-  A pre[4];
-  for (int k = 0; k < 4; ++k) pre[k] = rec[b * G + k * H + u] + (bsum ? bsum[k * H + u] : A(0));
-  A cn, hn;
-  const GateActs<A> a = cell_forward<A>(pre[0], pre[1], pre[2], pre[3], A(to_math(c[idx])), cn, hn);
-  c_new[idx] = S(cn);
+  const int64_t b = idx / H, u = idx % H, G = NG * H;
+  A pre[NG];
+  for (int k = 0; k < NG; ++k) pre[k] = rec[b * G + k * H + u];
+  A hn, saved[NA];
+  if constexpr (is_lstm<Cell>) {
+    for (int k = 0; k < 4; ++k) pre[k] += bsum ? bsum[k * H + u] : A(0);
+    A cn;
+    const GateActs<A> a = cell_forward<A>(pre[0], pre[1], pre[2], pre[3], A(to_math(c[idx])), cn, hn);
+    c_new[idx] = S(cn);
+    saved[0] = a.i, saved[1] = a.f, saved[2] = a.g, saved[3] = a.o;
+  } else if constexpr (is_gru<Cell>) {
+    A bias[4] = {A(0), A(0), A(0), A(0)};
+    if (bsum)
+      for (int k = 0; k < 4; ++k) bias[k] = bsum[k * H + u];
+    const A* rh = rec_h + b * G + u;
+    const GruActs<A> a = gru_forward<A>(pre[0] + rh[0] + bias[0], pre[1] + rh[H] + bias[1], pre[2] + bias[2],
+                                        rh[2 * H] + bias[3], A(to_math(h[idx])), hn);
+    saved[0] = a.r, saved[1] = a.z, saved[2] = a.n, saved[3] = a.hn;
+  } else {
+    hn = rnn_forward<Cell::kRelu, A>(pre[0] + (bsum ? bsum[u] : A(0)));
+    saved[0] = hn;
+  }
   h_new[idx] = S(hn);
   if (acts) {
-    S* ap = acts + b * G + u;
-    ap[0] = S(a.i), ap[H] = S(a.f), ap[2 * H] = S(a.g), ap[3 * H] = S(a.o);
+    S* ap = acts + b * (NA * H) + u;
+    for (int k = 0; k < NA; ++k) ap[k * H] = S(saved[k]);
   }
 }
 
 template <class S, class A>
-__global__ void cell_backward_kernel(int64_t B, int64_t H, const S* __restrict__ acts, const S* __restrict__ c,
-                                     const S* __restrict__ c_new, const S* __restrict__ dh_new,
-                                     const S* __restrict__ dc_new, S* __restrict__ dc, S* __restrict__ dg,
-                                     A* __restrict__ dg_a) {
+struct CellBwdArgs {
+  int64_t B, H;
+  const S* acts;    // [B, kActs*H]
+  const S* h;       // [B, H] (GRU)
+  const S* c;       // LSTM: [B, H]
+  const S* c_new;   // LSTM: [B, H]
+  const S* dh_new;  // [B, H] or NULL
+  const S* dc_new;  // LSTM: [B, H] or NULL
+  S* dc;            // LSTM: [B, H]
+  A* dh_direct;     // GRU: [B, H] dh_new * z (the dG W_hh GEMM adds to it)
+  S* dg;            // [B, G] the recurrent side's gate gradients
+  S* dgx;           // GRU: [B, G] the input side's (r|z|xn)
+  A* dg_a;          // [B, DW] (db_rows' columns) in A, or NULL
+};
+
+template <class Cell, class S, class A>
+__global__ void cell_backward_kernel(CellBwdArgs<S, A> p) {
+  constexpr int NG = Cell::kGates, NA = Cell::kActs, ND = is_gru<Cell> ? 4 : NG;
   const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  const int64_t B = p.B, H = p.H;
   if (idx >= B * H) return;
-  const int64_t b = idx / H, u = idx % H, G = 4 * H;
-  const S* ap = acts + b * G + u;
-  GateActs<A> a;
-  a.i = to_math(ap[0]), a.f = to_math(ap[H]), a.g = to_math(ap[2 * H]), a.o = to_math(ap[3 * H]);
-  A dc_prev;
-  const GateGrads<A> d = cell_backward<A>(a, A(to_math(c_new[idx])), A(to_math(c[idx])),
-                                          dh_new ? A(to_math(dh_new[idx])) : A(0),
-                                          dc_new ? A(to_math(dc_new[idx])) : A(0), dc_prev);
-  dc[idx] = S(dc_prev);
-  S* g = dg + b * G + u;
-  g[0] = S(d.i), g[H] = S(d.f), g[2 * H] = S(d.g), g[3 * H] = S(d.o);
-  if (dg_a) {
-    A* ga = dg_a + b * G + u;
-    ga[0] = d.i, ga[H] = d.f, ga[2 * H] = d.g, ga[3 * H] = d.o;
+  const int64_t b = idx / H, u = idx % H, G = NG * H;
+  const S* ap = p.acts + b * (NA * H) + u;
+  const A dh = p.dh_new ? A(to_math(p.dh_new[idx])) : A(0);
+  A dd[ND];
+  if constexpr (is_lstm<Cell>) {
+    GateActs<A> a;
+    a.i = to_math(ap[0]), a.f = to_math(ap[H]), a.g = to_math(ap[2 * H]), a.o = to_math(ap[3 * H]);
+    A dc_prev;
+    const GateGrads<A> d = cell_backward<A>(a, A(to_math(p.c_new[idx])), A(to_math(p.c[idx])), dh,
+                                            p.dc_new ? A(to_math(p.dc_new[idx])) : A(0), dc_prev);
+    p.dc[idx] = S(dc_prev);
+    dd[0] = d.i, dd[1] = d.f, dd[2] = d.g, dd[3] = d.o;
+  } else if constexpr (is_gru<Cell>) {
+    GruActs<A> a;
+    a.r = to_math(ap[0]), a.z = to_math(ap[H]), a.n = to_math(ap[2 * H]), a.hn = to_math(ap[3 * H]);
+    A direct;
+    const GruGrads<A> d = gru_backward<A>(a, A(to_math(p.h[idx])), dh, direct);
+    p.dh_direct[idx] = direct;
+    dd[0] = d.r, dd[1] = d.z, dd[2] = d.hn, dd[3] = d.xn;
+    S* gx = p.dgx + b * G + u;
+    gx[0] = S(d.r), gx[H] = S(d.z), gx[2 * H] = S(d.xn);
+  } else {
+    dd[0] = rnn_backward<Cell::kRelu, A>(A(to_math(ap[0])), dh);
+  }
+  S* g = p.dg + b * G + u;
+  for (int k = 0; k < NG; ++k) g[k * H] = S(dd[k]);
+  if (p.dg_a) {
+    A* ga = p.dg_a + b * (ND * H) + u;
+    for (int k = 0; k < ND; ++k) ga[k * H] = dd[k];
   }
 }
 
@@ -1129,20 +1274,21 @@ bool choose_persistent(Kernel kernel, const fl_forward_params& p, int rows_per_u
 int64_t r256(const char* what, int64_t n) { return checked_round_up(what, n, 256); }
 
 // Byte offsets of the regions of one direction's reserve (top of this file).
+// n_acts: the cell's kActs; lstm: whether it has a cell state (c_hist).
 struct ReserveLayout {
   int64_t acts = 0, c_hist = 0, h_hist = 0, m = 0, end = 0;
   // Bytes each region's data fills (the rest of its 256-byte rounding is padding).
   int64_t acts_used = 0, c_used = 0, h_used = 0, m_used = 0;
-  ReserveLayout(int64_t s, int64_t a, int64_t T, int64_t B, int64_t H, int64_t R) {
+  ReserveLayout(int64_t s, int64_t a, int64_t T, int64_t B, int64_t H, int64_t R, int64_t n_acts, bool lstm) {
     const int64_t steps = checked_product("T*B", {T, B});
     const int64_t slots = checked_sum("T*B + B", {steps, B});
     const int64_t Hout = R > 0 ? R : H;
-    acts_used = checked_bytes("reserve activations T*B*4*H*a", {steps, 4, H, a});
-    c_used = checked_bytes("reserve cell states (T*B+B)*H*a", {slots, H, a});
+    acts_used = checked_bytes("reserve activations T*B*A*H*a", {steps, n_acts, H, a});
+    c_used = lstm ? checked_bytes("reserve cell states (T*B+B)*H*a", {slots, H, a}) : 0;
     h_used = checked_bytes("reserve hidden states (T*B+B)*Hout*s", {slots, Hout, s});
     m_used = R > 0 ? checked_bytes("reserve projection inputs T*B*H*s", {steps, H, s}) : 0;
     c_hist = r256("reserve activations", acts_used);
-    h_hist = checked_sum("reserve bytes", {c_hist, r256("reserve cell states", c_used)});
+    h_hist = checked_sum("reserve bytes", {c_hist, lstm ? r256("reserve cell states", c_used) : 0});
     m = checked_sum("reserve bytes", {h_hist, r256("reserve hidden states", h_used)});
     end = checked_sum("reserve bytes", {m, R > 0 ? r256("reserve projection inputs", m_used) : 0});
   }
@@ -1166,7 +1312,7 @@ struct ReserveViews {
   ReserveViews(const void* reserve, const ReserveLayout& l, bool proj) {
     unsigned char* base = static_cast<unsigned char*>(const_cast<void*>(reserve));
     acts = reinterpret_cast<A*>(base + l.acts);
-    c_hist = reinterpret_cast<A*>(base + l.c_hist);
+    c_hist = l.c_used ? reinterpret_cast<A*>(base + l.c_hist) : nullptr;
     h_hist = reinterpret_cast<S*>(base + l.h_hist);
     m = proj ? reinterpret_cast<S*>(base + l.m) : nullptr;
   }
@@ -1227,16 +1373,38 @@ struct OutRows {
   }
 };
 
+// db (b_ih's gradient) and db_hh (b_hh's), either NULL, from per-row sums
+// [rows, DW] (bwd_step_kernel's db_rows, cell_backward_kernel's dg_a) by
+// compensated column sums: the same for the LSTM and the RNN; the GRU's n
+// rows from xn (db) and from hn (db_hh).
+template <class Cell, class S, class A>
+void write_bias_grads(int64_t rows, int64_t H, const A* sums, void* db, void* db_hh, cudaStream_t stream) {
+  const int64_t G = Cell::kGates * H;
+  if constexpr (is_gru<Cell>) {
+    const int64_t ld = 4 * H;  // r|z|hn|xn
+    if (db) {
+      FL_LAUNCH((column_sum_kernel<S, A>), 2 * H, stream, rows, 2 * H, sums, ld, static_cast<S*>(db));
+      FL_LAUNCH((column_sum_kernel<S, A>), H, stream, rows, H, sums + 3 * H, ld, static_cast<S*>(db) + 2 * H);
+    }
+    if (db_hh) FL_LAUNCH((column_sum_kernel<S, A>), G, stream, rows, G, sums, ld, static_cast<S*>(db_hh));
+  } else {
+    for (void* out : {db, db_hh})
+      if (out) FL_LAUNCH((column_sum_kernel<S, A>), G, stream, rows, G, sums, G, static_cast<S*>(out));
+  }
+}
+
 // ----------------------------------------------------------------- forward
-template <class S>
+template <class Cell, class S>
 void forward_impl(const fl_forward_params& p, void* reserve) {
   using A = typename Traits<S>::A;
   constexpr cudaDataType_t sdt = Traits<S>::s_type, adt = a_type<A>();
+  constexpr bool lstm = is_lstm<Cell>;
   const cudaStream_t stream = static_cast<cudaStream_t>(p.device.stream);
   check_path_env();
   const Gemm gemm = make_gemm<S>(p.device, stream);
-  const int64_t T = p.T, B = p.B, I = p.I, H = p.H, G = 4 * H, R = p.proj_size, Hout = R > 0 ? R : H;
-  as_int(T * B * G, "T*B*4H");
+  const int64_t T = p.T, B = p.B, I = p.I, H = p.H, G = Cell::kGates * H, AW = Cell::kActs * H;
+  const int64_t R = p.proj_size, Hout = R > 0 ? R : H;
+  as_int(T * B * AW, "T*B*A*H");
   const bool o2m = p.mode == FL_ONE_TO_MANY, reverse = p.reverse && !o2m;
   const bool training = reserve != nullptr;
   const int64_t* len = o2m ? nullptr : p.lengths;
@@ -1248,42 +1416,49 @@ void forward_impl(const fl_forward_params& p, void* reserve) {
   A *acts = nullptr, *c_hist = nullptr;
   S *h_hist = nullptr, *m_hist = nullptr;
   if (training) {
-    const ReserveLayout l(sizeof(S), sizeof(A), T, B, H, R);
+    const ReserveLayout l(sizeof(S), sizeof(A), T, B, H, R, Cell::kActs, lstm);
     const ReserveViews<S, A> v(reserve, l, R > 0);
     acts = v.acts, c_hist = v.c_hist, h_hist = v.h_hist, m_hist = v.m;
     unsigned char* base = static_cast<unsigned char*>(reserve);
     zero_tail(base, l.acts, l.acts_used, stream);
-    zero_tail(base, l.c_hist, l.c_used, stream);
+    if (lstm) zero_tail(base, l.c_hist, l.c_used, stream);
     zero_tail(base, l.h_hist, l.h_used, stream);
     if (R > 0) zero_tail(base, l.m, l.m_used, stream);
     FL_CUDA_CHECK(cudaMemsetAsync(h_hist + T * B * Hout, 0, size_t(B * Hout) * sizeof(S), stream));  // scratch
-    FL_LAUNCH((convert_rows_kernel<A, S>), B * H, stream, B, H, static_cast<const S*>(p.c0), H,
-              c_hist + T * B * H, H);
+    if (lstm)
+      FL_LAUNCH((convert_rows_kernel<A, S>), B * H, stream, B, H, static_cast<const S*>(p.c0), H,
+                c_hist + T * B * H, H);
   }
 
   DevBuf bsum_buf;
   const A* bsum = nullptr;
   if (p.b_ih || p.b_hh) {
-    bsum_buf = DevBuf(G * sizeof(A), stream);
-    FL_LAUNCH((bias_sum_kernel<S, A>), G, stream, G, static_cast<const S*>(p.b_ih), static_cast<const S*>(p.b_hh),
-              bsum_buf.as<A>());
+    bsum_buf = DevBuf(Cell::kBias * H * sizeof(A), stream);
+    FL_LAUNCH((bias_kernel<Cell, S, A>), Cell::kBias * H, stream, H, static_cast<const S*>(p.b_ih),
+              static_cast<const S*>(p.b_hh), bsum_buf.as<A>());
     bsum = bsum_buf.as<A>();
   }
 
-  // Running states: h in h_n (S), c in c_n where S is the math type, else in A.
+  // Running states: h in h_n (S); the LSTM's c in c_n where S is the math
+  // type, else in A.
   S* h_cur = static_cast<S*>(p.h_n);
   DevBuf c_buf;
   A* c_cur = nullptr;
-  if constexpr (std::is_same_v<S, A>) {
-    c_cur = static_cast<A*>(p.c_n);
-  } else {
-    c_buf = DevBuf(B * H * sizeof(A), stream);
-    c_cur = c_buf.as<A>();
+  if constexpr (lstm) {
+    if constexpr (std::is_same_v<S, A>) {
+      c_cur = static_cast<A*>(p.c_n);
+    } else {
+      c_buf = DevBuf(B * H * sizeof(A), stream);
+      c_cur = c_buf.as<A>();
+    }
+    FL_LAUNCH((convert_rows_kernel<A, S>), B * H, stream, B, H, static_cast<const S*>(p.c0), H, c_cur, H);
   }
-  FL_LAUNCH((convert_rows_kernel<A, S>), B * H, stream, B, H, static_cast<const S*>(p.c0), H, c_cur, H);
 
+  // The persistent kernels run the LSTM only: the other cells always take
+  // the fallback (FUSEDLSTM_CUDA_PATH=persistent included).
   PersistPlan plan;
-  const bool persistent = choose_persistent<S, A>(persistent_fwd_kernel<S, A>, p, 4, H, &plan);
+  bool persistent = false;
+  if constexpr (lstm) persistent = choose_persistent<S, A>(persistent_fwd_kernel<S, A>, p, 4, H, &plan);
   last_fwd_path = persistent ? "persistent" : "fallback";
   // The persistent kernel keeps h in two slots (CTAs read the h of step s
   // while others write that of step s + 1).
@@ -1300,23 +1475,25 @@ void forward_impl(const fl_forward_params& p, void* reserve) {
   // (each step then replaces its row by the activations); inference takes a
   // chunk of steps at a time (bounded memory) in the forward direction and
   // all of them in reverse (a step spans many times); one_to_many needs one.
+  // x_ld: the row width of xproj (acts' kActs*H in training, else G).
   DevBuf xproj_buf;
   A* xproj = nullptr;
-  int64_t chunk = T, x_step = B * G;
+  int64_t chunk = T, x_ld = G;
   Operand<S> x = o2m ? steps_operand(static_cast<const S*>(p.x), 0, p.x_stride_b, 1, B, I, nullptr, false, stream)
                      : steps_operand(static_cast<const S*>(p.x), p.x_stride_t, p.x_stride_b, T, B, I, nullptr,
                                      false, stream);
   if (o2m) {
     xproj_buf = DevBuf(B * G * sizeof(A), stream);
-    xproj = xproj_buf.as<A>(), x_step = 0;
+    xproj = xproj_buf.as<A>();
     gemm.run(false, true, B, G, I, 1.0, x.ptr, sdt, x.ld, w_ih, sdt, I, 0.0, xproj, adt, G);
   } else if (training) {
-    xproj = acts;
+    xproj = acts, x_ld = AW;
   } else {
     if (!reverse) chunk = std::max<int64_t>(1, std::min<int64_t>(T, (int64_t(1) << 25) / (B * G)));
     xproj_buf = DevBuf(chunk * B * G * sizeof(A), stream);
     xproj = xproj_buf.as<A>();
   }
+  const int64_t x_step = o2m ? 0 : B * x_ld;
   DevBuf rec_buf(B * G * sizeof(A), stream), m_step_buf, hp_buf;
   A* rec = rec_buf.as<A>();
   if (R > 0) {
@@ -1327,8 +1504,8 @@ void forward_impl(const fl_forward_params& p, void* reserve) {
   for (int64_t t0 = 0; t0 < T; t0 += chunk) {
     const int64_t nt = std::min(chunk, T - t0);
     if (!o2m)
-      gemm.run(false, true, B, G, I, 1.0, x.ptr + t0 * x.st, sdt, x.ld, w_ih, sdt, I, 0.0, xproj, adt, G, nt, x.st,
-               0, B * G);
+      gemm.run(false, true, B, G, I, 1.0, x.ptr + t0 * x.st, sdt, x.ld, w_ih, sdt, I, 0.0, xproj, adt, x_ld, nt,
+               x.st, 0, x_step);
     if (persistent) {
       PersistArgs<S, A> a{};
       a.B = static_cast<int>(B), a.H = static_cast<int>(H), a.HB = plan.HB, a.kc = plan.kc;
@@ -1343,7 +1520,7 @@ void forward_impl(const fl_forward_params& p, void* reserve) {
       a.y = y, a.y_st = p.y_stride_t, a.y_sb = p.y_stride_b;
       a.acts = acts, a.c_hist = c_hist, a.h_hist = h_hist;
       a.len = len;
-      launch_persistent(persistent_fwd_kernel<S, A>, plan, a, stream);
+      if constexpr (lstm) launch_persistent(persistent_fwd_kernel<S, A>, plan, a, stream);
       continue;
     }
     for (int64_t s = t0; s < t0 + nt; ++s) {
@@ -1354,7 +1531,7 @@ void forward_impl(const fl_forward_params& p, void* reserve) {
         gemm.run(false, true, B, G, Hout, 1.0, h_cur, sdt, Hout, w_hh, sdt, Hout, 0.0, rec, adt, G);
         a.rec = rec;
       }
-      a.xproj = xproj, a.t0 = o2m ? 0 : t0, a.x_step = x_step;
+      a.xproj = xproj, a.t0 = o2m ? 0 : t0, a.x_step = x_step, a.x_ld = x_ld;
       if (o2m && s > 0 && p.feed != FL_FEED_REPEAT) {
         a.xproj = nullptr;
         if (p.feed == FL_FEED_OUTPUT)  // x_t = h_{t-1}
@@ -1364,7 +1541,7 @@ void forward_impl(const fl_forward_params& p, void* reserve) {
       a.h_cur = h_cur, a.y = y, a.y_st = p.y_stride_t, a.y_sb = p.y_stride_b, a.h_hist = h_hist;
       a.acts = acts, a.c_hist = c_hist;
       a.m_step = R > 0 ? m_step_buf.as<S>() : nullptr, a.m_hist = m_hist;
-      FL_LAUNCH((fwd_step_kernel<S, A>), B * H, stream, a);
+      FL_LAUNCH((fwd_step_kernel<Cell, S, A>), B * H, stream, a);
       if (R > 0) {
         gemm.run(false, true, B, R, H, 1.0, m_step_buf.as<S>(), sdt, H, w_hr, sdt, H, 0.0, hp_buf.as<A>(), adt, R);
         ProjStepArgs<S, A> q{};
@@ -1383,45 +1560,59 @@ void forward_impl(const fl_forward_params& p, void* reserve) {
       FL_LAUNCH((zero_padding_kernel<A>), T * B * H, stream, T, B, H, c_hist, len);
     }
   }
-  if (!std::is_same_v<S, A>)
+  if (lstm && !std::is_same_v<S, A>)
     FL_LAUNCH((convert_rows_kernel<S, A>), B * H, stream, B, H, c_cur, H, static_cast<S*>(p.c_n), H);
 }
 
 // --------------------------------------------------------------- backward
-template <class S>
+template <class Cell, class S>
 void backward_impl(const fl_forward_params& p, const void* reserve, const fl_backward_params& g) {
   using A = typename Traits<S>::A;
   constexpr cudaDataType_t sdt = Traits<S>::s_type, adt = a_type<A>();
+  constexpr bool lstm = is_lstm<Cell>, gru = is_gru<Cell>;
   const cudaStream_t stream = static_cast<cudaStream_t>(g.device.stream);
   check_path_env();
   // The forward's arithmetic (allow_tf32 of its device) for its backward.
   const Gemm gemm = make_gemm<S>(p.device, stream);
-  const int64_t T = p.T, B = p.B, I = p.I, H = p.H, G = 4 * H, R = p.proj_size, Hout = R > 0 ? R : H;
-  as_int(T * B * G, "T*B*4H");
+  const int64_t T = p.T, B = p.B, I = p.I, H = p.H, G = Cell::kGates * H, R = p.proj_size, Hout = R > 0 ? R : H;
+  // Columns of the per-row bias-gradient sums: G, the GRU's r|z|hn|xn.
+  const int64_t DW = gru ? 4 * H : G;
+  as_int(T * B * Cell::kActs * H, "T*B*A*H");
   const bool o2m = p.mode == FL_ONE_TO_MANY, m2o = p.mode == FL_MANY_TO_ONE, reverse = p.reverse && !o2m;
   const int64_t* len = o2m ? nullptr : p.lengths;
   const S* w_ih = static_cast<const S*>(p.w_ih);
   const S* w_hh = static_cast<const S*>(p.w_hh);
   const S* w_hr = static_cast<const S*>(p.w_hr);
-  const ReserveLayout l(sizeof(S), sizeof(A), T, B, H, R);
+  const ReserveLayout l(sizeof(S), sizeof(A), T, B, H, R, Cell::kActs, lstm);
   const ReserveViews<S, A> rv(reserve, l, R > 0);
   const S* dy = m2o ? nullptr : static_cast<const S*>(g.dy);
 
-  DevBuf dg_buf(T * B * G * sizeof(S), stream);  // [T, B, 4H] by time
-  DevBuf dh_carry(B * Hout * sizeof(A), stream), dh_rec(B * Hout * sizeof(A), stream), dc(B * H * sizeof(A), stream);
+  // dG [T, B, G] by time: the recurrent side's (W_hh, h); the GRU's input
+  // side (W_ih, x) differs in the n rows and has its own, dgx.
+  DevBuf dg_buf(T * B * G * sizeof(S), stream), dgx_buf;
+  DevBuf dh_carry(B * Hout * sizeof(A), stream), dh_rec(B * Hout * sizeof(A), stream), dc;
   S* dg = dg_buf.as<S>();
+  S* dgx = dg;
+  if (gru) {
+    dgx_buf = DevBuf(T * B * G * sizeof(S), stream);
+    dgx = dgx_buf.as<S>();
+  }
   FL_LAUNCH((convert_rows_kernel<A, S>), B * Hout, stream, B, Hout, static_cast<const S*>(g.dh_n), Hout,
             dh_carry.as<A>(), Hout, m2o ? static_cast<const S*>(g.dy) : nullptr);
-  FL_LAUNCH((convert_rows_kernel<A, S>), B * H, stream, B, H, static_cast<const S*>(g.dc_n), H, dc.as<A>(), H);
+  if (lstm) {
+    dc = DevBuf(B * H * sizeof(A), stream);
+    FL_LAUNCH((convert_rows_kernel<A, S>), B * H, stream, B, H, static_cast<const S*>(g.dc_n), H, dc.as<A>(), H);
+  }
 
   DevBuf db_rows;  // per-row sums in A, then a compensated sum over the rows
-  if (g.db) {
-    db_rows = DevBuf(B * G * sizeof(A), stream);
-    FL_CUDA_CHECK(cudaMemsetAsync(db_rows.as<A>(), 0, B * G * sizeof(A), stream));
+  if (g.db || g.db_hh) {
+    db_rows = DevBuf(B * DW * sizeof(A), stream);
+    FL_CUDA_CHECK(cudaMemsetAsync(db_rows.as<A>(), 0, B * DW * sizeof(A), stream));
   }
 
   PersistPlan plan;
-  const bool persistent = choose_persistent<S, A>(persistent_bwd_kernel<S, A>, p, 1, G, &plan);
+  bool persistent = false;  // the LSTM only, as the forward
+  if constexpr (lstm) persistent = choose_persistent<S, A>(persistent_bwd_kernel<S, A>, p, 1, G, &plan);
   last_bwd_path = persistent ? "persistent" : "fallback";
   DevBuf dg_step_buf, dh_hist_buf, dh_step_buf, dm_buf;
   if (reverse) dg_step_buf = DevBuf(B * G * sizeof(S), stream);
@@ -1440,7 +1631,7 @@ void backward_impl(const fl_forward_params& p, const void* reserve, const fl_bac
     a.dy = dy, a.dy_st = g.dy_stride_t, a.dy_sb = g.dy_stride_b;
     a.dh_carry = dh_carry.as<A>(), a.dc = dc.as<A>(), a.dg = dg, a.dh0 = dh_rec.as<A>(), a.len = len;
     a.db_rows = db_rows.as<A>();
-    launch_persistent(persistent_bwd_kernel<S, A>, plan, a, stream);
+    if constexpr (lstm) launch_persistent(persistent_bwd_kernel<S, A>, plan, a, stream);
   }
   for (int64_t s = persistent ? -1 : T - 1; s >= 0; --s) {
     S* dg_step = reverse ? dg_step_buf.as<S>() : dg + s * B * G;
@@ -1457,20 +1648,23 @@ void backward_impl(const fl_forward_params& p, const void* reserve, const fl_bac
     }
     BwdStepArgs<S, A> a{};
     a.T = T, a.B = B, a.H = H, a.s = s, a.reverse = reverse, a.len = len;
-    a.acts = rv.acts, a.c_hist = rv.c_hist;
+    a.acts = rv.acts, a.c_hist = rv.c_hist, a.h_hist = rv.h_hist;
     a.dh_rec = dh_rec.as<A>(), a.dh_carry = dh_carry.as<A>(), a.dy = dy, a.dy_st = g.dy_stride_t;
     a.dy_sb = g.dy_stride_b, a.dm = dm, a.dc = dc.as<A>(), a.dg_hist = dg, a.dg_step = dg_step;
+    a.dh_direct = gru ? dh_rec.as<A>() : nullptr, a.dgx_hist = gru ? dgx : nullptr;
     a.db_rows = db_rows.as<A>();
-    FL_LAUNCH((bwd_step_kernel<S, A>), B * H, stream, a);
-    // Gradient reaching the h that entered step s: dG W_hh (+ dG W_ih where x_t = h_{t-1}).
-    gemm.run(false, false, B, Hout, G, 1.0, dg_step, sdt, G, w_hh, sdt, Hout, 0.0, dh_rec.as<A>(), adt, Hout);
+    FL_LAUNCH((bwd_step_kernel<Cell, S, A>), B * H, stream, a);
+    // Gradient reaching the h that entered step s: dG W_hh (+ dG W_ih where
+    // x_t = h_{t-1}), added to the GRU's dh * z.
+    gemm.run(false, false, B, Hout, G, 1.0, dg_step, sdt, G, w_hh, sdt, Hout, gru ? 1.0 : 0.0, dh_rec.as<A>(), adt,
+             Hout);
     if (o2m && p.feed == FL_FEED_OUTPUT && s > 0)
       gemm.run(false, false, B, Hout, G, 1.0, dg_step, sdt, G, w_ih, sdt, I, 1.0, dh_rec.as<A>(), adt, Hout);
   }
   // dh0: the gradient reaching the h before step 0 (every row runs step 0).
   FL_LAUNCH((convert_rows_kernel<S, A>), B * Hout, stream, B, Hout, dh_rec.as<A>(), Hout, static_cast<S*>(g.dh0),
             Hout);
-  FL_LAUNCH((convert_rows_kernel<S, A>), B * H, stream, B, H, dc.as<A>(), H, static_cast<S*>(g.dc0), H);
+  if (lstm) FL_LAUNCH((convert_rows_kernel<S, A>), B * H, stream, B, H, dc.as<A>(), H, static_cast<S*>(g.dc0), H);
 
   // Whole-sequence GEMMs, rows paired by time. dW_hh = sum_t dG_t^T h_hist[t].
   gemm.run(true, false, G, Hout, T * B, 1.0, dg, sdt, G, rv.h_hist, sdt, Hout, 0.0, g.dw_hh, sdt, Hout);
@@ -1480,9 +1674,9 @@ void backward_impl(const fl_forward_params& p, const void* reserve, const fl_bac
   if (!o2m) {
     const Operand<S> x = steps_operand(static_cast<const S*>(p.x), p.x_stride_t, p.x_stride_b, T, B, I, len, true,
                                        stream);
-    gemm.run(true, false, G, I, T * B, 1.0, dg, sdt, G, x.ptr, sdt, x.ld, 0.0, dw_ih, sdt, I);
+    gemm.run(true, false, G, I, T * B, 1.0, dgx, sdt, G, x.ptr, sdt, x.ld, 0.0, dw_ih, sdt, I);
     OutRows<S> dx(static_cast<S*>(g.dx), g.dx_stride_t, g.dx_stride_b, T, B, I, stream);
-    gemm.run(false, false, B, I, G, 1.0, dg, sdt, G, w_ih, sdt, I, 0.0, dx.ptr, sdt, dx.ld, T, B * G, 0,
+    gemm.run(false, false, B, I, G, 1.0, dgx, sdt, G, w_ih, sdt, I, 0.0, dx.ptr, sdt, dx.ld, T, B * G, 0,
              dx.out_st);
     dx.finish(stream);
   } else {
@@ -1493,70 +1687,96 @@ void backward_impl(const fl_forward_params& p, const void* reserve, const fl_bac
       DevBuf dw_acc(G * I * sizeof(A), stream), dx_acc(B * I * sizeof(A), stream);
       for (int64_t t = 0; t < T; ++t) {
         const double beta = t == 0 ? 0.0 : 1.0;
-        gemm.run(true, false, G, I, B, 1.0, dg + t * B * G, sdt, G, x.ptr, sdt, x.ld, beta, dw_acc.as<A>(), adt, I);
-        gemm.run(false, false, B, I, G, 1.0, dg + t * B * G, sdt, G, w_ih, sdt, I, beta, dx_acc.as<A>(), adt, I);
+        gemm.run(true, false, G, I, B, 1.0, dgx + t * B * G, sdt, G, x.ptr, sdt, x.ld, beta, dw_acc.as<A>(), adt, I);
+        gemm.run(false, false, B, I, G, 1.0, dgx + t * B * G, sdt, G, w_ih, sdt, I, beta, dx_acc.as<A>(), adt, I);
       }
       FL_LAUNCH((convert_rows_kernel<S, A>), G * I, stream, G, I, dw_acc.as<A>(), I, dw_ih, I);
       FL_LAUNCH((convert_rows_kernel<S, A>), B * I, stream, B, I, dx_acc.as<A>(), I, dx.ptr, dx.ld);
     } else {
       // x only at step 0; with feed output x_t = h_{t-1} = h_hist[t] for t >= 1.
-      gemm.run(false, false, B, I, G, 1.0, dg, sdt, G, w_ih, sdt, I, 0.0, dx.ptr, sdt, dx.ld);
+      gemm.run(false, false, B, I, G, 1.0, dgx, sdt, G, w_ih, sdt, I, 0.0, dx.ptr, sdt, dx.ld);
       if (p.feed == FL_FEED_OUTPUT && T > 1) {
         DevBuf dw_acc(G * I * sizeof(A), stream);
-        gemm.run(true, false, G, I, B, 1.0, dg, sdt, G, x.ptr, sdt, x.ld, 0.0, dw_acc.as<A>(), adt, I);
+        gemm.run(true, false, G, I, B, 1.0, dgx, sdt, G, x.ptr, sdt, x.ld, 0.0, dw_acc.as<A>(), adt, I);
         gemm.run(true, false, G, I, (T - 1) * B, 1.0, dg + B * G, sdt, G, rv.h_hist + B * Hout, sdt, Hout, 1.0,
                  dw_acc.as<A>(), adt, I);
         FL_LAUNCH((convert_rows_kernel<S, A>), G * I, stream, G, I, dw_acc.as<A>(), I, dw_ih, I);
       } else {
-        gemm.run(true, false, G, I, B, 1.0, dg, sdt, G, x.ptr, sdt, x.ld, 0.0, dw_ih, sdt, I);
+        gemm.run(true, false, G, I, B, 1.0, dgx, sdt, G, x.ptr, sdt, x.ld, 0.0, dw_ih, sdt, I);
       }
     }
     dx.finish(stream);
   }
-  if (g.db) FL_LAUNCH((column_sum_kernel<S, A>), G, stream, B, G, db_rows.as<A>(), static_cast<S*>(g.db));
+  write_bias_grads<Cell, S, A>(B, H, db_rows.as<A>(), g.db, g.db_hh, stream);
 }
 
 // ------------------------------------------------------------------- cell
-template <class S>
+template <class Cell, class S>
 void cell_impl(const fl_cell_params& p) {
   using A = typename Traits<S>::A;
   constexpr cudaDataType_t sdt = Traits<S>::s_type, adt = a_type<A>();
+  constexpr bool gru = is_gru<Cell>;
   const cudaStream_t stream = static_cast<cudaStream_t>(p.device.stream);
   const Gemm gemm = make_gemm<S>(p.device, stream);
-  const int64_t B = p.B, I = p.I, H = p.H, G = 4 * H;
-  DevBuf rec(B * G * sizeof(A), stream), bsum_buf;
+  const int64_t B = p.B, I = p.I, H = p.H, G = Cell::kGates * H;
+  as_int(B * Cell::kActs * H, "B*A*H");
+  // rec = x W_ih^T + h W_hh^T; the GRU keeps h W_hh^T apart in rec_h.
+  DevBuf rec(B * G * sizeof(A), stream), rec_h, bsum_buf;
   gemm.run(false, true, B, G, I, 1.0, p.x, sdt, I, p.w_ih, sdt, I, 0.0, rec.as<A>(), adt, G);
-  gemm.run(false, true, B, G, H, 1.0, p.h, sdt, H, p.w_hh, sdt, H, 1.0, rec.as<A>(), adt, G);
+  if (gru) {
+    rec_h = DevBuf(B * G * sizeof(A), stream);
+    gemm.run(false, true, B, G, H, 1.0, p.h, sdt, H, p.w_hh, sdt, H, 0.0, rec_h.as<A>(), adt, G);
+  } else {
+    gemm.run(false, true, B, G, H, 1.0, p.h, sdt, H, p.w_hh, sdt, H, 1.0, rec.as<A>(), adt, G);
+  }
   const A* bsum = nullptr;
   if (p.b_ih || p.b_hh) {
-    bsum_buf = DevBuf(G * sizeof(A), stream);
-    FL_LAUNCH((bias_sum_kernel<S, A>), G, stream, G, static_cast<const S*>(p.b_ih), static_cast<const S*>(p.b_hh),
-              bsum_buf.as<A>());
+    bsum_buf = DevBuf(Cell::kBias * H * sizeof(A), stream);
+    FL_LAUNCH((bias_kernel<Cell, S, A>), Cell::kBias * H, stream, H, static_cast<const S*>(p.b_ih),
+              static_cast<const S*>(p.b_hh), bsum_buf.as<A>());
     bsum = bsum_buf.as<A>();
   }
-  FL_LAUNCH((cell_kernel<S, A>), B * H, stream, B, H, rec.as<A>(), bsum, static_cast<const S*>(p.c),
-            static_cast<S*>(p.h_new), static_cast<S*>(p.c_new), static_cast<S*>(p.acts));
+  FL_LAUNCH((cell_kernel<Cell, S, A>), B * H, stream, B, H, rec.as<A>(), rec_h.as<A>(), bsum,
+            static_cast<const S*>(p.h), static_cast<const S*>(p.c), static_cast<S*>(p.h_new),
+            static_cast<S*>(p.c_new), static_cast<S*>(p.acts));
 }
 
-template <class S>
+template <class Cell, class S>
 void cell_backward_impl(const fl_cell_backward_params& p) {
   using A = typename Traits<S>::A;
-  constexpr cudaDataType_t sdt = Traits<S>::s_type;
+  constexpr cudaDataType_t sdt = Traits<S>::s_type, adt = a_type<A>();
+  constexpr bool gru = is_gru<Cell>;
   const cudaStream_t stream = static_cast<cudaStream_t>(p.device.stream);
   const Gemm gemm = make_gemm<S>(p.device, stream);
-  const int64_t B = p.B, I = p.I, H = p.H, G = 4 * H;
-  as_int(B * G, "B*4H");
-  DevBuf dg_buf(B * G * sizeof(S), stream), dg_a;
+  const int64_t B = p.B, I = p.I, H = p.H, G = Cell::kGates * H, DW = gru ? 4 * H : G;
+  as_int(B * DW, "B*4H");
+  // dg: the recurrent side's gate gradients; the GRU's input side (dgx)
+  // differs in the n rows, and its dh starts from dh_new * z (dh_a, in A).
+  DevBuf dg_buf(B * G * sizeof(S), stream), dgx_buf, dg_a, dh_a;
   S* dg = dg_buf.as<S>();
-  if (p.db) dg_a = DevBuf(B * G * sizeof(A), stream);
-  FL_LAUNCH((cell_backward_kernel<S, A>), B * H, stream, B, H, static_cast<const S*>(p.acts),
-            static_cast<const S*>(p.c), static_cast<const S*>(p.c_new), static_cast<const S*>(p.dh_new),
-            static_cast<const S*>(p.dc_new), static_cast<S*>(p.dc), dg, dg_a.as<A>());
-  gemm.run(false, false, B, I, G, 1.0, dg, sdt, G, p.w_ih, sdt, I, 0.0, p.dx, sdt, I);
-  gemm.run(false, false, B, H, G, 1.0, dg, sdt, G, p.w_hh, sdt, H, 0.0, p.dh, sdt, H);
-  gemm.run(true, false, G, I, B, 1.0, dg, sdt, G, p.x, sdt, I, 0.0, p.dw_ih, sdt, I);
+  S* dgx = dg;
+  if (gru) {
+    dgx_buf = DevBuf(B * G * sizeof(S), stream);
+    dgx = dgx_buf.as<S>();
+    dh_a = DevBuf(B * H * sizeof(A), stream);
+  }
+  if (p.db || p.db_hh) dg_a = DevBuf(B * DW * sizeof(A), stream);
+  CellBwdArgs<S, A> a{};
+  a.B = B, a.H = H, a.acts = static_cast<const S*>(p.acts), a.h = static_cast<const S*>(p.h);
+  a.c = static_cast<const S*>(p.c), a.c_new = static_cast<const S*>(p.c_new);
+  a.dh_new = static_cast<const S*>(p.dh_new), a.dc_new = static_cast<const S*>(p.dc_new);
+  a.dc = static_cast<S*>(p.dc), a.dh_direct = dh_a.as<A>(), a.dg = dg, a.dgx = dgx, a.dg_a = dg_a.as<A>();
+  FL_LAUNCH((cell_backward_kernel<Cell, S, A>), B * H, stream, a);
+  gemm.run(false, false, B, I, G, 1.0, dgx, sdt, G, p.w_ih, sdt, I, 0.0, p.dx, sdt, I);
+  if (gru) {
+    gemm.run(false, false, B, H, G, 1.0, dg, sdt, G, p.w_hh, sdt, H, 1.0, dh_a.as<A>(), adt, H);
+    FL_LAUNCH((convert_rows_kernel<S, A>), B * H, stream, B, H, dh_a.as<A>(), H, static_cast<S*>(p.dh), H);
+  } else {
+    gemm.run(false, false, B, H, G, 1.0, dg, sdt, G, p.w_hh, sdt, H, 0.0, p.dh, sdt, H);
+  }
+  gemm.run(true, false, G, I, B, 1.0, dgx, sdt, G, p.x, sdt, I, 0.0, p.dw_ih, sdt, I);
   gemm.run(true, false, G, H, B, 1.0, dg, sdt, G, p.h, sdt, H, 0.0, p.dw_hh, sdt, H);
-  if (p.db) FL_LAUNCH((column_sum_kernel<S, A>), G, stream, B, G, dg_a.as<A>(), static_cast<S*>(p.db));
+  write_bias_grads<Cell, S, A>(B, H, dg_a.as<A>(), p.db, p.db_hh, stream);
 }
 
 template <class S>
@@ -1565,6 +1785,20 @@ void rows_impl(const fl_device& device, fl_rows_op op, void* dst, int64_t dst_st
   const cudaStream_t stream = static_cast<cudaStream_t>(device.stream);
   FL_LAUNCH((rows_kernel<S>), T * B * n, stream, int(op), static_cast<S*>(dst), dst_st, dst_sb,
             static_cast<const S*>(src), src_st, src_sb, T, B, n);
+}
+
+// Calls fn.template operator()<Cell>() for the cell's traits (the C API
+// checked the kind).
+template <class Fn>
+void by_cell(fl_cell_kind cell, Fn&& fn) {
+  switch (cell) {
+    case FL_CELL_LSTM: return fn.template operator()<LstmCell>();
+    case FL_CELL_GRU: return fn.template operator()<GruCell>();
+    case FL_CELL_RNN_TANH: return fn.template operator()<RnnCell<false>>();
+    case FL_CELL_RNN_RELU: return fn.template operator()<RnnCell<true>>();
+  }
+  throw InvalidArgument("cell = " + std::to_string(int(cell)) +
+                        " must be FL_CELL_LSTM, FL_CELL_GRU, FL_CELL_RNN_TANH or FL_CELL_RNN_RELU");
 }
 
 // Calls fn.template operator()<S>() for the storage type of dtype.
@@ -1582,24 +1816,28 @@ void by_dtype(fl_dtype dtype, Fn&& fn) {
 
 }  // namespace
 
-int64_t reserve_bytes(fl_dtype dtype, int64_t T, int64_t B, int64_t H, int64_t proj_size) {
-  return ReserveLayout(storage_bytes(dtype), math_bytes(dtype), T, B, H, proj_size).end;
+int64_t reserve_bytes(fl_cell_kind cell, fl_dtype dtype, int64_t T, int64_t B, int64_t H, int64_t proj_size) {
+  int64_t bytes = -1;
+  by_cell(cell, [&]<class C>() {
+    bytes = ReserveLayout(storage_bytes(dtype), math_bytes(dtype), T, B, H, proj_size, C::kActs, is_lstm<C>).end;
+  });
+  return bytes;
 }
 
 void forward(const fl_forward_params& p, void* reserve) {
-  by_dtype(p.dtype, [&]<class S>() { forward_impl<S>(p, reserve); });
+  by_dtype(p.dtype, [&]<class S>() { by_cell(p.cell, [&]<class C>() { forward_impl<C, S>(p, reserve); }); });
 }
 
 void backward(const fl_forward_params& p, const void* reserve, const fl_backward_params& grads) {
-  by_dtype(p.dtype, [&]<class S>() { backward_impl<S>(p, reserve, grads); });
+  by_dtype(p.dtype, [&]<class S>() { by_cell(p.cell, [&]<class C>() { backward_impl<C, S>(p, reserve, grads); }); });
 }
 
 void cell(const fl_cell_params& p) {
-  by_dtype(p.dtype, [&]<class S>() { cell_impl<S>(p); });
+  by_dtype(p.dtype, [&]<class S>() { by_cell(p.cell, [&]<class C>() { cell_impl<C, S>(p); }); });
 }
 
 void cell_backward(const fl_cell_backward_params& p) {
-  by_dtype(p.dtype, [&]<class S>() { cell_backward_impl<S>(p); });
+  by_dtype(p.dtype, [&]<class S>() { by_cell(p.cell, [&]<class C>() { cell_backward_impl<C, S>(p); }); });
 }
 
 void rows(const fl_device& device, fl_dtype dtype, fl_rows_op op, void* dst, int64_t dst_st, int64_t dst_sb,

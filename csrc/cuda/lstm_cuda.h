@@ -12,9 +12,9 @@
 
 namespace fusedlstm::cuda {
 
-// Bytes of one direction's reserve (the "CUDA:" closed form of fusedlstm.h);
-// InvalidArgument naming the term that overflows.
-int64_t reserve_bytes(fl_dtype dtype, int64_t T, int64_t B, int64_t H, int64_t proj_size);
+// Bytes of one direction's reserve of the cell (the "CUDA:" closed form of
+// fusedlstm.h); InvalidArgument naming the term that overflows.
+int64_t reserve_bytes(fl_cell_kind cell, fl_dtype dtype, int64_t T, int64_t B, int64_t H, int64_t proj_size);
 // reserve: NULL (inference) or reserve_bytes(...) bytes, 256-byte aligned.
 void forward(const fl_forward_params& params, void* reserve);
 void backward(const fl_forward_params& params, const void* reserve, const fl_backward_params& grads);

@@ -28,8 +28,9 @@
 // GRU and RNN have no cell state: c0, c_n, dc_n, dc0, c, c_new, dc_new, dc
 // are not read or written (NULL is fine) and no projection (proj_size 0).
 // Their gradients of b_ih and b_hh differ for the GRU (the n rows), hence
-// the separate db_hh below. CUDA runs the LSTM only so far: another cell on
-// a CUDA device returns FL_INVALID_ARGUMENT saying so.
+// the separate db_hh below. CUDA runs every cell; GRU and RNN calls always
+// take its fallback path (cuBLAS GEMMs + fused pointwise kernels), even with
+// FUSEDLSTM_CUDA_PATH=persistent: the persistent kernels are the LSTM's only.
 //
 // Backends: every params struct ends with an fl_device saying where its
 // arrays live. A zero-initialised one is the CPU: host memory, the SIMD
@@ -321,8 +322,9 @@ typedef struct fl_stack_grads {
 //   CPU:  w = 64 / s; hp = roundup(H, w); A = 4 (LSTM, GRU) or 0 (RNN)
 //         cell = 320 + r64(S*A*hp*s) + (LSTM ? r64(S*hp*s) : 0) + r64(S*(R ? R : hp)*s)
 //                + (R ? r64(S*roundup(H, 4*w)*s) : 0)
-//   CUDA (LSTM): a = 8 (float64) or 4 (the math type); r256(n) = roundup(n, 256)
-//         cell = r256(S*4*H*a) + r256((S+B)*H*a) + r256((S+B)*Hout*s)
+//   CUDA: a = 8 (float64) or 4 (the math type); r256(n) = roundup(n, 256);
+//         A = 4 (LSTM i|f|g|o, GRU r|z|n|hn) or 1 (RNN h_new)
+//         cell = r256(S*A*H*a) + (LSTM ? r256((S+B)*H*a) : 0) + r256((S+B)*Hout*s)
 //                + (R ? r256(S*H*s) : 0)
 //   total = L*D*cell + (L-1)*(r64(S*D*Hout*s) + 64)
 // Returns -1 (never a negative or wrapped size), with the reason in

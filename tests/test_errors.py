@@ -438,7 +438,7 @@ def test_cuda_core_checks_sizes_and_enums(change, match):
 
 
 def test_cuda_null_pointer_is_named():
-    with pytest.raises(ValueError, match=r"^x, w_ih, w_hh, h_n and c_n are required"):
+    with pytest.raises(ValueError, match=r"^x, w_ih, w_hh and h_n are required"):
         cuda_core_forward(x=0)
 
 

@@ -23,6 +23,7 @@ import pytest
 
 import fusedlstm
 from fusedlstm import _core, _host
+from test_forward_backward import assert_bitwise_equal, snapshot, time_major  # the LSTM's, shared
 
 DTYPES = [pytest.param(np.float32, id="f32"), pytest.param(np.float64, id="f64")]
 CELLS = ["gru", "rnn_tanh", "rnn_relu"]
@@ -141,28 +142,6 @@ def reference(p, reference_outputs, dtype):
         if table is not None:
             assert table.get("c_n") is None and table.get("dc0") is None, "the reference has a cell state"
     return ref64, plain
-
-
-def assert_bitwise_equal(a, b, what):
-    assert a.keys() == b.keys()
-    for key in a:
-        if a[key] is None or b[key] is None:
-            assert a[key] is None and b[key] is None, f"{key}: None in only one of {what}"
-            continue
-        assert a[key].shape == b[key].shape and a[key].dtype == b[key].dtype, key
-        assert np.array_equal(a[key], b[key]), (
-            f"{key}: results differ between {what} "
-            f"(max diff {np.nanmax(np.abs(a[key].astype(float) - b[key])):.3e})")
-
-
-def snapshot(p):
-    arrays = list(p.args) + [v for v in p.kwargs.values() if isinstance(v, np.ndarray)]
-    arrays += list((p.upstream or {}).values())
-    return [(a, a.copy()) for a in arrays]
-
-
-def time_major(a, batch_first):
-    return a.swapaxes(0, 1) if batch_first else a
 
 
 # --------------------------------------------------------------------------------------

@@ -1534,8 +1534,12 @@ void forward_impl(const fl_forward_params& p, void* reserve) {
       a.xproj = xproj, a.t0 = o2m ? 0 : t0, a.x_step = x_step, a.x_ld = x_ld;
       if (o2m && s > 0 && p.feed != FL_FEED_REPEAT) {
         a.xproj = nullptr;
-        if (p.feed == FL_FEED_OUTPUT)  // x_t = h_{t-1}
-          gemm.run(false, true, B, G, Hout, 1.0, h_cur, sdt, Hout, w_ih, sdt, I, 1.0, rec, adt, G);
+        if (p.feed == FL_FEED_OUTPUT) {
+          // x_t = h_{t-1}: its input term, apart from rec (the GRU's n gate
+          // needs it so), into step 0's buffer (read by step 0 only).
+          gemm.run(false, true, B, G, Hout, 1.0, h_cur, sdt, Hout, w_ih, sdt, I, 0.0, xproj, adt, G);
+          a.xproj = xproj;
+        }
       }
       a.bsum = bsum, a.len = len, a.c_cur = c_cur;
       a.h_cur = h_cur, a.y = y, a.y_st = p.y_stride_t, a.y_sb = p.y_stride_b, a.h_hist = h_hist;
@@ -1654,12 +1658,13 @@ void backward_impl(const fl_forward_params& p, const void* reserve, const fl_bac
     a.dh_direct = gru ? dh_rec.as<A>() : nullptr, a.dgx_hist = gru ? dgx : nullptr;
     a.db_rows = db_rows.as<A>();
     FL_LAUNCH((bwd_step_kernel<Cell, S, A>), B * H, stream, a);
-    // Gradient reaching the h that entered step s: dG W_hh (+ dG W_ih where
+    // Gradient reaching the h that entered step s: dG W_hh (+ dGx W_ih where
     // x_t = h_{t-1}), added to the GRU's dh * z.
     gemm.run(false, false, B, Hout, G, 1.0, dg_step, sdt, G, w_hh, sdt, Hout, gru ? 1.0 : 0.0, dh_rec.as<A>(), adt,
              Hout);
-    if (o2m && p.feed == FL_FEED_OUTPUT && s > 0)
-      gemm.run(false, false, B, Hout, G, 1.0, dg_step, sdt, G, w_ih, sdt, I, 1.0, dh_rec.as<A>(), adt, Hout);
+    if (o2m && p.feed == FL_FEED_OUTPUT && s > 0)  // one_to_many: time s, every row active
+      gemm.run(false, false, B, Hout, G, 1.0, gru ? dgx + s * B * G : dg_step, sdt, G, w_ih, sdt, I, 1.0,
+               dh_rec.as<A>(), adt, Hout);
   }
   // dh0: the gradient reaching the h before step 0 (every row runs step 0).
   FL_LAUNCH((convert_rows_kernel<S, A>), B * Hout, stream, B, Hout, dh_rec.as<A>(), Hout, static_cast<S*>(g.dh0),
@@ -1698,7 +1703,7 @@ void backward_impl(const fl_forward_params& p, const void* reserve, const fl_bac
       if (p.feed == FL_FEED_OUTPUT && T > 1) {
         DevBuf dw_acc(G * I * sizeof(A), stream);
         gemm.run(true, false, G, I, B, 1.0, dgx, sdt, G, x.ptr, sdt, x.ld, 0.0, dw_acc.as<A>(), adt, I);
-        gemm.run(true, false, G, I, (T - 1) * B, 1.0, dg + B * G, sdt, G, rv.h_hist + B * Hout, sdt, Hout, 1.0,
+        gemm.run(true, false, G, I, (T - 1) * B, 1.0, dgx + B * G, sdt, G, rv.h_hist + B * Hout, sdt, Hout, 1.0,
                  dw_acc.as<A>(), adt, I);
         FL_LAUNCH((convert_rows_kernel<S, A>), G * I, stream, G, I, dw_acc.as<A>(), I, dw_ih, I);
       } else {

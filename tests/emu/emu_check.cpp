@@ -10,6 +10,8 @@
 //   - fl_lstm_stack_forward / fl_lstm_stack_backward: 2 layers,
 //     bidirectional, proj_size, dropout mask, lengths, with the reserve sized
 //     by fl_lstm_stack_reserve_bytes(device CUDA) (256-byte aligned, poisoned);
+//   - all of it for each cell (LSTM, GRU, RNN tanh, RNN relu; the others
+//     without a projection), db and db_hh apart, the other cells' c arrays NULL;
 // in float64, float32, float16 and bfloat16, outputs NaN-poisoned, fresh
 // random inputs each run (seed printed); on the fallback path and on the
 // persistent kernels (fibers: block and grid barriers and warp shuffles
@@ -206,7 +208,15 @@ void check(Failures* f, const std::string& name, const Precision& pr, const std:
 // and strides as in fusedlstm.h; outputs indexed like the library's.
 // saved_round: rounding of the activations and cell states the backward
 // reads (the cell's are outputs in the storage dtype: fl_cell_params.acts).
+// Gate rows per unit (G = gates*H) and saved values per unit (acts) of a cell.
+int64_t cell_gates(fl_cell_kind c) { return c == FL_CELL_LSTM ? 4 : c == FL_CELL_GRU ? 3 : 1; }
+int64_t cell_acts(fl_cell_kind c) { return c == FL_CELL_LSTM || c == FL_CELL_GRU ? 4 : 1; }
+const char* cell_name(fl_cell_kind c) {
+  return c == FL_CELL_LSTM ? "lstm" : c == FL_CELL_GRU ? "gru" : c == FL_CELL_RNN_TANH ? "rnn_tanh" : "rnn_relu";
+}
+
 struct SeqSpec {
+  fl_cell_kind cell = FL_CELL_LSTM;
   fl_mode mode = FL_MANY_TO_MANY;
   fl_feed feed = FL_FEED_REPEAT;
   int64_t T, B, I, H, R = 0;
@@ -222,27 +232,28 @@ struct SeqData {  // values in double; NULL-able ones empty when absent
 };
 
 struct SeqResult {
-  std::vector<double> y, h_n, c_n, dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr;
+  std::vector<double> y, h_n, c_n, dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr, db_hh;
 };
 
 template <class Tm>
 SeqResult plain_seq(const SeqSpec& sp, const SeqData& in, Rounding op_round, Rounding saved_round = round_none) {
-  const int64_t T = sp.T, B = sp.B, I = sp.I, H = sp.H, R = sp.R, Ho = R > 0 ? R : H, G = 4 * H;
+  const int64_t T = sp.T, B = sp.B, I = sp.I, H = sp.H, R = sp.R, Ho = R > 0 ? R : H, G = cell_gates(sp.cell) * H;
   const bool o2m = sp.mode == FL_ONE_TO_MANY, m2o = sp.mode == FL_MANY_TO_ONE;
+  const bool lstm = sp.cell == FL_CELL_LSTM, gru = sp.cell == FL_CELL_GRU, relu = sp.cell == FL_CELL_RNN_RELU;
   auto op = [&](Tm v) { return Tm(op_round(double(v))); };
   auto sig = [](Tm v) { return Tm(1) / (Tm(1) + std::exp(-v)); };
   SeqResult r;
   r.y.assign(sp.y_n, 0), r.h_n.assign(B * Ho, 0), r.c_n.assign(B * H, 0), r.dx.assign(sp.dx_n, 0);
   r.dh0.assign(B * Ho, 0), r.dc0.assign(B * H, 0), r.dw_ih.assign(G * I, 0), r.dw_hh.assign(G * Ho, 0);
-  r.db.assign(G, 0), r.dw_hr.assign(R * H, 0);
-  std::vector<Tm> dwih(G * I, 0), dwhh(G * Ho, 0), db(G, 0), dwhr(R * H, 0);
+  r.db.assign(G, 0), r.dw_hr.assign(R * H, 0), r.db_hh.assign(G, 0);
+  std::vector<Tm> dwih(G * I, 0), dwhh(G * Ho, 0), db(G, 0), dwhr(R * H, 0), dbhh(G, 0);
   for (int64_t b = 0; b < B; ++b) {
     const int64_t L = in.len.empty() || o2m ? T : in.len[b];
     std::vector<std::vector<Tm>> xin(L), hprev(L), acts(L), cprev(L), cnew(L), ms(L);
     std::vector<Tm> h(Ho, 0), c(H, 0);
     if (!in.h0.empty())
       for (int64_t k = 0; k < Ho; ++k) h[k] = Tm(in.h0[b * Ho + k]);
-    if (!in.c0.empty())
+    if (!in.c0.empty() && lstm)
       for (int64_t k = 0; k < H; ++k) c[k] = Tm(in.c0[b * H + k]);
     for (int64_t s = 0; s < L; ++s) {
       const int64_t t = sp.reverse ? L - 1 - s : s;
@@ -252,18 +263,43 @@ SeqResult plain_seq(const SeqSpec& sp, const SeqData& in, Rounding op_round, Rou
         else if (s == 0 || sp.feed == FL_FEED_REPEAT) x[k] = Tm(in.x[sp.x_off + b * sp.x_sb + k]);
         else if (sp.feed == FL_FEED_OUTPUT) x[k] = h[k];
       }
-      std::vector<Tm> a(G), cn(H), m(H), hn(Ho);
-      for (int64_t j = 0; j < G; ++j) {
-        Tm v = 0;
-        for (int64_t k = 0; k < I; ++k) v += op(Tm(in.w_ih[j * I + k])) * op(x[k]);
-        for (int64_t k = 0; k < Ho; ++k) v += op(Tm(in.w_hh[j * Ho + k])) * op(h[k]);
-        if (!in.b_ih.empty()) v += Tm(in.b_ih[j]);
-        if (!in.b_hh.empty()) v += Tm(in.b_hh[j]);
-        a[j] = (j / H == 2) ? std::tanh(v) : sig(v);
-      }
-      for (int64_t u = 0; u < H; ++u) {
-        cn[u] = a[H + u] * c[u] + a[u] * a[2 * H + u];
-        m[u] = a[3 * H + u] * std::tanh(cn[u]);
+      std::vector<Tm> a(cell_acts(sp.cell) * H), cn(H), m(H), hn(Ho);
+      if (lstm) {
+        for (int64_t j = 0; j < G; ++j) {
+          Tm v = 0;
+          for (int64_t k = 0; k < I; ++k) v += op(Tm(in.w_ih[j * I + k])) * op(x[k]);
+          for (int64_t k = 0; k < Ho; ++k) v += op(Tm(in.w_hh[j * Ho + k])) * op(h[k]);
+          if (!in.b_ih.empty()) v += Tm(in.b_ih[j]);
+          if (!in.b_hh.empty()) v += Tm(in.b_hh[j]);
+          a[j] = (j / H == 2) ? std::tanh(v) : sig(v);
+        }
+        for (int64_t u = 0; u < H; ++u) {
+          cn[u] = a[H + u] * c[u] + a[u] * a[2 * H + u];
+          m[u] = a[3 * H + u] * std::tanh(cn[u]);
+        }
+      } else {
+        // x and h terms apart: x W_ih^T + b_ih, h W_hh^T + b_hh.
+        std::vector<Tm> xg(G), hg(G);
+        for (int64_t j = 0; j < G; ++j) {
+          Tm v = 0, w = 0;
+          for (int64_t k = 0; k < I; ++k) v += op(Tm(in.w_ih[j * I + k])) * op(x[k]);
+          for (int64_t k = 0; k < Ho; ++k) w += op(Tm(in.w_hh[j * Ho + k])) * op(h[k]);
+          if (!in.b_ih.empty()) v += Tm(in.b_ih[j]);
+          if (!in.b_hh.empty()) w += Tm(in.b_hh[j]);
+          xg[j] = v, hg[j] = w;
+        }
+        for (int64_t u = 0; u < H; ++u) {
+          if (gru) {  // a = r|z|n|hn
+            const Tm rr = sig(xg[u] + hg[u]), z = sig(xg[H + u] + hg[H + u]);
+            const Tm n = std::tanh(xg[2 * H + u] + rr * hg[2 * H + u]);
+            a[u] = rr, a[H + u] = z, a[2 * H + u] = n, a[3 * H + u] = hg[2 * H + u];
+            m[u] = (1 - z) * n + z * h[u];
+          } else {  // a = h_new
+            const Tm v = xg[u] + hg[u];
+            m[u] = relu ? (v > 0 ? v : Tm(0)) : std::tanh(v);
+            a[u] = m[u];
+          }
+        }
       }
       for (int64_t k = 0; k < Ho; ++k) {
         if (R > 0) {
@@ -285,11 +321,12 @@ SeqResult plain_seq(const SeqSpec& sp, const SeqData& in, Rounding op_round, Rou
     for (int64_t k = 0; k < H; ++k) r.c_n[b * H + k] = double(c[k]);
 
     std::vector<Tm> dh(Ho, 0), dc(H, 0), dx_acc(I, 0);
+    const bool dc_in = !in.dc_n.empty() && lstm;
     for (int64_t k = 0; k < Ho; ++k) {
       if (!in.dh_n.empty()) dh[k] = Tm(in.dh_n[b * Ho + k]);
       if (m2o && !in.dy.empty()) dh[k] += Tm(in.dy[b * Ho + k]);
     }
-    if (!in.dc_n.empty())
+    if (dc_in)
       for (int64_t k = 0; k < H; ++k) dc[k] = Tm(in.dc_n[b * H + k]);
     for (int64_t s = L - 1; s >= 0; --s) {
       const int64_t t = sp.reverse ? L - 1 - s : s;
@@ -308,29 +345,49 @@ SeqResult plain_seq(const SeqSpec& sp, const SeqData& in, Rounding op_round, Rou
         dm = dht;
       }
       const std::vector<Tm>& a = acts[s];
+      // dg: the gate gradients of the recurrent side (W_hh, b_hh); dgx: of
+      // the input side (W_ih, b_ih; the GRU's n rows differ); direct: the
+      // GRU's gradient reaching h_{t-1} outside the weights.
+      std::vector<Tm> direct(Ho, 0), dxn(H, 0);
       for (int64_t u = 0; u < H; ++u) {
-        const Tm i = a[u], f = a[H + u], g = a[2 * H + u], o = a[3 * H + u], tc = std::tanh(cnew[s][u]);
-        const Tm dct = dc[u] + dm[u] * o * (1 - tc * tc);
-        dg[u] = dct * g * i * (1 - i);
-        dg[H + u] = dct * cprev[s][u] * f * (1 - f);
-        dg[2 * H + u] = dct * i * (1 - g * g);
-        dg[3 * H + u] = dm[u] * tc * o * (1 - o);
-        dc[u] = dct * f;
+        if (lstm) {
+          const Tm i = a[u], f = a[H + u], g = a[2 * H + u], o = a[3 * H + u], tc = std::tanh(cnew[s][u]);
+          const Tm dct = dc[u] + dm[u] * o * (1 - tc * tc);
+          dg[u] = dct * g * i * (1 - i);
+          dg[H + u] = dct * cprev[s][u] * f * (1 - f);
+          dg[2 * H + u] = dct * i * (1 - g * g);
+          dg[3 * H + u] = dm[u] * tc * o * (1 - o);
+          dc[u] = dct * f;
+        } else if (gru) {
+          const Tm rr = a[u], z = a[H + u], n = a[2 * H + u], hn_ = a[3 * H + u], hp = hprev[s][u];
+          const Tm dn = dm[u] * (1 - z) * (1 - n * n);
+          dg[u] = dn * hn_ * rr * (1 - rr);
+          dg[H + u] = dm[u] * (hp - n) * z * (1 - z);
+          dg[2 * H + u] = dn * rr;
+          dxn[u] = dn;
+          direct[u] = dm[u] * z;
+        } else {
+          dg[u] = relu ? (a[u] > 0 ? dm[u] : Tm(0)) : dm[u] * (1 - a[u] * a[u]);
+        }
       }
+      std::vector<Tm> dgx = dg;
+      if (gru)
+        for (int64_t u = 0; u < H; ++u) dgx[2 * H + u] = dxn[u];
       for (int64_t j = 0; j < G; ++j) {
-        db[j] += dg[j];
-        for (int64_t k = 0; k < I; ++k) dwih[j * I + k] += op(dg[j]) * op(xin[s][k]);
+        db[j] += dgx[j];
+        dbhh[j] += dg[j];
+        for (int64_t k = 0; k < I; ++k) dwih[j * I + k] += op(dgx[j]) * op(xin[s][k]);
         for (int64_t k = 0; k < Ho; ++k) dwhh[j * Ho + k] += op(dg[j]) * op(hprev[s][k]);
       }
       for (int64_t k = 0; k < I; ++k) {
         Tm v = 0;
-        for (int64_t j = 0; j < G; ++j) v += op(dg[j]) * op(Tm(in.w_ih[j * I + k]));
+        for (int64_t j = 0; j < G; ++j) v += op(dgx[j]) * op(Tm(in.w_ih[j * I + k]));
         dxs[k] = v;
       }
       for (int64_t k = 0; k < Ho; ++k) {
         Tm v = 0;
         for (int64_t j = 0; j < G; ++j) v += op(dg[j]) * op(Tm(in.w_hh[j * Ho + k]));
-        dhp[k] = v;
+        dhp[k] = v + direct[k];
       }
       if (o2m && sp.feed == FL_FEED_OUTPUT && s > 0)
         for (int64_t k = 0; k < Ho; ++k) dhp[k] += dxs[k];
@@ -348,7 +405,7 @@ SeqResult plain_seq(const SeqSpec& sp, const SeqData& in, Rounding op_round, Rou
   }
   for (size_t i = 0; i < dwih.size(); ++i) r.dw_ih[i] = double(dwih[i]);
   for (size_t i = 0; i < dwhh.size(); ++i) r.dw_hh[i] = double(dwhh[i]);
-  for (size_t i = 0; i < db.size(); ++i) r.db[i] = double(db[i]);
+  for (size_t i = 0; i < db.size(); ++i) r.db[i] = double(db[i]), r.db_hh[i] = double(dbhh[i]);
   for (size_t i = 0; i < dwhr.size(); ++i) r.dw_hr[i] = double(dwhr[i]);
   return r;
 }
@@ -380,7 +437,8 @@ struct SeqRun {
 // Runs forward (training and inference) and backward on device with dtype.
 SeqRun run_seq(const SeqSpec& sp, const SeqData& in, fl_dtype dt, fl_device_type device, bool want_db) {
   SeqRun run;
-  const int64_t B = sp.B, I = sp.I, H = sp.H, R = sp.R, Ho = R > 0 ? R : H, G = 4 * H;
+  const int64_t B = sp.B, I = sp.I, H = sp.H, R = sp.R, Ho = R > 0 ? R : H, G = cell_gates(sp.cell) * H;
+  const bool lstm = sp.cell == FL_CELL_LSTM;  // the other cells get NULL for every c array
   Dev x = dev(in.x, dt), w_ih = dev(in.w_ih, dt), w_hh = dev(in.w_hh, dt), w_hr = dev(in.w_hr, dt);
   Dev b_ih = dev(in.b_ih, dt), b_hh = dev(in.b_hh, dt), h0 = dev(in.h0, dt), c0 = dev(in.c0, dt);
   Dev dy = dev(in.dy, dt), dh_n = dev(in.dh_n, dt), dc_n = dev(in.dc_n, dt);
@@ -391,13 +449,14 @@ SeqRun run_seq(const SeqSpec& sp, const SeqData& in, fl_dtype dt, fl_device_type
   const size_t e = elem_size(dt);
   auto at = [&](std::vector<unsigned char>& v, int64_t off) -> void* { return v.empty() ? nullptr : v.data() + off * e; };
   p.x = at(x.buf, sp.x_off), p.x_stride_t = sp.x_st, p.x_stride_b = sp.x_sb, p.w_ih = w_ih.p(), p.w_hh = w_hh.p();
-  p.w_hr = w_hr.p(), p.b_ih = b_ih.p(), p.b_hh = b_hh.p(), p.h0 = h0.p(), p.c0 = c0.p();
+  p.w_hr = w_hr.p(), p.b_ih = b_ih.p(), p.b_hh = b_hh.p(), p.h0 = h0.p(), p.c0 = lstm ? c0.p() : nullptr;
   p.lengths = len.empty() ? nullptr : len.data();
+  p.cell = sp.cell;
   p.device.type = device;
   const bool m2o = sp.mode == FL_MANY_TO_ONE;
   auto y = poisoned(sp.y_n, dt), hn = poisoned(B * Ho, dt), cn = poisoned(B * H, dt);
   p.y = m2o ? nullptr : at(y, sp.y_off), p.y_stride_t = sp.y_st, p.y_stride_b = sp.y_sb;
-  p.h_n = hn.data(), p.c_n = cn.data();
+  p.h_n = hn.data(), p.c_n = lstm ? cn.data() : nullptr;
   fl_training_state* st = nullptr;
   p.state_out = &st;
   if (fl_lstm_forward(&p) != FL_OK) return run.error = std::string("forward: ") + fl_last_error(), run;
@@ -405,10 +464,12 @@ SeqRun run_seq(const SeqSpec& sp, const SeqData& in, fl_dtype dt, fl_device_type
   run.out.y = values_of(y, dt), run.out.h_n = values_of(hn, dt), run.out.c_n = values_of(cn, dt);
   auto dx = poisoned(sp.dx_n, dt), dh0 = poisoned(B * Ho, dt), dc0 = poisoned(B * H, dt);
   auto dwih = poisoned(G * I, dt), dwhh = poisoned(G * Ho, dt), db = poisoned(G, dt), dwhr = poisoned(R * H, dt);
+  auto dbhh = poisoned(G, dt);
   fl_backward_params q{};
   q.state = st, q.dy = at(dy.buf, sp.dy_off), q.dy_stride_t = sp.dy_st, q.dy_stride_b = sp.dy_sb, q.dh_n = dh_n.p();
-  q.dc_n = dc_n.p(), q.dx = at(dx, sp.dx_off), q.dx_stride_t = sp.dx_st, q.dx_stride_b = sp.dx_sb, q.dh0 = dh0.data();
-  q.dc0 = dc0.data(), q.dw_ih = dwih.data(), q.dw_hh = dwhh.data(), q.db = want_db ? db.data() : nullptr;
+  q.dc_n = lstm ? dc_n.p() : nullptr, q.dx = at(dx, sp.dx_off), q.dx_stride_t = sp.dx_st, q.dx_stride_b = sp.dx_sb;
+  q.dh0 = dh0.data(), q.dc0 = lstm ? dc0.data() : nullptr, q.dw_ih = dwih.data(), q.dw_hh = dwhh.data();
+  q.db = want_db ? db.data() : nullptr, q.db_hh = want_db ? dbhh.data() : nullptr;
   q.dw_hr = R > 0 ? dwhr.data() : nullptr;
   q.device.type = device;
   const fl_status bs = fl_lstm_backward(&q);
@@ -417,16 +478,18 @@ SeqRun run_seq(const SeqSpec& sp, const SeqData& in, fl_dtype dt, fl_device_type
   if (device == FL_DEVICE_CUDA) run.bwd_path = fl_cuda_last_backward_path();
   run.out.dx = values_of(dx, dt), run.out.dh0 = values_of(dh0, dt), run.out.dc0 = values_of(dc0, dt);
   run.out.dw_ih = values_of(dwih, dt), run.out.dw_hh = values_of(dwhh, dt), run.out.db = values_of(db, dt);
-  run.out.dw_hr = values_of(dwhr, dt);
+  run.out.dw_hr = values_of(dwhr, dt), run.out.db_hh = values_of(dbhh, dt);
   // Inference: other buffers, no state.
   auto y2 = poisoned(sp.y_n, dt), hn2 = poisoned(B * Ho, dt), cn2 = poisoned(B * H, dt);
-  p.y = m2o ? nullptr : at(y2, sp.y_off), p.h_n = hn2.data(), p.c_n = cn2.data(), p.state_out = nullptr;
+  p.y = m2o ? nullptr : at(y2, sp.y_off), p.h_n = hn2.data(), p.c_n = lstm ? cn2.data() : nullptr;
+  p.state_out = nullptr;
   if (fl_lstm_forward(&p) != FL_OK) return run.error = std::string("inference forward: ") + fl_last_error(), run;
   run.y_inf = values_of(y2, dt), run.h_n_inf = values_of(hn2, dt), run.c_n_inf = values_of(cn2, dt);
   return run;
 }
 
 struct SeqCase {
+  fl_cell_kind cell;
   fl_mode mode;
   fl_feed feed;
   int64_t T, B, I, H, R;
@@ -445,10 +508,10 @@ struct SeqCase {
 };
 
 std::string describe(const SeqCase& c) {
-  char buf[200];
+  char buf[220];
   std::snprintf(buf, sizeof buf,
-                "mode %d feed %d T%lld B%lld I%lld H%lld R%lld reverse %d lengths %d bf %d init %d bias %d neg %d",
-                c.mode, c.feed, (long long)c.T, (long long)c.B, (long long)c.I, (long long)c.H, (long long)c.R,
+                "%s mode %d feed %d T%lld B%lld I%lld H%lld R%lld reverse %d lengths %d bf %d init %d bias %d neg %d",
+                cell_name(c.cell), c.mode, c.feed, (long long)c.T, (long long)c.B, (long long)c.I, (long long)c.H, (long long)c.R,
                 c.reverse, c.lengths, c.batch_first, c.init, c.bias, c.negative());
   return buf;
 }
@@ -457,9 +520,10 @@ std::string expected_path = "fallback";
 
 void seq_case(const SeqCase& c, const Precision& pr, Failures* f) {
   SeqSpec sp;
-  sp.mode = c.mode, sp.feed = c.feed, sp.T = c.T, sp.B = c.B, sp.I = c.I, sp.H = c.H, sp.R = c.R;
+  sp.cell = c.cell, sp.mode = c.mode, sp.feed = c.feed, sp.T = c.T, sp.B = c.B, sp.I = c.I, sp.H = c.H, sp.R = c.R;
   sp.reverse = c.reverse;
-  const int64_t T = c.T, B = c.B, I = c.I, H = c.H, R = c.R, Ho = R > 0 ? R : H, G = 4 * H;
+  const int64_t T = c.T, B = c.B, I = c.I, H = c.H, R = c.R, Ho = R > 0 ? R : H, G = cell_gates(c.cell) * H;
+  const bool lstm = c.cell == FL_CELL_LSTM;
   const bool o2m = c.mode == FL_ONE_TO_MANY, m2o = c.mode == FL_MANY_TO_ONE;
   // Padded strides: rows of x, y, dy, dx are wider than the data.
   const int64_t xw = I + 2, yw = Ho + 1, dxw = I + 3;
@@ -522,7 +586,7 @@ void seq_case(const SeqCase& c, const Precision& pr, Failures* f) {
     for (int64_t& v : in_cuda.len) v = v == 1 ? (c.init ? 0 : -3) : v == T ? T + 5 : v;
   const SeqRun got = run_seq(sp, in_cuda, pr.dtype, FL_DEVICE_CUDA, c.bias > 0);
   if (!got.error.empty()) return f->add(what + " " + pr.name + ": CUDA " + got.error);
-  const bool persistent_applies = R == 0 && !(o2m && c.feed == FL_FEED_OUTPUT);
+  const bool persistent_applies = lstm && R == 0 && !(o2m && c.feed == FL_FEED_OUTPUT);
   const std::string want_path = persistent_applies ? expected_path : "fallback";
   if (got.fwd_path != want_path || got.bwd_path != want_path)
     f->add(what + ": ran " + got.fwd_path + " / " + got.bwd_path + ", expected " + want_path);
@@ -541,15 +605,16 @@ void seq_case(const SeqCase& c, const Precision& pr, Failures* f) {
     check(f, n + "y(inference)", pr, got.y_inf, ref.out.y, P(plain.y), yi);
   }
   check(f, n + "h_n", pr, got.out.h_n, ref.out.h_n, P(plain.h_n), all(B * Ho));
-  check(f, n + "c_n", pr, got.out.c_n, ref.out.c_n, P(plain.c_n), all(B * H));
+  if (lstm) check(f, n + "c_n", pr, got.out.c_n, ref.out.c_n, P(plain.c_n), all(B * H));
   check(f, n + "h_n(inference)", pr, got.h_n_inf, ref.out.h_n, P(plain.h_n), all(B * Ho));
-  check(f, n + "c_n(inference)", pr, got.c_n_inf, ref.out.c_n, P(plain.c_n), all(B * H));
+  if (lstm) check(f, n + "c_n(inference)", pr, got.c_n_inf, ref.out.c_n, P(plain.c_n), all(B * H));
   check(f, n + "dx", pr, got.out.dx, ref.out.dx, P(plain.dx), dxi);
   check(f, n + "dh0", pr, got.out.dh0, ref.out.dh0, P(plain.dh0), all(B * Ho));
-  check(f, n + "dc0", pr, got.out.dc0, ref.out.dc0, P(plain.dc0), all(B * H));
+  if (lstm) check(f, n + "dc0", pr, got.out.dc0, ref.out.dc0, P(plain.dc0), all(B * H));
   check(f, n + "dw_ih", pr, got.out.dw_ih, ref.out.dw_ih, P(plain.dw_ih), all(G * I));
   check(f, n + "dw_hh", pr, got.out.dw_hh, ref.out.dw_hh, P(plain.dw_hh), all(G * Ho));
   if (c.bias) check(f, n + "db", pr, got.out.db, ref.out.db, P(plain.db), all(G));
+  if (c.bias) check(f, n + "db_hh", pr, got.out.db_hh, ref.out.db_hh, P(plain.db_hh), all(G));
   if (R > 0) check(f, n + "dw_hr", pr, got.out.dw_hr, ref.out.dw_hr, P(plain.dw_hr), all(R * H));
   // The plain float64 implementation must be the reference (else its
   // float32 / float16 / bfloat16 bounds would mean nothing).
@@ -559,13 +624,17 @@ void seq_case(const SeqCase& c, const Precision& pr, Failures* f) {
     check(f, n + "plain64 h_n", p64, self.h_n, ref.out.h_n, nullptr, all(B * Ho));
     check(f, n + "plain64 dx", p64, self.dx, ref.out.dx, nullptr, dxi);
     check(f, n + "plain64 dw_hh", p64, self.dw_hh, ref.out.dw_hh, nullptr, all(G * Ho));
+    check(f, n + "plain64 dw_ih", p64, self.dw_ih, ref.out.dw_ih, nullptr, all(G * I));
+    if (c.bias) check(f, n + "plain64 db", p64, self.db, ref.out.db, nullptr, all(G));
+    if (c.bias) check(f, n + "plain64 db_hh", p64, self.db_hh, ref.out.db_hh, nullptr, all(G));
     if (R > 0) check(f, n + "plain64 dw_hr", p64, self.dw_hr, ref.out.dw_hr, nullptr, all(R * H));
   }
 }
 
 // ------------------------------------------------------------------ cell
-void cell_case(const Precision& pr, bool bias, bool with_acts_upstream, Failures* f) {
-  const int64_t B = 3, I = 5, H = 7, G = 4 * H;
+void cell_case(fl_cell_kind cell, const Precision& pr, bool bias, bool with_acts_upstream, Failures* f) {
+  const int64_t B = 3, I = 5, H = 7, G = cell_gates(cell) * H, AW = cell_acts(cell) * H;
+  const bool lstm = cell == FL_CELL_LSTM;
   const fl_dtype dt = pr.dtype;
   auto R = [&](size_t n, double lo, double hi, bool g) { return random_arr(n, lo, hi, g, pr.storage).d; };
   const std::vector<double> x = R(B * I, 0, 0, true), h = R(B * H, -1, 1, false), c = R(B * H, 0, 0, true);
@@ -575,40 +644,43 @@ void cell_case(const Precision& pr, bool bias, bool with_acts_upstream, Failures
   const std::vector<double> dh_new = R(B * H, 0, 0, true);
   const std::vector<double> dc_new = with_acts_upstream ? R(B * H, 0, 0, true) : std::vector<double>();
   struct Out {
-    std::vector<double> h_new, c_new, acts, dx, dh, dc, dw_ih, dw_hh, db;
+    std::vector<double> h_new, c_new, acts, dx, dh, dc, dw_ih, dw_hh, db, db_hh;
     std::string error;
   };
   auto run = [&](fl_dtype d, fl_device_type device) {
     Out o;
     Dev X = dev(x, d), Hh = dev(h, d), C = dev(c, d), Wi = dev(w_ih, d), Wh = dev(w_hh, d), Bi = dev(b_ih, d),
         Bh = dev(b_hh, d), DH = dev(dh_new, d), DC = dev(dc_new, d);
-    auto hn = poisoned(B * H, d), cn = poisoned(B * H, d), acts = poisoned(B * G, d);
+    auto hn = poisoned(B * H, d), cn = poisoned(B * H, d), acts = poisoned(B * AW, d);
     fl_cell_params p{};
-    p.dtype = d, p.B = B, p.I = I, p.H = H, p.x = X.p(), p.h = Hh.p(), p.c = C.p(), p.w_ih = Wi.p();
-    p.w_hh = Wh.p(), p.b_ih = Bi.p(), p.b_hh = Bh.p(), p.h_new = hn.data(), p.c_new = cn.data();
-    p.acts = acts.data(), p.device.type = device;
+    p.dtype = d, p.B = B, p.I = I, p.H = H, p.x = X.p(), p.h = Hh.p(), p.c = lstm ? C.p() : nullptr;
+    p.w_ih = Wi.p(), p.w_hh = Wh.p(), p.b_ih = Bi.p(), p.b_hh = Bh.p(), p.h_new = hn.data();
+    p.c_new = lstm ? cn.data() : nullptr, p.acts = acts.data(), p.cell = cell, p.device.type = device;
     if (fl_lstm_cell(&p) != FL_OK) return o.error = std::string("cell: ") + fl_last_error(), o;
     o.h_new = values_of(hn, d), o.c_new = values_of(cn, d), o.acts = values_of(acts, d);
     auto dx = poisoned(B * I, d), dh = poisoned(B * H, d), dc = poisoned(B * H, d), dwih = poisoned(G * I, d),
-         dwhh = poisoned(G * H, d), db = poisoned(G, d);
+         dwhh = poisoned(G * H, d), db = poisoned(G, d), dbhh = poisoned(G, d);
     fl_cell_backward_params q{};
-    q.dtype = d, q.B = B, q.I = I, q.H = H, q.x = X.p(), q.h = Hh.p(), q.c = C.p(), q.w_ih = Wi.p();
-    q.w_hh = Wh.p(), q.acts = acts.data(), q.c_new = cn.data(), q.dh_new = DH.p(), q.dc_new = DC.p();
-    q.dx = dx.data(), q.dh = dh.data(), q.dc = dc.data(), q.dw_ih = dwih.data(), q.dw_hh = dwhh.data();
-    q.db = bias ? db.data() : nullptr, q.device.type = device;
+    q.dtype = d, q.B = B, q.I = I, q.H = H, q.x = X.p(), q.h = Hh.p(), q.c = lstm ? C.p() : nullptr;
+    q.w_ih = Wi.p(), q.w_hh = Wh.p(), q.acts = acts.data(), q.c_new = lstm ? cn.data() : nullptr;
+    q.dh_new = DH.p(), q.dc_new = lstm ? DC.p() : nullptr, q.dx = dx.data(), q.dh = dh.data();
+    q.dc = lstm ? dc.data() : nullptr, q.dw_ih = dwih.data(), q.dw_hh = dwhh.data();
+    q.db = bias ? db.data() : nullptr, q.db_hh = bias ? dbhh.data() : nullptr, q.cell = cell;
+    q.device.type = device;
     if (fl_lstm_cell_backward(&q) != FL_OK) return o.error = std::string("cell backward: ") + fl_last_error(), o;
     o.dx = values_of(dx, d), o.dh = values_of(dh, d), o.dc = values_of(dc, d), o.dw_ih = values_of(dwih, d);
-    o.dw_hh = values_of(dwhh, d), o.db = values_of(db, d);
+    o.dw_hh = values_of(dwhh, d), o.db = values_of(db, d), o.db_hh = values_of(dbhh, d);
     return o;
   };
-  const std::string n = std::string("cell bias ") + (bias ? "1" : "0") + " dc_new " + (with_acts_upstream ? "1" : "0") + " ";
+  const std::string n = std::string("cell ") + cell_name(cell) + " bias " + (bias ? "1" : "0") + " dc_new " +
+                        (with_acts_upstream ? "1" : "0") + " ";
   const Out ref = run(FL_FLOAT64, FL_DEVICE_CPU);
   if (!ref.error.empty()) return f->add(n + "CPU " + ref.error);
   const Out got = run(dt, FL_DEVICE_CUDA);
   if (!got.error.empty()) return f->add(n + pr.name + " CUDA " + got.error);
   // The plain cell: a one-step sequence (T = 1, h0 = h, c0 = c).
   SeqSpec sp;
-  sp.T = 1, sp.B = B, sp.I = I, sp.H = H, sp.x_st = B * I, sp.x_sb = I, sp.y_st = B * H, sp.y_sb = H;
+  sp.cell = cell, sp.T = 1, sp.B = B, sp.I = I, sp.H = H, sp.x_st = B * I, sp.x_sb = I, sp.y_st = B * H, sp.y_sb = H;
   sp.dy_st = B * H, sp.dy_sb = H, sp.dx_st = B * I, sp.dx_sb = I, sp.x_n = B * I, sp.y_n = B * H, sp.dx_n = B * I;
   SeqData in;
   in.x = x, in.w_ih = w_ih, in.w_hh = w_hh, in.b_ih = b_ih, in.b_hh = b_hh, in.h0 = h, in.c0 = c;
@@ -616,19 +688,23 @@ void cell_case(const Precision& pr, bool bias, bool with_acts_upstream, Failures
   const SeqResult pl = plain_for(pr, sp, in, true);
   auto P = [&](const std::vector<double>& v) { return pr.dtype == FL_FLOAT64 ? nullptr : &v; };
   check(f, n + "h_new", pr, got.h_new, ref.h_new, P(pl.h_n), all(B * H));
-  check(f, n + "c_new", pr, got.c_new, ref.c_new, P(pl.c_n), all(B * H));
+  if (lstm) check(f, n + "c_new", pr, got.c_new, ref.c_new, P(pl.c_n), all(B * H));
+  // The saved activations, against the CPU's (the backward of each side reads its own).
+  check(f, n + "acts", pr, got.acts, ref.acts, nullptr, all(B * AW));
   check(f, n + "dx", pr, got.dx, ref.dx, P(pl.dx), all(B * I));
   check(f, n + "dh", pr, got.dh, ref.dh, P(pl.dh0), all(B * H));
-  check(f, n + "dc", pr, got.dc, ref.dc, P(pl.dc0), all(B * H));
+  if (lstm) check(f, n + "dc", pr, got.dc, ref.dc, P(pl.dc0), all(B * H));
   check(f, n + "dw_ih", pr, got.dw_ih, ref.dw_ih, P(pl.dw_ih), all(G * I));
   check(f, n + "dw_hh", pr, got.dw_hh, ref.dw_hh, P(pl.dw_hh), all(G * H));
   if (bias) check(f, n + "db", pr, got.db, ref.db, P(pl.db), all(G));
+  if (bias) check(f, n + "db_hh", pr, got.db_hh, ref.db_hh, P(pl.db_hh), all(G));
 }
 
 // ----------------------------------------------------------------- stacks
 struct StackCase {
   int64_t T, B, I, H, R, L, D;
   bool lengths, dropout, init, bias;
+  fl_cell_kind cell = FL_CELL_LSTM;
 };
 
 struct StackData {
@@ -639,13 +715,15 @@ struct StackData {
 
 struct StackOut {
   std::vector<double> y, h_n, c_n, dx, dh0, dc0;
-  std::vector<std::vector<double>> dw_ih, dw_hh, db, dw_hr;
+  std::vector<std::vector<double>> dw_ih, dw_hh, db, dw_hr, db_hh;
   std::string error;
 };
 
 StackOut run_stack(const StackCase& c, const StackData& in, fl_dtype dt, fl_device_type device) {
   StackOut o;
-  const int64_t T = c.T, B = c.B, I = c.I, H = c.H, R = c.R, Ho = R > 0 ? R : H, G = 4 * H, L = c.L, D = c.D;
+  const int64_t T = c.T, B = c.B, I = c.I, H = c.H, R = c.R, Ho = R > 0 ? R : H, G = cell_gates(c.cell) * H;
+  const int64_t L = c.L, D = c.D;
+  const bool lstm = c.cell == FL_CELL_LSTM;
   const int64_t n_cells = L * D, W = D * Ho;
   std::vector<Dev> wih, whh, bih, bhh, whr;
   std::vector<const void*> p_wih, p_whh, p_bih, p_bhh, p_whr;
@@ -666,9 +744,9 @@ StackOut run_stack(const StackCase& c, const StackData& in, fl_dtype dt, fl_devi
   p.lengths = len.empty() ? nullptr : len.data();
   p.w_ih = p_wih.data(), p.w_hh = p_whh.data(), p.b_ih = c.bias ? p_bih.data() : nullptr;
   p.b_hh = c.bias ? p_bhh.data() : nullptr, p.w_hr = R > 0 ? p_whr.data() : nullptr;
-  p.h0 = h0.p(), p.c0 = c0.p(), p.dropout_mask = mask.p();
+  p.h0 = h0.p(), p.c0 = lstm ? c0.p() : nullptr, p.dropout_mask = mask.p(), p.cell = c.cell;
   auto y = poisoned(T * B * W, dt), hn = poisoned(n_cells * B * Ho, dt), cn = poisoned(n_cells * B * H, dt);
-  p.y = y.data(), p.y_stride_t = B * W, p.y_stride_b = W, p.h_n = hn.data(), p.c_n = cn.data();
+  p.y = y.data(), p.y_stride_t = B * W, p.y_stride_b = W, p.h_n = hn.data(), p.c_n = lstm ? cn.data() : nullptr;
   p.device.type = device;
   const int64_t rb = fl_lstm_stack_reserve_bytes(&p);
   if (rb < 0) return o.error = std::string("reserve bytes: ") + fl_last_error(), o;
@@ -687,21 +765,23 @@ StackOut run_stack(const StackCase& c, const StackData& in, fl_dtype dt, fl_devi
   }
   o.y = values_of(y, dt), o.h_n = values_of(hn, dt), o.c_n = values_of(cn, dt);
   auto dx = poisoned(T * B * (I + 2), dt), dh0 = poisoned(n_cells * B * Ho, dt), dc0 = poisoned(n_cells * B * H, dt);
-  std::vector<std::vector<unsigned char>> dwih, dwhh, db, dwhr;
-  std::vector<void*> p_dwih, p_dwhh, p_db, p_dwhr;
+  std::vector<std::vector<unsigned char>> dwih, dwhh, db, dwhr, dbhh;
+  std::vector<void*> p_dwih, p_dwhh, p_db, p_dwhr, p_dbhh;
   for (int64_t k = 0; k < n_cells; ++k) {
     const int64_t in_k = k < D ? I : W;
     dwih.push_back(poisoned(G * in_k, dt)), dwhh.push_back(poisoned(G * Ho, dt)), db.push_back(poisoned(G, dt));
-    dwhr.push_back(poisoned(R * H, dt));
+    dwhr.push_back(poisoned(R * H, dt)), dbhh.push_back(poisoned(G, dt));
   }
   for (int64_t k = 0; k < n_cells; ++k) {
     p_dwih.push_back(dwih[k].data()), p_dwhh.push_back(dwhh[k].data()), p_db.push_back(db[k].data());
-    p_dwhr.push_back(dwhr[k].data());
+    p_dwhr.push_back(dwhr[k].data()), p_dbhh.push_back(dbhh[k].data());
   }
   fl_stack_grads g{};
-  g.dy = dy.p(), g.dy_stride_t = B * W, g.dy_stride_b = W, g.dh_n = dh_n.p(), g.dc_n = dc_n.p();
-  g.dx = dx.data(), g.dx_stride_t = B * (I + 2), g.dx_stride_b = I + 2, g.dh0 = dh0.data(), g.dc0 = dc0.data();
+  g.dy = dy.p(), g.dy_stride_t = B * W, g.dy_stride_b = W, g.dh_n = dh_n.p(), g.dc_n = lstm ? dc_n.p() : nullptr;
+  g.dx = dx.data(), g.dx_stride_t = B * (I + 2), g.dx_stride_b = I + 2, g.dh0 = dh0.data();
+  g.dc0 = lstm ? dc0.data() : nullptr;
   g.dw_ih = p_dwih.data(), g.dw_hh = p_dwhh.data(), g.db = c.bias ? p_db.data() : nullptr;
+  g.db_hh = c.bias ? p_dbhh.data() : nullptr;
   g.dw_hr = R > 0 ? p_dwhr.data() : nullptr;
   if (fl_lstm_stack_backward(&p, reserve, rb, &g) != FL_OK)
     return o.error = std::string("backward: ") + fl_last_error(), o;
@@ -709,6 +789,7 @@ StackOut run_stack(const StackCase& c, const StackData& in, fl_dtype dt, fl_devi
   for (int64_t k = 0; k < n_cells; ++k) {
     o.dw_ih.push_back(values_of(dwih[k], dt)), o.dw_hh.push_back(values_of(dwhh[k], dt));
     o.db.push_back(values_of(db[k], dt)), o.dw_hr.push_back(values_of(dwhr[k], dt));
+    o.db_hh.push_back(values_of(dbhh[k], dt));
   }
   return o;
 }
@@ -719,10 +800,10 @@ StackOut plain_stack(const Precision& pr, const StackCase& c, const StackData& i
   const int64_t T = c.T, B = c.B, I = c.I, H = c.H, R = c.R, Ho = R > 0 ? R : H, L = c.L, D = c.D, W = D * Ho;
   StackOut o;
   o.h_n.assign(L * D * B * Ho, 0), o.c_n.assign(L * D * B * H, 0), o.dh0 = o.h_n, o.dc0 = o.c_n;
-  o.dw_ih.resize(L * D), o.dw_hh.resize(L * D), o.db.resize(L * D), o.dw_hr.resize(L * D);
+  o.dw_ih.resize(L * D), o.dw_hh.resize(L * D), o.db.resize(L * D), o.dw_hr.resize(L * D), o.db_hh.resize(L * D);
   auto spec = [&](int64_t l, int64_t d) {
     SeqSpec sp;
-    sp.T = T, sp.B = B, sp.H = H, sp.R = R, sp.reverse = d == 1;
+    sp.cell = c.cell, sp.T = T, sp.B = B, sp.H = H, sp.R = R, sp.reverse = d == 1;
     sp.I = l == 0 ? I : W;
     sp.x_st = B * sp.I, sp.x_sb = sp.I, sp.y_st = B * Ho, sp.y_sb = Ho, sp.dy_st = B * Ho, sp.dy_sb = Ho;
     sp.dx_st = B * sp.I, sp.dx_sb = sp.I, sp.x_n = T * B * sp.I, sp.y_n = T * B * Ho, sp.dx_n = T * B * sp.I;
@@ -777,6 +858,7 @@ StackOut plain_stack(const Precision& pr, const StackCase& c, const StackData& i
       std::copy(r.dh0.begin(), r.dh0.end(), o.dh0.begin() + (l * D + d) * B * Ho);
       std::copy(r.dc0.begin(), r.dc0.end(), o.dc0.begin() + (l * D + d) * B * H);
       o.dw_ih[l * D + d] = r.dw_ih, o.dw_hh[l * D + d] = r.dw_hh, o.db[l * D + d] = r.db, o.dw_hr[l * D + d] = r.dw_hr;
+      o.db_hh[l * D + d] = r.db_hh;
     }
     if (l > 0) {
       dy = d_in;
@@ -792,7 +874,9 @@ StackOut plain_stack(const Precision& pr, const StackCase& c, const StackData& i
 }
 
 void stack_case(const StackCase& c, const Precision& pr, Failures* f) {
-  const int64_t T = c.T, B = c.B, I = c.I, H = c.H, R = c.R, Ho = R > 0 ? R : H, G = 4 * H, L = c.L, D = c.D;
+  const int64_t T = c.T, B = c.B, I = c.I, H = c.H, R = c.R, Ho = R > 0 ? R : H, G = cell_gates(c.cell) * H;
+  const int64_t L = c.L, D = c.D;
+  const bool lstm = c.cell == FL_CELL_LSTM;
   const int64_t W = D * Ho, n_cells = L * D;
   const double s = 1.5 / std::sqrt(double(H));
   StackData in;
@@ -821,26 +905,26 @@ void stack_case(const StackCase& c, const Precision& pr, Failures* f) {
   in.dy = random_arr(T * B * W, 0, 0, true, pr.storage).d;
   in.dh_n = random_arr(n_cells * B * Ho, 0, 0, true, pr.storage).d;
   in.dc_n = random_arr(n_cells * B * H, 0, 0, true, pr.storage).d;
-  char buf[160];
-  std::snprintf(buf, sizeof buf, "stack T%lld B%lld I%lld H%lld R%lld L%lld D%lld lengths %d dropout %d init %d bias %d ",
-                (long long)T, (long long)B, (long long)I, (long long)H, (long long)R, (long long)L, (long long)D,
+  char buf[180];
+  std::snprintf(buf, sizeof buf, "stack %s T%lld B%lld I%lld H%lld R%lld L%lld D%lld lengths %d dropout %d init %d bias %d ",
+                cell_name(c.cell), (long long)T, (long long)B, (long long)I, (long long)H, (long long)R, (long long)L, (long long)D,
                 c.lengths, c.dropout, c.init, c.bias);
   const std::string n = buf;
   const StackOut ref = run_stack(c, in, FL_FLOAT64, FL_DEVICE_CPU);
   if (!ref.error.empty()) return f->add(n + "CPU " + ref.error);
   const StackOut got = run_stack(c, in, pr.dtype, FL_DEVICE_CUDA);
   if (!got.error.empty()) return f->add(n + pr.name + " CUDA " + got.error);
-  const std::string want_path = R == 0 ? expected_path : "fallback", ran = fl_cuda_last_backward_path();
+  const std::string want_path = R == 0 && lstm ? expected_path : "fallback", ran = fl_cuda_last_backward_path();
   if (ran != want_path) f->add(n + pr.name + ": the last backward ran " + ran + ", expected " + want_path);
   StackOut pl;
   if (pr.dtype != FL_FLOAT64) pl = plain_stack(pr, c, in);
   auto P = [&](const std::vector<double>& v) { return pr.dtype == FL_FLOAT64 ? nullptr : &v; };
   check(f, n + "y", pr, got.y, ref.y, P(pl.y), all(T * B * W));
   check(f, n + "h_n", pr, got.h_n, ref.h_n, P(pl.h_n), all(n_cells * B * Ho));
-  check(f, n + "c_n", pr, got.c_n, ref.c_n, P(pl.c_n), all(n_cells * B * H));
+  if (lstm) check(f, n + "c_n", pr, got.c_n, ref.c_n, P(pl.c_n), all(n_cells * B * H));
   check(f, n + "dx", pr, got.dx, ref.dx, P(pl.dx), strided(T, B, I, B * (I + 2), I + 2));
   check(f, n + "dh0", pr, got.dh0, ref.dh0, P(pl.dh0), all(n_cells * B * Ho));
-  check(f, n + "dc0", pr, got.dc0, ref.dc0, P(pl.dc0), all(n_cells * B * H));
+  if (lstm) check(f, n + "dc0", pr, got.dc0, ref.dc0, P(pl.dc0), all(n_cells * B * H));
   for (int64_t k = 0; k < n_cells; ++k) {
     const std::string ck = n + "cell " + std::to_string(k) + " ";
     const std::vector<double> e;
@@ -848,8 +932,10 @@ void stack_case(const StackCase& c, const Precision& pr, Failures* f) {
           all(ref.dw_ih[k].size()));
     check(f, ck + "dw_hh", pr, got.dw_hh[k], ref.dw_hh[k], P(pr.dtype == FL_FLOAT64 ? e : pl.dw_hh[k]),
           all(ref.dw_hh[k].size()));
-    if (c.bias)
+    if (c.bias) {
       check(f, ck + "db", pr, got.db[k], ref.db[k], P(pr.dtype == FL_FLOAT64 ? e : pl.db[k]), all(G));
+      check(f, ck + "db_hh", pr, got.db_hh[k], ref.db_hh[k], P(pr.dtype == FL_FLOAT64 ? e : pl.db_hh[k]), all(G));
+    }
     if (R > 0)
       check(f, ck + "dw_hr", pr, got.dw_hr[k], ref.dw_hr[k], P(pr.dtype == FL_FLOAT64 ? e : pl.dw_hr[k]),
             all(R * H));
@@ -864,22 +950,25 @@ int reserve_size_checks(int* n_cases) {
   auto r256 = [](int64_t n) { return (n + 255) / 256 * 256; };
   auto r64 = [](int64_t n) { return (n + 63) / 64 * 64; };
   int n = 0;
+  for (fl_cell_kind ck : {FL_CELL_LSTM, FL_CELL_GRU, FL_CELL_RNN_TANH, FL_CELL_RNN_RELU})
   for (const Precision& pr : kPrecisions)
     for (int64_t R : {0, 3})
       for (int64_t L : {1, 3})
         for (int64_t D : {1, 2}) {
+          if (R && ck != FL_CELL_LSTM) continue;
           const int64_t T = 7, B = 5, H = 9, s = int64_t(elem_size(pr.dtype)), a = pr.dtype == FL_FLOAT64 ? 8 : 4;
-          const int64_t S = T * B, Ho = R ? R : H;
-          const int64_t cell = r256(S * 4 * H * a) + r256((S + B) * H * a) + r256((S + B) * Ho * s) +
+          const int64_t S = T * B, Ho = R ? R : H, A = cell_acts(ck);
+          const bool lstm = ck == FL_CELL_LSTM;
+          const int64_t cell = r256(S * A * H * a) + (lstm ? r256((S + B) * H * a) : 0) + r256((S + B) * Ho * s) +
                                (R ? r256(S * H * s) : 0);
           const int64_t want = L * D * cell + (L - 1) * (r64(S * D * Ho * s) + 64);
           fl_stack_params p{};
           p.dtype = pr.dtype, p.T = T, p.B = B, p.I = 4, p.H = H, p.proj_size = R, p.num_layers = L;
-          p.num_directions = D, p.device.type = FL_DEVICE_CUDA;
+          p.num_directions = D, p.device.type = FL_DEVICE_CUDA, p.cell = ck;
           const int64_t got = fl_lstm_stack_reserve_bytes(&p);
           ++n;
           if (got != want)
-            f.add(std::string("reserve bytes ") + pr.name + " R" + std::to_string(R) + " L" + std::to_string(L) +
+            f.add(std::string("reserve bytes ") + cell_name(ck) + " " + pr.name + " R" + std::to_string(R) + " L" + std::to_string(L) +
                   " D" + std::to_string(D) + ": " + std::to_string(got) + " != " + std::to_string(want));
         }
   fl_stack_params p{};
@@ -901,30 +990,40 @@ int reserve_size_checks(int* n_cases) {
 int run_config(bool large, bool all_cases, int* n_cases) {
   Failures f;
   std::vector<SeqCase> cases;
-  for (int shape = 0; shape < 4; ++shape) {
-    // Shapes 2 and 3 (odd edges: one step, one row, one unit) on a subset.
-    if (large && shape >= 2) break;
-    const int64_t kT[] = {5, 7, 1, 3}, kB[] = {3, 5, 1, 1}, kI[] = {4, 7, 1, 2}, kH[] = {6, 13, 1, 5};
-    int64_t T = kT[shape], B = kB[shape], I = kI[shape], H = kH[shape];
-    if (large) T = shape ? 5 : 4, B = shape ? 11 : 17, I = 5, H = shape ? 64 : 37;
-    const bool subset = !all_cases || shape >= 2;
-    const std::vector<int64_t> projections = H > 1 ? std::vector<int64_t>{0, H / 2} : std::vector<int64_t>{0};
-    for (fl_mode m : {FL_MANY_TO_MANY, FL_MANY_TO_ONE})
-      for (bool rev : {false, true})
+  // The GRU and the RNNs: every case of the LSTM's grid without a projection
+  // where all_cases; else a few, to see them take the fallback under
+  // FUSEDLSTM_CUDA_PATH=persistent.
+  for (fl_cell_kind cell : {FL_CELL_LSTM, FL_CELL_GRU, FL_CELL_RNN_TANH, FL_CELL_RNN_RELU}) {
+    const bool lstm = cell == FL_CELL_LSTM;
+    for (int shape = 0; shape < 4; ++shape) {
+      // Shapes 2 and 3 (odd edges: one step, one row, one unit) on a subset.
+      if (large && shape >= 2) break;
+      const int64_t kT[] = {5, 7, 1, 3}, kB[] = {3, 5, 1, 1}, kI[] = {4, 7, 1, 2}, kH[] = {6, 13, 1, 5};
+      int64_t T = kT[shape], B = kB[shape], I = kI[shape], H = kH[shape];
+      if (large) T = shape ? 5 : 4, B = shape ? 11 : 17, I = 5, H = shape ? 64 : 37;
+      const bool subset = !all_cases || shape >= 2;
+      const std::vector<int64_t> projections =
+          lstm && H > 1 ? std::vector<int64_t>{0, H / 2} : std::vector<int64_t>{0};
+      for (fl_mode m : {FL_MANY_TO_MANY, FL_MANY_TO_ONE})
+        for (bool rev : {false, true})
+          for (int64_t r : projections)
+            for (bool len : {false, true})
+              for (bool bf : {false, true})
+                for (int bias : {0, 1, 2})
+                  for (bool init : {false, true}) {
+                    bool take = !subset ? (bias != 1 || (init && !bf)) : ((all_cases || r == 0) && bf == len && bias != 1);
+                    if (!lstm && !all_cases) take = take && shape == 0 && m == FL_MANY_TO_MANY && init;
+                    if (take) cases.push_back({cell, m, FL_FEED_REPEAT, T, B, I, H, r, rev, len, bf, init, bias, shape >= 2});
+                  }
+      if (!lstm && !all_cases) continue;
+      for (fl_feed fd : {FL_FEED_REPEAT, FL_FEED_FIRST, FL_FEED_OUTPUT})
         for (int64_t r : projections)
-          for (bool len : {false, true})
-            for (bool bf : {false, true})
-              for (int bias : {0, 1, 2})
-                for (bool init : {false, true})
-                  if (!subset ? (bias != 1 || (init && !bf)) : ((all_cases || r == 0) && bf == len && bias != 1))
-                    cases.push_back({m, FL_FEED_REPEAT, T, B, I, H, r, rev, len, bf, init, bias, shape >= 2});
-    for (fl_feed fd : {FL_FEED_REPEAT, FL_FEED_FIRST, FL_FEED_OUTPUT})
-      for (int64_t r : projections)
-        for (int bias : {0, 2})
-          for (bool init : {false, true})
-            if (!subset || (bias == 2 && (all_cases || r == 0)))
-              cases.push_back({FL_ONE_TO_MANY, fd, T, B, fd == FL_FEED_OUTPUT ? (r ? r : H) : I, H, r, false, false,
-                               false, init, bias, shape >= 2});
+          for (int bias : {0, 2})
+            for (bool init : {false, true})
+              if (!subset || (bias == 2 && (all_cases || r == 0)))
+                cases.push_back({cell, FL_ONE_TO_MANY, fd, T, B, fd == FL_FEED_OUTPUT ? (r ? r : H) : I, H, r, false,
+                                 false, false, init, bias, shape >= 2});
+    }
   }
   std::vector<StackCase> stacks;
   if (all_cases) {
@@ -932,8 +1031,14 @@ int run_config(bool large, bool all_cases, int* n_cases) {
     stacks.push_back({4, 3, 5, 7, 3, 2, 2, true, true, false, true});
     stacks.push_back({4, 2, 3, 5, 0, 2, 1, false, false, true, false});
     stacks.push_back({3, 4, 3, 6, 2, 1, 2, true, false, true, true});
+    for (fl_cell_kind cell : {FL_CELL_GRU, FL_CELL_RNN_TANH, FL_CELL_RNN_RELU}) {
+      stacks.push_back({5, 3, 4, 6, 0, 2, 2, true, true, true, true, cell});
+      stacks.push_back({4, 2, 3, 5, 0, 2, 1, false, false, false, false, cell});
+      stacks.push_back({3, 4, 3, 6, 0, 1, 2, true, false, true, true, cell});
+    }
   } else {
     stacks.push_back({4, 3, 4, 6, 0, 2, 2, true, true, true, true});
+    stacks.push_back({4, 3, 4, 6, 0, 2, 2, true, true, true, true, FL_CELL_GRU});
   }
   for (const Precision& pr : kPrecisions) {
     const int before = f.count;
@@ -942,8 +1047,10 @@ int run_config(bool large, bool all_cases, int* n_cases) {
       if (!c.edge || pr.dtype == FL_FLOAT64 || pr.dtype == FL_FLOAT32) seq_case(c, pr, &f), ++n;
     for (const StackCase& c : stacks) stack_case(c, pr, &f), ++n;
     if (all_cases)
-      for (bool bias : {false, true})
-        for (bool dc : {false, true}) cell_case(pr, bias, dc, &f), ++n;
+      for (fl_cell_kind cell : {FL_CELL_LSTM, FL_CELL_GRU, FL_CELL_RNN_TANH, FL_CELL_RNN_RELU})
+        for (bool bias : {false, true})
+          for (bool dc : {false, true})
+            if (!dc || cell == FL_CELL_LSTM) cell_case(cell, pr, bias, dc, &f), ++n;
     std::printf("%-8s %4d cases, %d failures\n", pr.name, n, f.count - before);
     *n_cases += n;
   }

@@ -872,15 +872,16 @@ void backward_typed(const fl_forward_params& fp, const void* reserve, const fl_b
   throw_if_interrupted();
 
   // dh0 = dG_0 W_hh (step 0 always sees W_hh), plus the GRU's carried
-  // dh_0 z_0; dc0 from the loop.
+  // dh_0 z_0 (added to the finished sum, see cell_backward_typed); dc0 from
+  // the loop.
   {
     std::vector<T*> c_rows(B);
-    for (int64_t r = 0; r < B; ++r) {
-      c_rows[r] = static_cast<T*>(p.dh0) + ord.perm[r] * Ks;
-      if (gru) std::memcpy(c_rows[r], dc.data() + r * g.Hp, size_t(H) * sizeof(T));
-    }
-    GemmArgs<T> a{B, Ks, Gc, dg_rows.data(), wt_hh.data(), g.P, Gc * g.P, c_rows.data(), nullptr, gru};
+    for (int64_t r = 0; r < B; ++r) c_rows[r] = static_cast<T*>(p.dh0) + ord.perm[r] * Ks;
+    GemmArgs<T> a{B, Ks, Gc, dg_rows.data(), wt_hh.data(), g.P, Gc * g.P, c_rows.data(), nullptr, false};
     run_gemm(kern, a, threads);
+    if (gru)
+      for (int64_t r = 0; r < B; ++r)
+        for (int64_t u = 0; u < H; ++u) c_rows[r][u] += dc.data()[r * g.Hp + u];
     if (lstm)
       for (int64_t r = 0; r < B; ++r)
         std::memcpy(static_cast<T*>(p.dc0) + ord.perm[r] * H, dc.data() + r * g.Hp, size_t(H) * sizeof(T));
@@ -1129,10 +1130,13 @@ void cell_backward_typed(const fl_cell_backward_params& p) {
     by_columns(I, [&](int64_t k0, int64_t k1) {
       kern.combine({G, dg_x + b * G, 1, w_ih, I, static_cast<T*>(p.dx) + b * I, false}, k0, k1);
     });
-    if (gru) std::memcpy(dh_out + b * H, direct.data() + b * H, size_t(H) * sizeof(T));
     by_columns(H, [&](int64_t k0, int64_t k1) {
-      kern.combine({G, dgh.data() + b * G, 1, w_hh, H, dh_out + b * H, gru}, k0, k1);
+      kern.combine({G, dgh.data() + b * G, 1, w_hh, H, dh_out + b * H, false}, k0, k1);
     });
+    // The GRU's dh_new z joins the sum of the rows last (added first, every
+    // row's term would round at its size).
+    if (gru)
+      for (int64_t u = 0; u < H; ++u) dh_out[b * H + u] += direct.data()[b * H + u];
   }
   // dW_ih[r] = sum_b dGx[b, r] x[b], dW_hh[r] = sum_b dGh[b, r] h[b]: threads split the rows.
   parallel_for(G, threads, [&](int64_t r0, int64_t r1) {

@@ -12,10 +12,10 @@ non-contiguous inputs give the contiguous results bitwise, a training
 result keeps its own copies, the result and gradient types (no c_n / dc0,
 the GRU's two bias gradients differ, the RNN's are equal), and the errors:
 shapes (messages name the argument and the cell's gate rows), the
-nonlinearity, a result handed to another cell's backward, and CUDA, which
-runs the LSTM only so far (the emulated and real CUDA backends refuse GRU /
-RNN with a clear error where they load; the check itself is exercised on
-every machine by pointing the host path at the CUDA device).
+nonlinearity, a result handed to another cell's backward.  On a CUDA
+backend (a GPU, or the CPU emulation of the CUDA backend, as CI runs it) a
+subset of the problems goes through the device array path (the CUDA fallback
+path runs GRU and RNN).
 """
 
 import numpy as np
@@ -558,36 +558,37 @@ def test_step_errors(cell, name, change, exc, pattern):
 
 
 # --------------------------------------------------------------------------------------
-# CUDA runs the LSTM only so far
+# CUDA backends (a GPU, or the CPU emulation of the CUDA backend): the fallback path
 # --------------------------------------------------------------------------------------
-CUDA_ONLY_LSTM = "CPU only"
-
-
-@pytest.mark.parametrize("cell", CELLS)
-def test_gru_rnn_refused_on_the_cuda_device(cell, rng, monkeypatch):
-    """Host arrays sent to the CUDA device (as the emulated backend's tests do)
-    are refused before the core is called, on every machine."""
-    p = make_problem(rng, cell, T=3, B=2, I=3, H=4)
-    monkeypatch.setattr(_host, "_host_device", _core.DEVICE_CUDA)
-    with pytest.raises(ValueError, match=CUDA_ONLY_LSTM):
-        forward(cell, *p.args, **p.kwargs)
-    with pytest.raises(ValueError, match=CUDA_ONLY_LSTM):
-        run_step(p)
-    layer = fusedlstm.GRU(3, 4, dtype=np.float64) if cell == "gru" else \
-        fusedlstm.RNN(3, 4, nonlinearity=nonlinearity(cell), dtype=np.float64)
-    with pytest.raises(ValueError, match=CUDA_ONLY_LSTM):
-        layer.forward(p.args[0], training=True)
+CUDA_CASES = [
+    dict(mode=M2M, T=5, B=3, I=4, H=13, lengths=True),
+    dict(mode=M2M, T=4, B=3, I=5, H=7, reverse=True, lengths=True, batch_first=True),
+    dict(mode=M2O, T=4, B=3, I=5, H=7, lengths=True),
+    dict(mode=O2M, feed="repeat", T=4, B=3, I=5, H=7),
+    dict(mode=O2M, feed="first", T=4, B=2, I=5, H=6),
+    dict(mode=O2M, feed="output", T=4, B=3, I=7, H=7),
+]
 
 
 @pytest.mark.backends("cuda-emulated", "cuda-emulated-torch", "cuda")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CUDA_CASES, ids=case_id)
 @pytest.mark.parametrize("cell", CELLS)
-def test_cuda_backends_refuse_gru_rnn(cell, backend, rng):
-    """Where a CUDA backend loads (the emulation or a GPU), GRU / RNN calls are a
-    clear ValueError (the parity tests above run on the CPU only)."""
-    p = make_problem(rng, cell, T=3, B=2, I=3, H=4)
+def test_cuda_backends_match_reference(cell, case, dtype, backend, rng, reference_outputs, policy):
+    """The same problems through the device array path on a CUDA backend: forward,
+    backward and one step against the float64 reference."""
+    p = make_problem(rng, cell, **case, dtype=dtype)
+    ref64, plain32 = reference(p, reference_outputs, dtype)
     to = backend.to
-    with pytest.raises(ValueError, match=CUDA_ONLY_LSTM):
-        forward(cell, *to(p.args), **to(p.kwargs), training=True)
-    x, w_ih, w_hh = to(p.args)
-    with pytest.raises(ValueError, match=CUDA_ONLY_LSTM):
-        step(cell, x[0], to(p.kwargs["h0"]), w_ih, w_hh)
+    res = forward(cell, *to(p.args), **to(p.kwargs), training=True)
+    out = {k: getattr(res, k) for k in OUTPUTS}
+    grads = backward(cell, res, **to(p.upstream))
+    out.update({k: getattr(grads, k) for k in GRADS})
+    policy.check_all(backend.numpy(out), ref64, plain32, dtype=dtype, names=list(out))
+    if case["mode"] == M2M and not case.get("reverse"):
+        q = make_problem(rng, cell, mode=M2M, T=1, B=3, I=4, H=9, upstream="none", dtype=dtype)
+        ref64, plain32 = reference(q, reference_outputs, dtype)
+        x, w_ih, w_hh = to(q.args)
+        kw = to(q.kwargs)
+        h_new = step(cell, x[0], kw["h0"], w_ih, w_hh, kw["b_ih"], kw["b_hh"])
+        policy.check_all({"h_n": backend.numpy(h_new)}, ref64, plain32, dtype=dtype, names=["h_n"])

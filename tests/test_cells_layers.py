@@ -276,9 +276,19 @@ def test_reserve_formula(cell, rng):
                                              num_directions=D, cell=CELL_CODE[cell])
             assert py == core == header, (f"{cell} itemsize={s} T={T} B={B} H={H} L={L} D={D}: python {py}, "
                                           f"core {core}, header {header}")
-    if cell != "lstm":
-        with pytest.raises(ValueError, match="CPU only"):
-            stack_reserve_nbytes(4, 3, 2, 5, 0, 1, 1, device="cuda", cell=cell)
+    # CUDA: fusedlstm.h's closed form per cell, against the backend itself where one loads.
+    try:
+        cuda = _core.cuda_info("backend") != ""
+    except Exception:  # noqa: BLE001 - no CUDA backend library
+        cuda = False
+    if cuda:
+        for T, B, H, L, D in shapes:
+            for s in (4, 8):
+                py = stack_reserve_nbytes(s, T, B, H, 0, L, D, device="cuda", cell=cell)
+                core = _core.stack_reserve_bytes(dtype=codes[s], T=T, B=B, H=H, proj_size=0, num_layers=L,
+                                                 num_directions=D, device_type=_core.DEVICE_CUDA,
+                                                 cell=CELL_CODE[cell])
+                assert py == core, f"CUDA {cell} itemsize={s} T={T} B={B} H={H}: python {py}, core {core}"
     with pytest.raises(ValueError, match="cell"):
         stack_reserve_nbytes(4, 3, 2, 5, 0, 1, 1, cell="lstm2")
 

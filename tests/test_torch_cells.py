@@ -19,7 +19,7 @@ no_grad, unbatched, no hx); state_dict round trips both ways;
 torch.compile(fullgraph=True) on padded input; torch.library.opcheck of every
 operator with the cell argument; gradcheck (float64, batched gradients);
 vmap; double backward refused; autocast and low-precision modules; the fake
-kernels' reserve size; CUDA tensors refused (CPU only so far); errors raised
+kernels' reserve size; parity on a CUDA device (a GPU or the emulated backend); errors raised
 like nn's.
 """
 
@@ -36,6 +36,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pack_sequen
 
 import fusedlstm.torch as ft  # noqa: E402
 from fusedlstm.torch import _ops  # noqa: E402
+from test_torch_module import DEVICES  # noqa: E402  (the LSTM tests' devices)
 
 pytestmark = pytest.mark.torch
 
@@ -70,6 +71,18 @@ def ft_cell(kind, *args, **kw):
 
 def _ids(c):
     return "-".join(f"{k}={v}" for k, v in c.items())
+
+
+@pytest.fixture(params=DEVICES[1:])  # test_torch_module's: cuda (a GPU), cuda-emulated
+def cuda_device(request):
+    """A CUDA device for the modules: a GPU, or "cpu" inside _ops.emulate_cuda_on_cpu()
+    (the CUDA implementation of every op on CPU tensors, over the emulated backend)."""
+    if request.param == "cuda-emulated":
+        with _ops.emulate_cuda_on_cpu():
+            yield "cpu"
+    else:
+        with torch.cuda.device(0):
+            yield "cuda"
 
 
 # --------------------------------------------------------------------------------------
@@ -160,13 +173,14 @@ def make_models(cell, cfg, dtype):
     return ours, truth, plain
 
 
-def run_model(model, data, dtype):
-    """forward + backward of `model` on `data` in `dtype`: outputs, input and parameter grads."""
+def run_model(model, data, dtype, device="cpu"):
+    """forward + backward of `model` on `data` in `dtype` (tensors on `device`): outputs, input
+    and parameter grads."""
     cfg = data.cfg
-    x = data.x.to(dtype).requires_grad_(True)
+    x = data.x.to(device=device, dtype=dtype).requires_grad_(True)
     inputs, hx = [x], None
     if cfg["hx"]:
-        hx = data.h0.to(dtype).requires_grad_(True)
+        hx = data.h0.to(device=device, dtype=dtype).requires_grad_(True)
         inputs.append(hx)
     packed = cfg["kind"] in ("packed", "sorted")
     y, hn = model(data.pack(x) if packed else x, hx)
@@ -175,10 +189,10 @@ def run_model(model, data, dtype):
     if packed:
         assert isinstance(y, PackedSequence)
         out["_packed_meta"] = (y.batch_sizes, y.sorted_indices, y.unsorted_indices)
-        ydata, dy = y.data, data.pack(data.dy.to(dtype)).data
+        ydata, dy = y.data, data.pack(data.dy.to(device=device, dtype=dtype)).data
     else:
-        ydata, dy = y, data.dy.to(dtype)
-    loss = (ydata * dy).sum() + (hn * data.dhn.to(dtype)).sum()
+        ydata, dy = y, data.dy.to(device=device, dtype=dtype)
+    loss = (ydata * dy).sum() + (hn * data.dhn.to(device=device, dtype=dtype)).sum()
     params = list(model.named_parameters())
     grads = torch.autograd.grad(loss, inputs + [p for _, p in params])
     out.update(y=ydata, h_n=hn, dx=grads[0])
@@ -202,11 +216,12 @@ def compare_runs(policy, got, truth, plain, dtype):
     check_all(policy, got, truth, plain, dtype)
 
 
-def _check_parity(cell, cfg, dtype, seed, policy):
+def _check_parity(cell, cfg, dtype, seed, policy, device="cpu"):
+    """ours (on `device`) vs nn on the CPU (float64 truth, same-dtype nn as the plain baseline)."""
     torch.manual_seed(seed)
     ours, truth_m, plain_m = make_models(cell, cfg, dtype)
     data = Data(cfg, dtype, torch.Generator().manual_seed(seed))
-    got = run_model(ours, data, dtype)
+    got = run_model(ours.to(device), data, dtype, device)
     truth = run_model(truth_m, data, torch.float64)
     plain = None if plain_m is None else run_model(plain_m, data, dtype)
     compare_runs(policy, got, truth, plain, dtype)
@@ -922,31 +937,36 @@ def test_cell_codes_are_the_c_apis():
         (core.CELL_LSTM, core.CELL_GRU, core.CELL_RNN_TANH, core.CELL_RNN_RELU)
 
 
+@pytest.mark.parametrize("fixed", range(len(FIXED)))
+@pytest.mark.parametrize("kind", ["padded", "packed"])
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("cell", KINDS)
-def test_cuda_is_refused_clearly(cell):
-    """GRU and RNN run on the CPU only so far: the fake kernels' CUDA reserve, a CUDA
-    call (on a GPU, or the CUDA backend's CPU emulation) all say so."""
-    with pytest.raises(ValueError, match="GRU/RNN run on the CPU only so far"):
-        _ops._reserve_nbytes(True, torch.float32, **RESERVE_SHAPES[1], cell=CELL_CODE[cell])
-    contexts = []
-    if torch.cuda.is_available():
-        contexts.append(("cuda", contextlib.nullcontext()))
-    try:
-        emulated = bool(_ops._core.cuda_backend_host_memory())
-    except Exception:  # noqa: BLE001 - no backend library: not emulated
-        emulated = False
-    if emulated:
-        contexts.append(("cpu", _ops.emulate_cuda_on_cpu()))
-    if not contexts:
-        pytest.skip("no CUDA device and no emulated CUDA backend (the reserve check ran)")
-    for device, ctx in contexts:
-        with ctx:
-            m = ft_stack(cell, 3, 4).to(device)
-            with pytest.raises(ValueError, match="GRU/RNN run on the CPU only so far"):
-                m(torch.randn(5, 2, 3, device=device))
-            c = ft_cell(cell, 3, 4).to(device)
-            with pytest.raises(ValueError, match="GRU/RNN run on the CPU only so far"):
-                c(torch.randn(2, 3, device=device))
+def test_cuda_devices_match_nn(cell, dtype, kind, fixed, cuda_device, seed, policy):
+    """The modules on a CUDA device (a GPU, or the CPU emulation of the CUDA backend,
+    where GRU and RNN take the fallback path) against nn on the CPU."""
+    _check_parity(cell, dict(FIXED[fixed], kind=kind), dtype, seed, policy, cuda_device)
+
+
+@pytest.mark.parametrize("cell", KINDS)
+def test_cuda_device_cells_match_nn(cell, cuda_device, rng, policy):
+    """GRUCell / RNNCell (their training step: acts saved, cell_backward) on a CUDA device."""
+    torch.manual_seed(int(rng.integers(2**31)))
+    src = nn_cell(cell, 6, 5, dtype=torch.float64)
+    ours = ft_cell(cell, 6, 5, dtype=torch.float64)
+    ours.load_state_dict(src.state_dict())
+    ours = ours.to(cuda_device)
+    x = torch.randn(3, 6, dtype=torch.float64)
+    h = torch.randn(3, 5, dtype=torch.float64)
+    xs, hs = x.clone().requires_grad_(True), h.clone().requires_grad_(True)
+    xo, ho = x.to(cuda_device).requires_grad_(True), h.to(cuda_device).requires_grad_(True)
+    want, got = src(xs, hs), ours(xo, ho)
+    want.sum().backward()
+    got.sum().backward()
+    check(policy, "h'", got, want, None, torch.float64)
+    check(policy, "dx", xo.grad, xs.grad, None, torch.float64)
+    check(policy, "dh", ho.grad, hs.grad, None, torch.float64)
+    for (name, a), (_, b) in zip(ours.named_parameters(), src.named_parameters()):
+        check(policy, "d" + name, a.grad, b.grad, None, torch.float64)
 
 
 # --------------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ backward-through-time kernels.
 
 Weights use torch.nn.LSTM's / nn.GRU's / nn.RNN's layout (gate order i, f,
 g, o; r, z, n), so they move between the two unchanged. See README.md for
-the four sequence modes. GRU and RNN run on the CPU only so far.
+the four sequence modes. On CUDA, GRU and RNN run the fallback path (per-step
+cuBLAS GEMM + fused pointwise kernels); the persistent kernels are the LSTM's.
 """
 
 import os as _os

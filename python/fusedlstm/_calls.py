@@ -28,7 +28,6 @@ def forward(arrays, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr, *, cell, mode, leng
     """c0 and w_hr: None unless cell == "lstm" (the public functions of the
     other cells do not take them)."""
     _checks.required(x=x, w_ih=w_ih, w_hh=w_hh)
-    _checks.cell_on_device(cell, arrays.device_type)
     lstm = _checks.has_cell_state(cell)
     a = arrays.adopt(x=x, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, h0=h0, c0=c0, w_hr=w_hr)
     shape = arrays.shape
@@ -132,7 +131,6 @@ def cell(arrays, x, h, c, w_ih, w_hh, b_ih, b_hh, *, cell):
         _checks.required(x=x, h=h, c=c, w_ih=w_ih, w_hh=w_hh)
     else:
         _checks.required(x=x, h=h, w_ih=w_ih, w_hh=w_hh)
-    _checks.cell_on_device(cell, arrays.device_type)
     a = arrays.adopt(x=x, h=h, c=c, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh)
     shape = arrays.shape
     H, I, _ = _weight_sizes(arrays, a, cell)

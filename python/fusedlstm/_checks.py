@@ -55,13 +55,6 @@ def has_cell_state(cell):
     return cell == "lstm"
 
 
-def cell_on_device(cell, device_type):
-    """ValueError when the cell does not run where the arrays are (CUDA runs the LSTM only so far)."""
-    if cell != "lstm" and device_type != _core.DEVICE_CPU:
-        raise ValueError(f"{A_CELL[cell]} (cell={cell!r}) runs on the CPU only so far: the CUDA backend runs "
-                         f"the LSTM only; pass numpy arrays (or CPU tensors)")
-
-
 def core_cell(cell):
     """The cell keyword of a _core call: none for the LSTM (the core's default)."""
     return {} if cell == "lstm" else {"cell": CELL_CODE[cell]}

@@ -62,7 +62,7 @@ def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, mode=
 
 def gru_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, mode="many_to_many", lengths=None, steps=None,
                 feed="repeat", batch_first=False, training=False, reverse=False, allow_tf32=False, stream=None):
-    """Run a GRU layer over a sequence with fused kernels (CPU only so far).
+    """Run a GRU layer over a sequence with fused kernels (CPU, or CUDA arrays).
 
     Weights are ``torch.nn.GRU``'s: ``w_ih`` (3H, I), ``w_hh`` (3H, H),
     ``b_ih``, ``b_hh`` (3H,), gate order r, z, n::
@@ -86,7 +86,7 @@ def gru_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, mode="many_to_m
 def rnn_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, nonlinearity="tanh", mode="many_to_many",
                 lengths=None, steps=None, feed="repeat", batch_first=False, training=False, reverse=False,
                 allow_tf32=False, stream=None):
-    """Run an Elman RNN layer over a sequence with fused kernels (CPU only so far).
+    """Run an Elman RNN layer over a sequence with fused kernels (CPU, or CUDA arrays).
 
     ``h' = act(x W_ih^T + b_ih + h W_hh^T + b_hh)`` with act = tanh or relu
     (``nonlinearity``, as ``torch.nn.RNN``; relu's gradient at 0 is 0).

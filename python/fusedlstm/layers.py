@@ -57,13 +57,14 @@ def stack_reserve_nbytes(itemsize, T, B, H, proj_size, num_layers, num_direction
         if proj_size:
             per_cell = per_cell + r64(slots * _round_up(H, 4 * w) * itemsize)
     elif device == "cuda":
-        _checks.cell_on_device(cell, _core.DEVICE_CUDA)
-
         def r256(n):
             return _round_up(n, 256)
 
         math = 8 if itemsize == 8 else 4  # float64, else the float32 math of float32/16/bfloat16
-        per_cell = r256(slots * 4 * H * math) + r256((slots + B) * H * math) + r256((slots + B) * hout * itemsize)
+        saved = 1 if cell in ("rnn_tanh", "rnn_relu") else 4  # A: LSTM i|f|g|o, GRU r|z|n|hn, RNN h_new
+        per_cell = r256(slots * saved * H * math) + r256((slots + B) * hout * itemsize)
+        if cell == "lstm":  # the cell state
+            per_cell = per_cell + r256((slots + B) * H * math)
         if proj_size:
             per_cell = per_cell + r256(slots * H * itemsize)
     else:
@@ -300,7 +301,6 @@ class RecurrentStack:
         the LSTM) of arrays of x's library."""
         training = _bool_arg("training", training)
         arrays = arrays_for(x, stream=stream, dtype=self.dtype)
-        _checks.cell_on_device(self.cell, arrays.device_type)
         works_in = f"the layer (dtype={self.dtype})"
         x = arrays.adopt_one("x", x, works_in)
         shape = arrays.shape(x)

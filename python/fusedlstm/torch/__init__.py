@@ -7,9 +7,8 @@
 Same constructor, parameter names, shapes, ``state_dict`` and ``forward``
 contract as ``torch.nn.LSTM`` / ``GRU`` / ``RNN`` (tanh or relu) and their
 cells (tensors or ``PackedSequence``, unbatched input, ``hx``; GRU and RNN
-take and return one hidden state, no c). LSTM and LSTMCell run on CPU and
-CUDA tensors; GRU, RNN and their cells on the CPU only so far (a CUDA tensor
-gets a ValueError). Autograd
+take and return one hidden state, no c). Every module runs on CPU and CUDA
+tensors (on CUDA, GRU and RNN take the fallback path). Autograd
 goes through custom operators registered with ``torch.library``
 (``fusedlstm::stack_forward`` and ``fusedlstm::stack_backward``, the cell's
 three; ``_ops.py``), so ``torch.compile(fullgraph=True)`` traces the module

@@ -7,7 +7,8 @@ its last argument ``cell`` is one of the codes CELL_LSTM (the default),
 CELL_GRU, CELL_RNN_TANH and CELL_RNN_RELU (fusedlstm.h's fl_cell_kind). A cell
 has G gate blocks of H rows in its weights (LSTM 4: i, f, g, o; GRU 3: r, z, n;
 RNN 1) and, for the GRU and the RNN, no cell state c: their c arguments are
-None and their c outputs empty. GRU and RNN run on the CPU only so far.
+None and their c outputs empty. On CUDA, GRU and RNN take the fallback path (the
+persistent kernels are the LSTM's).
 
 One implementation per operator serves CPU and CUDA tensors: the tensors'
 device picks the core's backend (``_core.DEVICE_CPU`` with numpy views of the
@@ -74,13 +75,6 @@ def _has_c(cell):
 def _cell_kw(cell):
     """The core's `cell` keyword for this cell kind (LSTM calls leave it out)."""
     return {} if cell == CELL_LSTM else {"cell": cell}
-
-
-def _cpu_only(cell, cuda):
-    """GRU and RNN have CPU kernels only so far: a clear error for a CUDA call."""
-    if cuda and cell != CELL_LSTM:
-        raise ValueError(f"fusedlstm.torch: GRU/RNN run on the CPU only so far (a {CELL_NAMES[cell]} got CUDA "
-                         "tensors): move the module and its inputs to the CPU")
 
 
 _CPU_NATIVE = (torch.float32, torch.float64)
@@ -263,7 +257,6 @@ def _reserve_nbytes(cuda, dtype, T, B, H, proj_size, num_layers, num_directions,
     """fl_lstm_stack_reserve_bytes's closed form (fusedlstm.h) for the backend and
     cell kind, in plain integer arithmetic, so it also works on symbolic sizes (the
     fake kernels under torch.compile); the real kernels ask the C API."""
-    _cpu_only(cell, cuda)
     return stack_reserve_nbytes(torch.finfo(dtype).bits // 8, T, B, H, proj_size, num_layers, num_directions,
                                 device="cuda" if cuda else "cpu", cell=_NAME[cell])
 
@@ -310,7 +303,6 @@ def _stack_inputs(x, weights, h0, c0, lengths, dropout_mask, num_layers, bidirec
                   batch_first, cell):
     _check_cell(cell)
     call = _Call(x.device, x.dtype)
-    _cpu_only(cell, call.cuda)
     xt = _time_major(x, batch_first)
     T, B, I = xt.shape
     H = weights[1].shape[0] // GATES[cell]
@@ -449,7 +441,6 @@ def _cell_call(x, h, c, w_ih, w_hh, cell):
     """(call, the core's x, h, c, w_ih, w_hh, sizes and cell kind) of one step."""
     _check_cell(cell)
     call = _Call(x.device, x.dtype)
-    _cpu_only(cell, call.cuda)
     B, I = x.shape
     args = dict(x=call.dense(x), h=call.dense(h), c=call.dense(c) if _has_c(cell) else None, w_ih=call.dense(w_ih),
                 w_hh=call.dense(w_hh), B=B, I=I, H=h.shape[1], **call.common(), **_cell_kw(cell))

@@ -101,7 +101,7 @@ ForwardSizes check_single(const fl_forward_params& p) {
   s.elem = checked_element_size(p.dtype);
   require_positive("H", p.H);
   check_projection(p.proj_size, p.H);
-  const int64_t G = fusedlstm::checked_cell_gates(p.cell, p.device, p.proj_size);
+  const int64_t G = fusedlstm::checked_cell_gates(p.cell, p.proj_size);
   s.lstm = G == 4;
   s.Hout = p.proj_size > 0 ? p.proj_size : p.H;
   check_sequence_shape(p, s.Hout, s.elem);
@@ -140,7 +140,7 @@ void check_stack_shape(const fl_stack_params& p) {
   require(p.num_directions == 1 || p.num_directions == 2,
           "num_directions = " + std::to_string(p.num_directions) + " must be 1 or 2");
   check_projection(p.proj_size, p.H);
-  fusedlstm::checked_cell_gates(p.cell, p.device, p.proj_size);
+  fusedlstm::checked_cell_gates(p.cell, p.proj_size);
   checked_product("num_layers*num_directions", {p.num_layers, p.num_directions});
 }
 
@@ -256,7 +256,7 @@ fl_status fl_lstm_cell(const fl_cell_params* p) {
     require(p != nullptr, "params is NULL");
     fusedlstm::check_cell_sizes(checked_element_size(p->dtype), p->B, p->I, p->H);
     const fl_backend_ops& ops = backend_for(p->device);
-    const bool lstm = fusedlstm::checked_cell_gates(p->cell, p->device, 0) == 4;
+    const bool lstm = fusedlstm::checked_cell_gates(p->cell, 0) == 4;
     require(p->x && p->h && p->w_ih && p->w_hh && p->h_new, "x, h, w_ih, w_hh and h_new are required");
     require(!lstm || (p->c && p->c_new), "c and c_new are required for the LSTM");
     fusedlstm::check(ops, ops.cell(p));
@@ -268,7 +268,7 @@ fl_status fl_lstm_cell_backward(const fl_cell_backward_params* p) {
     require(p != nullptr, "params is NULL");
     fusedlstm::check_cell_sizes(checked_element_size(p->dtype), p->B, p->I, p->H);
     const fl_backend_ops& ops = backend_for(p->device);
-    const bool lstm = fusedlstm::checked_cell_gates(p->cell, p->device, 0) == 4;
+    const bool lstm = fusedlstm::checked_cell_gates(p->cell, 0) == 4;
     require(p->x && p->h && p->w_ih && p->w_hh && p->acts, "x, h, w_ih, w_hh and acts are required");
     require(p->dx && p->dh && p->dw_ih && p->dw_hh, "dx, dh, dw_ih and dw_hh are required");
     require(!lstm || (p->c && p->c_new && p->dc), "c, c_new and dc are required for the LSTM");

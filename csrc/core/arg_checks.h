@@ -56,9 +56,9 @@ inline int64_t checked_element_size(const fl_dtype& dtype) {
 }
 
 // Checks the cell field (read as its raw integer) and returns its gate
-// count G. Every cell runs on every backend (device: unused, kept for the
-// callers); cells other than the LSTM have no projection.
-inline int64_t checked_cell_gates(const fl_cell_kind& cell, const fl_device& /*device*/, int64_t proj_size) {
+// count G. Every cell runs on every backend; cells other than the LSTM have
+// no projection.
+inline int64_t checked_cell_gates(const fl_cell_kind& cell, int64_t proj_size) {
   require_enum("cell", cell, {"FL_CELL_LSTM", "FL_CELL_GRU", "FL_CELL_RNN_TANH", "FL_CELL_RNN_RELU"});
   if (cell == FL_CELL_LSTM) return 4;
   const char* name = cell == FL_CELL_GRU ? "FL_CELL_GRU" : cell == FL_CELL_RNN_TANH ? "FL_CELL_RNN_TANH" : "FL_CELL_RNN_RELU";

@@ -481,8 +481,8 @@ static void valid_runs(void) {
 }
 
 /* ---------------------------------------------------------------- cells */
-/* GRU and RNN through the same entry points: a bad cell value, a cell on
- * CUDA, with a projection; GRU with feed output; then valid runs without
+/* GRU and RNN through the same entry points: a bad cell value, with a
+ * projection; GRU with feed output; then valid runs without
  * any c array (the arrays are the LSTM's, large enough for G <= 4). */
 static void cell_kind_cases(void) {
   fl_forward_params p = valid_forward(NULL);
@@ -504,10 +504,6 @@ static void cell_kind_cases(void) {
   p.lengths = NULL;
   p.I = H;
   expect_ok("cells: GRU feed output", fl_lstm_forward(&p));
-  p = valid_forward(NULL);
-  p.cell = FL_CELL_RNN_TANH;
-  p.device.type = FL_DEVICE_CUDA;
-  expect_failure("cells: RNN on CUDA", fl_lstm_forward(&p), FL_INVALID_ARGUMENT, NULL);
   fl_stack_params sp = valid_stack();
   bad = 4;
   memcpy(&sp.cell, &bad, sizeof bad);

@@ -8,8 +8,9 @@
 //   - all work goes on device.stream; no call synchronises the host or the
 //     device (no copy to the host, no cudaStreamSynchronize), workspaces are
 //     allocated and freed stream-ordered on that stream;
-//   - sizes: every GEMM dimension and leading dimension, and T*B*4H, must be
-//     < 2^31 (cuBLAS takes int): FL_INVALID_ARGUMENT naming the size;
+//   - sizes: every GEMM dimension and leading dimension, and T*B*A*H (A = 4
+//     for the LSTM and GRU, 1 for the RNN), must be < 2^31 (cuBLAS takes
+//     int): FL_INVALID_ARGUMENT naming the size;
 //   - float16 / bfloat16 store h, the weights and the gradients in that
 //     format; gate math, the cell state and the GEMM accumulation are float32
 //     (float64 for FL_FLOAT64); float32 uses TF32 only with allow_tf32;
@@ -22,8 +23,9 @@
 // feature), "persistent" (one cooperative kernel for all steps, W_hh held in
 // shared memory, wherever it fits), or "auto" / unset (persistent where it
 // fits and each SM's share of a step is small). The persistent kernels cover
-// both directions without a projection, not one_to_many with FL_FEED_OUTPUT:
-// proj_size > 0 and feed output always run the fallback. Any other value:
+// both directions of the LSTM without a projection, not one_to_many with
+// FL_FEED_OUTPUT: proj_size > 0, feed output and every cell but the LSTM
+// always run the fallback. Any other value:
 // FL_INVALID_ARGUMENT (at the next forward or backward).
 #ifndef FUSEDLSTM_FUSEDLSTM_CUDA_H_
 #define FUSEDLSTM_FUSEDLSTM_CUDA_H_

@@ -1067,9 +1067,10 @@ CONSTRUCTOR_CASES = [
     ((3, 4), dict(dropout=-0.1)), ((3, 4), dict(dropout=1.5)), ((3, 4), dict(dropout=True)),
     ((3, 4), dict(dropout="0.5")), ((3, 4), dict(num_layers=0)), ((3, 4), dict(num_layers=2.5)),
     ((3, 0), {}), ((3, -1), {}), ((3, 4.0), {}), ((0, 4), {}), ((3.0, 4), {}),
+    ((3, 4), dict(proj_size=0)), ((3, 4), dict(proj_size=2)), ((3, 4), dict(no_such_argument=1)),
 ]
 _NN_CHECKS = ("dropout should be", "bias should be", "batch_first should be", "input_size", "hidden_size",
-              "num_layers must")
+              "num_layers must", "proj_size argument")
 
 
 @pytest.mark.parametrize("args, kw", CONSTRUCTOR_CASES, ids=[f"{a}-{k}" for a, k in CONSTRUCTOR_CASES])

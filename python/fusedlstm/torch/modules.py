@@ -311,15 +311,25 @@ def _one_state(hx, batched, h_shape):
     return h0
 
 
+def _no_projection(kwargs):
+    """nn.GRU / nn.RNN refuse a proj_size keyword (any value) with this ValueError;
+    another unknown keyword is a TypeError, as for any function."""
+    if "proj_size" in kwargs:
+        raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+    if kwargs:
+        raise TypeError(f"__init__() got an unexpected keyword argument {next(iter(kwargs))!r}")
+
+
 class GRU(_RNNBase):
-    """``torch.nn.GRU`` on fusedlstm's fused kernels (CPU): same arguments,
+    """``torch.nn.GRU`` on fusedlstm's fused kernels (CPU and CUDA): same arguments,
     parameters (gate order r, z, n), ``state_dict`` and ``forward(input,
     hx=None) -> (output, h_n)`` contract."""
 
     _autocast = ("cuda",)
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-                 bidirectional=False, device=None, dtype=None):
+                 bidirectional=False, device=None, dtype=None, **kwargs):
+        _no_projection(kwargs)
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          0, device, dtype)
 
@@ -329,11 +339,12 @@ class GRU(_RNNBase):
 
 class RNN(_RNNBase):
     """``torch.nn.RNN`` (Elman, ``nonlinearity`` 'tanh' or 'relu') on
-    fusedlstm's fused kernels (CPU): same arguments, parameters, ``state_dict``
+    fusedlstm's fused kernels (CPU and CUDA): same arguments, parameters, ``state_dict``
     and ``forward(input, hx=None) -> (output, h_n)`` contract."""
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, device=None, dtype=None):
+                 dropout=0.0, bidirectional=False, device=None, dtype=None, **kwargs):
+        _no_projection(kwargs)
         mode = _rnn_mode(nonlinearity)  # nn.RNN checks it first
         super().__init__(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, 0,
                          device, dtype)
@@ -530,7 +541,7 @@ class _OneStateCell(_RNNCellBase):
 
 
 class GRUCell(_OneStateCell):
-    """``torch.nn.GRUCell`` on fusedlstm's kernels (CPU): same arguments,
+    """``torch.nn.GRUCell`` on fusedlstm's kernels (CPU and CUDA): same arguments,
     parameters and ``forward(input, hx=None) -> h'``."""
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None):
@@ -539,7 +550,7 @@ class GRUCell(_OneStateCell):
 
 class RNNCell(_OneStateCell):
     """``torch.nn.RNNCell`` (``nonlinearity`` 'tanh' or 'relu') on fusedlstm's
-    kernels (CPU): same arguments, parameters and ``forward(input, hx=None) -> h'``.
+    kernels (CPU and CUDA): same arguments, parameters and ``forward(input, hx=None) -> h'``.
     A bad nonlinearity is refused here (nn.RNNCell refuses it at the first
     forward, with a RuntimeError; this error is one too)."""
 

@@ -110,7 +110,7 @@ def header_line(info: dict) -> str:
 # flops / error helpers
 # --------------------------------------------------------------------------
 
-CELL_GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+from ._checks import GATES as CELL_GATES  # G per cell, written once in _checks
 
 
 def lstm_flops(T: int, B: int, I: int, H: int, mode: str, cell: str = "lstm") -> float:

@@ -247,8 +247,11 @@ def measure_interleaved(fns, min_time=0.5, min_reps=5, min_reps_slow=3,
     out = {}
     for n in names:
         s_ms = [t * 1e3 for t in samples[n]]
+        q1, _, q3 = statistics.quantiles(s_ms, n=4) if len(s_ms) > 1 else (s_ms[0],) * 3
         out[n] = {
             "median_ms": statistics.median(s_ms),
+            "p25_ms": q1,
+            "p75_ms": q3,
             "min_ms": min(s_ms),
             "mean_ms": statistics.fmean(s_ms),
             "stdev_ms": statistics.stdev(s_ms) if len(s_ms) > 1 else 0.0,
@@ -265,15 +268,16 @@ def measure_interleaved(fns, min_time=0.5, min_reps=5, min_reps_slow=3,
 
 class Case:
     """One (T, B, I, H) problem of one cell ("lstm", "gru", "rnn_tanh",
-    "rnn_relu"), float32, with inputs/weights preallocated.
+    "rnn_relu"), float32 (or `dtype`: float64), with inputs/weights preallocated.
 
     If torch is given, the weights are taken from the torch module of that
     cell (nn.LSTM, nn.GRU, nn.RNN; default PyTorch init) so both libraries
     compute exactly the same function.
     """
 
-    def __init__(self, fl, T, B, H, I=None, torch=None, seed=0, cell="lstm"):
+    def __init__(self, fl, T, B, H, I=None, torch=None, seed=0, cell="lstm", dtype=np.float32):
         self.fl = fl
+        self.dtype = dtype = np.dtype(dtype)
         self.torch = torch
         self.cell = cell
         G = CELL_GATES[cell]
@@ -281,8 +285,8 @@ class Case:
         self.I = int(I) if I is not None else self.H
         T, B, H, I = self.T, self.B, self.H, self.I
         rng = np.random.default_rng(seed)
-        self.x = np.ascontiguousarray(rng.standard_normal((T, B, I), dtype=np.float32))
-        self.dy = np.ascontiguousarray(rng.standard_normal((T, B, H), dtype=np.float32))
+        self.x = np.ascontiguousarray(rng.standard_normal((T, B, I), dtype=dtype))
+        self.dy = np.ascontiguousarray(rng.standard_normal((T, B, H), dtype=dtype))
 
         if torch is not None:
             torch.manual_seed(seed)
@@ -292,7 +296,7 @@ class Case:
                 self.lstm = torch.nn.GRU(I, H, num_layers=1, bias=True, batch_first=False)
             else:
                 self.lstm = torch.nn.RNN(I, H, num_layers=1, nonlinearity=cell[4:], bias=True, batch_first=False)
-            self.lstm = self.lstm.float()
+            self.lstm = self.lstm.double() if dtype == np.float64 else self.lstm.float()
             self.params = [self.lstm.weight_ih_l0, self.lstm.weight_hh_l0,
                            self.lstm.bias_ih_l0, self.lstm.bias_hh_l0]
             w = [p.detach().cpu().numpy().copy() for p in self.params]
@@ -302,7 +306,7 @@ class Case:
             self.dy_t = torch.from_numpy(self.dy)
         else:
             k = 1.0 / math.sqrt(H)
-            u = lambda *s: rng.uniform(-k, k, size=s).astype(np.float32)  # noqa: E731
+            u = lambda *s: rng.uniform(-k, k, size=s).astype(dtype)  # noqa: E731
             self.w_ih, self.w_hh = u(G * H, I), u(G * H, H)
             self.b_ih, self.b_hh = u(G * H), u(G * H)
             self.lstm = None

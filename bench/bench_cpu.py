@@ -24,6 +24,9 @@ Examples:
   python bench/bench_cpu.py --shapes 100,16,256 1000,1,256 --threads 2 --mode fwd
   python bench/bench_cpu.py --json results.json
   python bench/bench_cpu.py --cell gru --quick
+
+`python -m fusedlstm bench` is the front end over these same functions
+(fusedlstm._bench) with more peers, CSV and plots.
 """
 
 from __future__ import annotations
@@ -91,6 +94,9 @@ def main(argv=None) -> int:
     p.add_argument("--json", metavar="PATH", default=None, help="save raw results as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-measurement progress lines")
     args = p.parse_args(argv)
+    if (args.threads and min(args.threads) <= 0) or args.min_reps <= 0 or args.warmup < 0 \
+            or (args.min_time is not None and args.min_time <= 0):
+        p.error("--threads, --min-reps and --min-time must be positive, --warmup not negative")
 
     fl, _bench = _import_fusedlstm()
 
@@ -112,6 +118,8 @@ def main(argv=None) -> int:
             reference = None
 
     if args.isa:
+        if args.isa not in _bench.isa_list(fl):
+            p.error(f"--isa: {args.isa!r} is not a SIMD path of this CPU (available: {', '.join(_bench.isa_list(fl))})")
         fl.set_isa(args.isa)
 
     shapes = args.shapes or (QUICK_SHAPES if args.quick else DEFAULT_SHAPES)

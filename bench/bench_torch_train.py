@@ -55,6 +55,10 @@ measures (see bench/NOTES.md for what that changes).
 op, the compiled core on prepared arrays and the numpy API, plus the loss
 and optimizer step alone (where the module's time goes).
 
+Without torch (or with --no-torch) the configs run on fusedlstm.LSTM, the
+numpy layer stack under the module (train = forward + backward, no loss or
+optimizer), and the torch columns are skipped with a note.
+
 Examples:
   python bench/bench_torch_train.py --device cuda --quick --kernel --json out.json   # the GPU run
   python bench/bench_torch_train.py                 # full grid (~10 min on 2 cores)
@@ -76,7 +80,9 @@ import warnings
 warnings.filterwarnings("ignore", message="LSTM with projections is not supported with oneDNN")
 
 
-def _imports():
+def _imports(no_torch=False):
+    """fusedlstm, fusedlstm.torch, _bench, torch, numpy; the torch pair is (None, None)
+    without torch (or with no_torch)."""
     try:
         import fusedlstm
     except ImportError:  # not installed: the in-tree package (works if built in place)
@@ -84,10 +90,15 @@ def _imports():
         sys.path.insert(0, os.path.join(here, os.pardir, "python"))
         import fusedlstm
     import numpy as np
-    import torch
 
-    import fusedlstm.torch as flt
     from fusedlstm import _bench
+    if no_torch:
+        return fusedlstm, None, _bench, None, np
+    try:
+        import torch
+    except ImportError:
+        return fusedlstm, None, _bench, None, np
+    import fusedlstm.torch as flt
     return fusedlstm, flt, _bench, torch, np
 
 
@@ -512,8 +523,10 @@ def fmt(v):
 
 
 def table(rows, mode, with_kernel):
-    out = [f"### {'training step (fwd + loss + bwd + optimizer step)' if mode == 'train' else 'inference (no_grad forward)'}",
-           ""]
+    title = 'training step (fwd + loss + bwd + optimizer step)' if mode == 'train' else 'inference (no_grad forward)'
+    if rows and all(r.get("impl", "").startswith("fusedlstm.LSTM") for r in rows):  # no torch
+        title = 'forward + backward (no loss, no optimizer)' if mode == 'train' else 'inference (forward)'
+    out = [f"### {title}", ""]
     head = "| config | precision | check | torch ms | fusedlstm ms | speedup |"
     sep = "|:---|:---|:---|---:|---:|---:|"
     if with_kernel:
@@ -665,6 +678,72 @@ def run_pair(device, cfg, precision, modes, args, fl, flt, torch, np, _bench, lo
     return rows
 
 
+# --------------------------------------------------------------------------
+# without torch: fusedlstm's numpy layer stack alone
+# --------------------------------------------------------------------------
+
+def run_numpy_stack(cfgs, modes, args, fl, np, _bench, log):
+    """fusedlstm.LSTM (the numpy layer stack the module runs on) for each config:
+    train = forward(training=True) + backward(dy) (no loss, no optimizer step),
+    infer = forward(training=False). The torch columns stay empty."""
+    rows = []
+    for cfg in cfgs:
+        layer = fl.LSTM(cfg.I, cfg.H, num_layers=cfg.L, bidirectional=cfg.D == 2, proj_size=cfg.proj,
+                        dtype=np.float32, seed=0)
+        rng = np.random.default_rng(1)
+        x = rng.standard_normal((cfg.T, cfg.B, cfg.I), dtype=np.float32)
+        lengths = None
+        if cfg.packed:
+            lengths = rng.integers(cfg.T // 2, cfg.T + 1, cfg.B)
+            lengths[0] = cfg.T
+        dy = rng.standard_normal((cfg.T, cfg.B, cfg.D * (cfg.proj or cfg.H)), dtype=np.float32)
+
+        def infer():
+            return layer.forward(x, lengths=lengths, training=False)
+
+        def train():
+            return layer.backward(layer.forward(x, lengths=lengths, training=True), dy)
+        for mode in modes:
+            stats = _bench.measure_interleaved([("fusedlstm", train if mode == "train" else infer)],
+                                               min_time=args.min_time, min_reps=args.min_reps, min_reps_slow=3,
+                                               warmup=2)
+            fl_ms = stats["fusedlstm"]["median_ms"]
+            rows.append({"device": "cpu", "precision": "fp32", "mode": mode, "label": cfg.label(), **cfg.as_dict(),
+                         "check": "n/a (no torch)", "torch_ms": None, "fusedlstm_ms": fl_ms, "speedup": None,
+                         "impl": "fusedlstm.LSTM (numpy stack)",
+                         "stats": {k: {kk: vv for kk, vv in v.items() if kk != "samples_ms"}
+                                   for k, v in stats.items()}})
+            log(f"  [cpu fp32] {mode:5s} {cfg.label():38s} fusedlstm.LSTM {fmt(fl_ms):>7s} ms")
+    return rows
+
+
+def main_without_torch(args, fl, np, _bench, why):
+    """The configs on fusedlstm's numpy layer stack alone, the torch columns skipped."""
+    fl.set_num_threads(args.threads)
+    info = _bench.machine_info(fl, None)
+    print(_bench.header_line(info))
+    print(f"note: {why}: timing fusedlstm.LSTM (the numpy layer stack under the module) alone; the torch "
+          f"columns, the loss and the optimizer step are skipped (train = forward + backward)")
+    if args.kernel or args.overheads or args.device == "cuda":
+        print("note: --kernel, --overheads and --device cuda need torch: ignored")
+    print(flush=True)
+    modes = ["train", "infer"] if args.mode == "both" else [args.mode]
+    log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    t0 = time.perf_counter()
+    rows = run_numpy_stack(args.configs or default_configs(args.quick), modes, args, fl, np, _bench, log)
+    elapsed = time.perf_counter() - t0
+    print("## cpu (fusedlstm.LSTM, numpy; torch not used)\n")
+    for mode in modes:
+        print(table(rows, mode, False))
+    print(f"(total {elapsed:.1f} s)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": info, "args": {k: v for k, v in vars(args).items() if k != "configs"},
+                       "notes": [why], "elapsed_s": elapsed, "results": _bench.json_rows(rows)}, f, indent=1)
+        print(f"raw results written to {args.json}")
+    return 0
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -694,12 +773,19 @@ def main(argv=None):
     p.add_argument("--precisions", default="fp32,tf32,bf16,fp16",
                    help="CUDA precisions, comma-separated from fp32, tf32, bf16, fp16 (the CPU runs fp32)")
     p.add_argument("--json", metavar="PATH", default=None)
+    p.add_argument("--no-torch", action="store_true",
+                   help="do not import torch: time fusedlstm's numpy layer stack alone (as without torch)")
     p.add_argument("-q", "--quiet", action="store_true")
     args = p.parse_args(argv)
     if args.min_time is None:
         args.min_time = 0.15 if args.quick else 0.4
+    if args.threads <= 0 or args.min_reps <= 0 or args.min_time <= 0:
+        p.error("--threads, --min-reps and --min-time must be positive")
 
-    fl, flt, _bench, torch, np = _imports()
+    fl, flt, _bench, torch, np = _imports(args.no_torch)
+    if torch is None:
+        return main_without_torch(args, fl, np, _bench,
+                                  "torch disabled (--no-torch)" if args.no_torch else "torch is not installed")
     torch.set_num_threads(args.threads)
     fl.set_num_threads(args.threads)
     info = _bench.machine_info(fl, torch)

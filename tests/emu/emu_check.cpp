@@ -22,7 +22,8 @@
 // max(1, max|ref64|); other dtypes max|a - ref64| <= 2 err_plain + 4 eps32
 // max(1, max|ref64|) + eps(storage)/2 max|ref64|, err_plain the error of the plain implementation in
 // that precision (plain_seq below: the reference's equations in float32,
-// GEMM operands and stored outputs rounded to float16 / bfloat16).
+// GEMM operands, stored outputs and the h carried between steps rounded to
+// float16 / bfloat16, as the library keeps them).
 //
 // What this checks: the driver code and kernels of csrc/cuda/ (indexing,
 // strides, masks, time maps, the cuBLAS operand mapping, dtype conversions,
@@ -208,6 +209,13 @@ void check(Failures* f, const std::string& name, const Precision& pr, const std:
 // and strides as in fusedlstm.h; outputs indexed like the library's.
 // saved_round: rounding of the activations and cell states the backward
 // reads (the cell's are outputs in the storage dtype: fl_cell_params.acts).
+// state_round: rounding of the h carried from step to step. The CUDA backend
+// keeps the running h in the storage dtype S (h_cur, h_hist: lstm_cuda.cu),
+// so the next step and the backward see h rounded to float16 / bfloat16. For
+// the LSTM and the RNNs h only enters GEMMs, whose operands op_round rounds
+// alike; the GRU also reads it outside them (h_new = n + z (h_prev - n), and
+// dz = dh (h_prev - n) z (1 - z) in the backward), where an unrounded h in the
+// plain run would be a more accurate computation than the one the library does.
 // Gate rows per unit (G = gates*H) and saved values per unit (acts) of a cell.
 int64_t cell_gates(fl_cell_kind c) { return c == FL_CELL_LSTM ? 4 : c == FL_CELL_GRU ? 3 : 1; }
 int64_t cell_acts(fl_cell_kind c) { return c == FL_CELL_LSTM || c == FL_CELL_GRU ? 4 : 1; }
@@ -236,7 +244,8 @@ struct SeqResult {
 };
 
 template <class Tm>
-SeqResult plain_seq(const SeqSpec& sp, const SeqData& in, Rounding op_round, Rounding saved_round = round_none) {
+SeqResult plain_seq(const SeqSpec& sp, const SeqData& in, Rounding op_round, Rounding saved_round = round_none,
+                    Rounding state_round = round_none) {
   const int64_t T = sp.T, B = sp.B, I = sp.I, H = sp.H, R = sp.R, Ho = R > 0 ? R : H, G = cell_gates(sp.cell) * H;
   const bool o2m = sp.mode == FL_ONE_TO_MANY, m2o = sp.mode == FL_MANY_TO_ONE;
   const bool lstm = sp.cell == FL_CELL_LSTM, gru = sp.cell == FL_CELL_GRU, relu = sp.cell == FL_CELL_RNN_RELU;
@@ -316,6 +325,7 @@ SeqResult plain_seq(const SeqSpec& sp, const SeqData& in, Rounding op_round, Rou
       for (auto& v : acts[s]) v = Tm(saved_round(double(v)));
       for (auto& v : cnew[s]) v = Tm(saved_round(double(v)));
       h = hn, c = cn;
+      for (auto& v : h) v = Tm(state_round(double(v)));
     }
     for (int64_t k = 0; k < Ho; ++k) r.h_n[b * Ho + k] = double(h[k]);
     for (int64_t k = 0; k < H; ++k) r.c_n[b * H + k] = double(c[k]);
@@ -412,7 +422,7 @@ SeqResult plain_seq(const SeqSpec& sp, const SeqData& in, Rounding op_round, Rou
 
 SeqResult plain_for(const Precision& pr, const SeqSpec& sp, const SeqData& in, bool saved_in_storage = false) {
   if (pr.dtype == FL_FLOAT64) return plain_seq<double>(sp, in, round_none);
-  return plain_seq<float>(sp, in, pr.operands, saved_in_storage ? pr.storage : round_none);
+  return plain_seq<float>(sp, in, pr.operands, saved_in_storage ? pr.storage : round_none, pr.storage);
 }
 
 // ----------------------------------------------------- C API, one direction
@@ -827,7 +837,8 @@ StackOut plain_stack(const Precision& pr, const StackCase& c, const StackData& i
     out.assign(T * B * W, 0);
     for (int64_t d = 0; d < D; ++d) {
       const SeqResult r = pr.dtype == FL_FLOAT64 ? plain_seq<double>(spec(l, d), cell_data(l, d, inputs[l]), round_none)
-                                                 : plain_seq<float>(spec(l, d), cell_data(l, d, inputs[l]), pr.operands);
+                                                 : plain_seq<float>(spec(l, d), cell_data(l, d, inputs[l]), pr.operands,
+                                                                    round_none, pr.storage);
       for (int64_t i = 0; i < T * B; ++i)
         for (int64_t k = 0; k < Ho; ++k) out[i * W + d * Ho + k] = pr.storage(r.y[i * Ho + k]);
       std::copy(r.h_n.begin(), r.h_n.end(), o.h_n.begin() + (l * D + d) * B * Ho);
@@ -852,7 +863,7 @@ StackOut plain_stack(const Precision& pr, const StackCase& c, const StackData& i
       if (!in.dh_n.empty()) s.dh_n.assign(in.dh_n.begin() + (l * D + d) * B * Ho, in.dh_n.begin() + (l * D + d + 1) * B * Ho);
       if (!in.dc_n.empty()) s.dc_n.assign(in.dc_n.begin() + (l * D + d) * B * H, in.dc_n.begin() + (l * D + d + 1) * B * H);
       const SeqResult r = pr.dtype == FL_FLOAT64 ? plain_seq<double>(spec(l, d), s, round_none)
-                                                 : plain_seq<float>(spec(l, d), s, pr.operands);
+                                                 : plain_seq<float>(spec(l, d), s, pr.operands, round_none, pr.storage);
       // The layers exchange gradients in the storage dtype, as the library.
       for (size_t i = 0; i < d_in.size(); ++i) d_in[i] = pr.storage(d_in[i] + pr.storage(r.dx[i]));
       std::copy(r.dh0.begin(), r.dh0.end(), o.dh0.begin() + (l * D + d) * B * Ho);

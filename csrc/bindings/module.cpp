@@ -34,12 +34,13 @@ namespace {
 using Strides = std::tuple<int64_t, int64_t>;  // (stride_t, stride_b) in elements
 
 // ---- the device of a call
-fl_device device_of(int device_type, int device_index, std::uintptr_t stream, bool allow_tf32) {
+fl_device device_of(int device_type, int device_index, std::uintptr_t stream, bool allow_tf32, bool allow_bf16) {
   fl_device d{};
   fusedlstm_bindings::store_enum(d.type, device_type);
   d.index = device_index;
   d.stream = reinterpret_cast<void*>(stream);
   d.allow_tf32 = allow_tf32 ? 1 : 0;
+  d.allow_bf16 = allow_bf16 ? 1 : 0;
   return d;
 }
 
@@ -167,7 +168,14 @@ class Arrays {
       case FL_FLOAT64: return py::dtype::of<double>();
       case FL_FLOAT16: return py::dtype("float16");
       case FL_BFLOAT16:
-        throw py::type_error(name + ": bfloat16 has no numpy dtype; pass bfloat16 arrays as device pointers");
+        // ml_dtypes registers numpy's "bfloat16" (what JAX, TensorFlow and ONNX tooling use).
+        try {
+          py::module_::import("ml_dtypes");
+          return py::dtype("bfloat16");
+        } catch (const py::error_already_set&) {
+          throw py::type_error(name + ": bfloat16 numpy arrays need the ml_dtypes package "
+                               "(pip install ml_dtypes); or pass them as device pointers");
+        }
     }
     throw py::value_error("dtype = " + std::to_string(dtype_) +
                           " is not one of FLOAT32 (0), FLOAT64 (1), FLOAT16 (2), BFLOAT16 (3)");
@@ -300,12 +308,12 @@ std::shared_ptr<TrainingState> forward(const py::object& x, const Strides& x_str
                                        const py::object& h_n, const py::object& c_n, int mode, int feed,
                                        int64_t T, int64_t B, int64_t I, int64_t H, int64_t proj_size,
                                        bool reverse, bool training, int cell, int dtype, int device_type,
-                                       int device_index, std::uintptr_t stream, bool allow_tf32) {
+                                       int device_index, std::uintptr_t stream, bool allow_tf32, bool allow_bf16) {
   fl_forward_params p{};
   fusedlstm_bindings::store_enum(p.dtype, dtype);
   fusedlstm_bindings::store_enum(p.cell, cell);
   const int64_t G = gates_of(cell);
-  p.device = device_of(device_type, device_index, stream, allow_tf32);
+  p.device = device_of(device_type, device_index, stream, allow_tf32, allow_bf16);
   const Arrays a(dtype, p.device);
   fusedlstm_bindings::store_enum(p.mode, mode);
   fusedlstm_bindings::store_enum(p.feed, feed);
@@ -363,11 +371,11 @@ void backward(const TrainingState& state, const py::object& dy, const Strides& d
 template <class Params>
 Arrays cell_inputs(Params& p, const py::object& x, const py::object& h, const py::object& c,
                    const py::object& w_ih, const py::object& w_hh, int64_t B, int64_t I, int64_t H, int cell,
-                   int dtype, int device_type, int device_index, std::uintptr_t stream, bool allow_tf32) {
+                   int dtype, int device_type, int device_index, std::uintptr_t stream, bool allow_tf32, bool allow_bf16) {
   fusedlstm_bindings::store_enum(p.dtype, dtype);
   fusedlstm_bindings::store_enum(p.cell, cell);
   const int64_t G = gates_of(cell);
-  p.device = device_of(device_type, device_index, stream, allow_tf32);
+  p.device = device_of(device_type, device_index, stream, allow_tf32, allow_bf16);
   const Arrays a(dtype, p.device);
   p.B = B, p.I = I, p.H = H;
   p.x = a.in(x, "x", elements({B, I})), p.h = a.in(h, "h", elements({B, H})), p.c = a.in(c, "c", elements({B, H}));
@@ -378,10 +386,10 @@ Arrays cell_inputs(Params& p, const py::object& x, const py::object& h, const py
 void cell(const py::object& x, const py::object& h, const py::object& c, const py::object& w_ih,
           const py::object& w_hh, const py::object& b_ih, const py::object& b_hh, const py::object& h_new,
           const py::object& c_new, const py::object& acts, int64_t B, int64_t I, int64_t H, int cell, int dtype,
-          int device_type, int device_index, std::uintptr_t stream, bool allow_tf32) {
+          int device_type, int device_index, std::uintptr_t stream, bool allow_tf32, bool allow_bf16) {
   fl_cell_params p{};
   const Arrays a = cell_inputs(p, x, h, c, w_ih, w_hh, B, I, H, cell, dtype, device_type, device_index, stream,
-                               allow_tf32);
+                               allow_tf32, allow_bf16);
   const int64_t G = gates_of(cell);
   p.b_ih = a.in(b_ih, "b_ih", elements({G, H})), p.b_hh = a.in(b_hh, "b_hh", elements({G, H}));
   p.h_new = a.out(h_new, "h_new", elements({B, H})), p.c_new = a.out(c_new, "c_new", elements({B, H}));
@@ -394,10 +402,10 @@ void cell_backward(const py::object& x, const py::object& h, const py::object& c
                    const py::object& dh_new, const py::object& dc_new, const py::object& dx, const py::object& dh,
                    const py::object& dc, const py::object& dw_ih, const py::object& dw_hh, const py::object& db,
                    const py::object& db_hh, int64_t B, int64_t I, int64_t H, int cell, int dtype,
-                   int device_type, int device_index, std::uintptr_t stream, bool allow_tf32) {
+                   int device_type, int device_index, std::uintptr_t stream, bool allow_tf32, bool allow_bf16) {
   fl_cell_backward_params p{};
   const Arrays a = cell_inputs(p, x, h, c, w_ih, w_hh, B, I, H, cell, dtype, device_type, device_index, stream,
-                               allow_tf32);
+                               allow_tf32, allow_bf16);
   const int64_t G = gates_of(cell);
   p.acts = a.in(acts, "acts", elements({B, step_saved_of(cell), H}));
   p.c_new = a.in(c_new, "c_new", elements({B, H}));
@@ -472,13 +480,13 @@ struct StackInputs {
   StackInputs(const py::object& x, const Strides& x_strides, const py::list& cells, const py::object& h0,
               const py::object& c0, const py::object& lengths, const py::object& mask, int64_t T, int64_t B,
               int64_t I, int64_t H, int64_t proj_size, int64_t num_layers, int64_t num_directions, int cell,
-              int dtype, int device_type, int device_index, std::uintptr_t stream, bool allow_tf32)
+              int dtype, int device_type, int device_index, std::uintptr_t stream, bool allow_tf32, bool allow_bf16)
       : n{T, B, I, H, proj_size, num_layers, num_directions, gates_of(cell)},
-        a(dtype, device_of(device_type, device_index, stream, allow_tf32)),
+        a(dtype, device_of(device_type, device_index, stream, allow_tf32, allow_bf16)),
         w(cells, n, a) {
     fusedlstm_bindings::store_enum(p.dtype, dtype);
     fusedlstm_bindings::store_enum(p.cell, cell);
-    p.device = device_of(device_type, device_index, stream, allow_tf32);
+    p.device = device_of(device_type, device_index, stream, allow_tf32, allow_bf16);
     p.T = T, p.B = B, p.I = I, p.H = H, p.proj_size = proj_size;
     p.num_layers = num_layers, p.num_directions = num_directions;
     p.x = a.rows_in(x, "x", T, B, I, x_strides, false);
@@ -521,9 +529,9 @@ void stack_forward(const py::object& x, const Strides& x_strides, const py::list
                    const py::object& y, const Strides& y_strides, const py::object& h_n, const py::object& c_n,
                    const py::object& reserve, int64_t reserve_bytes, int64_t T, int64_t B, int64_t I, int64_t H,
                    int64_t proj_size, int64_t num_layers, int64_t num_directions, int cell, int dtype,
-                   int device_type, int device_index, std::uintptr_t stream, bool allow_tf32) {
+                   int device_type, int device_index, std::uintptr_t stream, bool allow_tf32, bool allow_bf16) {
   StackInputs s(x, x_strides, cells, h0, c0, lengths, dropout_mask, T, B, I, H, proj_size, num_layers,
-                num_directions, cell, dtype, device_type, device_index, stream, allow_tf32);
+                num_directions, cell, dtype, device_type, device_index, stream, allow_tf32, allow_bf16);
   const StackShape& n = s.n;
   fl_stack_params& p = s.p;
   p.y = s.a.rows_out(y, "y", T, B, n.D * n.hout(), y_strides, false);
@@ -540,9 +548,9 @@ void stack_backward(const py::object& x, const Strides& x_strides, const py::lis
                     const Strides& dx_strides, const py::object& dh0, const py::object& dc0,
                     const py::list& cell_grads, int64_t T, int64_t B, int64_t I, int64_t H, int64_t proj_size,
                     int64_t num_layers, int64_t num_directions, int cell, int dtype, int device_type,
-                    int device_index, std::uintptr_t stream, bool allow_tf32) {
+                    int device_index, std::uintptr_t stream, bool allow_tf32, bool allow_bf16) {
   const StackInputs s(x, x_strides, cells, h0, c0, lengths, dropout_mask, T, B, I, H, proj_size, num_layers,
-                      num_directions, cell, dtype, device_type, device_index, stream, allow_tf32);
+                      num_directions, cell, dtype, device_type, device_index, stream, allow_tf32, allow_bf16);
   const StackShape& n = s.n;
   const Arrays& a = s.a;
   std::vector<void*> dw_ih, dw_hh, db, dw_hr, db_hh;
@@ -608,7 +616,7 @@ PYBIND11_MODULE(_core, m) {
 // The keyword arguments every kernel call ends with.
 #define FL_COMMON_ARGS \
   arg("dtype"), arg("device_type") = int(FL_DEVICE_CPU), arg("device_index") = 0, arg("stream") = 0, \
-      arg("allow_tf32") = false
+      arg("allow_tf32") = false, arg("allow_bf16") = false
   m.def("forward", &forward, py::kw_only(), arg("x"), arg("x_strides"), arg("w_ih"), arg("w_hh"),
         arg("w_hr") = none, arg("b_ih") = none, arg("b_hh") = none, arg("h0") = none, arg("c0") = none,
         arg("lengths") = none, arg("y") = none, arg("y_strides") = zero, arg("h_n"), arg("c_n"), arg("mode"),

@@ -21,7 +21,7 @@ extern "C" {
 #endif
 
 // Version of this table; a library built against another is refused.
-#define FL_BACKEND_ABI 2
+#define FL_BACKEND_ABI 3  // 3: fl_device.allow_bf16
 
 typedef enum fl_rows_op {
   FL_ROWS_COPY = 0,      // dst = src

@@ -112,6 +112,7 @@ fl_forward_params cell_params(const fl_stack_params& p, const StackGeometry& sg,
   f.lengths = p.lengths;
   f.h_n = p.h_n ? static_cast<unsigned char*>(p.h_n) + idx * bh : nullptr;  // NULL in backward
   f.c_n = lstm && p.c_n ? static_cast<unsigned char*>(p.c_n) + idx * bc : nullptr;
+  f.device = p.device;  // the device index, stream and math flags (allow_tf32, allow_bf16) of every layer
   return f;
 }
 

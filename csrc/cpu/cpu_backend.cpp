@@ -9,9 +9,11 @@
 #include <string>
 
 #include "core/arg_checks.h"
+#include "core/bf16.h"
 #include "core/checked_size.h"
 #include "core/interrupt.h"
 #include "core/status.h"
+#include "cpu/bf16_io.h"
 #include "cpu/buffer.h"
 #include "cpu/dispatch.h"
 #include "cpu/lstm_cpu.h"
@@ -29,10 +31,13 @@ fl_status guarded_call(Fn&& fn) {
 }
 
 void require_cpu_dtype(fl_dtype dtype) {
-  require(dtype == FL_FLOAT32 || dtype == FL_FLOAT64,
-          std::string("dtype ") + (dtype == FL_FLOAT16 ? "FL_FLOAT16" : "FL_BFLOAT16") +
-              " runs on CUDA only; the CPU backend takes FL_FLOAT32 or FL_FLOAT64");
+  require(dtype != FL_FLOAT16, "dtype FL_FLOAT16 runs on CUDA only; the CPU backend takes FL_FLOAT32, "
+                               "FL_FLOAT64 or FL_BFLOAT16");
 }
+
+// Bytes per element of the driver's workspaces: bfloat16 calls run the
+// float32 driver (bf16_io.h).
+int64_t workspace_element_size(fl_dtype dtype) { return dtype == FL_FLOAT64 ? 8 : 4; }
 
 // The workspaces of one direction of T steps (x of width I, recurrent state
 // of width Hout), bounded so that no product the driver forms from the sizes
@@ -48,7 +53,7 @@ void check_workspaces(int64_t elem, int64_t T, int64_t B, int64_t I, int64_t H, 
 
 void check_sequence(const fl_forward_params& p) {
   require_cpu_dtype(p.dtype);
-  check_workspaces(element_size(p.dtype), p.T, p.B, p.I, p.H, p.proj_size > 0 ? p.proj_size : p.H);
+  check_workspaces(workspace_element_size(p.dtype), p.T, p.B, p.I, p.H, p.proj_size > 0 ? p.proj_size : p.H);
 }
 
 // The single step runs as one step of the sequence path from B rows on
@@ -56,7 +61,7 @@ void check_sequence(const fl_forward_params& p) {
 template <class P>
 void check_cell(const P& p) {
   require_cpu_dtype(p.dtype);
-  check_workspaces(element_size(p.dtype), 1, p.B, p.I, p.H, p.H);
+  check_workspaces(workspace_element_size(p.dtype), 1, p.B, p.I, p.H, p.H);
 }
 
 int64_t cell_reserve_bytes(fl_cell_kind cell, fl_dtype dtype, int64_t T, int64_t B, int64_t H, int64_t proj_size) {
@@ -71,28 +76,34 @@ int64_t cell_reserve_bytes(fl_cell_kind cell, fl_dtype dtype, int64_t T, int64_t
 fl_status forward_op(const fl_forward_params* p, void* reserve) {
   return guarded_call([&] {
     check_sequence(*p);
-    forward(*p, reserve);
+    if (p->dtype == FL_BFLOAT16) forward_bf16(*p, reserve);
+    else if (p->dtype == FL_FLOAT32 && p->device.allow_bf16) forward_bf16_operands(*p, reserve);
+    else forward(*p, reserve);
   });
 }
 
 fl_status backward_op(const fl_forward_params* p, const void* reserve, const fl_backward_params* g) {
   return guarded_call([&] {
     check_sequence(*p);
-    backward(*p, reserve, *g);
+    if (p->dtype == FL_BFLOAT16) backward_bf16(*p, reserve, *g);
+    else if (p->dtype == FL_FLOAT32 && g->device.allow_bf16) backward_bf16_operands(*p, reserve, *g);
+    else backward(*p, reserve, *g);
   });
 }
 
 fl_status cell_op(const fl_cell_params* p) {
   return guarded_call([&] {
     check_cell(*p);
-    cell(*p);
+    if (p->dtype == FL_BFLOAT16) cell_bf16(*p);
+    else cell(*p);
   });
 }
 
 fl_status cell_backward_op(const fl_cell_backward_params* p) {
   return guarded_call([&] {
     check_cell(*p);
-    cell_backward(*p);
+    if (p->dtype == FL_BFLOAT16) cell_backward_bf16(*p);
+    else cell_backward(*p);
   });
 }
 
@@ -125,6 +136,13 @@ fl_status fill_zero_op(const fl_device*, void* dst, int64_t bytes) {
   return FL_OK;
 }
 
+// A bfloat16 element for combine_rows: arithmetic in float32, one rounding per result.
+struct Bf16 {
+  uint16_t bits;
+  Bf16& operator+=(Bf16 o) { return bits = float_to_bf16(bf16_to_float(bits) + bf16_to_float(o.bits)), *this; }
+  Bf16& operator*=(Bf16 o) { return bits = float_to_bf16(bf16_to_float(bits) * bf16_to_float(o.bits)), *this; }
+};
+
 template <class T>
 void combine_rows(fl_rows_op op, void* dst, int64_t dst_st, int64_t dst_sb, const void* src, int64_t src_st,
                   int64_t src_sb, int64_t T_, int64_t B, int64_t n) {
@@ -153,6 +171,7 @@ fl_status rows_op(const fl_device*, fl_dtype dtype, fl_rows_op op, void* dst, in
     require(op == FL_ROWS_ADD || op == FL_ROWS_MULTIPLY, "rows: unknown operation");
     require_cpu_dtype(dtype);
     if (dtype == FL_FLOAT64) combine_rows<double>(op, dst, dst_st, dst_sb, src, src_st, src_sb, T, B, n);
+    else if (dtype == FL_BFLOAT16) combine_rows<Bf16>(op, dst, dst_st, dst_sb, src, src_st, src_sb, T, B, n);
     else combine_rows<float>(op, dst, dst_st, dst_sb, src, src_st, src_sb, T, B, n);
   });
 }

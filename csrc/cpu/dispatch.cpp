@@ -21,8 +21,10 @@ const std::vector<const KernelTable*>& supported_kernels() {
     // libgcc's checks include the OS (XCR0) saving the wider registers.
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw"))
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw")) {
+      if (__builtin_cpu_supports("avx512bf16")) t.push_back(&kernels_avx512_bf16());
       t.push_back(&kernels_avx512());
+    }
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) t.push_back(&kernels_avx2());
 #endif
     t.push_back(&kernels_generic());

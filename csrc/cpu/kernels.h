@@ -82,6 +82,13 @@ struct FwdStepArgs {
   int64_t ld_acts;
   T* y;                      // or nullptr: row r's H values go to y + y_row_offset[r]
   const int64_t* y_row_offset;
+  // The bfloat16 step kernels only (Bf16Kernels): w_bf16 replaces w, as
+  // bfloat16 pair panels (see Bf16Kernels); h_bf16 is the calling thread's
+  // scratch of [rows, ld_h_bf16 >= roundup(K, 2)] bfloat16, which the step
+  // fills with h_{t-1} rounded to bfloat16.
+  const uint16_t* w_bf16 = nullptr;
+  uint16_t* h_bf16 = nullptr;
+  int64_t ld_h_bf16 = 0;
 };
 
 // One fused backward step t for output hidden-unit groups [group_begin,
@@ -121,6 +128,13 @@ struct BwdStepArgs {
   const T* a2;
   int64_t ld_a2, K2;
   const T* wt2;
+  // The bfloat16 step kernels only (Bf16Kernels): wt_bf16 replaces wt, as
+  // pair panels; dg_bf16 is the calling thread's scratch of [rec_rows,
+  // ld_dg_bf16 >= roundup(K, 2)] bfloat16, filled with A rounded to bfloat16
+  // (the A2 W2 term stays float32).
+  const uint16_t* wt_bf16 = nullptr;
+  uint16_t* dg_bf16 = nullptr;
+  int64_t ld_dg_bf16 = 0;
 };
 
 // One cell step on unpacked row-major weights, hidden units [unit_begin, unit_end).
@@ -163,6 +177,32 @@ struct TypedKernels {
   void (*combine)(const CombineArgs<T>& args, int64_t col_begin, int64_t col_end);
 };
 
+// bfloat16-operand kernels (float32 only): products of bfloat16 operands
+// accumulated in float32, the cell state and gate math in float32, as
+// vdpbf16ps (and oneDNN, cuDNN) compute them. Their weights are "pair
+// panels": a float32 panel [K, N] becomes [ceil(K/2), 2N] bfloat16 whose row
+// kk holds, for each column n, the pair (k = 2kk, k = 2kk + 1) adjacent
+// (zero past K), so one 32-bit lane holds the two products a dot
+// instruction sums.
+struct GemmBf16Args {
+  int64_t M, N, K;                 // K: products per output (the pair rows are ceil(K/2))
+  const uint16_t* const* a_rows;   // [M] rows of roundup(K, 2) bfloat16 (zero past K)
+  const uint16_t* b;               // pair panels of B[K, N]: strip p at b + p*b_panel_stride
+  int64_t ldb, b_panel_stride;     // ldb = 2P (a pair row), in elements
+  float* const* c_rows;
+  const float* c_init;             // [roundup(N, P)] or nullptr
+  bool accumulate;
+};
+struct Bf16Kernels {
+  // "emulated" (bfloat16 widened to float32 for an FMA) or "dpbf16".
+  const char* dot;
+  void (*gemm)(const GemmBf16Args& args, int tid, int nthreads);
+  // As TypedKernels<float>::fwd_step, with FwdStepArgs::w_bf16 and h_bf16.
+  void (*fwd_step[kCellKinds])(const FwdStepArgs<float>& args, int64_t panel_begin, int64_t panel_end);
+  // As TypedKernels<float>::bwd_step, with BwdStepArgs::wt_bf16 and dg_bf16.
+  void (*bwd_step[kCellKinds])(const BwdStepArgs<float>& args, int64_t group_begin, int64_t group_end);
+};
+
 // GEMM blocking every ISA table shares: K is summed in blocks of
 // kGemmKBlock with C stored between blocks, and rows go in blocks of 40
 // register tiles (240, 120 or 160 rows by ISA), each a divisor of
@@ -175,6 +215,7 @@ struct KernelTable {
   const char* name;
   TypedKernels<float> f32;
   TypedKernels<double> f64;
+  Bf16Kernels bf16;
 };
 
 // Each returns its table; only call one the CPU supports (see dispatch.cpp).
@@ -182,6 +223,7 @@ const KernelTable& kernels_generic();
 #if defined(FUSEDLSTM_HAVE_X86_KERNELS)
 const KernelTable& kernels_avx2();
 const KernelTable& kernels_avx512();
+const KernelTable& kernels_avx512_bf16();  // needs AVX512-BF16 too
 #endif
 
 }  // namespace cpu

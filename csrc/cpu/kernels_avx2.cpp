@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "core/bf16.h"
 #include "core/gate_math.h"
 #include "cpu/kernels.h"
 
@@ -18,7 +19,8 @@ constexpr int kRowBlock = 3;  // 3 rows x 4 ymm = 12 accumulators of 16 register
 }  // namespace avx2
 
 const KernelTable& kernels_avx2() {
-  static const KernelTable table{"avx2", avx2::Impl<avx2::VecF>::table(), avx2::Impl<avx2::VecD>::table()};
+  static const KernelTable table{"avx2", avx2::Impl<avx2::VecF>::table(), avx2::Impl<avx2::VecD>::table(),
+                                 avx2::Impl<avx2::VecF>::bf16_table()};
   return table;
 }
 

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "core/bf16.h"
 #include "core/gate_math.h"
 #include "cpu/kernels.h"
 
@@ -19,7 +20,8 @@ constexpr int kRowBlock = 6;  // 6 rows x 4 zmm = 24 accumulators of 32 register
 
 const KernelTable& kernels_avx512() {
   static const KernelTable table{"avx512", avx512::Impl<avx512::VecF>::table(),
-                                 avx512::Impl<avx512::VecD>::table()};
+                                 avx512::Impl<avx512::VecD>::table(),
+                                 avx512::Impl<avx512::VecF>::bf16_table()};
   return table;
 }
 

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "core/bf16.h"
 #include "core/gate_math.h"
 #include "cpu/kernels.h"
 
@@ -17,7 +18,8 @@ constexpr int kRowBlock = 4;
 
 const KernelTable& kernels_generic() {
   static const KernelTable table{"generic", generic::Impl<generic::VecF>::table(),
-                                 generic::Impl<generic::VecD>::table()};
+                                 generic::Impl<generic::VecD>::table(),
+                                 generic::Impl<generic::VecF>::bf16_table()};
   return table;
 }
 

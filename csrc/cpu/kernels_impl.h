@@ -112,6 +112,75 @@ struct Impl {
       for (int q = 0; q < NQ; ++q) acc[r][q] = V::load(total[r][q]);
   }
 
+  // ------------------------------------------- bfloat16 operands (float only)
+  // part[r][q] += sum over pairs kk in [kk0, kk0 + kn) of the two products
+  // a[r][2kk + i] * B[2kk + i][q*W + lane], i = 0, 1: a rows of bfloat16,
+  // b bfloat16 pair rows (kernels.h) ldb apart, sums in float32.
+  template <int RB, int NQ>
+  FL_INLINE static void panel_dot_chunk_bf16(const uint16_t* const* a, int64_t kk0, int64_t kn,
+                                             const uint16_t* b, int64_t ldb, V (&part)[RB][NQ]) {
+#if defined(FL_HAVE_DPBF16)
+    // One row has only NQ dot chains: even and odd pairs go to two sets.
+    V other[RB == 1 ? NQ : 1];
+    if constexpr (RB == 1)
+      for (int q = 0; q < NQ; ++q) other[q] = V(T(0));
+    for (int64_t kk = 0; kk < kn; ++kk) {
+      const uint16_t* bk = b + kk * ldb;
+      __m512i bv[NQ];
+      for (int q = 0; q < NQ; ++q) bv[q] = _mm512_loadu_si512(bk + q * 2 * W);
+      for (int r = 0; r < RB; ++r) {
+        uint32_t pair;
+        std::memcpy(&pair, a[r] + 2 * (kk0 + kk), sizeof pair);
+        const __m512bh x = (__m512bh)_mm512_set1_epi32(int(pair));
+        if (RB == 1 && (kk & 1))
+          for (int q = 0; q < NQ; ++q) other[q] = V(_mm512_dpbf16_ps(other[q].v, x, (__m512bh)bv[q]));
+        else
+          for (int q = 0; q < NQ; ++q) part[r][q] = V(_mm512_dpbf16_ps(part[r][q].v, x, (__m512bh)bv[q]));
+      }
+    }
+    if constexpr (RB == 1)
+      for (int q = 0; q < NQ; ++q) part[0][q] = part[0][q] + other[q];
+#else
+    for (int64_t kk = 0; kk < kn; ++kk) {
+      const uint16_t* bk = b + kk * ldb;
+      V even[NQ], odd[NQ];
+      for (int q = 0; q < NQ; ++q) V::load_bf16_pairs(bk + q * 2 * W, even[q], odd[q]);
+      for (int r = 0; r < RB; ++r) {
+        const uint16_t* ar = a[r] + 2 * (kk0 + kk);
+        const V x0(bf16_to_float(ar[0])), x1(bf16_to_float(ar[1]));
+        for (int q = 0; q < NQ; ++q) part[r][q] = fma(x1, odd[q], fma(x0, even[q], part[r][q]));
+      }
+    }
+#endif
+  }
+
+  // acc[r][q] += sum over k < K of a[r][k] * B[k][q*W + lane] (bfloat16
+  // operands, rows of a zero-padded to even K): panel_dot's two-level
+  // summation, KS products (KS/2 pairs) per chunk.
+  template <int RB, int NQ>
+  FL_INLINE static void panel_dot_bf16(const uint16_t* const* a, int64_t K, const uint16_t* b, int64_t ldb,
+                                       V (&acc)[RB][NQ]) {
+    constexpr int64_t KS2 = KS / 2;
+    const int64_t K2 = (K + 1) / 2;
+    if (K2 <= KS2) {
+      panel_dot_chunk_bf16<RB, NQ>(a, 0, K2, b, ldb, acc);
+      return;
+    }
+    alignas(64) T total[RB][NQ][W];
+    for (int r = 0; r < RB; ++r)
+      for (int q = 0; q < NQ; ++q) acc[r][q].store(total[r][q]);
+    for (int64_t kk0 = 0; kk0 < K2; kk0 += KS2) {
+      V part[RB][NQ];
+      for (int r = 0; r < RB; ++r)
+        for (int q = 0; q < NQ; ++q) part[r][q] = V(T(0));
+      panel_dot_chunk_bf16<RB, NQ>(a, kk0, min64(KS2, K2 - kk0), b + kk0 * ldb, ldb, part);
+      for (int r = 0; r < RB; ++r)
+        for (int q = 0; q < NQ; ++q) (V::load(total[r][q]) + part[r][q]).store(total[r][q]);
+    }
+    for (int r = 0; r < RB; ++r)
+      for (int q = 0; q < NQ; ++q) acc[r][q] = V::load(total[r][q]);
+  }
+
   // Calls fn.template operator()<rb>() for a runtime rb in [1, RBMAX].
   template <class Fn>
   static inline void with_row_block(int64_t rb, Fn&& fn) {
@@ -223,9 +292,68 @@ struct Impl {
     }
   }
 
+  // One tile of gemm_bf16 (as gemm_tile): pairs [kk0, kk0 + kc2) of K.
+  template <int RB>
+  static void gemm_bf16_tile(const GemmBf16Args& g, int64_t row0, int64_t panel, int64_t kk0, int64_t kc2,
+                             const uint16_t* b_block) {
+    const bool first = (kk0 == 0);
+    const int64_t col0 = panel * P;
+    V acc[RB][4];
+    const uint16_t* a[RB];
+    for (int r = 0; r < RB; ++r) {
+      T* crow = g.c_rows[row0 + r];
+      for (int q = 0; q < 4; ++q) {
+        const int64_t col = col0 + q * W;
+        V v = (first && g.c_init) ? V::load(g.c_init + col) : V(T(0));
+        if (!first || g.accumulate) v = v + load_upto(crow + col, g.N - col);
+        acc[r][q] = v;
+      }
+      a[r] = g.a_rows[row0 + r] + 2 * kk0;
+    }
+    panel_dot_bf16<RB, 4>(a, 2 * kc2, b_block, g.ldb, acc);
+    for (int r = 0; r < RB; ++r) {
+      T* crow = g.c_rows[row0 + r];
+      for (int q = 0; q < 4; ++q) store_upto(acc[r][q], crow + col0 + q * W, g.N - col0 - q * W);
+    }
+  }
+
+  // C (+)= c_init + A B with bfloat16 A and B (pair panels, contiguous:
+  // ldb = 2P), float32 C; blocked and split among threads as gemm.
+  static void gemm_bf16(const GemmBf16Args& g, int tid, int nthreads) {
+    if (g.M <= 0 || g.N <= 0) return;
+    const int64_t n_panels = (g.N + P - 1) / P;
+    const int64_t n_groups = (g.M + RBMAX - 1) / RBMAX;
+    int64_t p0 = 0, p1 = n_panels, grp0 = 0, grp1 = n_groups;
+    if (n_panels >= 4 * nthreads || n_panels >= n_groups) {
+      p0 = n_panels * tid / nthreads;
+      p1 = n_panels * (tid + 1) / nthreads;
+    } else {
+      grp0 = n_groups * tid / nthreads;
+      grp1 = n_groups * (tid + 1) / nthreads;
+    }
+    if (p0 >= p1 || grp0 >= grp1) return;
+    const int64_t K2 = (g.K + 1) / 2, KC2 = KC / 2;
+    const int64_t groups_per_block = MC / RBMAX;
+    for (int64_t kk0 = 0; kk0 < K2 || kk0 == 0; kk0 += KC2) {  // K = 0 still writes C
+      const int64_t kc2 = min64(KC2, K2 - kk0);
+      for (int64_t gb = grp0; gb < grp1; gb += groups_per_block) {
+        const int64_t gb_end = min64(grp1, gb + groups_per_block);
+        for (int64_t p = p0; p < p1; ++p)
+          for (int64_t grp = gb; grp < gb_end; ++grp) {
+            const int64_t row0 = grp * RBMAX;
+            with_row_block(min64(RBMAX, g.M - row0), [&]<int RB>() {
+              gemm_bf16_tile<RB>(g, row0, p, kk0, kc2, g.b + p * g.b_panel_stride + kk0 * g.ldb);
+            });
+          }
+      }
+      if (K2 == 0) break;
+    }
+  }
+
   // ---------------------------------------------------------- forward step
-  // Step panel j of cell C: rows [row0, row0 + RB).
-  template <int C, int RB>
+  // Step panel j of cell C: rows [row0, row0 + RB). kBf16: the bfloat16
+  // step (FwdStepArgs::w_bf16 and h_bf16 in place of w and h_prev).
+  template <int C, int RB, bool kBf16 = false>
   static void fwd_tile(const FwdStepArgs<T>& s, int64_t j, int64_t row0) {
     constexpr CellShape cs = cell_shape(C);
     constexpr bool kGruLike = C == kGru || C == kGruFedBack;
@@ -245,7 +373,13 @@ struct Impl {
       }
       a[r] = s.h_prev + (row0 + r) * s.ld_h_prev;
     }
-    panel_dot<RB, NQ>(a, s.K, s.w + j * s.K * PW, PW, acc);
+    if constexpr (kBf16) {
+      const uint16_t* ab[RB];
+      for (int r = 0; r < RB; ++r) ab[r] = s.h_bf16 + (row0 + r) * s.ld_h_bf16;
+      panel_dot_bf16<RB, NQ>(ab, s.K, s.w_bf16 + j * ((s.K + 1) / 2) * 2 * PW, 2 * PW, acc);
+    } else {
+      panel_dot<RB, NQ>(a, s.K, s.w + j * s.K * PW, PW, acc);
+    }
     for (int u = 0; u < U; ++u) {
       const int64_t blk = j * U + u;
       if (blk * W >= s.Hp) break;  // the RNN's last panel may hold blocks past Hp
@@ -306,8 +440,25 @@ struct Impl {
                        [&]<int RB>() { fwd_tile<C, RB>(s, j, row0); });
   }
 
+  // The bfloat16 step: h_{t-1} rounded to bfloat16 into the thread's
+  // scratch (every row: each thread reads all of h_{t-1}), then the tiles.
+  template <int C>
+  static void fwd_step_bf16(const FwdStepArgs<T>& s, int64_t panel_begin, int64_t panel_end) {
+    for (int64_t r = 0; r < s.rows; ++r) {
+      const T* h = s.h_prev + r * s.ld_h_prev;
+      uint16_t* hb = s.h_bf16 + r * s.ld_h_bf16;
+      for (int64_t k = 0; k < s.K; ++k) hb[k] = float_to_bf16(h[k]);
+      if (s.K % 2) hb[s.K] = 0;
+    }
+    for (int64_t j = panel_begin; j < panel_end; ++j)
+      for (int64_t row0 = 0; row0 < s.rows; row0 += RBMAX)
+        with_row_block(min64(RBMAX, s.rows - row0),
+                       [&]<int RB>() { fwd_tile<C, RB, true>(s, j, row0); });
+  }
+
   // --------------------------------------------------------- backward step
-  template <int C, int RB>
+  // kBf16: the bfloat16 step (BwdStepArgs::wt_bf16 and dg_bf16 in place of wt and dg_next).
+  template <int C, int RB, bool kBf16 = false>
   static void bwd_tile(const BwdStepArgs<T>& s, int64_t q, int64_t row0, bool recurrent) {
     constexpr CellShape cs = cell_shape(C);
     constexpr int G = cs.gates, U = cs.blocks_per_panel, PS = G * U * W;
@@ -319,7 +470,13 @@ struct Impl {
         for (int jb = 0; jb < 4; ++jb) acc[r][jb] = V(T(0));
         a[r] = s.dg_next + (row0 + r) * s.ld_dg_next;
       }
-      panel_dot<RB>(a, s.K, s.wt + q * s.K * P, P, acc);
+      if constexpr (kBf16) {
+        const uint16_t* ab[RB];
+        for (int r = 0; r < RB; ++r) ab[r] = s.dg_bf16 + (row0 + r) * s.ld_dg_bf16;
+        panel_dot_bf16<RB, 4>(ab, s.K, s.wt_bf16 + q * ((s.K + 1) / 2) * 2 * P, 2 * P, acc);
+      } else {
+        panel_dot<RB>(a, s.K, s.wt + q * s.K * P, P, acc);
+      }
       if (s.wt2) {
         for (int r = 0; r < RB; ++r) a[r] = s.a2 + (row0 + r) * s.ld_a2;
         panel_dot<RB>(a, s.K2, s.wt2 + q * s.K2 * P, P, acc);
@@ -384,6 +541,26 @@ struct Impl {
       for (int64_t row0 = s.rec_rows; row0 < s.rows; row0 += RBMAX)
         with_row_block(min64(RBMAX, s.rows - row0),
                        [&]<int RB>() { bwd_tile<C, RB>(s, q, row0, false); });
+    }
+  }
+
+  // The bfloat16 step: A = dG_{t+1} rounded to bfloat16 into the thread's
+  // scratch (every recurrent row), then the tiles.
+  template <int C>
+  static void bwd_step_bf16(const BwdStepArgs<T>& s, int64_t group_begin, int64_t group_end) {
+    for (int64_t r = 0; r < s.rec_rows; ++r) {
+      const T* d = s.dg_next + r * s.ld_dg_next;
+      uint16_t* db = s.dg_bf16 + r * s.ld_dg_bf16;
+      for (int64_t k = 0; k < s.K; ++k) db[k] = float_to_bf16(d[k]);
+      if (s.K % 2) db[s.K] = 0;
+    }
+    for (int64_t q = group_begin; q < group_end; ++q) {
+      for (int64_t row0 = 0; row0 < s.rec_rows; row0 += RBMAX)
+        with_row_block(min64(RBMAX, s.rec_rows - row0),
+                       [&]<int RB>() { bwd_tile<C, RB, true>(s, q, row0, true); });
+      for (int64_t row0 = s.rec_rows; row0 < s.rows; row0 += RBMAX)
+        with_row_block(min64(RBMAX, s.rows - row0),
+                       [&]<int RB>() { bwd_tile<C, RB, true>(s, q, row0, false); });
     }
   }
 
@@ -482,5 +659,19 @@ struct Impl {
             {&bwd_step<kLstm>, &bwd_step<kGru>, &bwd_step<kRnnTanh>, &bwd_step<kRnnRelu>, &bwd_step<kGru>},
             {&cell<kLstm>, &cell<kGru>, &cell<kRnnTanh>, &cell<kRnnRelu>, &cell<kGru>},
             &combine};
+  }
+
+  static Bf16Kernels bf16_table() {
+#if defined(FL_HAVE_DPBF16)
+    const char* dot = "dpbf16";
+#else
+    const char* dot = "emulated";
+#endif
+    return {dot,
+            &gemm_bf16,
+            {&fwd_step_bf16<kLstm>, &fwd_step_bf16<kGru>, &fwd_step_bf16<kRnnTanh>, &fwd_step_bf16<kRnnRelu>,
+             &fwd_step_bf16<kGruFedBack>},
+            {&bwd_step_bf16<kLstm>, &bwd_step_bf16<kGru>, &bwd_step_bf16<kRnnTanh>, &bwd_step_bf16<kRnnRelu>,
+             &bwd_step_bf16<kGru>}};
   }
 };

@@ -26,8 +26,10 @@
 #include <new>
 #include <stdexcept>
 #include <numeric>
+#include <type_traits>
 #include <vector>
 
+#include "core/bf16.h"
 #include "core/checked_size.h"
 #include "core/gate_math.h"
 #include "core/interrupt.h"
@@ -357,6 +359,76 @@ Buffer<T> pack_panels(const T* src, int64_t K, int64_t N, int64_t stride_k, int6
   return out;
 }
 
+// bfloat16 pair panels (kernels.h) of n consecutive float32 panels [K, width].
+Buffer<uint16_t> to_bf16_pairs(const float* panels, int64_t n, int64_t K, int64_t width, int threads) {
+  const int64_t K2 = (K + 1) / 2;
+  Buffer<uint16_t> out(n * K2 * 2 * width);
+  parallel_for(n * K2, threads, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t kk = i % K2;
+      const float* even = panels + (i / K2) * K * width + 2 * kk * width;
+      const float* odd = 2 * kk + 1 < K ? even + width : nullptr;
+      uint16_t* dst = out.data() + i * 2 * width;
+      for (int64_t c = 0; c < width; ++c) {
+        dst[2 * c] = float_to_bf16(even[c]);
+        dst[2 * c + 1] = odd ? float_to_bf16(odd[c]) : uint16_t(0);
+      }
+    }
+  });
+  return out;
+}
+
+// Rows m < M of row(m) (K float32 values each) rounded to bfloat16, ld
+// apart, zero from K to ld.
+template <class RowOf>
+Buffer<uint16_t> bf16_rows(int64_t M, int64_t K, int64_t ld, int threads, RowOf&& row) {
+  Buffer<uint16_t> out(M * ld, true);
+  parallel_for(M, threads, [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m) {
+      const float* src = row(m);
+      uint16_t* dst = out.data() + m * ld;
+      for (int64_t k = 0; k < K; ++k) dst[k] = float_to_bf16(src[k]);
+    }
+  });
+  return out;
+}
+
+// B[K, N] (row k at b + k*ldb) as the bfloat16 GEMM's pair panels: strips of
+// P columns, [ceil(K/2), 2P] each, zero past K and N.
+Buffer<uint16_t> bf16_pair_strips(const float* b, int64_t K, int64_t N, int64_t ldb, int64_t P, int threads) {
+  const int64_t K2 = (K + 1) / 2, n_strips = (N + P - 1) / P;
+  Buffer<uint16_t> out(n_strips * K2 * 2 * P);
+  parallel_for(n_strips * K2, threads, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t p = i / K2, kk = i % K2, cols = std::min(P, N - p * P);
+      uint16_t* dst = out.data() + i * 2 * P;
+      for (int64_t j = 0; j < 2; ++j) {
+        const int64_t k = 2 * kk + j;
+        const float* src = k < K ? b + k * ldb + p * P : nullptr;
+        for (int64_t c = 0; c < P; ++c) dst[2 * c + j] = (src && c < cols) ? float_to_bf16(src[c]) : uint16_t(0);
+      }
+    }
+  });
+  return out;
+}
+
+// The bfloat16 GEMM in regions of whole row pieces, an interrupt poll after each.
+void run_gemm_bf16(const Bf16Kernels& kern, const GemmBf16Args& args, int threads) {
+  if (args.M <= 0 || args.N <= 0) return;
+  const double pieces = 2.0 * double(args.M) * double(args.N) * double(args.K) / gemm_piece_flops();
+  int64_t step = args.M;
+  if (args.M >= 2 * kGemmRowPiece && pieces >= 2)
+    step = std::max<int64_t>(kGemmRowPiece, int64_t(double(args.M) / pieces) / kGemmRowPiece * kGemmRowPiece);
+  for (int64_t m0 = 0; m0 < args.M; m0 += step) {
+    GemmBf16Args a = args;
+    a.M = std::min(step, args.M - m0);
+    a.a_rows += m0;
+    a.c_rows += m0;
+    ThreadPool::instance().run(threads, [&](int tid, int n) { kern.gemm(a, tid, n); });
+    throw_if_interrupted();
+  }
+}
+
 // The reserve of one direction (see reserve_bytes): a header naming the
 // kernel table that wrote it, then per (step, row) slot the activations,
 // c_t, the recurrent state h_t and, with projection, m_t = o * tanh(c_t).
@@ -449,8 +521,12 @@ Buffer<T> sorted_rows(const T* src, const BatchOrder& ord, int64_t n, int64_t ld
   return out;
 }
 
+// bf16: the GEMM operands (x, W_ih, W_hh, h_{t-1}) rounded to bfloat16 and
+// the bfloat16 kernels run them (float32 only; see forward_bf16_operands).
 template <class T>
-void forward_typed(const fl_forward_params& p, void* reserve) {
+void forward_typed(const fl_forward_params& p, void* reserve, bool bf16 = false) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>);
+  if (bf16 && !std::is_same_v<T, float>) throw std::logic_error("bfloat16 operands on a float64 call");
   const KernelTable& table = active_kernels();
   const TypedKernels<T>& kern = typed<T>(table);
   const int threads = num_threads();
@@ -529,6 +605,13 @@ void forward_typed(const fl_forward_params& p, void* reserve) {
   // is still in cache when the steps read it. A chunk holds at least
   // projection_chunk_rows() rows, so each GEMM stays large.
   const Buffer<T> wih_panels = pack_gate_panels(w_ih, I, g, threads, true);
+  // The bfloat16 path: pair panels of the weights, and x rounded a chunk at a time.
+  const int64_t n_strips = (g.Gc + g.P - 1) / g.P;
+  Buffer<uint16_t> wih_pairs, x_bf16;
+  std::vector<const uint16_t*> x_bf16_rows;
+  const int64_t ld_x_bf16 = (I + 1) / 2 * 2;
+  if constexpr (std::is_same_v<T, float>)
+    if (bf16) wih_pairs = to_bf16_pairs(wih_panels.data(), n_strips, I, g.P, threads);
   int64_t chunk_steps = T_;
   if (!one_to_many)
     chunk_steps = std::min<int64_t>(T_, std::max<int64_t>(1, (projection_chunk_rows() + B - 1) / B));
@@ -543,6 +626,26 @@ void forward_typed(const fl_forward_params& p, void* reserve) {
   for (int64_t i = 0; i < gx_rows; ++i) gx_rows_ptr[i] = gx.data() + i * g.Gc;
   // Input term of packed rows [row0, row0 + rows) into gx rows [0, rows).
   auto project = [&](int64_t row0, int64_t rows) {
+    if constexpr (std::is_same_v<T, float>) {
+      if (bf16) {
+        if (!x_bf16.data()) {
+          x_bf16 = Buffer<uint16_t>(gx_rows * ld_x_bf16, true);
+          x_bf16_rows.resize(gx_rows);
+          for (int64_t i = 0; i < gx_rows; ++i) x_bf16_rows[i] = x_bf16.data() + i * ld_x_bf16;
+        }
+        parallel_for(rows, threads, [&](int64_t r0, int64_t r1) {
+          for (int64_t r = r0; r < r1; ++r) {
+            const T* src = x_rows[row0 + r];
+            uint16_t* dst = x_bf16.data() + r * ld_x_bf16;
+            for (int64_t k = 0; k < I; ++k) dst[k] = float_to_bf16(src[k]);
+          }
+        });
+        GemmBf16Args a{rows, g.Gc, I, x_bf16_rows.data(), wih_pairs.data(), 2 * g.P, ld_x_bf16 * g.P,
+                       gx_rows_ptr.data(), bias.data(), false};
+        run_gemm_bf16(table.bf16, a, threads);
+        return;
+      }
+    }
     GemmArgs<T> a{rows, g.Gc, I, x_rows.data() + row0, wih_panels.data(), g.P, I * g.P,
                   gx_rows_ptr.data(), bias.data(), false};
     run_gemm(kern, a, threads);
@@ -564,6 +667,19 @@ void forward_typed(const fl_forward_params& p, void* reserve) {
       std::memcpy(wsum.data() + 3 * H * Ks, w_ih + 2 * H * Ks, size_t(H * Ks) * sizeof(T));
     }
     wsum_panels = pack_gate_panels(wsum.data(), Ks, gru ? Geometry(kLstm, H, kern.width) : g, threads);
+  }
+  // The bfloat16 step panels ([K, PW] panels as pairs) and each thread's h_{t-1} scratch.
+  Buffer<uint16_t> whh_pairs, wsum_pairs, h_bf16;
+  const int64_t ld_h_bf16 = (Ks + 31) / 32 * 32;
+  if constexpr (std::is_same_v<T, float>) {
+    if (bf16) {
+      const int64_t pw = g.PS;  // the weights' panel width (cell_shape: NQ = G*U vectors)
+      whh_pairs = to_bf16_pairs(whh_panels.data(), g.n_panels, Ks, pw, threads);
+      if (fed_back) {
+        const Geometry gs = gru ? Geometry(kLstm, H, kern.width) : g;  // kGruFedBack: four vectors a block
+        wsum_pairs = to_bf16_pairs(wsum_panels.data(), gs.n_panels, Ks, gs.PS, threads);
+      }
+    }
   }
   // Projection h_t = m_t W_hr^T as a GEMM operand B[H, R].
   Buffer<T> whr_panels;
@@ -606,6 +722,7 @@ void forward_typed(const fl_forward_params& p, void* reserve) {
   }
 
   const int nth = recurrent_threads(B, g.Gc, Ks, g.n_panels);
+  if (bf16) h_bf16 = Buffer<uint16_t>(int64_t(nth) * B * ld_h_bf16, true);
   SpinBarrier barrier(nth);
   TeamStop stop;
   for (int64_t t_begin = 0; t_begin < T_; t_begin += chunk_steps) {
@@ -659,7 +776,19 @@ void forward_typed(const fl_forward_params& p, void* reserve) {
         }
         s.y = (y && !proj) ? y : nullptr;
         s.y_row_offset = y ? y_offset.data() + ord.off[t] : nullptr;
-        if (j0 < j1) kern.fwd_step[gru && fed_back && t >= 1 ? int(kGruFedBack) : cell](s, j0, j1);
+        const int step_kind = gru && fed_back && t >= 1 ? int(kGruFedBack) : cell;
+        if constexpr (std::is_same_v<T, float>) {
+          if (bf16) {
+            s.w_bf16 = (t >= 1 && wsum_pairs.data()) ? wsum_pairs.data() : whh_pairs.data();
+            s.h_bf16 = h_bf16.data() + tid * B * ld_h_bf16;
+            s.ld_h_bf16 = ld_h_bf16;
+          }
+        }
+        if (j0 < j1) {
+          if constexpr (std::is_same_v<T, float>)
+            if (bf16) table.bf16.fwd_step[step_kind](s, j0, j1);
+          if (!bf16) kern.fwd_step[step_kind](s, j0, j1);
+        }
         stop.poll(tid, t);
         barrier.wait(tid);
         if (stop.now(t)) break;
@@ -700,12 +829,17 @@ void forward_typed(const fl_forward_params& p, void* reserve) {
   }
 }
 
+// bf16: the GEMMs and the recurrent products take their operands rounded to
+// bfloat16 (float32 only), but for the projection's (kept float32).
 template <class T>
-void backward_typed(const fl_forward_params& fp, const void* reserve, const fl_backward_params& p) {
+void backward_typed(const fl_forward_params& fp, const void* reserve, const fl_backward_params& p, bool bf16 = false) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>);
+  if (bf16 && !std::is_same_v<T, float>) throw std::logic_error("bfloat16 operands on a float64 call");
   const int64_t T_ = fp.T, B = fp.B, I = fp.I, H = fp.H, R = fp.proj_size;
   const int cell = int(fp.cell);
   const bool lstm = cell == kLstm, gru = cell == kGru;
-  const TypedKernels<T>& kern = typed<T>(reserve_table(reserve, cell, fp.dtype, T_, B, H, R));
+  const KernelTable& table = reserve_table(reserve, cell, fp.dtype, T_, B, H, R);
+  const TypedKernels<T>& kern = typed<T>(table);
   const int threads = num_threads();
   const bool proj = R > 0;
   const int64_t Ks = proj ? R : H;
@@ -731,6 +865,19 @@ void backward_typed(const fl_forward_params& fp, const void* reserve, const fl_b
     for (int64_t i = 0; i < g.G * H * Ks; ++i) wsum.data()[i] = w_ih[i] + w_hh[i];
     if (gru) std::memcpy(wsum.data() + 2 * H * Ks, w_hh + 2 * H * Ks, size_t(H * Ks) * sizeof(T));  // n: W_hn
     wt_sum = pack_transposed_panels(wsum.data(), Ks, g, threads);
+  }
+  // The bfloat16 path: pair panels of those, and each thread's dG_{t+1} scratch.
+  const bool bf16_steps = bf16 && !proj;
+  Buffer<uint16_t> wt_hh_pairs, wt_ih_pairs, wt_sum_pairs, dg_scratch;
+  const int64_t ld_dg_bf16 = (Gc + 31) / 32 * 32;
+  if (bf16) {
+    auto pairs_of = [&](const Buffer<T>& panels) {
+      if constexpr (std::is_same_v<T, float>)
+        return to_bf16_pairs(panels.data(), panels.size() / (Gc * g.P), Gc, g.P, threads);
+      return Buffer<uint16_t>();
+    };
+    wt_ih_pairs = pairs_of(wt_ih);
+    if (bf16_steps) wt_hh_pairs = pairs_of(feed_output ? wt_sum : wt_hh);
   }
   // The GRU's W_in as [H, Ks] panels: x_t = h_{t-1} reaches the n gate's
   // input side too (feed output), dh_{t-1} += dxn_t W_in.
@@ -787,6 +934,7 @@ void backward_typed(const fl_forward_params& fp, const void* reserve, const fl_b
   }
 
   const int nth = recurrent_threads(B, Gc, Ks, g.n_groups);
+  if (bf16_steps) dg_scratch = Buffer<uint16_t>(int64_t(nth) * B * ld_dg_bf16, true);
   SpinBarrier barrier(nth);
   TeamStop stop;
   ThreadPool::instance().run(nth, [&](int tid, int n) {
@@ -795,6 +943,11 @@ void backward_typed(const fl_forward_params& fp, const void* reserve, const fl_b
     for (int64_t t = T_ - 1; t >= 0; --t) {
       const int64_t rows = ord.nact[t], rec_rows = ord.nact[t + 1];
       BwdStepArgs<T> s;
+      if (bf16_steps) {  // the weights of step t + 1 >= 1, as pairs
+        s.wt_bf16 = wt_hh_pairs.data();
+        s.dg_bf16 = dg_scratch.data() + tid * B * ld_dg_bf16;
+        s.ld_dg_bf16 = ld_dg_bf16;
+      }
       s.rows = rows;
       s.rec_rows = rec_rows;
       s.H = H;
@@ -863,7 +1016,11 @@ void backward_typed(const fl_forward_params& fp, const void* reserve, const fl_b
         s.dy = nullptr;
         s.dy_row_offset = nullptr;
       }
-      if (q0 < q1) kern.bwd_step[cell](s, q0, q1);
+      if (q0 < q1) {
+        if constexpr (std::is_same_v<T, float>)
+          if (bf16_steps) table.bf16.bwd_step[cell](s, q0, q1);
+        if (!bf16_steps) kern.bwd_step[cell](s, q0, q1);
+      }
       stop.poll(tid, T_ - t);
       barrier.wait(tid);
       if (stop.now(T_ - t)) break;
@@ -918,6 +1075,18 @@ void backward_typed(const fl_forward_params& fp, const void* reserve, const fl_b
       a_rows[m] = a_t + m * lda;
       c_rows[m] = out + m * Gc;
     }
+    if constexpr (std::is_same_v<T, float>) {
+      if (bf16) {
+        const int64_t ld = (K + 1) / 2 * 2;
+        const Buffer<uint16_t> a16 = bf16_rows(M, K, ld, threads, [&](int64_t m) { return a_rows[m]; });
+        const Buffer<uint16_t> b16 = bf16_pair_strips(b, K, Gc, Gc, g.P, threads);
+        std::vector<const uint16_t*> rows16(M);
+        for (int64_t m = 0; m < M; ++m) rows16[m] = a16.data() + m * ld;
+        GemmBf16Args a{M, Gc, K, rows16.data(), b16.data(), 2 * g.P, ld * g.P, c_rows.data(), nullptr, accumulate};
+        run_gemm_bf16(table.bf16, a, threads);
+        return;
+      }
+    }
     GemmArgs<T> a{M, Gc, K, a_rows.data(), b, Gc, g.P, c_rows.data(), nullptr, accumulate};
     run_gemm(kern, a, threads);
   };
@@ -949,6 +1118,16 @@ void backward_typed(const fl_forward_params& fp, const void* reserve, const fl_b
   Buffer<T> dwih_t(I * Gc);
   T* dx = static_cast<T*>(p.dx);
   auto dx_gemm = [&](const T* const* rows, int64_t M, T* const* out_rows) {
+    if constexpr (std::is_same_v<T, float>) {
+      if (bf16) {
+        const Buffer<uint16_t> a16 = bf16_rows(M, Gc, Gc, threads, [&](int64_t m) { return rows[m]; });
+        std::vector<const uint16_t*> rows16(M);
+        for (int64_t m = 0; m < M; ++m) rows16[m] = a16.data() + m * Gc;
+        GemmBf16Args a{M, I, Gc, rows16.data(), wt_ih_pairs.data(), 2 * g.P, Gc * g.P, out_rows, nullptr, false};
+        run_gemm_bf16(table.bf16, a, threads);
+        return;
+      }
+    }
     GemmArgs<T> a{M, I, Gc, rows, wt_ih.data(), g.P, Gc * g.P, out_rows, nullptr, false};
     run_gemm(kern, a, threads);
   };
@@ -1163,6 +1342,18 @@ void cell_backward_typed(const fl_cell_backward_params& p) {
 void cell_backward(const fl_cell_backward_params& p) {
   if (p.dtype == FL_FLOAT32) cell_backward_typed<float>(p);
   else cell_backward_typed<double>(p);
+}
+
+void forward_bf16_operands(const fl_forward_params& p, void* reserve) {
+  if (p.dtype != FL_FLOAT32) throw std::logic_error("bfloat16 operands need float32 arrays");
+  const CallScope call;
+  forward_typed<float>(p, reserve, true);
+}
+
+void backward_bf16_operands(const fl_forward_params& fp, const void* reserve, const fl_backward_params& p) {
+  if (fp.dtype != FL_FLOAT32) throw std::logic_error("bfloat16 operands need float32 arrays");
+  const CallScope call;
+  backward_typed<float>(fp, reserve, p, true);
 }
 
 void forward(const fl_forward_params& p, void* reserve) {

@@ -25,6 +25,13 @@ void forward(const fl_forward_params& params, void* reserve);
 // h0, c0, lengths); its outputs are not read.
 void backward(const fl_forward_params& params, const void* reserve, const fl_backward_params& grads);
 void cell(const fl_cell_params& params);
+// forward() and backward() of float32 arrays with the operands of every
+// product (x, W_ih, W_hh, h_{t-1}; in backward dG, the states and x) rounded
+// to bfloat16 and run by the bfloat16 kernels: sums, cell state, gate math,
+// the projection's products and the reserve in float32 (either backward
+// reads either forward's reserve). What FL_BFLOAT16 and allow_bf16 run.
+void forward_bf16_operands(const fl_forward_params& params, void* reserve);
+void backward_bf16_operands(const fl_forward_params& params, const void* reserve, const fl_backward_params& grads);
 void cell_backward(const fl_cell_backward_params& params);
 
 }  // namespace cpu

@@ -18,6 +18,12 @@ struct VecF {
   VecF(__m256 x) : v(x) {}
   VecF(float s) : v(_mm256_set1_ps(s)) {}
   FL_INLINE static VecF load(const float* p) { return _mm256_loadu_ps(p); }
+  // 8 bfloat16 pairs widened: even = elements 0, 2, .., odd = 1, 3, ..
+  FL_INLINE static void load_bf16_pairs(const uint16_t* p, VecF& even, VecF& odd) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    even = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+    odd = _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32(int(0xffff0000u))));
+  }
   float hsum() const {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));

@@ -11,6 +11,12 @@ struct VecF {
   VecF(__m512 x) : v(x) {}
   VecF(float s) : v(_mm512_set1_ps(s)) {}
   FL_INLINE static VecF load(const float* p) { return _mm512_loadu_ps(p); }
+  // 16 bfloat16 pairs widened: even = elements 0, 2, .., odd = 1, 3, ..
+  FL_INLINE static void load_bf16_pairs(const uint16_t* p, VecF& even, VecF& odd) {
+    const __m512i v = _mm512_loadu_si512(p);
+    even = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+    odd = _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32(int(0xffff0000u))));
+  }
   float hsum() const { return _mm512_reduce_add_ps(v); }
   void store(float* p) const { _mm512_storeu_ps(p, v); }
   static VecF load_partial(const float* p, int n) {

@@ -20,6 +20,13 @@ struct VecArr {
   void store(T* p) const {
     for (int l = 0; l < W; ++l) p[l] = v[l];
   }
+  // W bfloat16 pairs widened (float only): even = elements 0, 2, .., odd = 1, 3, ..
+  static void load_bf16_pairs(const uint16_t* p, VecArr& even, VecArr& odd) {
+    for (int l = 0; l < W; ++l) {
+      even.v[l] = bf16_to_float(p[2 * l]);
+      odd.v[l] = bf16_to_float(p[2 * l + 1]);
+    }
+  }
   T hsum() const {
     T s = v[0];
     for (int l = 1; l < W; ++l) s += v[l];

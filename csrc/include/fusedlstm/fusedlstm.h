@@ -79,8 +79,16 @@ typedef enum fl_status {
   FL_INTERRUPTED = 4,  // stopped by the interrupt check (fl_set_interrupt_check)
 } fl_status;
 
-// FL_FLOAT16 (IEEE half) and FL_BFLOAT16 are CUDA only: storage types, with
-// the GEMMs accumulating and the cell state and gate math in float32.
+// FL_FLOAT16 (IEEE half, CUDA only) and FL_BFLOAT16 (CUDA and CPU) are
+// storage types: the GEMMs take their operands in that type and accumulate
+// in float32, the cell state and gate math are float32, and every array of
+// the call (c0, c_n included) is of the one dtype. On the CPU a bfloat16
+// call widens its arrays to float32 (exact) around the float32 driver whose
+// products take bfloat16 operands: forward x W_ih and h_{t-1} W_hh (h_{t-1}
+// rounded each step), backward dG_{t+1} W_hh, dG W_ih, dG^T h and dG^T x
+// (dG rounded to bfloat16); the projection's products stay float32. The
+// single step computes in float32 on its bfloat16 inputs. The reserve is
+// the float32 one (same size).
 typedef enum fl_dtype { FL_FLOAT32 = 0, FL_FLOAT64 = 1, FL_FLOAT16 = 2, FL_BFLOAT16 = 3 } fl_dtype;
 
 typedef enum fl_cell_kind {
@@ -105,6 +113,14 @@ typedef struct fl_device {
   // CUDA float32: nonzero lets the GEMMs use TF32 tensor cores (about 10
   // mantissa bits in the products); 0 = strict float32. Ignored elsewhere.
   int allow_tf32;
+  // CPU float32 sequence calls (fl_lstm_forward / fl_lstm_backward, the
+  // stacks): nonzero rounds the operands of the products to bfloat16 as
+  // FL_BFLOAT16 does (see fl_dtype) and runs the bfloat16 kernels
+  // (AVX512-BF16 where the CPU has it), with float32 arrays in and out (in
+  // spirit torch.backends.mkldnn's fp32_precision "bf16"). A backward may
+  // set it or not whatever its forward did. Ignored by the single step and
+  // elsewhere (CUDA: see allow_tf32).
+  int allow_bf16;
 } fl_device;
 
 typedef enum fl_mode {

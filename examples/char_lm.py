@@ -152,6 +152,7 @@ def main(argv=None):
     prompt = "".join(ch for ch in args.prompt if ch in index) or chars[0]
     for ch in prompt:
         logits = step_chars(index[ch])
+    model.eval()
     with torch.no_grad():  # the cell loop computes what the trained module does
         ref = model(torch.tensor([[index[ch] for ch in prompt]]))[0][0, -1].numpy()
     agree = float(np.abs(ref - logits[0]).max())

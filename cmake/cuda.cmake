@@ -14,9 +14,10 @@
 # cuBLAS comes from the CUDA toolkit when it has it, else from the pip wheel
 # nvidia-cublas (site-packages/nvidia/cu13 for CUDA 13, nvidia/cublas for CUDA 12),
 # or from FUSEDLSTM_CUBLAS_ROOT (a folder with include/cublas_v2.h and lib/).
-# The CUDA runtime is linked statically; the library's RPATH points at the
-# wheel's lib folder relative to the installed library (the fusedlstm package
-# folder, next to _core).
+# The CUDA runtime is linked statically. The installed library's RUNPATH holds
+# no folder of the build machine (see the end of this file): in the wheel it
+# reaches the nvidia-cublas wheel relative to itself (`pip install
+# "fusedlstm[cuda]"`), else the loader's search path finds cuBLAS.
 
 set(FUSEDLSTM_CUDA "auto" CACHE STRING "Build the CUDA backend: auto, on or off")
 set_property(CACHE FUSEDLSTM_CUDA PROPERTY STRINGS auto on off)
@@ -66,7 +67,6 @@ if(NOT _fl_cuda STREQUAL "off")
     # cuBLAS: toolkit first, then the pip wheel next to this interpreter.
     set(_fl_cublas_inc "")
     set(_fl_cublas_lib "")
-    set(_fl_cublas_rpath "")
     set(_fl_toolkit_cublas OFF)
     if(TARGET CUDA::cublas)
       foreach(_inc ${CUDAToolkit_INCLUDE_DIRS})  # a list (include, include/cccl)
@@ -105,9 +105,6 @@ if(NOT _fl_cuda STREQUAL "off")
           if(_fl_libs)
             list(GET _fl_libs 0 _fl_cublas_lib)
             set(_fl_cublas_inc "${_root}/include")
-            get_filename_component(_fl_leaf "${_root}" NAME)
-            # Installed library first, then the folder it was built against.
-            set(_fl_cublas_rpath "$ORIGIN/../nvidia/${_fl_leaf}/lib;${_root}/lib")
             set(_fl_cublas_from "pip wheel ${_root}")
             break()
           endif()
@@ -157,9 +154,25 @@ if(NOT _fl_cuda STREQUAL "off")
         FUSEDLSTM_CUDA_ARCHS="${_fl_archs_csv}"
         FUSEDLSTM_NVCC_VERSION="${CMAKE_CUDA_COMPILER_VERSION}")
       set(FUSEDLSTM_CUDA_BUILT ON)
-      set(FUSEDLSTM_CUDA_RPATH "${_fl_cublas_rpath}")
-      if(NOT _fl_cublas_lib)
+      # The RUNPATH of the installed library: never a folder of the build
+      # machine. Installed as site-packages/fusedlstm/lib/libfusedlstm_cuda.so
+      # (the wheel), it looks in the nvidia-cublas wheel of the same
+      # site-packages (nvidia/cu13/lib for CUDA 13, nvidia/cublas/lib for 12),
+      # then the loader's search path (a system toolkit in ld.so.conf,
+      # LD_LIBRARY_PATH). A plain `cmake --install` of a toolkit build: the
+      # toolkit's lib folder (the system's own); of a pip-wheel build: the
+      # loader's search path only.
+      if(CUDAToolkit_VERSION_MAJOR VERSION_GREATER_EQUAL 13)
+        set(_fl_wheel_leaf cu13)
+      else()
+        set(_fl_wheel_leaf cublas)
+      endif()
+      if(SKBUILD)
+        set(FUSEDLSTM_CUDA_RPATH "$ORIGIN/../../nvidia/${_fl_wheel_leaf}/lib")
+      elseif(_fl_toolkit_cublas)
         set(FUSEDLSTM_CUDA_RPATH "${CUDAToolkit_LIBRARY_DIR}")
+      else()
+        set(FUSEDLSTM_CUDA_RPATH "")
       endif()
     endif()
   endif()
@@ -168,9 +181,9 @@ endif()
 if(FUSEDLSTM_CUDA_BUILT)
   set_target_properties(fusedlstm_cuda PROPERTIES INSTALL_RPATH "${FUSEDLSTM_CUDA_RPATH}"
                         BUILD_WITH_INSTALL_RPATH OFF)
-  if(SKBUILD)
-    # Next to _core: the C API looks there first (the folder of the library holding it).
-    install(TARGETS fusedlstm_cuda LIBRARY DESTINATION fusedlstm)
+  if(FUSEDLSTM_INSTALL)
+    # Beside libfusedlstm.so: the C API looks there first (the folder of the library holding it).
+    install(TARGETS fusedlstm_cuda LIBRARY DESTINATION "${FUSEDLSTM_INSTALL_LIBDIR}")
   endif()
 endif()
 if(SKBUILD)

@@ -44,6 +44,7 @@ from .api import (
 )
 
 from .layers import GRU, LSTM, RNN, GRUStackResult, LSTMStackResult, RNNStackResult
+from ._paths import get_cmake_dir, get_include, get_library_dir  # the C library, for C/C++ embedders
 
 __version__ = "0.1.0"
 
@@ -53,6 +54,7 @@ __all__ = [
     "rnn_forward", "rnn_backward", "rnn_cell", "RNNResult", "RNNGrads", "MODES", "FEEDS", "CELLS",
     "set_num_threads", "get_num_threads", "available_isas", "get_isa", "set_isa", "build_info",
     "LSTM", "GRU", "RNN", "LSTMStackResult", "GRUStackResult", "RNNStackResult", "cuda_available",
+    "get_include", "get_library_dir", "get_cmake_dir",
 ]
 
 

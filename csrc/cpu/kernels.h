@@ -197,6 +197,8 @@ struct Bf16Kernels {
   // "emulated" (bfloat16 widened to float32 for an FMA) or "dpbf16".
   const char* dot;
   void (*gemm)(const GemmBf16Args& args, int tid, int nthreads);
+  // dst[k] = src[k] rounded to bfloat16 (core/bf16.h's rounding), k < n.
+  void (*to_bf16)(const float* src, uint16_t* dst, int64_t n);
   // As TypedKernels<float>::fwd_step, with FwdStepArgs::w_bf16 and h_bf16.
   void (*fwd_step[kCellKinds])(const FwdStepArgs<float>& args, int64_t panel_begin, int64_t panel_end);
   // As TypedKernels<float>::bwd_step, with BwdStepArgs::wt_bf16 and dg_bf16.

@@ -181,6 +181,13 @@ struct Impl {
       for (int q = 0; q < NQ; ++q) acc[r][q] = V::load(total[r][q]);
   }
 
+  // n floats rounded to bfloat16 (V::to_bf16, whole vectors, the tail one by one).
+  FL_INLINE static void row_to_bf16(const T* src, uint16_t* dst, int64_t n) {
+    int64_t k = 0;
+    for (; k + W <= n; k += W) V::to_bf16(src + k, dst + k);
+    for (; k < n; ++k) dst[k] = float_to_bf16(src[k]);
+  }
+
   // Calls fn.template operator()<rb>() for a runtime rb in [1, RBMAX].
   template <class Fn>
   static inline void with_row_block(int64_t rb, Fn&& fn) {
@@ -445,9 +452,8 @@ struct Impl {
   template <int C>
   static void fwd_step_bf16(const FwdStepArgs<T>& s, int64_t panel_begin, int64_t panel_end) {
     for (int64_t r = 0; r < s.rows; ++r) {
-      const T* h = s.h_prev + r * s.ld_h_prev;
       uint16_t* hb = s.h_bf16 + r * s.ld_h_bf16;
-      for (int64_t k = 0; k < s.K; ++k) hb[k] = float_to_bf16(h[k]);
+      row_to_bf16(s.h_prev + r * s.ld_h_prev, hb, s.K);
       if (s.K % 2) hb[s.K] = 0;
     }
     for (int64_t j = panel_begin; j < panel_end; ++j)
@@ -549,9 +555,8 @@ struct Impl {
   template <int C>
   static void bwd_step_bf16(const BwdStepArgs<T>& s, int64_t group_begin, int64_t group_end) {
     for (int64_t r = 0; r < s.rec_rows; ++r) {
-      const T* d = s.dg_next + r * s.ld_dg_next;
       uint16_t* db = s.dg_bf16 + r * s.ld_dg_bf16;
-      for (int64_t k = 0; k < s.K; ++k) db[k] = float_to_bf16(d[k]);
+      row_to_bf16(s.dg_next + r * s.ld_dg_next, db, s.K);
       if (s.K % 2) db[s.K] = 0;
     }
     for (int64_t q = group_begin; q < group_end; ++q) {
@@ -669,6 +674,7 @@ struct Impl {
 #endif
     return {dot,
             &gemm_bf16,
+            &row_to_bf16,
             {&fwd_step_bf16<kLstm>, &fwd_step_bf16<kGru>, &fwd_step_bf16<kRnnTanh>, &fwd_step_bf16<kRnnRelu>,
              &fwd_step_bf16<kGruFedBack>},
             {&bwd_step_bf16<kLstm>, &bwd_step_bf16<kGru>, &bwd_step_bf16<kRnnTanh>, &bwd_step_bf16<kRnnRelu>,

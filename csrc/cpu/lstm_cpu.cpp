@@ -381,14 +381,10 @@ Buffer<uint16_t> to_bf16_pairs(const float* panels, int64_t n, int64_t K, int64_
 // Rows m < M of row(m) (K float32 values each) rounded to bfloat16, ld
 // apart, zero from K to ld.
 template <class RowOf>
-Buffer<uint16_t> bf16_rows(int64_t M, int64_t K, int64_t ld, int threads, RowOf&& row) {
+Buffer<uint16_t> bf16_rows(const Bf16Kernels& kern, int64_t M, int64_t K, int64_t ld, int threads, RowOf&& row) {
   Buffer<uint16_t> out(M * ld, true);
   parallel_for(M, threads, [&](int64_t m0, int64_t m1) {
-    for (int64_t m = m0; m < m1; ++m) {
-      const float* src = row(m);
-      uint16_t* dst = out.data() + m * ld;
-      for (int64_t k = 0; k < K; ++k) dst[k] = float_to_bf16(src[k]);
-    }
+    for (int64_t m = m0; m < m1; ++m) kern.to_bf16(row(m), out.data() + m * ld, K);
   });
   return out;
 }
@@ -634,11 +630,7 @@ void forward_typed(const fl_forward_params& p, void* reserve, bool bf16 = false)
           for (int64_t i = 0; i < gx_rows; ++i) x_bf16_rows[i] = x_bf16.data() + i * ld_x_bf16;
         }
         parallel_for(rows, threads, [&](int64_t r0, int64_t r1) {
-          for (int64_t r = r0; r < r1; ++r) {
-            const T* src = x_rows[row0 + r];
-            uint16_t* dst = x_bf16.data() + r * ld_x_bf16;
-            for (int64_t k = 0; k < I; ++k) dst[k] = float_to_bf16(src[k]);
-          }
+          for (int64_t r = r0; r < r1; ++r) table.bf16.to_bf16(x_rows[row0 + r], x_bf16.data() + r * ld_x_bf16, I);
         });
         GemmBf16Args a{rows, g.Gc, I, x_bf16_rows.data(), wih_pairs.data(), 2 * g.P, ld_x_bf16 * g.P,
                        gx_rows_ptr.data(), bias.data(), false};
@@ -1078,7 +1070,7 @@ void backward_typed(const fl_forward_params& fp, const void* reserve, const fl_b
     if constexpr (std::is_same_v<T, float>) {
       if (bf16) {
         const int64_t ld = (K + 1) / 2 * 2;
-        const Buffer<uint16_t> a16 = bf16_rows(M, K, ld, threads, [&](int64_t m) { return a_rows[m]; });
+        const Buffer<uint16_t> a16 = bf16_rows(table.bf16, M, K, ld, threads, [&](int64_t m) { return a_rows[m]; });
         const Buffer<uint16_t> b16 = bf16_pair_strips(b, K, Gc, Gc, g.P, threads);
         std::vector<const uint16_t*> rows16(M);
         for (int64_t m = 0; m < M; ++m) rows16[m] = a16.data() + m * ld;
@@ -1120,7 +1112,7 @@ void backward_typed(const fl_forward_params& fp, const void* reserve, const fl_b
   auto dx_gemm = [&](const T* const* rows, int64_t M, T* const* out_rows) {
     if constexpr (std::is_same_v<T, float>) {
       if (bf16) {
-        const Buffer<uint16_t> a16 = bf16_rows(M, Gc, Gc, threads, [&](int64_t m) { return rows[m]; });
+        const Buffer<uint16_t> a16 = bf16_rows(table.bf16, M, Gc, Gc, threads, [&](int64_t m) { return rows[m]; });
         std::vector<const uint16_t*> rows16(M);
         for (int64_t m = 0; m < M; ++m) rows16[m] = a16.data() + m * Gc;
         GemmBf16Args a{M, I, Gc, rows16.data(), wt_ih_pairs.data(), 2 * g.P, Gc * g.P, out_rows, nullptr, false};

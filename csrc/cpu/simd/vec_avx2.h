@@ -18,6 +18,19 @@ struct VecF {
   VecF(__m256 x) : v(x) {}
   VecF(float s) : v(_mm256_set1_ps(s)) {}
   FL_INLINE static VecF load(const float* p) { return _mm256_loadu_ps(p); }
+  // 8 floats at src rounded to bfloat16 (to nearest even, NaN kept a quiet
+  // NaN: core/bf16.h's float_to_bf16, lane by lane) at dst.
+  FL_INLINE static void to_bf16(const float* src, uint16_t* dst) {
+    __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
+    const __m256i mag = _mm256_and_si256(b, _mm256_set1_epi32(0x7fffffff));
+    const __m256i nan = _mm256_cmpgt_epi32(mag, _mm256_set1_epi32(0x7f800000));  // mag < 2^31: signed compare is exact
+    b = _mm256_or_si256(b, _mm256_and_si256(nan, _mm256_set1_epi32(0x00400000)));
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1));
+    const __m256i inc = _mm256_andnot_si256(nan, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff)));  // NaN: truncated
+    b = _mm256_srli_epi32(_mm256_add_epi32(b, inc), 16);
+    const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), packed);
+  }
   // 8 bfloat16 pairs widened: even = elements 0, 2, .., odd = 1, 3, ..
   FL_INLINE static void load_bf16_pairs(const uint16_t* p, VecF& even, VecF& odd) {
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));

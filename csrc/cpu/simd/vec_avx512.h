@@ -11,6 +11,17 @@ struct VecF {
   VecF(__m512 x) : v(x) {}
   VecF(float s) : v(_mm512_set1_ps(s)) {}
   FL_INLINE static VecF load(const float* p) { return _mm512_loadu_ps(p); }
+  // 16 floats at src rounded to bfloat16 (to nearest even, NaN kept a quiet
+  // NaN: core/bf16.h's float_to_bf16, lane by lane) at dst.
+  FL_INLINE static void to_bf16(const float* src, uint16_t* dst) {
+    __m512i b = _mm512_loadu_si512(src);
+    const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(b, _mm512_set1_epi32(0x7fffffff)),
+                                                  _mm512_set1_epi32(0x7f800000));
+    b = _mm512_mask_or_epi32(b, nan, b, _mm512_set1_epi32(0x00400000));
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
+    b = _mm512_mask_add_epi32(b, ~nan, b, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));  // NaN: truncated
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm512_cvtepi32_epi16(_mm512_srli_epi32(b, 16)));
+  }
   // 16 bfloat16 pairs widened: even = elements 0, 2, .., odd = 1, 3, ..
   FL_INLINE static void load_bf16_pairs(const uint16_t* p, VecF& even, VecF& odd) {
     const __m512i v = _mm512_loadu_si512(p);

@@ -20,6 +20,10 @@ struct VecArr {
   void store(T* p) const {
     for (int l = 0; l < W; ++l) p[l] = v[l];
   }
+  // W floats at src rounded to bfloat16 (float only) at dst.
+  static void to_bf16(const T* src, uint16_t* dst) {
+    for (int l = 0; l < W; ++l) dst[l] = float_to_bf16(src[l]);
+  }
   // W bfloat16 pairs widened (float only): even = elements 0, 2, .., odd = 1, 3, ..
   static void load_bf16_pairs(const uint16_t* p, VecArr& even, VecArr& odd) {
     for (int l = 0; l < W; ++l) {

@@ -37,6 +37,8 @@ CuPy a plain host-to-device copy, which waits for that stream.
 dtypes: float32 (strict; ``allow_tf32=True`` lets the GEMMs use TF32 tensor
 cores), float64, float16 and bfloat16 (storage; float32 accumulation, float32
 cell state and gate math). ``allow_tf32`` is ignored for other dtypes.
+``compute="bf16"`` (bfloat16 GEMM operands on float32 arrays) is the CPU's:
+on CUDA pass bfloat16 arrays, or float32 with ``allow_tf32=True``.
 """
 
 from __future__ import annotations
@@ -172,6 +174,8 @@ class _Lib:
 
     def from_host(self, a, dtype, device):
         """numpy a copied to the device (on the current stream), in dtype."""
+        if a.dtype.name == "bfloat16":  # ml_dtypes' (a bfloat16 layer's weights): torch reads float32, exact
+            a = np.asarray(a, np.float32)
         if self.name == "torch":
             return self.mod.from_numpy(np.ascontiguousarray(a)).to(self.mod.device("cuda", device), dtype)
         with self.mod.cuda.Device(device):
@@ -258,8 +262,13 @@ class DeviceArrays:
 
     device_type = _core.DEVICE_CUDA
 
-    def __init__(self, x, *, stream=None, allow_tf32=False, dtype=None, _of=None):
+    def __init__(self, x, *, stream=None, allow_tf32=False, dtype=None, compute=None, _of=None):
         self.allow_tf32 = _checks.bool_arg("allow_tf32", allow_tf32)
+        if compute is not None:
+            from ._host import compute_arg
+            compute_arg(compute)
+            raise ValueError(f"compute={compute!r} runs on the CPU only (float32 numpy arrays); on CUDA pass "
+                             f"bfloat16 arrays, or float32 ones with allow_tf32=True")
         self._stream, self._handle, self._sobj = stream, None, None
         if _of is not None:  # for_backward: the forward's library, device and dtype
             self.lib, self.device, self.dtype, self.code = _of.lib, _of.device, _of.dtype, _of.code
@@ -272,8 +281,8 @@ class DeviceArrays:
         self.dtype = x.dtype
         if x.dtype not in self.lib.codes:
             raise TypeError(f"x must have dtype float32, float64, float16 or bfloat16, got {x.dtype}")
-        if dtype is not None and str(x.dtype).split(".")[-1] != np.dtype(dtype).name:
-            raise TypeError(f"x has dtype {x.dtype} but the call works in {np.dtype(dtype)}")
+        if dtype is not None and str(x.dtype).split(".")[-1] != dtype.name:
+            raise TypeError(f"x has dtype {x.dtype} but the call works in {dtype}")
         self.code = self.lib.codes[x.dtype]
         self.itemsize = self.lib.itemsize(x)
 

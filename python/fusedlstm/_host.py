@@ -3,13 +3,21 @@
 :class:`HostArrays` is what the calls of :mod:`fusedlstm._calls` and
 :mod:`fusedlstm.layers` need of an array library (the device path,
 :mod:`fusedlstm._device`, has the same methods for torch and CuPy arrays):
-it adopts the arguments (float32/float64 of one dtype; lists are converted),
+it adopts the arguments (float32, float64 or bfloat16 of one dtype; lists are
+converted),
 lays them out as the core reads them (dense, or rows with strides passed),
 allocates outputs and hands the arrays to ``_core``.
 
 Tests may run host arrays on the CPU emulation of the CUDA backend
 (:func:`set_host_device`): its "device" memory is host memory, so numpy
 arrays go to ``_core`` with ``device_type=DEVICE_CUDA`` unchanged.
+
+bfloat16: numpy has no bfloat16 of its own; arrays of ``ml_dtypes.bfloat16``
+(an optional dependency: ``pip install fusedlstm[bf16]``; the dtype JAX,
+TensorFlow and ONNX tooling use) run the CPU's bfloat16 kernels, all-bfloat16
+like float32 and float64 (outputs in bfloat16). ``compute="bf16"`` on float32
+arrays (the core's ``allow_bf16``) runs the same forward kernels with float32
+arrays and outputs, and needs no ml_dtypes.
 """
 
 from __future__ import annotations
@@ -20,6 +28,56 @@ from . import _checks, _core
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _DTYPE_CODE = {np.dtype(np.float32): _core.FLOAT32, np.dtype(np.float64): _core.FLOAT64}
+COMPUTES = (None, "bf16")  # the compute= option: None (the arrays' own precision) or "bf16"
+
+
+def is_bfloat16(dtype) -> bool:
+    """Whether a numpy dtype is bfloat16 (ml_dtypes' type, registered with numpy by name)."""
+    return getattr(dtype, "name", None) == "bfloat16"
+
+
+def bfloat16_dtype():
+    """numpy's bfloat16 dtype, from ml_dtypes; TypeError naming ml_dtypes without it."""
+    try:
+        import ml_dtypes
+    except ImportError:
+        raise TypeError("bfloat16 numpy arrays need the ml_dtypes package (pip install ml_dtypes, or "
+                        "pip install fusedlstm[bf16]); float32 arrays with compute='bf16' run the same "
+                        "bfloat16 kernels without it") from None
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def float_dtype(dtype, name="dtype"):
+    """A dtype argument (float32, float64, bfloat16: a numpy dtype, type or name) as a
+    numpy dtype; "bfloat16" and ml_dtypes.bfloat16 need ml_dtypes (TypeError naming it)."""
+    if isinstance(dtype, str) and dtype == "bfloat16" or is_bfloat16(dtype) or \
+            getattr(dtype, "__name__", None) == "bfloat16":
+        return bfloat16_dtype()
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{name} must be float32, float64 or bfloat16 (ml_dtypes), got {dtype!r}") from None
+    if dt not in _FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32, float64 or bfloat16 (ml_dtypes), got {dt}")
+    return dt
+
+
+def dtype_code(dtype):
+    """The core's dtype code of a numpy float dtype."""
+    return _core.BFLOAT16 if is_bfloat16(dtype) else _DTYPE_CODE[dtype]
+
+
+def astype_hint(dtype):
+    """How to convert to dtype, for messages: np.float32, or ml_dtypes.bfloat16."""
+    return "ml_dtypes.bfloat16" if is_bfloat16(dtype) else f"np.{dtype}"
+
+
+def compute_arg(compute):
+    """The compute= option, checked: None or "bf16"."""
+    if compute not in COMPUTES:
+        raise ValueError(f"compute must be None (the arrays' own precision) or 'bf16' (bfloat16 GEMM "
+                         f"operands on float32 arrays, CPU), got {compute!r}")
+    return compute
 _RESERVE_ALIGNMENT = 256  # what the CUDA backend needs; any alignment does on the CPU
 
 _host_device = _core.DEVICE_CPU
@@ -48,18 +106,18 @@ def _as_array(name, a):
 
 
 def float_array(name, a, dtype=None, *, works_in="the call"):
-    """a as an ndarray of float32/float64; dtype, when given, must match
+    """a as an ndarray of float32/float64/bfloat16; dtype, when given, must match
     (works_in says whose dtype it is, for the message)."""
     if a is None:
         raise TypeError(f"{name} must be an array, got None")
     arr = a if isinstance(a, np.ndarray) else _as_array(name, a)
     if arr.dtype.kind == "f" and not arr.dtype.isnative:  # same dtype, other byte order
         arr = arr.astype(arr.dtype.newbyteorder("="))
-    if arr.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{name} must have dtype float32 or float64, got {arr.dtype}")
+    if arr.dtype not in _FLOAT_DTYPES and not is_bfloat16(arr.dtype):
+        raise TypeError(f"{name} must have dtype float32, float64 or bfloat16 (ml_dtypes), got {arr.dtype}")
     if dtype is not None and arr.dtype != dtype:
         raise TypeError(f"{name} has dtype {arr.dtype} but {works_in} works in {dtype}: convert {name} "
-                        f"(e.g. {name}.astype(np.{dtype}))")
+                        f"(e.g. {name}.astype({astype_hint(dtype)}))")
     return arr
 
 
@@ -74,9 +132,9 @@ def _same_dtype(arrays):
             by_dtype.setdefault(a.dtype, []).append(name)
     if len(by_dtype) > 1:
         (major, majority), (minor, minority) = sorted(by_dtype.items(), key=lambda kv: -len(kv[1]))
-        fix = f"convert {', '.join(minority)} (e.g. {minority[0]}.astype(np.{major}))"
+        fix = f"convert {', '.join(minority)} (e.g. {minority[0]}.astype({astype_hint(major)}))"
         if len(minority) == len(majority):
-            fix += f", or {', '.join(majority)} (e.g. {majority[0]}.astype(np.{minor}))"
+            fix += f", or {', '.join(majority)} (e.g. {majority[0]}.astype({astype_hint(minor)}))"
         raise TypeError(f"all arrays of one call must share a dtype: {', '.join(minority)} "
                         f"{'is' if len(minority) == 1 else 'are'} {minor} but {', '.join(majority)} "
                         f"{'is' if len(majority) == 1 else 'are'} {major}; {fix}")
@@ -97,20 +155,35 @@ def alloc(shape, dtype):
 
 
 class HostArrays:
-    """numpy arrays of one float dtype (float32 or float64), on the host."""
+    """numpy arrays of one float dtype (float32, float64 or bfloat16), on the host.
+    compute="bf16": bfloat16 GEMM operands for float32 arrays (the core's allow_bf16)."""
 
     library = "numpy"
 
-    def __init__(self, *, dtype=None, stream=None, allow_tf32=False):
+    def __init__(self, *, dtype=None, stream=None, allow_tf32=False, compute=None):
         if stream is not None:
             raise ValueError("stream= applies only to CUDA arrays; x is a host array")
-        self.dtype = None if dtype is None else np.dtype(dtype)
+        self.dtype = None if dtype is None else float_dtype(dtype)
         self.allow_tf32 = _checks.bool_arg("allow_tf32", allow_tf32)
+        self.compute = compute_arg(compute)
         self.device_type = _host_device
+        if self.dtype is not None:
+            self._check_compute()
+
+    def _check_compute(self):
+        if self.compute == "bf16" and self.dtype == np.float64:
+            raise TypeError("compute='bf16' rounds float32 GEMM operands to bfloat16; the arrays are float64: "
+                            "convert them to float32 (or to ml_dtypes.bfloat16), or leave compute=None")
+        if self.compute == "bf16" and self.device_type != _core.DEVICE_CPU:
+            raise ValueError("compute='bf16' runs on the CPU backend only")
+
+    @property
+    def allow_bf16(self):
+        return self.compute == "bf16" and self.dtype == np.float32
 
     def for_backward(self, stream=None):
         """The arrays of a backward of a forward run with these (stream: the backward's)."""
-        other = HostArrays(dtype=self.dtype, stream=stream, allow_tf32=self.allow_tf32)
+        other = HostArrays(dtype=self.dtype, stream=stream, allow_tf32=self.allow_tf32, compute=self.compute)
         other.device_type = self.device_type
         return other
 
@@ -121,6 +194,7 @@ class HostArrays:
         if self.dtype is None:
             arrs = _same_dtype(arrays)
             self.dtype = next(a.dtype for a in arrs.values() if a is not None)
+            self._check_compute()
             return arrs
         return {name: self.adopt_one(name, a) for name, a in arrays.items()}
 
@@ -190,8 +264,8 @@ class HostArrays:
 
     def call(self):
         """The keyword arguments of the device of a _core call."""
-        return dict(dtype=_DTYPE_CODE[self.dtype], device_type=self.device_type, device_index=0, stream=0,
-                    allow_tf32=self.allow_tf32)
+        return dict(dtype=dtype_code(self.dtype), device_type=self.device_type, device_index=0, stream=0,
+                    allow_tf32=self.allow_tf32, allow_bf16=self.allow_bf16)
 
     @staticmethod
     def done(*used):

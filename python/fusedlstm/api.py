@@ -15,19 +15,19 @@ from ._checks import (  # noqa: F401  (re-exported)
 _set_debug_poison = _checks.set_debug_poison
 
 
-def arrays_for(x, *, stream=None, allow_tf32=False, dtype=None):
+def arrays_for(x, *, stream=None, allow_tf32=False, dtype=None, compute=None):
     """The array path of a call whose first array is x (dtype: the one its
-    arrays must have; None: theirs, one for all)."""
+    arrays must have; None: theirs, one for all; compute: None or "bf16")."""
     if _checks.is_cuda_array(x):
         from . import _device  # imported on the first CUDA call only
-        return _device.DeviceArrays(x, stream=stream, allow_tf32=allow_tf32, dtype=dtype)
-    return _host.HostArrays(dtype=dtype, stream=stream, allow_tf32=allow_tf32)
+        return _device.DeviceArrays(x, stream=stream, allow_tf32=allow_tf32, dtype=dtype, compute=compute)
+    return _host.HostArrays(dtype=dtype, stream=stream, allow_tf32=allow_tf32, compute=compute)
 
 
 # ---------------------------------------------------------------- forward
 def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, mode="many_to_many",
                  lengths=None, steps=None, feed="repeat", batch_first=False, training=False,
-                 w_hr=None, reverse=False, allow_tf32=False, stream=None):
+                 w_hr=None, reverse=False, allow_tf32=False, compute=None, stream=None):
     """Run an LSTM layer over a sequence with fused kernels.
 
     Weights are ``torch.nn.LSTM``'s: ``w_ih`` (4H, I), ``w_hh`` (4H, H),
@@ -50,6 +50,13 @@ def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, mode=
     swaps the first two axes of x and y. ``training=True`` keeps what
     :func:`lstm_backward` needs.
 
+    dtypes: every array of a call has one dtype, which the outputs and
+    gradients keep. numpy arrays run on the CPU in float32, float64 or
+    bfloat16 (``ml_dtypes.bfloat16``, an optional dependency: bfloat16 GEMM
+    operands, float32 sums, cell state and gate math, outputs rounded to
+    bfloat16 once). ``compute="bf16"`` runs float32 arrays through the same
+    bfloat16 forward kernels (x, the weights and h_{t-1} rounded to bfloat16
+    for the gate products) with float32 outputs; the backward stays float32.
     CUDA arrays (torch or CuPy, float32/float64/float16/bfloat16) run on the
     GPU, on the current stream (or ``stream``); see fusedlstm/_device.py for
     streams, ``allow_tf32`` and where lengths are read. Returns an
@@ -57,11 +64,12 @@ def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, mode=
     """
     return _forward("lstm", x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr, mode=mode, lengths=lengths, steps=steps,
                     feed=feed, batch_first=batch_first, training=training, reverse=reverse,
-                    allow_tf32=allow_tf32, stream=stream)
+                    allow_tf32=allow_tf32, compute=compute, stream=stream)
 
 
 def gru_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, mode="many_to_many", lengths=None, steps=None,
-                feed="repeat", batch_first=False, training=False, reverse=False, allow_tf32=False, stream=None):
+                feed="repeat", batch_first=False, training=False, reverse=False, allow_tf32=False, compute=None,
+                stream=None):
     """Run a GRU layer over a sequence with fused kernels (CPU, or CUDA arrays).
 
     Weights are ``torch.nn.GRU``'s: ``w_ih`` (3H, I), ``w_hh`` (3H, H),
@@ -73,38 +81,38 @@ def gru_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, mode="many_to_m
         h' = (1 - z) * n + z * h
 
     ``h0`` (B, H), zero when omitted. Modes, ``feed``, ``lengths``,
-    ``reverse`` and ``batch_first`` are :func:`lstm_forward`'s (feed="output"
-    needs I == H). Returns a :class:`GRUResult` with ``y`` and ``h_n`` (no
+    ``reverse``, ``batch_first``, dtypes and ``compute`` are :func:`lstm_forward`'s
+    (feed="output" needs I == H). Returns a :class:`GRUResult` with ``y`` and ``h_n`` (no
     ``c_n``: a GRU has no cell state); ``training=True`` keeps what
     :func:`gru_backward` needs.
     """
     return _forward("gru", x, w_ih, w_hh, b_ih, b_hh, h0, None, None, mode=mode, lengths=lengths, steps=steps,
                     feed=feed, batch_first=batch_first, training=training, reverse=reverse,
-                    allow_tf32=allow_tf32, stream=stream)
+                    allow_tf32=allow_tf32, compute=compute, stream=stream)
 
 
 def rnn_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, nonlinearity="tanh", mode="many_to_many",
                 lengths=None, steps=None, feed="repeat", batch_first=False, training=False, reverse=False,
-                allow_tf32=False, stream=None):
+                allow_tf32=False, compute=None, stream=None):
     """Run an Elman RNN layer over a sequence with fused kernels (CPU, or CUDA arrays).
 
     ``h' = act(x W_ih^T + b_ih + h W_hh^T + b_hh)`` with act = tanh or relu
     (``nonlinearity``, as ``torch.nn.RNN``; relu's gradient at 0 is 0).
     Weights are nn.RNN's: ``w_ih`` (H, I), ``w_hh`` (H, H), ``b_ih``,
-    ``b_hh`` (H,). ``h0`` (B, H), zero when omitted. Modes and options are
-    :func:`lstm_forward`'s. Returns an :class:`RNNResult` with ``y`` and
+    ``b_hh`` (H,). ``h0`` (B, H), zero when omitted. Modes, options, dtypes and
+    ``compute`` are :func:`lstm_forward`'s. Returns an :class:`RNNResult` with ``y`` and
     ``h_n`` (no ``c_n``).
     """
     cell = _checks.rnn_cell(nonlinearity)
     return _forward(cell, x, w_ih, w_hh, b_ih, b_hh, h0, None, None, mode=mode, lengths=lengths, steps=steps,
                     feed=feed, batch_first=batch_first, training=training, reverse=reverse,
-                    allow_tf32=allow_tf32, stream=stream)
+                    allow_tf32=allow_tf32, compute=compute, stream=stream)
 
 
 def _forward(cell, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr, *, mode, lengths, steps, feed, batch_first, training,
-             reverse, allow_tf32, stream):
+             reverse, allow_tf32, compute, stream):
     batch_first, training, reverse = _checks.forward_options(mode, feed, batch_first, training, reverse)
-    arrays = arrays_for(x, stream=stream, allow_tf32=allow_tf32)
+    arrays = arrays_for(x, stream=stream, allow_tf32=allow_tf32, compute=compute)
     return _calls.forward(arrays, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr, cell=cell, mode=mode, lengths=lengths,
                           steps=steps, feed=feed, batch_first=batch_first, training=training, reverse=reverse)
 
@@ -117,6 +125,9 @@ def lstm_backward(result, dy=None, dh_n=None, dc_n=None, *, stream=None):
     ``result.y``, ``result.h_n``, ``result.c_n`` (None = zero). Returns an
     :class:`LSTMGrads`; ``dx`` has x's shape ((B, I) for one_to_many) and is
     zero at padded steps. On CUDA it runs on the current stream (or ``stream``).
+    The gradients have the forward's dtype (a bfloat16 forward: computed in
+    float32 on the bfloat16 values, rounded to bfloat16 once; a forward with
+    compute="bf16": float32 throughout).
     """
     return _calls.backward(result, dy, dh_n, dc_n, family="lstm", stream=stream)
 
@@ -142,30 +153,34 @@ def rnn_backward(result, dy=None, dh_n=None, *, stream=None):
 
 
 # ------------------------------------------------------------------- cell
-def lstm_cell(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None, *, allow_tf32=False, stream=None):
+def lstm_cell(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None, *, allow_tf32=False, compute=None, stream=None):
     """One LSTM step (one-to-one, streaming): returns ``(h_new, c_new)``.
 
     x (B, I), h and c (B, H); weights as in :func:`lstm_forward`. Works on the
     weights as given (no packing), so a call costs little beyond the math.
+    dtypes and ``compute`` as :func:`lstm_forward`'s.
     """
-    return _calls.cell(arrays_for(x, stream=stream, allow_tf32=allow_tf32), x, h, c, w_ih, w_hh, b_ih, b_hh,
-                       cell="lstm")
+    arrays = arrays_for(x, stream=stream, allow_tf32=allow_tf32, compute=compute)
+    return _calls.cell(arrays, x, h, c, w_ih, w_hh, b_ih, b_hh, cell="lstm")
 
 
-def gru_cell(x, h, w_ih, w_hh, b_ih=None, b_hh=None, *, allow_tf32=False, stream=None):
+def gru_cell(x, h, w_ih, w_hh, b_ih=None, b_hh=None, *, allow_tf32=False, compute=None, stream=None):
     """One GRU step (one-to-one, streaming): returns ``h_new`` (B, H).
 
     x (B, I), h (B, H); weights as in :func:`gru_forward`, used as given (no packing).
+    dtypes and ``compute`` as :func:`lstm_forward`'s.
     """
-    return _calls.cell(arrays_for(x, stream=stream, allow_tf32=allow_tf32), x, h, None, w_ih, w_hh, b_ih, b_hh,
-                       cell="gru")
+    arrays = arrays_for(x, stream=stream, allow_tf32=allow_tf32, compute=compute)
+    return _calls.cell(arrays, x, h, None, w_ih, w_hh, b_ih, b_hh, cell="gru")
 
 
-def rnn_cell(x, h, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh", allow_tf32=False, stream=None):
-    """One Elman RNN step: returns ``h_new = act(x W_ih^T + b_ih + h W_hh^T + b_hh)`` (B, H)."""
+def rnn_cell(x, h, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh", allow_tf32=False, compute=None,
+             stream=None):
+    """One Elman RNN step: returns ``h_new = act(x W_ih^T + b_ih + h W_hh^T + b_hh)`` (B, H).
+    dtypes and ``compute`` as :func:`lstm_forward`'s."""
     cell = _checks.rnn_cell(nonlinearity)
-    return _calls.cell(arrays_for(x, stream=stream, allow_tf32=allow_tf32), x, h, None, w_ih, w_hh, b_ih, b_hh,
-                       cell=cell)
+    arrays = arrays_for(x, stream=stream, allow_tf32=allow_tf32, compute=compute)
+    return _calls.cell(arrays, x, h, None, w_ih, w_hh, b_ih, b_hh, cell=cell)
 
 
 # ------------------------------------------------------- threads and SIMD
@@ -184,7 +199,8 @@ def get_num_threads() -> int:
 
 
 def available_isas() -> list:
-    """SIMD paths this CPU can run, best first, e.g. ['avx512', 'avx2', 'generic']."""
+    """SIMD paths this CPU can run, best first, e.g. ['avx512_bf16', 'avx512', 'avx2', 'generic']
+    ("avx512_bf16": AVX-512 with the BF16 dot products, vdpbf16ps, for bfloat16 calls)."""
     return _core.available_isas().split(",")
 
 

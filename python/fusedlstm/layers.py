@@ -17,7 +17,7 @@ import numpy as np
 
 from . import _checks, _core
 from ._checks import bool_arg as _bool_arg, check_fits as _check_fits, int_arg as _int_arg
-from ._host import dense as _dense
+from ._host import dense as _dense, float_dtype as _float_dtype
 from .api import arrays_for
 
 __all__ = ["LSTM", "GRU", "RNN", "LSTMStackResult", "GRUStackResult", "RNNStackResult",
@@ -46,7 +46,10 @@ def stack_reserve_nbytes(itemsize, T, B, H, proj_size, num_layers, num_direction
     def r64(n):
         return _round_up(n, 64)
 
+    stored = itemsize  # the layer outputs kept between layers are in the call's dtype
     if device == "cpu":
+        if itemsize == 2:  # bfloat16: the CPU widens it to float32 and keeps float32's per-cell reserve
+            itemsize = 4
         w = 64 // itemsize
         hp = _round_up(H, w)
         saved = 0 if cell in ("rnn_tanh", "rnn_relu") else 4  # A: per-unit values a step saves (RNN: h only)
@@ -70,7 +73,7 @@ def stack_reserve_nbytes(itemsize, T, B, H, proj_size, num_layers, num_direction
     else:
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
     return (num_layers * num_directions * per_cell
-            + (num_layers - 1) * (r64(slots * num_directions * hout * itemsize) + 64))
+            + (num_layers - 1) * (r64(slots * num_directions * hout * stored) + 64))
 
 
 def weight_names(num_layers, bidirectional, bias, proj_size):
@@ -197,9 +200,7 @@ class RecurrentStack:
                              f"cell={cell!r}")
         self.bias, self.batch_first = _bool_arg("bias", bias), _bool_arg("batch_first", batch_first)
         self.bidirectional = _bool_arg("bidirectional", bidirectional)
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in (np.float32, np.float64):
-            raise TypeError(f"dtype must be float32 or float64, got {self.dtype}")
+        self.dtype = _float_dtype(dtype)
         self._rng = np.random.default_rng(seed)
         bound = 1 / np.sqrt(self.hidden_size)
         self.params = {name: self._rng.uniform(-bound, bound, shape).astype(self.dtype)
@@ -242,8 +243,9 @@ class RecurrentStack:
         new = {}
         for name, shape in shapes.items():
             v = state[name]
-            if hasattr(v, "detach"):  # a torch tensor
-                v = v.detach().cpu().numpy()
+            if hasattr(v, "detach"):  # a torch tensor (bfloat16 / float16 ones via float32: exact)
+                v = v.detach().cpu()
+                v = (v.float() if str(v.dtype) in ("torch.bfloat16", "torch.float16") else v).numpy()
             arr = np.asarray(v)
             if arr.shape != shape:
                 raise ValueError(f"state[{name!r}] must have shape {shape}, got {arr.shape}")
@@ -286,7 +288,7 @@ class RecurrentStack:
                              f"{(L * D, B, H)}, got {arrays.shape(c0)}")
         return h0, c0
 
-    def forward(self, x, hx=None, *, lengths=None, training=False, rng=None, stream=None):
+    def forward(self, x, hx=None, *, lengths=None, training=False, rng=None, compute=None, stream=None):
         """x (T, B, I) (or (B, T, I) with batch_first); hx: the initial
         state or None (zeros): for the LSTM a tuple (h0, c0) with h0
         (L*D, B, Hout), c0 (L*D, B, H); for the GRU and RNN the array h0
@@ -297,10 +299,12 @@ class RecurrentStack:
         what :meth:`backward` needs. x may be a CUDA array (torch / CuPy, of
         the layer's dtype; LSTM only so far): then the call runs on its
         device and stream (see fusedlstm/_device.py; lengths there as for
-        lstm_forward). Returns a result (``y``, ``h_n``, and ``c_n`` for
+        lstm_forward). ``compute="bf16"`` (a float32 layer on the CPU) runs
+        the bfloat16 forward kernels with float32 arrays, as for
+        lstm_forward. Returns a result (``y``, ``h_n``, and ``c_n`` for
         the LSTM) of arrays of x's library."""
         training = _bool_arg("training", training)
-        arrays = arrays_for(x, stream=stream, dtype=self.dtype)
+        arrays = arrays_for(x, stream=stream, dtype=self.dtype, compute=compute)
         works_in = f"the layer (dtype={self.dtype})"
         x = arrays.adopt_one("x", x, works_in)
         shape = arrays.shape(x)
@@ -452,7 +456,8 @@ class LSTM(RecurrentStack):
         grads = layer.backward(res, dy=np.ones_like(res.y))
         grads["weight_ih_l1_reverse"], grads["x"]
 
-    ``dtype`` is float32 or float64. Initialisation is nn.LSTM's:
+    ``dtype`` is float32, float64 or bfloat16 (``ml_dtypes.bfloat16`` or
+    "bfloat16", CPU; see fusedlstm.lstm_forward). Initialisation is nn.LSTM's:
     uniform(-1/sqrt(H), 1/sqrt(H)).
     """
 

@@ -192,6 +192,19 @@ def _matmul(round_operands):
     return lambda a, b: np.matmul(round_operands(a), round_operands(b))
 
 
+ROUND_SCOPES = ("all", "gates")
+
+
+def _matmuls(round_operands, round_scope):
+    """(gate products, projection, backward products) as functions: round_scope
+    "all" rounds the operands of every matrix product, "gates" those of the
+    forward's x W_ih^T and h W_hh^T only (the CPU's bfloat16 kernels)."""
+    if round_scope not in ROUND_SCOPES:
+        raise ValueError(f"round_scope: {round_scope!r} is not one of {ROUND_SCOPES}")
+    mm = _matmul(round_operands)
+    return (mm, mm, mm) if round_scope == "all" else (mm, np.matmul, np.matmul)
+
+
 # --------------------------------------------------------------------------
 # One direction of one layer over a time-major sequence: the loops shared by
 # forward / backward and by the layer stacks.  Padded steps (mask False) carry
@@ -199,8 +212,10 @@ def _matmul(round_operands):
 # see the stacks below) and feed_output (x_t = h_{t-1} for t > 0; xs is
 # written in place).
 # --------------------------------------------------------------------------
-def _direction_forward(xs, mask, w, h0, c0, dtype, *, cell="lstm", mm=np.matmul, feed_output=False):
+def _direction_forward(xs, mask, w, h0, c0, dtype, *, cell="lstm", mm=np.matmul, feed_output=False,
+                       mm_proj=None):
     spec = _cell_spec(cell)
+    mm_proj = mm if mm_proj is None else mm_proj
     T, B, _ = xs.shape
     w_ih, w_hh, w_hr = w["w_ih"], w["w_hh"], w.get("w_hr")
     H = w_hh.shape[0] // spec.gates
@@ -222,7 +237,7 @@ def _direction_forward(xs, mask, w, h0, c0, dtype, *, cell="lstm", mm=np.matmul,
         m_t, c, a = spec.forward(gx, gh, hs[t], None if cs is None else cs[t])
         if acts is None:
             acts = np.zeros((T,) + a.shape, dtype)
-        h = m_t if w_hr is None else mm(m_t, w_hr.T)
+        h = m_t if w_hr is None else mm_proj(m_t, w_hr.T)
         keep = mask[t][:, None]
         if cs is not None:
             cs[t + 1] = np.where(keep, c, cs[t])
@@ -300,6 +315,7 @@ class ForwardResult:
     round_operands: Optional[Callable] = None  # see forward
     cell: str = "lstm"
     rev: Optional[np.ndarray] = None  # reverse=True: (T, B) time reversal (xs etc. in run order)
+    round_scope: str = "all"  # see forward
 
 
 @dataclass
@@ -315,11 +331,14 @@ class Gradients:
 
 def forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, mode="many_to_many",
             lengths=None, steps=None, feed="repeat", batch_first=False, reverse=False, cell="lstm",
-            dtype=np.float64, round_operands=None):
-    # round_operands: None, or a function applied to both operands of every matrix
-    # product of forward and backward (the tests' plain reduced-precision baseline:
-    # GEMM operands rounded to bfloat16 / float16 / TF32, accumulation in `dtype`).
-    mm = _matmul(round_operands)
+            dtype=np.float64, round_operands=None, round_scope="all"):
+    # round_operands: None, or a function applied to both operands of matrix products
+    # (the tests' plain reduced-precision baseline: GEMM operands rounded to bfloat16 /
+    # float16 / TF32, accumulation in `dtype`); round_scope: which products, "all"
+    # (every product of forward and backward: CUDA's storage types) or "gates" (the
+    # forward's x W_ih^T and h_{t-1} W_hh^T only; projection and backward unrounded:
+    # the CPU's bfloat16). See fusedlstm/tolerance.py.
+    mm, mm_proj, _ = _matmuls(round_operands, round_scope)
     spec = _cell_spec(cell)
     if mode not in MODES:
         raise ValueError(f"mode: unknown mode {mode!r}, expected one of {MODES}")
@@ -367,7 +386,7 @@ def forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, mode="many
 
     h0 = np.zeros((B, H), dtype) if h0 is None else np.asarray(h0, dtype)
     c0 = None if not spec.has_c else (np.zeros((B, H), dtype) if c0 is None else np.asarray(c0, dtype))
-    cache = _direction_forward(xs, mask, w, h0, c0, dtype, cell=cell, mm=mm,
+    cache = _direction_forward(xs, mask, w, h0, c0, dtype, cell=cell, mm=mm, mm_proj=mm_proj,
                                feed_output=mode == "one_to_many" and feed == "output")
     hs, cs, y = cache["hs"], cache["cs"], cache["y"]
     if rev is not None:
@@ -378,7 +397,7 @@ def forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, mode="many
         y_out = y.swapaxes(0, 1).copy() if batch_first else y
     return ForwardResult(y_out, hs[T].copy(), None if cs is None else cs[T].copy(), mode, feed, batch_first,
                          w_ih, w_hh, has_b_ih, has_b_hh, xs, mask, hs, cs, cache["acts"], round_operands,
-                         cell, rev)
+                         cell, rev, round_scope)
 
 
 def backward(res, dy=None, dh_n=None, dc_n=None):
@@ -409,7 +428,7 @@ def backward(res, dy=None, dh_n=None, dc_n=None):
     w = dict(w_ih=res.w_ih, w_hh=res.w_hh)
     cache = dict(hs=res.hs, cs=res.cs, acts=res.acts)
     dxs, dh0, dc0, g = _direction_backward(res.xs, res.mask, w, cache, dys, dh, dc, dtype, cell=res.cell,
-                                           mm=_matmul(res.round_operands),
+                                           mm=_matmuls(res.round_operands, res.round_scope)[2],
                                            feed_output=res.mode == "one_to_many" and res.feed == "output")
     if res.rev is not None:
         dxs = _gather_time(dxs, res.rev)  # the reversal is its own inverse
@@ -461,10 +480,12 @@ class StackResult:
 
 
 def stack_forward(x, cells, h0=None, c0=None, *, num_layers=1, bidirectional=False, lengths=None,
-                  dropout_masks=None, cell="lstm", dtype=np.float64):
+                  dropout_masks=None, cell="lstm", dtype=np.float64, round_operands=None, round_scope="all"):
     """x (T, B, I) time-major; cells: list of L*D weight dicts (see above);
-    dropout_masks: None or (L-1, T, B, D*Hout) factors."""
+    dropout_masks: None or (L-1, T, B, D*Hout) factors; round_operands and
+    round_scope as forward's."""
     spec = _cell_spec(cell)
+    mm, mm_proj, mm_back = _matmuls(round_operands, round_scope)
     if not spec.has_c and c0 is not None:
         raise ValueError(f"c0: cell={cell!r} has no cell state")
     x = np.asarray(x, dtype)
@@ -494,7 +515,7 @@ def stack_forward(x, cells, h0=None, c0=None, *, num_layers=1, bidirectional=Fal
             idx = k * D + d
             xs = layer_in if d == 0 else _gather_time(layer_in, rev)
             cache = _direction_forward(xs, mask, cells[idx], h0[idx], None if c0 is None else c0[idx], dtype,
-                                       cell=cell)
+                                       cell=cell, mm=mm, mm_proj=mm_proj)
             caches.append(cache)
             h_n[idx] = cache["hs"][T]
             if c_n is not None:
@@ -503,7 +524,7 @@ def stack_forward(x, cells, h0=None, c0=None, *, num_layers=1, bidirectional=Fal
         layer_in = np.concatenate(outs, axis=2)
     return StackResult(layer_in, h_n, c_n,
                        dict(cells=cells, inputs=inputs, caches=caches, mask=mask, rev=rev, D=D, L=L,
-                            masks=dropout_masks, dtype=dtype, cell=cell))
+                            masks=dropout_masks, dtype=dtype, cell=cell, mm_back=mm_back))
 
 
 def stack_backward(res, dy=None, dh_n=None, dc_n=None):
@@ -534,7 +555,7 @@ def stack_backward(res, dy=None, dh_n=None, dc_n=None):
                 dys = _gather_time(dys, rev)
             dxs, dh0[idx], dc0_idx, cell_grads[idx] = _direction_backward(
                 xs, mask, c["cells"][idx], c["caches"][idx], dys, dh_n[idx],
-                dc_n[idx] if has_c else None, dtype, cell=cell)
+                dc_n[idx] if has_c else None, dtype, cell=cell, mm=c.get("mm_back", np.matmul))
             if has_c:
                 dc0[idx] = dc0_idx
             d_in += dxs if d == 0 else _gather_time(dxs, rev)  # the reversal is its own inverse

@@ -41,11 +41,36 @@ another) agree elementwise, |a - b| <= SAME_RTOL * |b| + SAME_ATOL (about 45 ulp
 only the summation order inside BLAS differs).
 
 Plain implementation per precision (PRECISIONS): "float64" and "float32" are
-the reference in that dtype. "tf32", "float16" and "bfloat16" are the float32
-reference with every operand of every matrix product rounded to the format
-(TF32: 10 mantissa bits; float16; bfloat16: 7 mantissa bits, round to nearest
-even) and its outputs rounded to the storage format (TF32 stores float32). Its
-inputs, like ref64's, are those the library saw: already in the storage format.
+the reference in that dtype. "tf32", "float16" and "bfloat16" (CUDA) are the
+float32 reference with every operand of every matrix product, forward and
+backward, rounded to the format (TF32: 10 mantissa bits; float16; bfloat16: 7
+mantissa bits, round to nearest even) and its outputs rounded to the storage
+format (TF32 stores float32). Its inputs, like ref64's, are those the library
+saw: already in the storage format.
+
+bfloat16 on the CPU (written down with issue 12). The CPU kernels differ from
+CUDA's: the forward rounds the operands of the gate products only (x, W_ih,
+W_hh and h_{t-1}, each step) to bfloat16 and accumulates them in float32; the
+cell state, the gate math and the projection (w_hr) stay float32, and the
+backward is float32 on the bfloat16 values. The rule is the one above, with a
+plain implementation that rounds those same operands and no others:
+* "bfloat16_cpu" (bfloat16 arrays on the CPU): the float32 reference whose
+  forward rounds x, W_ih, W_hh and h_{t-1} to bfloat16 before each of the two
+  gate products (float32 sums, cell, gates, projection), whose backward is the
+  plain float32 backward on those values, and whose outputs (y, h_n, c_n and
+  every gradient) are rounded to bfloat16 once;
+* "float32_bf16" (float32 arrays with compute="bf16", the core's allow_bf16):
+  the same forward with float32 outputs (no rounding of the stored result:
+  it shows the kernels' precision without the output's own rounding) and the
+  plain float32 backward.
+Why this plain implementation and not CUDA's: a plain implementation that
+rounded more (the projection, the backward's products) would be less accurate
+than the kernels are designed to be and would let a kernel that rounds where
+it should not pass; one that rounded less (float32) would fail kernels that do
+exactly what the format asks, since rounding h_{t-1} each step is the bulk of
+the error (2^-9 relative per step, carried through the recurrence). Factor 2
+and the floor as above (the floor's storage term: 2^-7 / 2 for bfloat16_cpu,
+none beyond float32 for float32_bf16).
 """
 
 from typing import NamedTuple, Optional
@@ -56,19 +81,24 @@ F64_RTOL = 1e-12
 FLOOR_EPS = 4.0
 PLAIN_FACTOR = 2.0
 # eps of the format each precision's outputs are stored in (the floor's second term).
-STORAGE_EPS = {"float32": 2.0 ** -23, "tf32": 2.0 ** -23, "float16": 2.0 ** -10, "bfloat16": 2.0 ** -7}
+STORAGE_EPS = {"float32": 2.0 ** -23, "tf32": 2.0 ** -23, "float16": 2.0 ** -10, "bfloat16": 2.0 ** -7,
+               "bfloat16_cpu": 2.0 ** -7, "float32_bf16": 2.0 ** -23}
 SAME_RTOL = 1e-14
 SAME_ATOL = 1e-15
 
 # precision -> (dtype of the plain implementation's arithmetic, format its GEMM operands
-# are rounded to, format its outputs are stored in); a format is a mantissa width in
-# bits (float32's exponent range), "float16", or None for no rounding.
+# are rounded to, format its outputs are stored in, which products round: "all" (every
+# product of forward and backward) or "gates" (the forward's x W_ih^T and h W_hh^T
+# only: the CPU's bfloat16, see above)); a format is a mantissa width in bits
+# (float32's exponent range), "float16", or None for no rounding.
 PRECISIONS = {
-    "float64": (np.float64, None, None),
-    "float32": (np.float32, None, None),
-    "tf32": (np.float32, 10, None),
-    "float16": (np.float32, "float16", "float16"),
-    "bfloat16": (np.float32, 7, 7),
+    "float64": (np.float64, None, None, "all"),
+    "float32": (np.float32, None, None, "all"),
+    "tf32": (np.float32, 10, None, "all"),
+    "float16": (np.float32, "float16", "float16", "all"),
+    "bfloat16": (np.float32, 7, 7, "all"),
+    "bfloat16_cpu": (np.float32, 7, 7, "gates"),
+    "float32_bf16": (np.float32, 7, None, "gates"),
 }
 
 
@@ -96,11 +126,19 @@ def rounder(fmt):
 
 def plain_precision(precision):
     """(arithmetic dtype, rounding of GEMM operands or None, rounding of the stored
-    outputs or None) of the plain implementation in `precision`."""
+    outputs or None) of the plain implementation in `precision` (which products
+    round: plain_scope)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision: {precision!r} is not one of {sorted(PRECISIONS)}")
-    dtype, operands, storage = PRECISIONS[precision]
+    dtype, operands, storage, _ = PRECISIONS[precision]
     return dtype, rounder(operands), rounder(storage)
+
+
+def plain_scope(precision):
+    """Which matrix products the plain implementation of `precision` rounds: "all" or
+    "gates" (fusedlstm.reference's round_scope)."""
+    plain_precision(precision)
+    return PRECISIONS[precision][3]
 
 
 def _max_abs(a):

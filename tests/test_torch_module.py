@@ -976,14 +976,17 @@ def test_autocast_bf16(seed):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y_ref, (h_ref, c_ref) = ref(x, (h0, c0))
         y, (h, c) = ours(xr, (h0, c0))
+    # nn.LSTM's dtypes: y and h_n bf16; c_n float32 with proj_size > 0 (a quirk of torch's
+    # projection path), which ours matches
     for a, b in ((y, y_ref), (h, h_ref), (c, c_ref)):
-        assert a.dtype == torch.bfloat16 and a.shape == b.shape
-    # nn.LSTM's y and h_n are bf16 too; its c_n is float32 with proj_size > 0 (a quirk of
-    # torch's projection path), ours is bf16 throughout
+        assert a.dtype == b.dtype and a.shape == b.shape
     assert y_ref.dtype == h_ref.dtype == torch.bfloat16
+    # Since issue 12 ours runs the CPU's bf16 kernels, which round h_{t-1} to bf16 each step
+    # as nn.LSTM does: the input-rounding bound above no longer holds for either, so ours gets
+    # nn.LSTM's sanity range (8x); the bfloat16 policy itself is tests/test_torch_bf16.py's.
     err = (flat(y, h, c).detach() - o64).abs()
-    worst = int(torch.argmax(err - bound))
-    assert bool((err <= bound).all()), (
+    worst = int(torch.argmax(err - 8 * bound))
+    assert bool((err <= 8 * bound).all()), (
         f"bf16 output error {err[worst]:.3e} > bound {bound[worst]:.3e} at flat index {worst} "
         f"(kappa {kappa[worst]:.3e}, |o| {o64[worst].abs():.3e})")
     err_nn = (flat(y_ref, h_ref, c_ref).detach() - o64).abs()
@@ -1023,6 +1026,8 @@ def test_low_precision_module(dtype, u, seed):
     y_t, (h_t, c_t) = truth(x.detach().double())
     for name, a, b in (("y", y, y_t), ("h_n", h, h_t), ("c_n", c, c_t)):
         assert a.dtype == dtype, name
+        if dtype == torch.bfloat16:  # the CPU's bf16 kernels (issue 12): tests/test_torch_bf16.py's policy
+            continue
         bound = u * b.abs() + 2.0 ** -20 * max(1.0, float(b.abs().max()))
         err = (a.double() - b).abs()
         assert bool((err <= bound).all()), (name, float((err / bound).max()))
@@ -1212,8 +1217,8 @@ RESERVE_SHAPES = [dict(T=1, B=1, H=1, proj_size=0, num_layers=1, num_directions=
 def test_fake_reserve_size_is_the_c_apis(cuda, dtype):
     """The fake kernels (torch.compile, opcheck) size the reserve with fusedlstm.h's closed
     form for the tensors' device; it must be what the C API asks for on that backend."""
-    if not cuda and dtype not in (torch.float32, torch.float64):
-        pytest.skip("float16 / bfloat16 run in float32 on the CPU")
+    if not cuda and dtype == torch.float16:
+        pytest.skip("float16 runs in float32 on the CPU")
     core = _ops._core
     if cuda and not core.cuda_device_count()[0]:  # the C API asks the backend library, even for this
         pytest.skip(f"no CUDA backend library: {core.cuda_device_count()[1]}")

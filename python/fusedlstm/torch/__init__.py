@@ -20,10 +20,14 @@ space). Parameters, states and inputs in any layout are read correctly (made
 dense where the core needs it, copying only then). Errors for bad arguments
 are of the types nn.LSTM / nn.LSTMCell raise.
 
-CPU: float32 and float64 run natively; under ``torch.autocast("cpu")`` (or
-with bfloat16/float16 tensors) inputs, weights and outputs keep the low
-precision dtype and the arithmetic inside runs in float32. ``LSTMCell``
-follows ``nn.LSTMCell``, which CPU autocast leaves in float32.
+CPU: float32, float64 and bfloat16 run natively: ``module.to(torch.bfloat16)``
+and ``torch.autocast("cpu", dtype=torch.bfloat16)`` run the CPU's bfloat16
+kernels (bfloat16 GEMM operands, float32 sums, cell state and gate math;
+needs ml_dtypes, else bfloat16 runs in float32 inside), with nn's output
+dtypes: under CPU autocast LSTM and RNN (and RNNCell) return the autocast
+dtype (an LSTM with proj_size its c_n in float32, as nn.LSTM), GRU, LSTMCell
+and GRUCell stay float32 like their nn counterparts; gradients reach the
+float32 parameters. float16 tensors keep their dtype and compute in float32.
 
 CUDA: float32, float64, float16 and bfloat16 run natively on torch's current
 stream, with memory from torch's caching allocator, and neither forward nor

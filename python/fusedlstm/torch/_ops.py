@@ -17,10 +17,22 @@ stream). On CUDA every output, gradient and the reserve come from torch's
 caching allocator (torch.empty on the tensor's device), and nothing reads
 device memory on the host: the forward and the backward never synchronise.
 
-Dtypes: on the CPU float32 and float64 run natively, bfloat16 / float16
-tensors run in float32 inside and get their results back in their dtype. On
-CUDA float32, float64, float16 and bfloat16 all run natively (float16 and
-bfloat16 store in that type and compute the cell in float32). CUDA float32
+Dtypes: on the CPU float32, float64 and bfloat16 run natively (bfloat16: the
+CPU's bfloat16 kernels, bfloat16 GEMM operands with float32 sums, cell state
+and gate math; the tensors reach the core as zero-copy numpy views of
+ml_dtypes.bfloat16, so this needs ml_dtypes, without which bfloat16 runs in
+float32 inside as float16 does); float16 tensors run in float32 inside and get
+their results back in their dtype. On CUDA float32, float64, float16 and
+bfloat16 all run natively (float16 and bfloat16 store in that type and compute
+the cell in float32).
+
+Autocast: the forward operators have an AutocastCPU kernel that runs them in
+the autocast dtype as the aten operators of the same cell do on the CPU
+(aten::lstm, aten::rnn_* and rnn_*_cell are on CPU autocast's lower-precision
+list; aten::gru, lstm_cell and gru_cell are not): stack_forward for the LSTM
+and the RNN, cell_forward / cell_train_forward for the RNN. The modules cast
+for themselves (as their nn counterparts, on CPU and CUDA) and call the
+operators with autocast off. CUDA float32
 uses TF32 tensor cores in its GEMMs exactly when
 ``torch.backends.cuda.matmul.allow_tf32`` is True (torch's switch for its own
 float32 matmuls, ``torch.set_float32_matmul_precision("high")`` sets it),
@@ -77,7 +89,18 @@ def _cell_kw(cell):
     return {} if cell == CELL_LSTM else {"cell": cell}
 
 
-_CPU_NATIVE = (torch.float32, torch.float64)
+def _numpy_bfloat16():
+    """ml_dtypes' numpy bfloat16 dtype, or None without ml_dtypes."""
+    try:
+        import ml_dtypes
+    except ImportError:
+        return None
+    import numpy as np
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+_NUMPY_BF16 = _numpy_bfloat16()
+_CPU_NATIVE = (torch.float32, torch.float64) + ((torch.bfloat16,) if _NUMPY_BF16 is not None else ())
 _CUDA_NATIVE = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
@@ -167,6 +190,8 @@ class _Call:
             raise ValueError(f"fusedlstm.torch: a tensor of shape {list(t.shape)} is on {t.device}, the call's "
                              f"other tensors on {self.device}: move them to one device")
         if not self.cuda:
+            if t.dtype == torch.bfloat16:  # numpy has no bfloat16: the same bytes as ml_dtypes' (zero-copy)
+                return t.view(torch.int16).numpy().view(_NUMPY_BF16)
             return t.numpy()
         self._held.append(t)
         return t.data_ptr()
@@ -200,7 +225,12 @@ class _Call:
         return self.array(t), (t.stride(0), t.stride(1))
 
     def empty(self, shape, dtype=None):
-        return torch.empty(shape, dtype=self.work if dtype is None else dtype, device=self.device)
+        """An output of the core: NaN-filled under fusedlstm's debug poison (tests), so an
+        element a kernel leaves unwritten shows."""
+        dtype = self.work if dtype is None else dtype
+        if dtype.is_floating_point and _checks.debug_poison():
+            return torch.full(shape, float("nan"), dtype=dtype, device=self.device)
+        return torch.empty(shape, dtype=dtype, device=self.device)
 
     def lengths(self, lengths: Optional[Tensor], T, B):
         """lengths as the core reads them: int64 [B] on the call's device. CPU
@@ -639,3 +669,40 @@ def _vmap_by_loop(op):
 
 for _op in (_stack_forward, _stack_backward, _cell_forward, _cell_train_forward, _cell_backward):
     _vmap_by_loop(_op)
+
+
+# Autocast (CPU): the forward operators run in the autocast dtype where the aten
+# operator of the same cell does (see the module docstring); their floating inputs
+# are cast (autograd records the casts, so gradients reach float32 parameters) and
+# the operator runs with autocast off.
+_AUTOCAST_CPU_CELLS = {"stack_forward": (CELL_LSTM, CELL_RNN_TANH, CELL_RNN_RELU),
+                       "cell_forward": (CELL_RNN_TANH, CELL_RNN_RELU),
+                       "cell_train_forward": (CELL_RNN_TANH, CELL_RNN_RELU)}
+_CELL_ARG = {"stack_forward": 12, "cell_forward": 7, "cell_train_forward": 7}  # the position of `cell`
+
+
+def _autocast_cast(arg, dtype):
+    if isinstance(arg, Tensor):
+        return arg.to(dtype) if arg.is_floating_point() and arg.device.type == "cpu" else arg
+    if isinstance(arg, (list, tuple)):
+        return type(arg)(_autocast_cast(a, dtype) for a in arg)
+    return arg
+
+
+def _register_autocast_cpu(name, op):
+    cells, at = _AUTOCAST_CPU_CELLS[name], _CELL_ARG[name]
+
+    def kernel(_keyset, *args):
+        cell = args[at] if len(args) > at else CELL_LSTM
+        if cell in cells:
+            args = _autocast_cast(args, torch.get_autocast_dtype("cpu"))
+        with torch.autocast("cpu", enabled=False):
+            return op(*args)
+
+    _AUTOCAST_LIB.impl(name, kernel, "AutocastCPU", with_keyset=True)
+
+
+_AUTOCAST_LIB = torch.library.Library("fusedlstm", "IMPL")
+for _name, _op in (("stack_forward", _stack_forward), ("cell_forward", _cell_forward),
+                   ("cell_train_forward", _cell_train_forward)):
+    _register_autocast_cpu(_name, _op)

@@ -6,6 +6,7 @@ GRU and RNN on the CPU so far."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import warnings
@@ -73,6 +74,15 @@ def _autocast_dtype(device_type):
     if torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     return None
+
+
+def _autocast_off(device_type):
+    """The context the modules call the operators in: autocast off, since each
+    module casts for itself as its nn counterpart does (the operators' own
+    AutocastCPU kernels are for direct callers; _ops.py)."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 class _NotScriptable:
@@ -260,9 +270,14 @@ class _RNNBase(_NotScriptable, nn.Module):
             else:
                 mask = torch.zeros(shape, dtype=x.dtype, device=x.device)
         need_reserve = _needs_grad(x, *states, *weights)
-        y, h_n, c_n, _ = torch.ops.fusedlstm.stack_forward(
-            x, weights, h0, c0, lengths, mask, self.num_layers, self.bidirectional, self.proj_size, self.bias,
-            batch_first, need_reserve, self._cell)
+        with _autocast_off(x.device.type):
+            y, h_n, c_n, _ = torch.ops.fusedlstm.stack_forward(
+                x, weights, h0, c0, lengths, mask, self.num_layers, self.bidirectional, self.proj_size, self.bias,
+                batch_first, need_reserve, self._cell)
+        if cast is not None and has_c and self.proj_size > 0 and x.device.type == "cpu":
+            # nn.LSTM with a projection under CPU autocast returns c_n in float32
+            # (its y and h_n in the autocast dtype): the same here
+            c_n = c_n.float()
         out = [h_n] + ([c_n] if has_c else [])
 
         if packed:
@@ -494,6 +509,13 @@ class _RNNCellBase(_NotScriptable, nn.Module):
             return h + connect, (c + connect if has_c else None)
         need_reserve = _needs_grad(x, *states, *weights)
         b_ih, b_hh = (weights[2], weights[3]) if self.bias else (None, None)
+        with _autocast_off(x.device.type):
+            h_new, c_new = self._step(x, h, c, weights, b_ih, b_hh, need_reserve, B, has_c)
+        if not batched:
+            h_new, c_new = h_new[0], (c_new[0] if has_c else None)
+        return h_new, (c_new if has_c else None)
+
+    def _step(self, x, h, c, weights, b_ih, b_hh, need_reserve, B, has_c):
         if not need_reserve:  # inference: the unpacked single-step kernel
             h_new, c_new = torch.ops.fusedlstm.cell_forward(x, h, c, weights[0], weights[1], b_ih, b_hh,
                                                             self._cell)
@@ -505,9 +527,7 @@ class _RNNCellBase(_NotScriptable, nn.Module):
                 x.unsqueeze(0), weights, h.unsqueeze(0), c.unsqueeze(0) if has_c else None, None, None, 1, False,
                 0, self.bias, False, need_reserve, self._cell)
             h_new, c_new = h_n[0], c_n[0] if has_c else None
-        if not batched:
-            h_new, c_new = h_new[0], (c_new[0] if has_c else None)
-        return h_new, (c_new if has_c else None)
+        return h_new, c_new
 
 
 class LSTMCell(_RNNCellBase):

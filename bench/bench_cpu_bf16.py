@@ -47,6 +47,43 @@ def parse_shape(s):
     return parts
 
 
+def openvino_lstm(w, T, B, threads, precision):
+    """OpenVINO's CPU plugin on one ONNX LSTM node with these weights (torch's
+    i,f,g,o rows -> ONNX's i,o,f,c), INFERENCE_PRECISION_HINT = precision
+    ("f32" or "bf16"); returns f(x) -> Y [T, 1, B, H], or a reason string."""
+    try:
+        import openvino as ov
+        import onnx
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError as e:
+        return f"not installed ({e.name})"
+    w_ih, w_hh, b_ih, b_hh = w
+    H, I = w_hh.shape[1], w_ih.shape[1]
+
+    def iofc(a):
+        blocks = a.reshape(4, H, *a.shape[1:])
+        return np.ascontiguousarray(blocks[[0, 3, 1, 2]].reshape(a.shape), dtype=np.float32)
+    inits = [numpy_helper.from_array(iofc(w_ih)[None], "W"), numpy_helper.from_array(iofc(w_hh)[None], "R"),
+             numpy_helper.from_array(np.concatenate([iofc(b_ih), iofc(b_hh)])[None], "B")]
+    node = helper.make_node("LSTM", ["X", "W", "R", "B"], ["Y"], hidden_size=H)
+    graph = helper.make_graph([node], "lstm", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [T, B, I])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [T, 1, B, H])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    core = ov.Core()
+    try:
+        compiled = core.compile_model(core.read_model(model.SerializeToString(), b""), "CPU",
+                                      {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": precision})
+    except Exception as e:  # noqa: BLE001 - a plugin refusal (e.g. bf16 unsupported) is a skip, named
+        return f"refused: {str(e).splitlines()[0][:120]}"
+    req = compiled.create_infer_request()
+    out = compiled.output(0)
+    got = compiled.get_property("INFERENCE_PRECISION_HINT")
+    if str(got).lower().find(precision) < 0:
+        return f"asked for {precision}, runs {got}"
+    return lambda x: req.infer({0: x})[out]
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -134,6 +171,12 @@ def main(argv=None):
                 fns["torch_bf16", "fwdbwd"] = t_fwdbwd(mb, xtb, dytb)
                 fns["torch_autocast", "fwdbwd"] = t_fwdbwd(m32, xt, dyt, True)
                 y_ref = t_fwd(m32, xt)().numpy()
+            for prec in ("f32", "bf16"):
+                f = openvino_lstm(w, T, B, threads, prec)
+                if callable(f):
+                    fns[f"openvino_{prec}", "fwd"] = (lambda f=f: f(x))
+                elif (threads, T, B, H) == (threads_list[0],) + shapes[0]:
+                    print(f"openvino {prec}: skipped, {f}")
                 check = float(np.abs(np.asarray(fl.lstm_forward(xb, *wb).y, np.float32) - y_ref).max())
             for mode in modes:
                 pairs = [(name, fn) for (name, md), fn in fns.items() if md == mode]

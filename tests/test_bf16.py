@@ -108,40 +108,13 @@ def run_reference(cell, arrays, opts, ups, *, precision, scope=None):
     return ref64, plain
 
 
-FORWARD_OUTPUTS = ("y", "h_n", "c_n", "h", "c")
-# The CPU backward rounds the operands of its GEMMs to bfloat16 as well (all but the
-# last dh0 = dgates_0 W_hh, for bfloat16 arrays and compute="bf16" alike), where
-# fusedlstm.h and the policy say float32: measured exact (1e-7) against the plain
-# implementation that rounds every product. Reported (a csrc/cpu question); until it
-# is settled a gradient outside the CPU rule is an expected failure ONLY IF it meets
-# a sanity bound, twice the looser of the two plain bounds (a wrong kernel still fails).
-KNOWN_BACKWARD = ("the CPU backward rounds its GEMM operands to bfloat16 (fusedlstm.h: float32): "
-                  "gradients outside the bfloat16 CPU rule, within the every-product-rounded plain's")
-
-
-def check_all(label, got, ref64, plain, *, dtype, precision, plain_all=None):
-    """The policy for every output; gradients outside it: see KNOWN_BACKWARD (plain_all:
-    the plain implementation rounding every product, outputs rounded as plain's)."""
-    known = []
+def check_all(label, got, ref64, plain, *, dtype, precision):
+    """The policy (tolerance.check) for every output and gradient."""
     for name, want in ref64.items():
         if want is None:
             assert got[name] is None, f"{label} {name}: expected None"
             continue
-        if name in FORWARD_OUTPUTS or plain_all is None:
-            assert_policy(f"{label} {name}", got[name], want, plain[name], dtype=dtype, precision=precision)
-            continue
-        assert np.asarray(got[name]).dtype == dtype, f"{label} {name}: dtype {got[name].dtype} != {dtype}"
-        problem = tolerance.check(f"{label} {name}", got[name], want, plain[name], precision=precision)
-        if problem is not None:
-            # a sanity bound until the backward's precision is settled: twice the looser of
-            # the two plain implementations' bounds (neither matches the kernels exactly where
-            # dh0 and the projection's products stay float32); a wrong kernel is far outside
-            m = tolerance.measure(got[name], want, plain[name], precision=precision)
-            m_all = tolerance.measure(got[name], want, plain_all[name], precision=precision)
-            assert m.err <= 2 * max(m.bound, m_all.bound), f"{problem}; every product rounded: {m_all.detail}"
-            known.append(problem)
-    if known:
-        pytest.xfail(f"{KNOWN_BACKWARD}: {known[0]}")
+        assert_policy(f"{label} {name}", got[name], want, plain[name], dtype=dtype, precision=precision)
 
 
 CONFIGS = [
@@ -153,15 +126,12 @@ CONFIGS = [
     ("m2o-rev", 4, 2, 3, 33, dict(mode="many_to_one", reverse=True)),
     ("o2m-repeat", 5, 3, 7, 9, dict(mode="one_to_many", feed="repeat")),
     ("o2m-first", 4, 5, 6, 13, dict(mode="one_to_many", feed="first")),
-    pytest.param(("o2m-output", 5, 3, 15, 15, dict(mode="one_to_many", feed="output")), marks=pytest.mark.xfail(
-        strict=False, reason="the bf16 kernels fold W_ih + W_hh for feed='output' and round the SUM to bfloat16 "
-                             "(an extra rounding the plain implementation does not make): up to 3x its error "
-                             "forward, far more in relu gradients; a csrc/cpu issue, reported")),
+    ("o2m-output", 5, 3, 15, 15, dict(mode="one_to_many", feed="output")),
     ("wide", 3, 17, 64, 70, dict()),  # more than one SIMD block of H and of B
 ]
 
 
-CONFIG_IDS = [c.values[0][0] if hasattr(c, "values") else c[0] for c in CONFIGS]
+CONFIG_IDS = [c[0] for c in CONFIGS]
 
 
 def _split(opts):
@@ -179,9 +149,7 @@ def test_bf16_arrays_forward_backward(cfg, cell, isa, rng, fl, BF16):
     o.update(extra)
     got = run_library(fl, cell, arrays, o, ups)
     ref64, plain = run_reference(cell, arrays, o, ups, precision="bfloat16_cpu")
-    plain_all = run_reference(cell, arrays, o, ups, precision="bfloat16_cpu", scope="all")[1]
-    check_all(f"{cell} {cfg[0]} isa={isa}", got, ref64, plain, dtype=BF16, precision="bfloat16_cpu",
-              plain_all=plain_all)
+    check_all(f"{cell} {cfg[0]} isa={isa}", got, ref64, plain, dtype=BF16, precision="bfloat16_cpu")
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -201,9 +169,7 @@ def test_compute_bf16_on_float32(cfg, cell, isa, rng, fl):
     strict = run_library(fl, cell, arrays, o, ups)
     scale = max(1.0, float(np.abs(ref64["y"]).max()))
     assert float(np.abs(got["y"] - strict["y"]).max()) > 2.0 ** -16 * scale
-    plain_all = run_reference(cell, arrays, o, ups, precision="float32_bf16", scope="all")[1]
-    check_all(f"{cell} {cfg[0]} isa={isa}", got, ref64, plain, dtype=np.float32, precision="float32_bf16",
-              plain_all=plain_all)
+    check_all(f"{cell} {cfg[0]} isa={isa}", got, ref64, plain, dtype=np.float32, precision="float32_bf16")
 
 
 def test_compute_bf16_refusals(fl, rng):
@@ -257,8 +223,7 @@ def test_lstm_projection_bf16(cell, isa, rng, fl, BF16):
     _, operands, storage = tolerance.plain_precision("bfloat16_cpu")
     ref64 = run(np.float64)
     plain = {k: storage(v) for k, v in run(np.float32, operands, "gates").items()}
-    plain_all = {k: storage(v) for k, v in run(np.float32, operands, "all").items()}
-    check_all(f"lstm proj isa={isa}", got, ref64, plain, dtype=BF16, precision="bfloat16_cpu", plain_all=plain_all)
+    check_all(f"lstm proj isa={isa}", got, ref64, plain, dtype=BF16, precision="bfloat16_cpu")
 
 
 # --------------------------------------------------------------------------------------
@@ -359,10 +324,10 @@ def test_layer_stack(dtype, stack, cell, isa, rng, fl, BF16):
                               b_ih=layer.params["bias_ih" + s], b_hh=layer.params["bias_hh" + s],
                               **({"w_hr": layer.params["weight_hr" + s]} if R else {})))
 
-    def run(dtype, rnd=None, scope="all"):
+    def run(dtype, rnd=None, scope="all", storage=None):
         r = reference.stack_forward(x, cells, h0, c0, num_layers=L, bidirectional=bidir, lengths=lens,
                                     dropout_masks=masks, cell=cell, dtype=dtype, round_operands=rnd,
-                                    round_scope=scope)
+                                    round_scope=scope, round_storage=storage)
         g = reference.stack_backward(r, dy, dh_n, dc_n)
         out = dict(y=r.y, h_n=r.h_n, c_n=r.c_n, dx=g["dx"], dh0=g["dh0"], dc0=g["dc0"])
         for pname in layer.params:
@@ -374,12 +339,11 @@ def test_layer_stack(dtype, stack, cell, isa, rng, fl, BF16):
 
     precision = "bfloat16_cpu" if bf else "float32_bf16"
     _, operands, storage = tolerance.plain_precision(precision)
-    plain, plain_all = run(np.float32, operands, "gates"), run(np.float32, operands, "all")
+    # bfloat16 arrays: the stack keeps its layer outputs and input gradients in bfloat16 too
+    plain = run(np.float32, operands, "gates", storage)
     if storage is not None:
         plain = {k: None if v is None else storage(v) for k, v in plain.items()}
-        plain_all = {k: None if v is None else storage(v) for k, v in plain_all.items()}
-    check_all(f"{LAYER[cell]} {name} isa={isa}", got, run(np.float64), plain, dtype=dt, precision=precision,
-              plain_all=plain_all)
+    check_all(f"{LAYER[cell]} {name} isa={isa}", got, run(np.float64), plain, dtype=dt, precision=precision)
 
 
 # --------------------------------------------------------------------------------------

@@ -35,8 +35,9 @@ def _np(t):
 
 
 def _reference_stack(module, cell, x, h0, c0, dy, dh_n, dc_n, *, rounded):
-    """(ref64, plain, plain_all) dicts of the stack on the module's parameters (rounded to
-    bfloat16 when `rounded`: what autocast hands the kernels)."""
+    """(ref64, plain) dicts of the stack on the module's parameters (rounded to
+    bfloat16 when `rounded`: what autocast hands the kernels); the plain stack keeps
+    its layer outputs and input gradients in bfloat16, as the library's does."""
     rnd = tolerance.rounder(7)
     p = {k: (rnd(_np(v)) if rounded else _np(v)) for k, v in module.named_parameters()}
     L, D = module.num_layers, 2 if module.bidirectional else 1
@@ -47,9 +48,9 @@ def _reference_stack(module, cell, x, h0, c0, dy, dh_n, dc_n, *, rounded):
             cells.append(dict(w_ih=p["weight_ih" + s], w_hh=p["weight_hh" + s], b_ih=p["bias_ih" + s],
                               b_hh=p["bias_hh" + s], **({"w_hr": p["weight_hr" + s]} if "weight_hr" + s in p else {})))
 
-    def run(dtype, operands=None, scope="all"):
+    def run(dtype, operands=None, scope="all", storage=None):
         r = reference.stack_forward(x, cells, h0, c0, num_layers=L, bidirectional=D == 2, cell=cell, dtype=dtype,
-                                    round_operands=operands, round_scope=scope)
+                                    round_operands=operands, round_scope=scope, round_storage=storage)
         g = reference.stack_backward(r, dy, dh_n, dc_n)
         out = dict(y=r.y, h_n=r.h_n, c_n=r.c_n, dx=g["dx"])
         for name in p:
@@ -60,9 +61,8 @@ def _reference_stack(module, cell, x, h0, c0, dy, dh_n, dc_n, *, rounded):
         return out
 
     storage = tolerance.rounder(7)
-    plain = {k: None if v is None else storage(v) for k, v in run(np.float32, rnd, "gates").items()}
-    plain_all = {k: None if v is None else storage(v) for k, v in run(np.float32, rnd, "all").items()}
-    return run(np.float64), plain, plain_all
+    plain = {k: None if v is None else storage(v) for k, v in run(np.float32, rnd, "gates", storage).items()}
+    return run(np.float64), plain
 
 
 def _inputs(module, cell, seed, T=5, B=3):
@@ -97,9 +97,9 @@ def test_module_to_bfloat16(stack, seed):
     for k, v in got.items():
         assert v is None or v.dtype == torch.bfloat16, k
     got = {k: None if v is None else _np(v).astype(ml_bf16()) for k, v in got.items()}
-    ref64, plain, plain_all = _reference_stack(m, cell, *(None if t is None else _np(t)
+    ref64, plain = _reference_stack(m, cell, *(None if t is None else _np(t)
                                                            for t in (x, h0, c0, dy, dh_n, dc_n)), rounded=False)
-    check_all(f"{cls} .to(bf16)", got, ref64, plain, dtype=ml_bf16(), precision=PREC, plain_all=plain_all)
+    check_all(f"{cls} .to(bf16)", got, ref64, plain, dtype=ml_bf16(), precision=PREC)
 
 
 def ml_bf16():
@@ -134,14 +134,14 @@ def test_autocast_like_nn(stack, seed):
                **{"d:" + n: p.grad for n, p in m.named_parameters()})
     assert all(p.grad.dtype == torch.float32 for p in m.parameters())
     rnd = tolerance.rounder(7)
-    ref64, plain, plain_all = _reference_stack(m, cell, rnd(_np(x)), rnd(_np(h0)),
+    ref64, plain = _reference_stack(m, cell, rnd(_np(x)), rnd(_np(h0)),
                                                None if c0 is None else rnd(_np(c0)), _np(dy), _np(dh_n),
                                                None if dc_n is None else _np(dc_n), rounded=True)
-    for d in (ref64, plain, plain_all):
+    for d in (ref64, plain):
         d.pop("dx")
     # outputs are compared as bfloat16 (c_n of a projection LSTM is float32 holding bfloat16 values)
     out = {k: None if v is None else _np(v).astype(ml_bf16()) for k, v in out.items()}
-    check_all(f"{cls} autocast", out, ref64, plain, dtype=ml_bf16(), precision=PREC, plain_all=plain_all)
+    check_all(f"{cls} autocast", out, ref64, plain, dtype=ml_bf16(), precision=PREC)
 
 
 @pytest.mark.parametrize("cls, cell", [("LSTMCell", "lstm"), ("GRUCell", "gru"), ("RNNCell", "rnn_tanh")])
@@ -174,7 +174,7 @@ def test_cell_to_bfloat16(cls, cell, B, seed):
 
     st = lambda d: {k: None if v is None else rnd(v) for k, v in d.items()}  # noqa: E731
     check_all(f"{cls} B={B}", got, run(np.float64), st(run(np.float32, rnd, "gates")), dtype=ml_bf16(),
-              precision=PREC, plain_all=st(run(np.float32, rnd, "all")))
+              precision=PREC)
 
 
 def test_operator_autocast_follows_aten():

@@ -83,12 +83,15 @@ struct FwdStepArgs {
   T* y;                      // or nullptr: row r's H values go to y + y_row_offset[r]
   const int64_t* y_row_offset;
   // The bfloat16 step kernels only (Bf16Kernels): w_bf16 replaces w, as
-  // bfloat16 pair panels (see Bf16Kernels); h_bf16 is the calling thread's
-  // scratch of [rows, ld_h_bf16 >= roundup(K, 2)] bfloat16, which the step
-  // fills with h_{t-1} rounded to bfloat16.
+  // bfloat16 pair panels (see Bf16Kernels) of h_repeats*K rows; h_bf16 is the
+  // calling thread's scratch of [rows, ld_h_bf16 >= roundup(h_repeats*K, 2)]
+  // bfloat16, which the step fills with h_{t-1} rounded to bfloat16,
+  // h_repeats times side by side (2: W_ih and W_hh stacked along K for
+  // feed="output", where x_t = h_{t-1}).
   const uint16_t* w_bf16 = nullptr;
   uint16_t* h_bf16 = nullptr;
   int64_t ld_h_bf16 = 0;
+  int64_t h_repeats = 1;
 };
 
 // One fused backward step t for output hidden-unit groups [group_begin,

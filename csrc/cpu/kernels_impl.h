@@ -383,7 +383,8 @@ struct Impl {
     if constexpr (kBf16) {
       const uint16_t* ab[RB];
       for (int r = 0; r < RB; ++r) ab[r] = s.h_bf16 + (row0 + r) * s.ld_h_bf16;
-      panel_dot_bf16<RB, NQ>(ab, s.K, s.w_bf16 + j * ((s.K + 1) / 2) * 2 * PW, 2 * PW, acc);
+      const int64_t Kd = s.K * s.h_repeats;
+      panel_dot_bf16<RB, NQ>(ab, Kd, s.w_bf16 + j * ((Kd + 1) / 2) * 2 * PW, 2 * PW, acc);
     } else {
       panel_dot<RB, NQ>(a, s.K, s.w + j * s.K * PW, PW, acc);
     }
@@ -454,7 +455,9 @@ struct Impl {
     for (int64_t r = 0; r < s.rows; ++r) {
       uint16_t* hb = s.h_bf16 + r * s.ld_h_bf16;
       row_to_bf16(s.h_prev + r * s.ld_h_prev, hb, s.K);
-      if (s.K % 2) hb[s.K] = 0;
+      for (int64_t i = 1; i < s.h_repeats; ++i)
+        for (int64_t k = 0; k < s.K; ++k) hb[i * s.K + k] = hb[k];
+      if (s.K * s.h_repeats % 2) hb[s.K * s.h_repeats] = 0;
     }
     for (int64_t j = panel_begin; j < panel_end; ++j)
       for (int64_t row0 = 0; row0 < s.rows; row0 += RBMAX)

@@ -650,7 +650,7 @@ void forward_typed(const fl_forward_params& p, void* reserve, bool bf16 = false)
   // block, r and z summed, hn, xn: the LSTM's panel shape).
   Buffer<T> wsum_panels;
   const bool fed_back = one_to_many && p.feed == FL_FEED_OUTPUT;
-  if (fed_back) {
+  if (fed_back && !bf16) {  // (bf16 stacks them instead, below)
     const int64_t n = g.G * H * Ks;
     Buffer<T> wsum(gru ? 4 * H * Ks : n);
     for (int64_t i = 0; i < n; ++i) wsum.data()[i] = w_ih[i] + w_hh[i];
@@ -660,16 +660,30 @@ void forward_typed(const fl_forward_params& p, void* reserve, bool bf16 = false)
     }
     wsum_panels = pack_gate_panels(wsum.data(), Ks, gru ? Geometry(kLstm, H, kern.width) : g, threads);
   }
-  // The bfloat16 step panels ([K, PW] panels as pairs) and each thread's h_{t-1} scratch.
-  Buffer<uint16_t> whh_pairs, wsum_pairs, h_bf16;
-  const int64_t ld_h_bf16 = (Ks + 31) / 32 * 32;
+  // The bfloat16 step panels ([K, PS] panels as pairs) and each thread's h_{t-1}
+  // scratch. feed="output"'s steps t >= 1 do not round W_ih + W_hh (a second
+  // rounding of the weights): they stack the two along K, [W_ih | W_hh] against
+  // [h_{t-1} | h_{t-1}] (the GRU's four-vector blocks: r, z [W_i | W_h], hn
+  // [0 | W_hn], xn [W_in | 0]), twice the products of one sum.
+  Buffer<uint16_t> whh_pairs, wstack_pairs, h_bf16;
+  const int64_t ld_h_bf16 = ((fed_back ? 2 : 1) * Ks + 31) / 32 * 32;
   if constexpr (std::is_same_v<T, float>) {
     if (bf16) {
-      const int64_t pw = g.PS;  // the weights' panel width (cell_shape: NQ = G*U vectors)
-      whh_pairs = to_bf16_pairs(whh_panels.data(), g.n_panels, Ks, pw, threads);
+      whh_pairs = to_bf16_pairs(whh_panels.data(), g.n_panels, Ks, g.PS, threads);
       if (fed_back) {
-        const Geometry gs = gru ? Geometry(kLstm, H, kern.width) : g;  // kGruFedBack: four vectors a block
-        wsum_pairs = to_bf16_pairs(wsum_panels.data(), gs.n_panels, Ks, gs.PS, threads);
+        const int64_t blocks = gru ? 4 : g.G;  // gate blocks of H rows
+        Buffer<T> wstack(blocks * H * 2 * Ks, true);
+        for (int64_t q = 0; q < blocks; ++q) {
+          const int64_t qi = gru && q == 3 ? 2 : q;  // the GRU's xn block takes W_in
+          for (int64_t u = 0; u < H; ++u) {
+            T* row = wstack.data() + (q * H + u) * 2 * Ks;
+            if (!(gru && q == 2)) std::memcpy(row, w_ih + (qi * H + u) * Ks, size_t(Ks) * sizeof(T));
+            if (!(gru && q == 3)) std::memcpy(row + Ks, w_hh + (qi * H + u) * Ks, size_t(Ks) * sizeof(T));
+          }
+        }
+        const Geometry gs = gru ? Geometry(kLstm, H, kern.width) : g;
+        const Buffer<T> panels = pack_gate_panels(wstack.data(), 2 * Ks, gs, threads);
+        wstack_pairs = to_bf16_pairs(panels.data(), gs.n_panels, 2 * Ks, gs.PS, threads);
       }
     }
   }
@@ -769,17 +783,18 @@ void forward_typed(const fl_forward_params& p, void* reserve, bool bf16 = false)
         s.y = (y && !proj) ? y : nullptr;
         s.y_row_offset = y ? y_offset.data() + ord.off[t] : nullptr;
         const int step_kind = gru && fed_back && t >= 1 ? int(kGruFedBack) : cell;
-        if constexpr (std::is_same_v<T, float>) {
-          if (bf16) {
-            s.w_bf16 = (t >= 1 && wsum_pairs.data()) ? wsum_pairs.data() : whh_pairs.data();
-            s.h_bf16 = h_bf16.data() + tid * B * ld_h_bf16;
-            s.ld_h_bf16 = ld_h_bf16;
-          }
+        const bool bf16_step = bf16;
+        if (bf16_step) {
+          const bool stacked = fed_back && t >= 1;
+          s.w_bf16 = stacked ? wstack_pairs.data() : whh_pairs.data();
+          s.h_repeats = stacked ? 2 : 1;
+          s.h_bf16 = h_bf16.data() + tid * B * ld_h_bf16;
+          s.ld_h_bf16 = ld_h_bf16;
         }
         if (j0 < j1) {
           if constexpr (std::is_same_v<T, float>)
-            if (bf16) table.bf16.fwd_step[step_kind](s, j0, j1);
-          if (!bf16) kern.fwd_step[step_kind](s, j0, j1);
+            if (bf16_step) table.bf16.fwd_step[step_kind](s, j0, j1);
+          if (!bf16_step) kern.fwd_step[step_kind](s, j0, j1);
         }
         stop.poll(tid, t);
         barrier.wait(tid);
@@ -858,9 +873,11 @@ void backward_typed(const fl_forward_params& fp, const void* reserve, const fl_b
     if (gru) std::memcpy(wsum.data() + 2 * H * Ks, w_hh + 2 * H * Ks, size_t(H * Ks) * sizeof(T));  // n: W_hn
     wt_sum = pack_transposed_panels(wsum.data(), Ks, g, threads);
   }
-  // The bfloat16 path: pair panels of those, and each thread's dG_{t+1} scratch.
-  const bool bf16_steps = bf16 && !proj;
-  Buffer<uint16_t> wt_hh_pairs, wt_ih_pairs, wt_sum_pairs, dg_scratch;
+  // The bfloat16 path: pair panels of W_ih^T and W_hh^T, and each thread's
+  // dG_{t+1} scratch. Float32 steps with projection (dh_t goes through W_hr)
+  // and with feed="output" (W_ih + W_hh: see forward_typed).
+  const bool bf16_steps = bf16 && !proj && !feed_output;
+  Buffer<uint16_t> wt_hh_pairs, wt_ih_pairs, dg_scratch;
   const int64_t ld_dg_bf16 = (Gc + 31) / 32 * 32;
   if (bf16) {
     auto pairs_of = [&](const Buffer<T>& panels) {
@@ -869,7 +886,7 @@ void backward_typed(const fl_forward_params& fp, const void* reserve, const fl_b
       return Buffer<uint16_t>();
     };
     wt_ih_pairs = pairs_of(wt_ih);
-    if (bf16_steps) wt_hh_pairs = pairs_of(feed_output ? wt_sum : wt_hh);
+    wt_hh_pairs = pairs_of(wt_hh);
   }
   // The GRU's W_in as [H, Ks] panels: x_t = h_{t-1} reaches the n gate's
   // input side too (feed output), dh_{t-1} += dxn_t W_in.
@@ -927,6 +944,15 @@ void backward_typed(const fl_forward_params& fp, const void* reserve, const fl_b
 
   const int nth = recurrent_threads(B, Gc, Ks, g.n_groups);
   if (bf16_steps) dg_scratch = Buffer<uint16_t>(int64_t(nth) * B * ld_dg_bf16, true);
+  // With projection, dh_t += dG_{t+1} W_hh is a GEMM inside the loop: its A rows
+  // rounded into one shared buffer (each thread a share, before a barrier).
+  const bool bf16_proj_steps = bf16 && proj && !feed_output;
+  Buffer<uint16_t> dg16;
+  std::vector<uint16_t*> dg16_rows;
+  if (bf16_proj_steps) {
+    dg16 = Buffer<uint16_t>(B * Gc, true);
+    for (int64_t r = 0; r < B; ++r) dg16_rows.push_back(dg16.data() + r * Gc);
+  }
   SpinBarrier barrier(nth);
   TeamStop stop;
   ThreadPool::instance().run(nth, [&](int tid, int n) {
@@ -935,7 +961,7 @@ void backward_typed(const fl_forward_params& fp, const void* reserve, const fl_b
     for (int64_t t = T_ - 1; t >= 0; --t) {
       const int64_t rows = ord.nact[t], rec_rows = ord.nact[t + 1];
       BwdStepArgs<T> s;
-      if (bf16_steps) {  // the weights of step t + 1 >= 1, as pairs
+      if (bf16_steps) {
         s.wt_bf16 = wt_hh_pairs.data();
         s.dg_bf16 = dg_scratch.data() + tid * B * ld_dg_bf16;
         s.ld_dg_bf16 = ld_dg_bf16;
@@ -989,12 +1015,28 @@ void backward_typed(const fl_forward_params& fp, const void* reserve, const fl_b
           const T* dyr = dy_per_step ? dy + dy_offset[ord.off[t] + r] : nullptr;
           for (int64_t u = 0; u < R; ++u) d[u] = (init ? init[u] : T(0)) + (dyr ? dyr[u] : T(0));
         }
+        if constexpr (std::is_same_v<T, float>) {
+          if (bf16_proj_steps) {  // this thread's share of the rows of dG_{t+1}, rounded
+            int64_t a0, a1;
+            split_range(rec_rows, tid, n, a0, a1);
+            for (int64_t r = a0; r < a1; ++r) table.bf16.to_bf16(dg_rows[ord.off[t + 1] + r], dg16_rows[r], Gc);
+          }
+        }
         barrier.wait(tid);
         if (rec_rows > 0) {
-          GemmArgs<T> a{rec_rows, R, Gc, dg_rows.data() + ord.off[t + 1],
-                        feed_output ? wt_sum.data() : wt_hh.data(), g.P, Gc * g.P,
-                        dh_rows.data() + ord.off[t], nullptr, true};
-          kern.gemm(a, tid, n);
+          if constexpr (std::is_same_v<T, float>) {
+            if (bf16_proj_steps) {
+              GemmBf16Args a{rec_rows, R, Gc, dg16_rows.data(), wt_hh_pairs.data(), 2 * g.P, Gc * g.P,
+                             dh_rows.data() + ord.off[t], nullptr, true};
+              table.bf16.gemm(a, tid, n);
+            }
+          }
+          if (!bf16_proj_steps) {
+            GemmArgs<T> a{rec_rows, R, Gc, dg_rows.data() + ord.off[t + 1],
+                          feed_output ? wt_sum.data() : wt_hh.data(), g.P, Gc * g.P,
+                          dh_rows.data() + ord.off[t], nullptr, true};
+            kern.gemm(a, tid, n);
+          }
         }
         barrier.wait(tid);
         // ... then dm_t = dh_t W_hr feeds the cell backward.
@@ -1026,8 +1068,19 @@ void backward_typed(const fl_forward_params& fp, const void* reserve, const fl_b
   {
     std::vector<T*> c_rows(B);
     for (int64_t r = 0; r < B; ++r) c_rows[r] = static_cast<T*>(p.dh0) + ord.perm[r] * Ks;
-    GemmArgs<T> a{B, Ks, Gc, dg_rows.data(), wt_hh.data(), g.P, Gc * g.P, c_rows.data(), nullptr, false};
-    run_gemm(kern, a, threads);
+    if constexpr (std::is_same_v<T, float>) {
+      if (bf16) {
+        const Buffer<uint16_t> a16 = bf16_rows(table.bf16, B, Gc, Gc, threads, [&](int64_t r) { return dg_rows[r]; });
+        std::vector<const uint16_t*> rows16(B);
+        for (int64_t r = 0; r < B; ++r) rows16[r] = a16.data() + r * Gc;
+        GemmBf16Args a{B, Ks, Gc, rows16.data(), wt_hh_pairs.data(), 2 * g.P, Gc * g.P, c_rows.data(), nullptr, false};
+        run_gemm_bf16(table.bf16, a, threads);
+      }
+    }
+    if (!bf16) {
+      GemmArgs<T> a{B, Ks, Gc, dg_rows.data(), wt_hh.data(), g.P, Gc * g.P, c_rows.data(), nullptr, false};
+      run_gemm(kern, a, threads);
+    }
     if (gru)
       for (int64_t r = 0; r < B; ++r)
         for (int64_t u = 0; u < H; ++u) c_rows[r][u] += dc.data()[r * g.Hp + u];
@@ -1145,24 +1198,44 @@ void backward_typed(const fl_forward_params& fp, const void* reserve, const fl_b
     for (int64_t r = 0; r < B; ++r) x_rows[r] = x + r * fp.x_stride_b;
     transpose_rows(x_rows, I, x_t.data(), threads);
     // The gate gradient that reaches x: summed over steps (repeat) or step 0's.
+    // bfloat16 repeat: the products of every step (x^T dG_t, dG_t W_ih), summed
+    // after: rounding the sum of the dG_t would round another operand.
     Buffer<T> dg_x;
     const T* dgx = dg.data();
-    if (fp.feed == FL_FEED_REPEAT) {
+    if (bf16 && fp.feed == FL_FEED_REPEAT) {
+      Buffer<T> x_tiled(I * ord.total);  // x^T beside itself T times: [I, T*B]
+      parallel_for(I, threads, [&](int64_t k0, int64_t k1) {
+        for (int64_t k = k0; k < k1; ++k)
+          for (int64_t t = 0; t < T_; ++t)
+            std::memcpy(x_tiled.data() + k * ord.total + t * B, x_t.data() + k * B, size_t(B) * sizeof(T));
+      });
+      weight_gemm(x_tiled.data(), ord.total, I, ord.total, dg.data(), dwih_t.data(), false);
+      Buffer<T> dx_steps(ord.total * I);
+      std::vector<T*> step_rows(ord.total);
+      for (int64_t i = 0; i < ord.total; ++i) step_rows[i] = dx_steps.data() + i * I;
+      dx_gemm(dg_rows.data(), ord.total, step_rows.data());
+      Buffer<T> dx_sum(B * I);
+      sum_rows(dx_steps.data(), T_, B * I, 1, dx_sum.data(), threads);  // over steps
+      for (int64_t r = 0; r < B; ++r)
+        std::memcpy(dx + r * p.dx_stride_b, dx_sum.data() + r * I, size_t(I) * sizeof(T));
+    } else if (fp.feed == FL_FEED_REPEAT) {
       dg_x = Buffer<T>(B * Gc + g.P);
       std::memset(dg_x.data() + B * Gc, 0, size_t(g.P) * sizeof(T));
       sum_rows(dg.data(), T_, B * Gc, g.W, dg_x.data(), threads);  // sum over steps
       dgx = dg_x.data();
     }
-    weight_gemm(x_t.data(), B, I, B, dgx, dwih_t.data(), false);
-    if (feed_output && T_ > 1)  // x_t = h_{t-1} for t >= 1 also goes through W_ih
-      weight_gemm(hprev_t.data() + B, ord.total, Ks, ord.total - B, dg.data() + B * Gc, dwih_t.data(), true);
-    std::vector<const T*> rows(B);
-    std::vector<T*> out_rows(B);
-    for (int64_t r = 0; r < B; ++r) {
-      rows[r] = dgx + r * Gc;
-      out_rows[r] = dx + r * p.dx_stride_b;
+    if (!(bf16 && fp.feed == FL_FEED_REPEAT)) {
+      weight_gemm(x_t.data(), B, I, B, dgx, dwih_t.data(), false);
+      if (feed_output && T_ > 1)  // x_t = h_{t-1} for t >= 1 also goes through W_ih
+        weight_gemm(hprev_t.data() + B, ord.total, Ks, ord.total - B, dg.data() + B * Gc, dwih_t.data(), true);
+      std::vector<const T*> rows(B);
+      std::vector<T*> out_rows(B);
+      for (int64_t r = 0; r < B; ++r) {
+        rows[r] = dgx + r * Gc;
+        out_rows[r] = dx + r * p.dx_stride_b;
+      }
+      dx_gemm(rows.data(), B, out_rows.data());
     }
-    dx_gemm(rows.data(), B, out_rows.data());
   }
 
   // Back from interleaved columns to nn.LSTM's [4H, K] row layout.

@@ -196,13 +196,15 @@ ROUND_SCOPES = ("all", "gates")
 
 
 def _matmuls(round_operands, round_scope):
-    """(gate products, projection, backward products) as functions: round_scope
-    "all" rounds the operands of every matrix product, "gates" those of the
-    forward's x W_ih^T and h W_hh^T only (the CPU's bfloat16 kernels)."""
+    """(gate products, projection, backward products, backward projection
+    products) as functions: round_scope "all" rounds the operands of every
+    matrix product, "gates" those of the products with the gate weights W_ih
+    and W_hh, forward and backward, but not the projection's (the CPU's
+    bfloat16 kernels)."""
     if round_scope not in ROUND_SCOPES:
         raise ValueError(f"round_scope: {round_scope!r} is not one of {ROUND_SCOPES}")
     mm = _matmul(round_operands)
-    return (mm, mm, mm) if round_scope == "all" else (mm, np.matmul, np.matmul)
+    return (mm, mm, mm, mm) if round_scope == "all" else (mm, np.matmul, mm, np.matmul)
 
 
 # --------------------------------------------------------------------------
@@ -249,7 +251,7 @@ def _direction_forward(xs, mask, w, h0, c0, dtype, *, cell="lstm", mm=np.matmul,
 
 
 def _direction_backward(xs, mask, w, cache, dys, dh_n, dc_n, dtype, *, cell="lstm", mm=np.matmul,
-                        feed_output=False):
+                        mm_proj=np.matmul, feed_output=False):
     """-> dxs, dh0, dc0 (None without c), grads dict: w_ih, w_hh, b (of b_ih), b_hh, w_hr."""
     spec = _cell_spec(cell)
     T, B, _ = xs.shape
@@ -269,8 +271,8 @@ def _direction_backward(xs, mask, w, cache, dys, dh_n, dc_n, dtype, *, cell="lst
         if w_hr is None:
             dm = dh_t
         else:
-            dm = mm(dh_t, w_hr)
-            grads["w_hr"] += mm(dh_t.T, cache["ms"][t])
+            dm = mm_proj(dh_t, w_hr)
+            grads["w_hr"] += mm_proj(dh_t.T, cache["ms"][t])
         c_prev, c_new = (None, None) if cs is None else (cs[t], cs[t + 1])
         dgx, dgh, dh_direct, dc_prev = spec.backward(cache["acts"][t], hs[t], c_prev, c_new, dm, dc)
         dgx = np.where(keep, dgx, 0)  # padded step: nothing computed
@@ -336,9 +338,9 @@ def forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, mode="many
     # (the tests' plain reduced-precision baseline: GEMM operands rounded to bfloat16 /
     # float16 / TF32, accumulation in `dtype`); round_scope: which products, "all"
     # (every product of forward and backward: CUDA's storage types) or "gates" (the
-    # forward's x W_ih^T and h_{t-1} W_hh^T only; projection and backward unrounded:
+    # products with W_ih and W_hh, forward and backward; the projection's unrounded:
     # the CPU's bfloat16). See fusedlstm/tolerance.py.
-    mm, mm_proj, _ = _matmuls(round_operands, round_scope)
+    mm, mm_proj, _, _ = _matmuls(round_operands, round_scope)
     spec = _cell_spec(cell)
     if mode not in MODES:
         raise ValueError(f"mode: unknown mode {mode!r}, expected one of {MODES}")
@@ -429,6 +431,7 @@ def backward(res, dy=None, dh_n=None, dc_n=None):
     cache = dict(hs=res.hs, cs=res.cs, acts=res.acts)
     dxs, dh0, dc0, g = _direction_backward(res.xs, res.mask, w, cache, dys, dh, dc, dtype, cell=res.cell,
                                            mm=_matmuls(res.round_operands, res.round_scope)[2],
+                                           mm_proj=_matmuls(res.round_operands, res.round_scope)[3],
                                            feed_output=res.mode == "one_to_many" and res.feed == "output")
     if res.rev is not None:
         dxs = _gather_time(dxs, res.rev)  # the reversal is its own inverse
@@ -480,12 +483,18 @@ class StackResult:
 
 
 def stack_forward(x, cells, h0=None, c0=None, *, num_layers=1, bidirectional=False, lengths=None,
-                  dropout_masks=None, cell="lstm", dtype=np.float64, round_operands=None, round_scope="all"):
+                  dropout_masks=None, cell="lstm", dtype=np.float64, round_operands=None, round_scope="all",
+                  round_storage=None):
     """x (T, B, I) time-major; cells: list of L*D weight dicts (see above);
     dropout_masks: None or (L-1, T, B, D*Hout) factors; round_operands and
-    round_scope as forward's."""
+    round_scope as forward's. round_storage: None, or a function rounding an
+    array to the storage format of a stack whose arrays between layers are of
+    a narrower type (the CPU's bfloat16): applied where such a stack stores
+    one, to each layer output, the dropout product, and in backward to each
+    direction's input gradient, their sum and its dropout product."""
+    rs = round_storage or (lambda a: a)
     spec = _cell_spec(cell)
-    mm, mm_proj, mm_back = _matmuls(round_operands, round_scope)
+    mm, mm_proj, mm_back, mm_back_proj = _matmuls(round_operands, round_scope)
     if not spec.has_c and c0 is not None:
         raise ValueError(f"c0: cell={cell!r} has no cell state")
     x = np.asarray(x, dtype)
@@ -508,7 +517,7 @@ def stack_forward(x, cells, h0=None, c0=None, *, num_layers=1, bidirectional=Fal
     layer_in = np.where(mask[:, :, None], x, 0)
     for k in range(L):
         if k > 0 and dropout_masks is not None:
-            layer_in = layer_in * np.asarray(dropout_masks[k - 1], dtype)
+            layer_in = rs(layer_in * np.asarray(dropout_masks[k - 1], dtype))
         inputs.append(layer_in)
         outs = []
         for d in range(D):
@@ -520,11 +529,13 @@ def stack_forward(x, cells, h0=None, c0=None, *, num_layers=1, bidirectional=Fal
             h_n[idx] = cache["hs"][T]
             if c_n is not None:
                 c_n[idx] = cache["cs"][T]
-            outs.append(cache["y"] if d == 0 else _gather_time(cache["y"], rev))
+            y_d = rs(cache["y"]) if k < L - 1 else cache["y"]  # the last layer's y is the caller's output
+            outs.append(y_d if d == 0 else _gather_time(y_d, rev))
         layer_in = np.concatenate(outs, axis=2)
     return StackResult(layer_in, h_n, c_n,
                        dict(cells=cells, inputs=inputs, caches=caches, mask=mask, rev=rev, D=D, L=L,
-                            masks=dropout_masks, dtype=dtype, cell=cell, mm_back=mm_back))
+                            masks=dropout_masks, dtype=dtype, cell=cell, mm_back=mm_back,
+                            mm_back_proj=mm_back_proj, round_storage=rs))
 
 
 def stack_backward(res, dy=None, dh_n=None, dc_n=None):
@@ -555,11 +566,13 @@ def stack_backward(res, dy=None, dh_n=None, dc_n=None):
                 dys = _gather_time(dys, rev)
             dxs, dh0[idx], dc0_idx, cell_grads[idx] = _direction_backward(
                 xs, mask, c["cells"][idx], c["caches"][idx], dys, dh_n[idx],
-                dc_n[idx] if has_c else None, dtype, cell=cell, mm=c.get("mm_back", np.matmul))
+                dc_n[idx] if has_c else None, dtype, cell=cell, mm=c.get("mm_back", np.matmul),
+                mm_proj=c.get("mm_back_proj", np.matmul))
             if has_c:
                 dc0[idx] = dc0_idx
-            d_in += dxs if d == 0 else _gather_time(dxs, rev)  # the reversal is its own inverse
+            rs = c.get("round_storage", lambda a: a)
+            d_in = rs(d_in + rs(dxs if d == 0 else _gather_time(dxs, rev)))  # the reversal is its own inverse
         if k > 0 and c["masks"] is not None:
-            d_in = d_in * np.asarray(c["masks"][k - 1], dtype)
+            d_in = rs(d_in * np.asarray(c["masks"][k - 1], dtype))
         dout = d_in
     return dict(dx=np.where(mask[:, :, None], dout, 0), dh0=dh0, dc0=dc0, cells=cell_grads)

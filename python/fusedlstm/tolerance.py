@@ -49,28 +49,34 @@ format (TF32 stores float32). Its inputs, like ref64's, are those the library
 saw: already in the storage format.
 
 bfloat16 on the CPU (written down with issue 12). The CPU kernels differ from
-CUDA's: the forward rounds the operands of the gate products only (x, W_ih,
-W_hh and h_{t-1}, each step) to bfloat16 and accumulates them in float32; the
-cell state, the gate math and the projection (w_hr) stay float32, and the
-backward is float32 on the bfloat16 values. The rule is the one above, with a
-plain implementation that rounds those same operands and no others:
-* "bfloat16_cpu" (bfloat16 arrays on the CPU): the float32 reference whose
-  forward rounds x, W_ih, W_hh and h_{t-1} to bfloat16 before each of the two
-  gate products (float32 sums, cell, gates, projection), whose backward is the
-  plain float32 backward on those values, and whose outputs (y, h_n, c_n and
-  every gradient) are rounded to bfloat16 once;
+CUDA's: they round the operands of the products with the gate weights to
+bfloat16 and accumulate in float32, forward (x W_ih^T, h_{t-1} W_hh^T, h_{t-1}
+rounded each step) and backward (dG W_ih, dG W_hh, dG^T x, dG^T h: the gate
+gradients rounded); the cell state, the gate math and the projection's
+products (w_hr) stay float32. The rule is the one above, with a plain
+implementation that rounds those same operands and no others:
+* "bfloat16_cpu" (bfloat16 arrays on the CPU): the float32 reference with
+  those products' operands rounded to bfloat16 (round_scope "gates"), its
+  outputs (y, h_n, c_n and every gradient) rounded to bfloat16 once, and in a
+  layer stack the arrays kept between layers (layer outputs, their dropout
+  product, input gradients and their sum) rounded as the stack stores them;
 * "float32_bf16" (float32 arrays with compute="bf16", the core's allow_bf16):
-  the same forward with float32 outputs (no rounding of the stored result:
-  it shows the kernels' precision without the output's own rounding) and the
-  plain float32 backward.
-Why this plain implementation and not CUDA's: a plain implementation that
-rounded more (the projection, the backward's products) would be less accurate
-than the kernels are designed to be and would let a kernel that rounds where
-it should not pass; one that rounded less (float32) would fail kernels that do
-exactly what the format asks, since rounding h_{t-1} each step is the bulk of
-the error (2^-9 relative per step, carried through the recurrence). Factor 2
-and the floor as above (the floor's storage term: 2^-7 / 2 for bfloat16_cpu,
-none beyond float32 for float32_bf16).
+  the same products, float32 outputs (no rounding of the stored result: it
+  shows the kernels' precision without the output's own rounding).
+Where the kernels round less than this plain implementation (feed="output"'s
+steps t >= 1 run float32 on W_ih + W_hh; the single step is float32 on its
+bfloat16 inputs), they are more accurate and the rule holds all the more.
+Why this plain implementation and not CUDA's: one that rounded more (the
+projection, the states) would be less accurate than the kernels are designed
+to be and would let a kernel that rounds where it should not pass; one that
+rounded less (float32) would fail kernels that do exactly what the format
+asks (rounding h_{t-1} each step is the bulk of the error: 2^-9 relative per
+step, carried through the recurrence); one that rounds other operands (a sum
+of the gate gradients over steps instead of each step's) is as accurate but
+its error is not the kernels', and the factor 2 would catch the difference
+between two equally good roundings now and then. Factor 2 and the floor as
+above (the floor's storage term: 2^-7 / 2 for bfloat16_cpu, none beyond
+float32 for float32_bf16).
 """
 
 from typing import NamedTuple, Optional

@@ -87,8 +87,9 @@ typedef enum fl_status {
 // products take bfloat16 operands: forward x W_ih and h_{t-1} W_hh (h_{t-1}
 // rounded each step), backward dG_{t+1} W_hh, dG W_ih, dG^T h and dG^T x
 // (dG rounded to bfloat16); the projection's products stay float32. The
-// single step computes in float32 on its bfloat16 inputs. The reserve is
-// the float32 one (same size).
+// single step computes in float32 on its bfloat16 inputs. A direction's
+// reserve is the float32 one (same size; a stack's adds its layer outputs,
+// kept in bfloat16).
 typedef enum fl_dtype { FL_FLOAT32 = 0, FL_FLOAT64 = 1, FL_FLOAT16 = 2, FL_BFLOAT16 = 3 } fl_dtype;
 
 typedef enum fl_cell_kind {

@@ -8,8 +8,9 @@ ref              the numpy reference module (fusedlstm.reference, or loaded from
                  python/fusedlstm/reference.py by path when the package cannot be
                  imported because the compiled core is not built).
 fl               the fusedlstm package (library tests only).
-isa              parametrizes a test over fusedlstm.available_isas(); selects the
-                 path for the test and restores the previous one afterwards.
+isa              parametrizes a test over fusedlstm.available_isas() (outside the
+                 bf16 tests without avx512_bf16 where avx512 is there: see _isas);
+                 selects the path for the test and restores the previous one afterwards.
 num_threads      parametrizes a test over THREAD_COUNTS; sets/restores the count.
 backend          parametrizes a test over the backends "cpu", "cuda-emulated" and
                  "cuda" (see BACKENDS below; an unavailable one skips, saying why);
@@ -103,19 +104,29 @@ def _parametrized_by_marker(metafunc, name):
                for m in metafunc.definition.iter_markers("parametrize"))
 
 
+def _isas(metafunc):
+    """The ISA paths a test runs on: all of them for the bfloat16 tests; for the
+    others avx512_bf16 only where avx512 is missing, since its float32 and
+    float64 kernels are avx512's (the same source, another translation unit)."""
+    isas = list(_require_fl().available_isas())
+    if "bf16" not in metafunc.module.__name__ and "avx512" in isas:
+        isas = [n for n in isas if n != "avx512_bf16"]
+    return isas
+
+
 def pytest_generate_tests(metafunc):
     names = [n for n in metafunc.fixturenames if n != "backend" or not _parametrized_by_marker(metafunc, n)]
     only = metafunc.definition.get_closest_marker("backends")
     backends = [b for b in BACKENDS if only is None or b in only.args]
     if "backend" in names and "isa" in names:
-        isas = list(_require_fl().available_isas())
+        isas = _isas(metafunc)
         combos = [("cpu", n) for n in isas if "cpu" in backends] + [(b, isas[0]) for b in backends if b != "cpu"]
         metafunc.parametrize(("backend", "isa"), combos, indirect=True,
                              ids=[f"cpu-isa={n}" if b == "cpu" else b for b, n in combos])
     elif "backend" in names:
         metafunc.parametrize("backend", backends, indirect=True)
     elif "isa" in names:
-        isas = list(_require_fl().available_isas())
+        isas = _isas(metafunc)
         metafunc.parametrize("isa", isas, indirect=True, ids=[f"isa={n}" for n in isas])
     if "num_threads" in names:
         metafunc.parametrize("num_threads", THREAD_COUNTS, indirect=True,

@@ -138,6 +138,9 @@ struct BwdStepArgs {
   const uint16_t* wt_bf16 = nullptr;
   uint16_t* dg_bf16 = nullptr;
   int64_t ld_dg_bf16 = 0;
+  // dg_bf16 holds A already rounded (shared by the threads; then K counts its
+  // columns, e.g. two stacked gate gradients, and dg_next is not read).
+  bool dg_bf16_ready = false;
 };
 
 // One cell step on unpacked row-major weights, hidden units [unit_begin, unit_end).

@@ -541,7 +541,7 @@ struct Impl {
   // scratch (every recurrent row), then the tiles.
   template <int C>
   static void bwd_step_bf16(const BwdStepArgs<T>& s, int64_t group_begin, int64_t group_end) {
-    for (int64_t r = 0; r < s.rec_rows; ++r) {
+    for (int64_t r = 0; r < s.rec_rows && !s.dg_bf16_ready; ++r) {
       uint16_t* db = s.dg_bf16 + r * s.ld_dg_bf16;
       row_to_bf16(s.dg_next + r * s.ld_dg_next, db, s.K);
       if (s.K % 2) db[s.K] = 0;

@@ -876,8 +876,13 @@ void backward_typed(const fl_forward_params& fp, const void* reserve, const fl_b
   // The bfloat16 path: pair panels of W_ih^T and W_hh^T, and each thread's
   // dG_{t+1} scratch. Float32 steps with projection (dh_t goes through W_hr)
   // and with feed="output" (W_ih + W_hh: see forward_typed).
-  const bool bf16_steps = bf16 && !proj && !feed_output;
-  Buffer<uint16_t> wt_hh_pairs, wt_ih_pairs, dg_scratch;
+  const bool bf16_steps = bf16 && !proj;
+  // feed="output" (x_{t+1} = h_t): dh_t = dG_{t+1} W_hh + dGx_{t+1} W_ih, the two
+  // products of one sum stacked along K, [dG | dGx] against [W_hh^T ; W_ih^T]
+  // (dGx: the input side's gate gradient, the GRU's n gate differs), their
+  // rows rounded by all threads into one buffer before each step.
+  const bool bf16_stacked = bf16_steps && feed_output;
+  Buffer<uint16_t> wt_hh_pairs, wt_ih_pairs, wt_stack_pairs, dg_scratch, dg_stacked;
   const int64_t ld_dg_bf16 = (Gc + 31) / 32 * 32;
   if (bf16) {
     auto pairs_of = [&](const Buffer<T>& panels) {
@@ -887,6 +892,19 @@ void backward_typed(const fl_forward_params& fp, const void* reserve, const fl_b
     };
     wt_ih_pairs = pairs_of(wt_ih);
     wt_hh_pairs = pairs_of(wt_hh);
+    if constexpr (std::is_same_v<T, float>) {
+      if (bf16_stacked) {  // I == Ks: both have ceil(Ks / P) groups of [Gc, P]
+        const int64_t groups = wt_hh.size() / (Gc * g.P);
+        Buffer<T> stack(groups * 2 * Gc * g.P);
+        for (int64_t q = 0; q < groups; ++q) {
+          std::memcpy(stack.data() + q * 2 * Gc * g.P, wt_hh.data() + q * Gc * g.P, size_t(Gc * g.P) * sizeof(T));
+          std::memcpy(stack.data() + (q * 2 + 1) * Gc * g.P, wt_ih.data() + q * Gc * g.P,
+                      size_t(Gc * g.P) * sizeof(T));
+        }
+        wt_stack_pairs = to_bf16_pairs(stack.data(), groups, 2 * Gc, g.P, threads);
+        dg_stacked = Buffer<uint16_t>(B * 2 * Gc, true);
+      }
+    }
   }
   // The GRU's W_in as [H, Ks] panels: x_t = h_{t-1} reaches the n gate's
   // input side too (feed output), dh_{t-1} += dxn_t W_in.
@@ -966,6 +984,26 @@ void backward_typed(const fl_forward_params& fp, const void* reserve, const fl_b
         s.dg_bf16 = dg_scratch.data() + tid * B * ld_dg_bf16;
         s.ld_dg_bf16 = ld_dg_bf16;
       }
+      if constexpr (std::is_same_v<T, float>) {
+        if (bf16_stacked) {  // [dG_{t+1} | dGx_{t+1}] rounded, this thread's share of the rows
+          int64_t a0, a1;
+          split_range(rec_rows, tid, n, a0, a1);
+          for (int64_t r = a0; r < a1; ++r) {
+            const int64_t i = ord.off[t + 1] + r;
+            uint16_t* row = dg_stacked.data() + r * 2 * Gc;
+            table.bf16.to_bf16(dg.data() + i * Gc, row, Gc);
+            std::memcpy(row + Gc, row, size_t(Gc) * sizeof(uint16_t));
+            if (gru)
+              for (int64_t j = 0; j < g.n_blocks; ++j)
+                table.bf16.to_bf16(dgx_n.data() + i * g.Hp + j * g.W, row + Gc + g.col(2, j * g.W), g.W);
+          }
+          barrier.wait(tid);
+          s.wt_bf16 = wt_stack_pairs.data();
+          s.dg_bf16 = dg_stacked.data();
+          s.ld_dg_bf16 = 2 * Gc;
+          s.dg_bf16_ready = true;
+        }
+      }
       s.rows = rows;
       s.rec_rows = rec_rows;
       s.H = H;
@@ -991,14 +1029,14 @@ void backward_typed(const fl_forward_params& fp, const void* reserve, const fl_b
       s.dgx_n = gru ? dgx_n.data() + ord.off[t] * g.Hp : nullptr;
       s.ld_dgx_n = g.Hp;
       s.wt2 = nullptr;
-      if (wt_in.data()) {
+      if (wt_in.data() && !bf16_stacked) {
         s.a2 = dgx_n.data() + ord.off[t + 1] * g.Hp;
         s.ld_a2 = g.Hp;
         s.K2 = H;
         s.wt2 = wt_in.data();
       }
       if (!proj) {
-        s.K = Gc;
+        s.K = bf16_stacked ? 2 * Gc : Gc;
         s.wt = feed_output ? wt_sum.data() : wt_hh.data();  // the weights of step t + 1 >= 1
         s.dg_next = dg.data() + ord.off[t + 1] * Gc;
         s.ld_dg_next = Gc;

@@ -154,6 +154,25 @@ void cell_bf16(const fl_cell_params& p) {
   if (p.acts) narrow(static_cast<const float*>(f.acts), p.acts, p.B * A * p.H);
 }
 
+void cell_bf16_operands(const fl_cell_params& p) {
+  const int64_t G = cell_shape(int(p.cell)).gates;
+  std::vector<Buffer<float>> rounded;
+  auto round = [&](const void* src, int64_t n) -> const void* {
+    if (!src) return nullptr;
+    rounded.emplace_back(n, false, "a bfloat16-rounded copy of a float32 array");
+    const float* s = static_cast<const float*>(src);
+    float* d = rounded.back().data();
+    for (int64_t i = 0; i < n; ++i) d[i] = bf16_to_float(float_to_bf16(s[i]));
+    return d;
+  };
+  fl_cell_params f = p;
+  f.x = round(p.x, p.B * p.I);
+  f.h = round(p.h, p.B * p.H);
+  f.w_ih = round(p.w_ih, G * p.H * p.I);
+  f.w_hh = round(p.w_hh, G * p.H * p.H);
+  cell(f);
+}
+
 void cell_backward_bf16(const fl_cell_backward_params& p) {
   const int64_t G = cell_shape(int(p.cell)).gates, A = cell_step_saved(int(p.cell));
   const bool lstm = p.cell == FL_CELL_LSTM;

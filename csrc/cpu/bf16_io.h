@@ -15,6 +15,9 @@ namespace cpu {
 void forward_bf16(const fl_forward_params& params, void* reserve);
 void backward_bf16(const fl_forward_params& params, const void* reserve, const fl_backward_params& grads);
 void cell_bf16(const fl_cell_params& params);
+// fl_device.allow_bf16 on a float32 step: x, h and the weights rounded to
+// bfloat16 (float32 copies), then the float32 step (exact products on them).
+void cell_bf16_operands(const fl_cell_params& params);
 void cell_backward_bf16(const fl_cell_backward_params& params);
 
 }  // namespace cpu

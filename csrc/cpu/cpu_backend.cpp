@@ -95,6 +95,7 @@ fl_status cell_op(const fl_cell_params* p) {
   return guarded_call([&] {
     check_cell(*p);
     if (p->dtype == FL_BFLOAT16) cell_bf16(*p);
+    else if (p->dtype == FL_FLOAT32 && p->device.allow_bf16) cell_bf16_operands(*p);
     else cell(*p);
   });
 }

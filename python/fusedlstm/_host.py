@@ -16,7 +16,7 @@ bfloat16: numpy has no bfloat16 of its own; arrays of ``ml_dtypes.bfloat16``
 (an optional dependency: ``pip install fusedlstm[bf16]``; the dtype JAX,
 TensorFlow and ONNX tooling use) run the CPU's bfloat16 kernels, all-bfloat16
 like float32 and float64 (outputs in bfloat16). ``compute="bf16"`` on float32
-arrays (the core's ``allow_bf16``) runs the same forward kernels with float32
+arrays (the core's ``allow_bf16``) runs the same kernels (forward and backward) with float32
 arrays and outputs, and needs no ml_dtypes.
 """
 

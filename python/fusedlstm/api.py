@@ -55,8 +55,8 @@ def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, mode=
     bfloat16 (``ml_dtypes.bfloat16``, an optional dependency: bfloat16 GEMM
     operands, float32 sums, cell state and gate math, outputs rounded to
     bfloat16 once). ``compute="bf16"`` runs float32 arrays through the same
-    bfloat16 forward kernels (x, the weights and h_{t-1} rounded to bfloat16
-    for the gate products) with float32 outputs; the backward stays float32.
+    bfloat16 kernels (the operands of the products with the gate weights
+    rounded to bfloat16, forward and backward) with float32 outputs.
     CUDA arrays (torch or CuPy, float32/float64/float16/bfloat16) run on the
     GPU, on the current stream (or ``stream``); see fusedlstm/_device.py for
     streams, ``allow_tf32`` and where lengths are read. Returns an
@@ -125,9 +125,9 @@ def lstm_backward(result, dy=None, dh_n=None, dc_n=None, *, stream=None):
     ``result.y``, ``result.h_n``, ``result.c_n`` (None = zero). Returns an
     :class:`LSTMGrads`; ``dx`` has x's shape ((B, I) for one_to_many) and is
     zero at padded steps. On CUDA it runs on the current stream (or ``stream``).
-    The gradients have the forward's dtype (a bfloat16 forward: computed in
-    float32 on the bfloat16 values, rounded to bfloat16 once; a forward with
-    compute="bf16": float32 throughout).
+    The gradients have the forward's dtype (a bfloat16 forward or one with
+    compute="bf16": the products with the gate weights on bfloat16 operands,
+    float32 sums; bfloat16 gradients rounded once).
     """
     return _calls.backward(result, dy, dh_n, dc_n, family="lstm", stream=stream)
 

@@ -300,7 +300,7 @@ class RecurrentStack:
         the layer's dtype; LSTM only so far): then the call runs on its
         device and stream (see fusedlstm/_device.py; lengths there as for
         lstm_forward). ``compute="bf16"`` (a float32 layer on the CPU) runs
-        the bfloat16 forward kernels with float32 arrays, as for
+        the bfloat16 kernels (forward and backward) with float32 arrays, as for
         lstm_forward. Returns a result (``y``, ``h_n``, and ``c_n`` for
         the LSTM) of arrays of x's library."""
         training = _bool_arg("training", training)

@@ -114,12 +114,13 @@ typedef struct fl_device {
   // CUDA float32: nonzero lets the GEMMs use TF32 tensor cores (about 10
   // mantissa bits in the products); 0 = strict float32. Ignored elsewhere.
   int allow_tf32;
-  // CPU float32 sequence calls (fl_lstm_forward / fl_lstm_backward, the
-  // stacks): nonzero rounds the operands of the products to bfloat16 as
+  // CPU float32: nonzero rounds the operands of the products to bfloat16 as
   // FL_BFLOAT16 does (see fl_dtype) and runs the bfloat16 kernels
   // (AVX512-BF16 where the CPU has it), with float32 arrays in and out (in
-  // spirit torch.backends.mkldnn's fp32_precision "bf16"). A backward may
-  // set it or not whatever its forward did. Ignored by the single step and
+  // spirit torch.backends.mkldnn's fp32_precision "bf16"). Sequence calls and
+  // stacks, forward and backward (a backward may set it or not whatever its
+  // forward did); fl_lstm_cell rounds x, h and the weights (its products are
+  // then exact in float32); fl_lstm_cell_backward ignores it. Ignored
   // elsewhere (CUDA: see allow_tf32).
   int allow_bf16;
 } fl_device;

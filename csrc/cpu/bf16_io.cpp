@@ -155,6 +155,23 @@ void cell_bf16(const fl_cell_params& p) {
 }
 
 void cell_bf16_operands(const fl_cell_params& p) {
+  if (!p.acts) {  // one step of the sequence path: rounds exactly the products' operands
+    fl_forward_params f{};
+    f.dtype = FL_FLOAT32;
+    f.cell = p.cell;
+    f.mode = FL_MANY_TO_MANY;
+    f.T = 1, f.B = p.B, f.I = p.I, f.H = p.H;
+    f.x = p.x;
+    f.x_stride_t = p.B * p.I, f.x_stride_b = p.I;
+    f.w_ih = p.w_ih, f.w_hh = p.w_hh, f.b_ih = p.b_ih, f.b_hh = p.b_hh;
+    f.h0 = p.h, f.c0 = p.c;
+    f.h_n = p.h_new, f.c_n = p.c_new;
+    forward_bf16_operands(f, nullptr);
+    return;
+  }
+  // Saving activations (the step's own layout): the float32 step on rounded
+  // copies of x, the weights and, but for the GRU (whose h also enters its
+  // gate math, unrounded), h.
   const int64_t G = cell_shape(int(p.cell)).gates;
   std::vector<Buffer<float>> rounded;
   auto round = [&](const void* src, int64_t n) -> const void* {
@@ -167,7 +184,7 @@ void cell_bf16_operands(const fl_cell_params& p) {
   };
   fl_cell_params f = p;
   f.x = round(p.x, p.B * p.I);
-  f.h = round(p.h, p.B * p.H);
+  if (p.cell != FL_CELL_GRU) f.h = round(p.h, p.B * p.H);
   f.w_ih = round(p.w_ih, G * p.H * p.I);
   f.w_hh = round(p.w_hh, G * p.H * p.H);
   cell(f);

@@ -15,8 +15,9 @@ namespace cpu {
 void forward_bf16(const fl_forward_params& params, void* reserve);
 void backward_bf16(const fl_forward_params& params, const void* reserve, const fl_backward_params& grads);
 void cell_bf16(const fl_cell_params& params);
-// fl_device.allow_bf16 on a float32 step: x, h and the weights rounded to
-// bfloat16 (float32 copies), then the float32 step (exact products on them).
+// fl_device.allow_bf16 on a float32 step: one step of forward_bf16_operands;
+// a step that saves activations runs float32 on copies of x, the weights and
+// (but for the GRU) h rounded to bfloat16.
 void cell_bf16_operands(const fl_cell_params& params);
 void cell_backward_bf16(const fl_cell_backward_params& params);
 

@@ -119,8 +119,9 @@ typedef struct fl_device {
   // (AVX512-BF16 where the CPU has it), with float32 arrays in and out (in
   // spirit torch.backends.mkldnn's fp32_precision "bf16"). Sequence calls and
   // stacks, forward and backward (a backward may set it or not whatever its
-  // forward did); fl_lstm_cell rounds x, h and the weights (its products are
-  // then exact in float32); fl_lstm_cell_backward ignores it. Ignored
+  // forward did); fl_lstm_cell rounds the operands of its two products (with
+  // acts, the GRU's h stays float32: it enters the gate math too);
+  // fl_lstm_cell_backward ignores it. Ignored
   // elsewhere (CUDA: see allow_tf32).
   int allow_bf16;
 } fl_device;

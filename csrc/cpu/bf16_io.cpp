@@ -156,17 +156,7 @@ void cell_bf16(const fl_cell_params& p) {
 
 void cell_bf16_operands(const fl_cell_params& p) {
   if (!p.acts) {  // one step of the sequence path: rounds exactly the products' operands
-    fl_forward_params f{};
-    f.dtype = FL_FLOAT32;
-    f.cell = p.cell;
-    f.mode = FL_MANY_TO_MANY;
-    f.T = 1, f.B = p.B, f.I = p.I, f.H = p.H;
-    f.x = p.x;
-    f.x_stride_t = p.B * p.I, f.x_stride_b = p.I;
-    f.w_ih = p.w_ih, f.w_hh = p.w_hh, f.b_ih = p.b_ih, f.b_hh = p.b_hh;
-    f.h0 = p.h, f.c0 = p.c;
-    f.h_n = p.h_new, f.c_n = p.c_new;
-    forward_bf16_operands(f, nullptr);
+    forward_bf16_operands(one_step(p), nullptr);
     return;
   }
   // Saving activations (the step's own layout): the float32 step on rounded

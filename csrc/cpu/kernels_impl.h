@@ -197,6 +197,24 @@ struct Impl {
   }
 
   // ---------------------------------------------------------------- GEMM
+  // Thread tid's share of an M x N GEMM: panels [p0, p1) of P columns when
+  // there are enough of them, else row groups [grp0, grp1) of RBMAX rows;
+  // false when the share is empty.
+  static bool gemm_share(int64_t M, int64_t N, int tid, int nthreads, int64_t& p0, int64_t& p1, int64_t& grp0,
+                         int64_t& grp1) {
+    const int64_t n_panels = (N + P - 1) / P;
+    const int64_t n_groups = (M + RBMAX - 1) / RBMAX;
+    p0 = 0, p1 = n_panels, grp0 = 0, grp1 = n_groups;
+    if (n_panels >= 4 * nthreads || n_panels >= n_groups) {
+      p0 = n_panels * tid / nthreads;
+      p1 = n_panels * (tid + 1) / nthreads;
+    } else {
+      grp0 = n_groups * tid / nthreads;
+      grp1 = n_groups * (tid + 1) / nthreads;
+    }
+    return p0 < p1 && grp0 < grp1;
+  }
+
   // One register tile: rows [row0, row0 + RB) x columns of `panel`, K range
   // [k0, k0 + kc); b_block points at that panel's row k0, rows ldb apart.
   template <int RB>
@@ -225,18 +243,8 @@ struct Impl {
 
   static void gemm(const GemmArgs<T>& g, int tid, int nthreads) {
     if (g.M <= 0 || g.N <= 0) return;
-    const int64_t n_panels = (g.N + P - 1) / P;
-    const int64_t n_groups = (g.M + RBMAX - 1) / RBMAX;
-    int64_t p0 = 0, p1 = n_panels, grp0 = 0, grp1 = n_groups;
-    // Split panels when there are enough of them, else row groups.
-    if (n_panels >= 4 * nthreads || n_panels >= n_groups) {
-      p0 = n_panels * tid / nthreads;
-      p1 = n_panels * (tid + 1) / nthreads;
-    } else {
-      grp0 = n_groups * tid / nthreads;
-      grp1 = n_groups * (tid + 1) / nthreads;
-    }
-    if (p0 >= p1 || grp0 >= grp1) return;
+    int64_t p0, p1, grp0, grp1;
+    if (!gemm_share(g.M, g.N, tid, nthreads, p0, p1, grp0, grp1)) return;
     if (g.K <= 0) {  // C = c_init (+ C): still has to be written
       for (int64_t grp = grp0; grp < grp1; ++grp)
         for (int64_t p = p0; p < p1; ++p) {
@@ -312,17 +320,8 @@ struct Impl {
   // ldb = 2P), float32 C; blocked and split among threads as gemm.
   static void gemm_bf16(const GemmBf16Args& g, int tid, int nthreads) {
     if (g.M <= 0 || g.N <= 0) return;
-    const int64_t n_panels = (g.N + P - 1) / P;
-    const int64_t n_groups = (g.M + RBMAX - 1) / RBMAX;
-    int64_t p0 = 0, p1 = n_panels, grp0 = 0, grp1 = n_groups;
-    if (n_panels >= 4 * nthreads || n_panels >= n_groups) {
-      p0 = n_panels * tid / nthreads;
-      p1 = n_panels * (tid + 1) / nthreads;
-    } else {
-      grp0 = n_groups * tid / nthreads;
-      grp1 = n_groups * (tid + 1) / nthreads;
-    }
-    if (p0 >= p1 || grp0 >= grp1) return;
+    int64_t p0, p1, grp0, grp1;
+    if (!gemm_share(g.M, g.N, tid, nthreads, p0, p1, grp0, grp1)) return;
     const int64_t K2 = (g.K + 1) / 2, KC2 = KC / 2;
     const int64_t groups_per_block = MC / RBMAX;
     for (int64_t kk0 = 0; kk0 < K2 || kk0 == 0; kk0 += KC2) {  // K = 0 still writes C

@@ -1295,22 +1295,31 @@ constexpr int64_t kCellPackedMinRows = 16;
 
 
 
+}  // namespace
+
+fl_forward_params one_step(const fl_cell_params& p) {
+  fl_forward_params f{};
+  f.dtype = p.dtype;
+  f.cell = p.cell;
+  f.mode = FL_MANY_TO_MANY;
+  f.T = 1, f.B = p.B, f.I = p.I, f.H = p.H;
+  f.x = p.x;
+  f.x_stride_t = p.B * p.I, f.x_stride_b = p.I;
+  f.w_ih = p.w_ih, f.w_hh = p.w_hh, f.b_ih = p.b_ih, f.b_hh = p.b_hh;
+  f.h0 = p.h, f.c0 = p.c;
+  f.h_n = p.h_new, f.c_n = p.c_new;
+  f.device = p.device;
+  return f;
+}
+
+namespace {
+
 template <class T>
 void cell_typed(const fl_cell_params& p) {
   const int cell = int(p.cell);
   const bool lstm = cell == kLstm, gru = cell == kGru;
   if (p.B >= kCellPackedMinRows && !p.acts) {  // one step of the sequence path (keeps no activations)
-    fl_forward_params f{};
-    f.dtype = p.dtype;
-    f.cell = p.cell;
-    f.mode = FL_MANY_TO_MANY;
-    f.T = 1, f.B = p.B, f.I = p.I, f.H = p.H;
-    f.x = p.x;
-    f.x_stride_t = p.B * p.I, f.x_stride_b = p.I;
-    f.w_ih = p.w_ih, f.w_hh = p.w_hh, f.b_ih = p.b_ih, f.b_hh = p.b_hh;
-    f.h0 = p.h, f.c0 = p.c;
-    f.h_n = p.h_new, f.c_n = p.c_new;
-    forward_typed<T>(f, nullptr);
+    forward_typed<T>(one_step(p), nullptr);
     return;
   }
   const TypedKernels<T>& kern = typed<T>(active_kernels());

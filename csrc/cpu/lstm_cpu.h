@@ -25,6 +25,8 @@ void forward(const fl_forward_params& params, void* reserve);
 // h0, c0, lengths); its outputs are not read.
 void backward(const fl_forward_params& params, const void* reserve, const fl_backward_params& grads);
 void cell(const fl_cell_params& params);
+// The single step as a sequence call of T = 1 (many_to_many, dense x, h, c).
+fl_forward_params one_step(const fl_cell_params& params);
 // forward() and backward() of float32 arrays with the operands of every
 // product (x, W_ih, W_hh, h_{t-1}; in backward dG, the states and x) rounded
 // to bfloat16 and run by the bfloat16 kernels: sums, cell state, gate math,
